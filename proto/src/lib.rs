@@ -1,0 +1,24 @@
+//! Ringwatch wire protocol.
+//!
+//! - [`messages`]: every message of DESIGN.md section 3 (heartbeats, reports, commands, acks).
+//! - [`envelope`]: the authenticated envelope around every datagram, sealing, and the
+//!   verification pipeline (length, magic/version, key, MAC, replay window, decode).
+//! - [`keys`]: the key ring and its file format (several keys for rotation).
+//! - [`replay`]: the per-sender sliding replay window.
+//!
+//! No I/O beyond reading and writing key files; nothing here panics on any input.
+
+pub mod envelope;
+pub mod ids;
+pub mod keys;
+pub mod messages;
+pub mod replay;
+
+pub use envelope::{
+    authenticate, decode_verified, Header, Rejection, SealError, Sealer, Verified, Verifier,
+    MAX_DATAGRAM,
+};
+pub use ids::{HostId, KeyId, SessionId};
+pub use keys::{KeyFileError, KeyRing};
+pub use messages::*;
+pub use replay::{ReplayError, ReplayGuard};
