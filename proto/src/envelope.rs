@@ -13,7 +13,7 @@
 //! | 29 | n | body ([`Body`], postcard) |
 //! | 29+n | 16 | MAC: keyed BLAKE3 of bytes `0..29+n`, first 16 bytes |
 //!
-//! A heartbeat is 54 bytes on the wire.
+//! A heartbeat is 55 bytes on the wire (57 at most).
 //!
 //! # Verification order
 //!
@@ -146,7 +146,9 @@ pub enum SealError {
     },
 }
 
-fn mac(key: &[u8; 32], authenticated: &[u8]) -> [u8; MAC_LEN] {
+/// The MAC of `authenticated` (header + body) under `key`: keyed BLAKE3, first
+/// [`MAC_LEN`] bytes. Public so tests and fuzzers can build datagrams by hand.
+pub fn mac(key: &[u8; 32], authenticated: &[u8]) -> [u8; MAC_LEN] {
     let full = blake3::keyed_hash(key, authenticated);
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&full.as_bytes()[..MAC_LEN]);
