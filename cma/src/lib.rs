@@ -1,1 +1,5 @@
-//! Placeholder until the crate lands.
+//! Ringwatch central manager (CMA): the Raft-replicated packet queue, the worker on top of
+//! it, the admin API and the `cmactl` client.
+
+pub mod queue;
+pub mod raft;

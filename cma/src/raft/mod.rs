@@ -1,0 +1,68 @@
+//! The Raft node behind the queue: openraft 0.9 with sled storage and an authenticated TCP
+//! transport.
+//!
+//! - [`log_store`]: the durable Raft log (group-committed sled flushes).
+//! - [`state_machine`]: the replicated queue, consumer offsets, dedup window and tables.
+//! - [`wire`]: framing and authentication of every TCP connection.
+//! - [`rpc`]: the messages carried on those connections (Raft RPCs and client requests).
+//! - [`network`]: openraft's view of the transport.
+//! - [`server`]: the TCP listener serving peers and queue clients.
+//! - [`node`]: the in-process handle that wires it all together.
+
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod server;
+pub mod state_machine;
+pub mod wire;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+pub use command::{Command, CommandResult, TableWrite};
+pub use node::{Node, NodeError, ProposeError};
+pub use state_machine::{QueueState, StateSummary};
+
+/// Identifier of a Raft node (configured, unique in the cluster).
+pub type NodeId = u64;
+
+/// Where a cluster member can be reached; stored in the replicated membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// Raft + queue client TCP address.
+    pub raft: String,
+    /// Admin HTTP address (for `cmactl` to follow the leader).
+    pub admin: String,
+}
+
+impl NodeAddr {
+    /// The Raft address parsed, if it is well formed.
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        self.raft.parse().ok()
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} admin={}", self.raft, self.admin)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the CMA cluster.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft instance type used by the CMA.
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,380 @@
+//! The in-process handle on a running Raft node: start it, propose entries, read the
+//! applied state, watch progress. The worker (same process) and the TCP server use it.
+
+use super::command::{AppendResult, Command, CommandResult, TableWrite};
+use super::log_store::LogStore;
+use super::network::Network;
+use super::server;
+use super::state_machine::{DedupLimits, QueueState, SharedState, StateMachineStore};
+use super::{NodeAddr, NodeId, Raft};
+use crate::queue::record::QueuedPacket;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLockReadGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Everything needed to start a node (built from the TOML config by `crate::config`).
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where to listen for peers and queue clients.
+    pub listen: SocketAddr,
+    /// How other nodes and `cmactl` reach this node (stored in the membership).
+    pub advertise: NodeAddr,
+    /// sled directory (log, vote, snapshot).
+    pub data_dir: PathBuf,
+    /// Cluster secret authenticating every connection.
+    pub secret: [u8; 32],
+    /// openraft timings and snapshot policy.
+    pub raft: openraft::Config,
+    /// Dedup window limits (must be equal on all nodes).
+    pub dedup: DedupLimits,
+    /// Timeout of a TCP connect + handshake.
+    pub connect_timeout: Duration,
+    /// Pause before retrying an unreachable peer.
+    pub peer_retry_backoff: Duration,
+    /// Most packets returned by one read.
+    pub max_read: usize,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory could not be opened.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: sled::Error,
+    },
+    /// Storage failed while starting.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// openraft rejected the configuration.
+    #[error("raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// openraft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The listen address could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Why a proposal (or a leader-only read) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader.
+    #[error("not the leader (leader: {leader_id:?})")]
+    NotLeader {
+        /// The leader's id, when known.
+        leader_id: Option<NodeId>,
+        /// The leader's addresses, when known.
+        leader: Option<NodeAddr>,
+    },
+    /// Raft failed (shutting down, storage error...).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The entry applied but produced an unexpected result.
+    #[error("unexpected result: {0}")]
+    Unexpected(String),
+}
+
+/// Labels of the rejected-connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Counters and histograms the node updates; the admin API registers them.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// Packets newly stored by appends proposed on this node.
+    pub appended_packets: Counter,
+    /// Duplicate packets skipped by appends proposed on this node.
+    pub duplicate_packets: Counter,
+    /// Append batches committed through this node.
+    pub append_batches: Counter,
+    /// Seconds per group flush of the Raft log.
+    pub flush_seconds: Histogram,
+    /// Seconds from propose to applied, for appends proposed on this node.
+    pub commit_seconds: Histogram,
+    /// Connections refused or dropped, by reason.
+    pub connection_errors: Family<ReasonLabel, Counter>,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics {
+            appended_packets: Counter::default(),
+            duplicate_packets: Counter::default(),
+            append_batches: Counter::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            connection_errors: Family::default(),
+        }
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    shared: Arc<SharedState>,
+    settings: NodeSettings,
+    metrics: NodeMetrics,
+    local_addr: SocketAddr,
+}
+
+/// A running Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Opens storage, starts Raft and serves peers and queue clients on `settings.listen`.
+    /// Does not initialise a cluster: see [`Node::initialize`].
+    pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+        let metrics = NodeMetrics::default();
+        let db = sled::Config::new()
+            .path(&settings.data_dir)
+            .open()
+            .map_err(|source| NodeError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
+        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let state_machine = StateMachineStore::open(&db, settings.dedup)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let shared = state_machine.shared();
+        let config = Arc::new(settings.raft.clone().validate()?);
+        let network = Network::new(
+            settings.secret,
+            settings.connect_timeout,
+            settings.peer_retry_backoff,
+        );
+        let raft = Raft::new(settings.id, config, network, log_store, state_machine)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+        let node = Node {
+            inner: Arc::new(Inner {
+                id: settings.id,
+                raft,
+                shared,
+                settings,
+                metrics,
+                local_addr,
+            }),
+        };
+        tokio::spawn(server::serve(listener, node.clone()));
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address the peer/client listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's advertised addresses.
+    pub fn advertise(&self) -> &NodeAddr {
+        &self.inner.settings.advertise
+    }
+
+    /// The settings the node runs with.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.inner.settings
+    }
+
+    /// The openraft handle, for membership changes and metrics.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Counters and histograms (registered by the admin API).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.inner.metrics
+    }
+
+    /// openraft's metrics watch.
+    pub fn raft_metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, NodeAddr>> {
+        self.inner.raft.metrics()
+    }
+
+    /// Bootstraps a new cluster with the given members (this node included).
+    pub async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<NodeId, NodeAddr>,
+    ) -> Result<(), ProposeError> {
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| ProposeError::Raft(e.to_string()))
+    }
+
+    /// True while this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    /// The current leader's id, as far as this node knows.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The current leader's addresses, as far as this node knows.
+    pub fn leader_addr(&self) -> Option<NodeAddr> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).cloned()
+    }
+
+    /// Proposes an entry; returns once it is committed and applied on this node.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader: f.leader_node,
+                })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Appends a batch of packets (duplicates stored once) and waits for commit.
+    pub async fn append(&self, batch: Vec<QueuedPacket>) -> Result<AppendResult, ProposeError> {
+        let started = std::time::Instant::now();
+        match self.propose(Command::Append { batch }).await? {
+            CommandResult::Appended(result) => {
+                let m = &self.inner.metrics;
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                m.append_batches.inc();
+                m.appended_packets.inc_by(result.stored as u64);
+                m.duplicate_packets.inc_by(result.duplicates as u64);
+                Ok(result)
+            }
+            other => Err(ProposeError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Commits a consumer offset through Raft.
+    pub async fn commit_offset(&self, consumer: &str, offset: u64) -> Result<(), ProposeError> {
+        self.propose(Command::CommitOffset {
+            consumer: consumer.to_string(),
+            offset,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Commits a consumer offset (optional) and table writes atomically through Raft.
+    pub async fn apply_writes(
+        &self,
+        consumer: &str,
+        offset: Option<u64>,
+        writes: Vec<TableWrite>,
+    ) -> Result<(), ProposeError> {
+        self.propose(Command::Apply {
+            consumer: consumer.to_string(),
+            offset,
+            writes,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until this node is sure it is the leader and has applied everything
+    /// committed before the call, so reads after it see every acknowledged write.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader::<NodeAddr>() {
+                Some(f) => Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader: f.leader_node.clone(),
+                }),
+                None => Err(ProposeError::Raft(e.to_string())),
+            },
+        }
+    }
+
+    /// Applied packets with offset >= `from`, at most `max` (no leader check).
+    pub fn read_local(&self, from: u64, max: usize) -> Vec<(u64, QueuedPacket)> {
+        self.state()
+            .read(from, max.min(self.inner.settings.max_read))
+    }
+
+    /// Read access to the applied state (queue, offsets, tables). Keep it short.
+    pub fn state(&self) -> RwLockReadGuard<'_, QueueState> {
+        self.inner.shared.read()
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.shared.applied_index()
+    }
+
+    /// Watch of the applied index, for consumers waiting for new entries.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.inner.shared.subscribe_applied()
+    }
+
+    /// Snapshots installed from a leader since start.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner.shared.snapshots_installed()
+    }
+
+    /// Snapshots built locally since start.
+    pub fn snapshots_built(&self) -> u64 {
+        self.inner.shared.snapshots_built()
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.inner.settings.secret
+    }
+}
