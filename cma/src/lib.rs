@@ -1,5 +1,7 @@
 //! Ringwatch central manager (CMA): the Raft-replicated packet queue, the worker on top of
 //! it, the admin API and the `cmactl` client.
 
+pub mod admin;
+pub mod config;
 pub mod queue;
 pub mod raft;

@@ -1,0 +1,428 @@
+//! The HTTP admin API of a node (axum): cluster membership, status, and Prometheus
+//! `/metrics`. `cmactl` is its client.
+//!
+//! | Method | Path | Body | Effect |
+//! |---|---|---|---|
+//! | GET | `/metrics` | | Prometheus text format |
+//! | GET | `/cluster/status` | | this node's view ([`ClusterStatus`]) |
+//! | POST | `/cluster/init` | `{"members":[{"id":1,"raft":"..","admin":".."}]}` | bootstrap (empty list: this node alone) |
+//! | POST | `/cluster/add-learner` | `{"id":4,"raft":"..","admin":".."}` | add a learner, wait until it caught up |
+//! | POST | `/cluster/promote` | `{"id":4}` | make a learner a voter |
+//! | POST | `/cluster/remove` | `{"id":2}` | remove a node from the cluster |
+//!
+//! Membership changes must reach the leader: another node answers `409` with
+//! `leader_admin`, which `cmactl` follows. When a token is configured, every request but
+//! `/metrics` needs `Authorization: Bearer <token>`.
+
+use crate::raft::node::NodeMetrics;
+use crate::raft::{Node, NodeAddr, NodeId, StateSummary};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Gauges refreshed from the node at every scrape.
+#[derive(Default)]
+struct Gauges {
+    term: Gauge,
+    leader: Gauge,
+    is_leader: Gauge,
+    applied_index: Gauge,
+    last_log_index: Gauge,
+    snapshot_index: Gauge,
+    queue_depth: Gauge,
+    queue_next_offset: Gauge,
+    snapshots_installed: Gauge,
+}
+
+/// Shared state of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    node: Node,
+    registry: Arc<Registry>,
+    gauges: Arc<Gauges>,
+    token: Option<Arc<str>>,
+}
+
+impl AdminState {
+    /// Builds the state; registers the node's metrics in `registry` (other components may
+    /// have registered theirs before).
+    pub fn new(node: Node, mut registry: Registry, token: Option<String>) -> AdminState {
+        let gauges = Gauges::default();
+        register_node_metrics(&mut registry, node.metrics(), &gauges);
+        AdminState {
+            node,
+            registry: Arc::new(registry),
+            gauges: Arc::new(gauges),
+            token: token.map(Arc::from),
+        }
+    }
+
+    /// The node served.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
+    let r = registry.sub_registry_with_prefix("cma");
+    r.register("raft_term", "Current Raft term", g.term.clone());
+    r.register(
+        "raft_leader",
+        "Id of the known leader (-1: none)",
+        g.leader.clone(),
+    );
+    r.register(
+        "raft_is_leader",
+        "1 while this node leads",
+        g.is_leader.clone(),
+    );
+    r.register(
+        "raft_applied_index",
+        "Last applied log index",
+        g.applied_index.clone(),
+    );
+    r.register(
+        "raft_last_log_index",
+        "Last log index",
+        g.last_log_index.clone(),
+    );
+    r.register(
+        "raft_snapshot_index",
+        "Last snapshot's log index",
+        g.snapshot_index.clone(),
+    );
+    r.register(
+        "raft_snapshots_installed",
+        "Snapshots installed from a leader since start",
+        g.snapshots_installed.clone(),
+    );
+    r.register(
+        "queue_depth",
+        "Packets stored and not yet trimmed",
+        g.queue_depth.clone(),
+    );
+    r.register(
+        "queue_next_offset",
+        "Offset of the next packet",
+        g.queue_next_offset.clone(),
+    );
+    r.register(
+        "queue_appended_packets",
+        "Packets stored by appends through this node",
+        m.appended_packets.clone(),
+    );
+    r.register(
+        "queue_duplicate_packets",
+        "Duplicate packets skipped by appends through this node",
+        m.duplicate_packets.clone(),
+    );
+    r.register(
+        "queue_append_batches",
+        "Append batches committed through this node",
+        m.append_batches.clone(),
+    );
+    r.register(
+        "queue_commit_seconds",
+        "Append latency from propose to apply",
+        m.commit_seconds.clone(),
+    );
+    r.register(
+        "raft_log_flush_seconds",
+        "Duration of a group flush of the Raft log",
+        m.flush_seconds.clone(),
+    );
+    r.register(
+        "connection_errors",
+        "Peer/client connections refused or dropped, by reason",
+        m.connection_errors.clone(),
+    );
+}
+
+/// The cluster routes and `/metrics`. Other components merge their routes into it.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/cluster/status", get(status))
+        .route("/cluster/init", post(init))
+        .route("/cluster/add-learner", post(add_learner))
+        .route("/cluster/promote", post(promote))
+        .route("/cluster/remove", post(remove))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        if request.uri().path() != "/metrics" {
+            let given = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(&**token) {
+                return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+    /// The leader's id when the request must go to the leader.
+    #[serde(default)]
+    pub leader_id: Option<NodeId>,
+    /// The leader's admin address when the request must go to the leader.
+    #[serde(default)]
+    pub leader_admin: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: message.into(),
+            leader_id: None,
+            leader_admin: None,
+        }),
+    )
+        .into_response()
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Response {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => (
+            StatusCode::CONFLICT,
+            Json(ApiError {
+                error: "not the leader".into(),
+                leader_id: f.leader_id,
+                leader_admin: f.leader_node.map(|n| n.admin),
+            }),
+        )
+            .into_response(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let node = &state.node;
+    let g = &state.gauges;
+    {
+        let m = node.raft_metrics();
+        let m = m.borrow();
+        g.term.set(m.current_term as i64);
+        g.leader
+            .set(m.current_leader.map(|l| l as i64).unwrap_or(-1));
+        g.is_leader
+            .set(i64::from(m.current_leader == Some(node.id())));
+        g.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+        g.snapshot_index
+            .set(m.snapshot.map(|s| s.index as i64).unwrap_or(0));
+    }
+    g.applied_index.set(node.applied_index() as i64);
+    g.snapshots_installed.set(node.snapshots_installed() as i64);
+    let summary = node.state().summary();
+    g.queue_depth.set(summary.depth as i64);
+    g.queue_next_offset.set(summary.next_offset as i64);
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A node's view of the cluster, as returned by `GET /cluster/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node_id: NodeId,
+    /// Leader, Follower, Candidate or Learner.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader_id: Option<NodeId>,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Index covered by the last snapshot.
+    pub snapshot_index: u64,
+    /// Index up to which the log was purged.
+    pub purged_index: u64,
+    /// Voter ids.
+    pub voters: BTreeSet<NodeId>,
+    /// Learner ids.
+    pub learners: BTreeSet<NodeId>,
+    /// Addresses of every member.
+    pub nodes: BTreeMap<NodeId, NodeAddr>,
+    /// Queue counters.
+    pub queue: StateSummary,
+    /// Snapshots installed from a leader since this process started.
+    pub snapshots_installed: u64,
+    /// Snapshots built locally since this process started.
+    pub snapshots_built: u64,
+}
+
+/// Collects a node's view of the cluster.
+pub fn cluster_status(node: &Node) -> ClusterStatus {
+    let m = node.raft_metrics();
+    let m = m.borrow().clone();
+    let membership = m.membership_config.membership();
+    ClusterStatus {
+        node_id: node.id(),
+        state: format!("{:?}", m.state),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        queue: node.state().summary(),
+        snapshots_installed: node.snapshots_installed(),
+        snapshots_built: node.snapshots_built(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
+    Json(cluster_status(&state.node))
+}
+
+/// A member in `/cluster/init` and `/cluster/add-learner` bodies.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberSpec {
+    /// Node id.
+    pub id: NodeId,
+    /// Raft/client address.
+    pub raft: String,
+    /// Admin address.
+    pub admin: String,
+}
+
+/// Body of `/cluster/init`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// Initial voters; empty means this node alone.
+    #[serde(default)]
+    pub members: Vec<MemberSpec>,
+}
+
+/// Body of `/cluster/promote` and `/cluster/remove`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdRequest {
+    /// Node id.
+    pub id: NodeId,
+}
+
+fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, Response> {
+    if spec.raft.parse::<std::net::SocketAddr>().is_err()
+        || spec.admin.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "node {}: raft and admin must be ip:port, got {:?} and {:?}",
+                spec.id, spec.raft, spec.admin
+            ),
+        ));
+    }
+    Ok(NodeAddr {
+        raft: spec.raft.clone(),
+        admin: spec.admin.clone(),
+    })
+}
+
+async fn init(State(state): State<AdminState>, Json(body): Json<InitRequest>) -> Response {
+    let node = &state.node;
+    let mut members = BTreeMap::new();
+    if body.members.is_empty() {
+        members.insert(node.id(), node.advertise().clone());
+    }
+    for spec in &body.members {
+        match check_addr(spec) {
+            Ok(addr) => {
+                members.insert(spec.id, addr);
+            }
+            Err(response) => return response,
+        }
+    }
+    if !members.contains_key(&node.id()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the members must include this node ({})", node.id()),
+        );
+    }
+    match node.raft().initialize(members).await {
+        Ok(()) => Json(serde_json::json!({"initialized": true})).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn add_learner(State(state): State<AdminState>, Json(spec): Json<MemberSpec>) -> Response {
+    let addr = match check_addr(&spec) {
+        Ok(addr) => addr,
+        Err(response) => return response,
+    };
+    match state.node.raft().add_learner(spec.id, addr, true).await {
+        Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),
+        Err(e) => write_error(e),
+    }
+}
+
+async fn promote(State(state): State<AdminState>, Json(body): Json<IdRequest>) -> Response {
+    let change = ChangeMembers::AddVoterIds(BTreeSet::from([body.id]));
+    match state.node.raft().change_membership(change, false).await {
+        Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),
+        Err(e) => write_error(e),
+    }
+}
+
+async fn remove(State(state): State<AdminState>, Json(body): Json<IdRequest>) -> Response {
+    let is_voter = state
+        .node
+        .raft_metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id == body.id);
+    // A voter is demoted and dropped in one change; a learner is simply dropped.
+    let change = if is_voter {
+        ChangeMembers::RemoveVoters(BTreeSet::from([body.id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([body.id]))
+    };
+    match state.node.raft().change_membership(change, false).await {
+        Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),
+        Err(e) => write_error(e),
+    }
+}

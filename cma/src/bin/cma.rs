@@ -1,0 +1,85 @@
+//! `cma --config node.toml`: runs one CMA node (Raft queue + admin API).
+
+use anyhow::Context;
+use clap::Parser;
+use cma::admin::{self, AdminState};
+use cma::config::Config;
+use cma::raft::Node;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Ringwatch central manager node.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Path of the TOML configuration.
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    let token = config.admin_token()?;
+    let settings = config.node_settings()?;
+    let node = Node::start(settings)
+        .await
+        .context("starting the raft node")?;
+    tracing::info!(id = node.id(), listen = %node.local_addr(), "raft node serving");
+
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin API on {}", config.admin_listen))?;
+    let state = AdminState::new(node.clone(), Default::default(), token);
+    let app = admin::router(state);
+    let admin_task = tokio::spawn(async move { axum::serve(admin_listener, app).await });
+    tracing::info!(admin = %config.admin_listen, "admin API serving");
+
+    notify_ready();
+    let result = tokio::select! {
+        r = admin_task => match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("admin API stopped")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("admin API failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("admin API task")),
+        },
+        s = shutdown_signal() => s.map(|name| tracing::info!(signal = name, "stopping")),
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    node.shutdown().await;
+    result
+}
+
+/// Tells systemd we are ready and, if it asked for one, starts the watchdog pings.
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify ready");
+    }
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        // Ping at half the timeout so one late tick does not get us killed.
+        let period = (timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,125 @@
+//! HTTP access to the admin API: tries each `--api` node in turn and follows leader
+//! redirects (`409` with `leader_admin`).
+
+use anyhow::{anyhow, bail, Context};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Redirects followed per request before giving up.
+const MAX_REDIRECTS: usize = 3;
+
+/// The admin API client.
+pub struct Api {
+    bases: Vec<String>,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client for the nodes given on the command line.
+    pub fn new(cli: &super::Cli) -> anyhow::Result<Api> {
+        let bases: Vec<String> = cli
+            .api
+            .iter()
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bail!("no --api given");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cli.timeout.max(1)))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            bases,
+            token: cli.token.clone(),
+            http,
+        })
+    }
+
+    /// GET from the first node that answers.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send::<(), T>(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST to the leader (found by redirect).
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let mut errors = Vec::new();
+        for base in &self.bases {
+            let mut base = base.clone();
+            for _ in 0..=MAX_REDIRECTS {
+                match self.once(&method, &base, path, body).await {
+                    Ok(Outcome::Done(value)) => {
+                        return serde_json::from_value(value)
+                            .with_context(|| format!("unexpected answer from {base}{path}"))
+                    }
+                    Ok(Outcome::Redirect(leader)) => base = format!("http://{leader}"),
+                    Ok(Outcome::Failed(e)) => return Err(e),
+                    Err(e) => {
+                        errors.push(format!("{base}: {e:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(anyhow!("no admin API reachable: {}", errors.join("; ")))
+    }
+
+    async fn once<B: Serialize>(
+        &self,
+        method: &reqwest::Method,
+        base: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<Outcome> {
+        let mut request = self.http.request(method.clone(), format!("{base}{path}"));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let value: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("{base}{path} answered {status} without JSON"))?;
+        if status.is_success() {
+            return Ok(Outcome::Done(value));
+        }
+        if status == reqwest::StatusCode::CONFLICT {
+            if let Some(leader) = value.get("leader_admin").and_then(|v| v.as_str()) {
+                return Ok(Outcome::Redirect(leader.to_string()));
+            }
+        }
+        let message = value
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("no error message");
+        Ok(Outcome::Failed(anyhow!(
+            "{base}{path}: {status}: {message}"
+        )))
+    }
+}
+
+enum Outcome {
+    Done(serde_json::Value),
+    Redirect(String),
+    Failed(anyhow::Error),
+}

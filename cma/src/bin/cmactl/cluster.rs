@@ -1,0 +1,142 @@
+//! `cmactl cluster ...`: bootstrap, membership changes and status.
+
+use super::api::Api;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use cma::admin::{ClusterStatus, IdRequest, InitRequest, MemberSpec};
+
+/// `cmactl cluster` subcommands.
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Bootstrap a new cluster on the first `--api` node.
+    Init {
+        /// Initial voter `ID=RAFT_ADDR,ADMIN_ADDR` (repeat); none: the node alone.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Add a node as a learner and wait until it has caught up.
+    AddLearner {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+        /// Its Raft/client address (ip:port).
+        #[arg(long)]
+        raft: String,
+        /// Its admin address (ip:port).
+        #[arg(long)]
+        admin: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Show the answering node's view of the cluster.
+    Status,
+}
+
+fn parse_member(text: &str) -> anyhow::Result<MemberSpec> {
+    let (id, addrs) = text
+        .split_once('=')
+        .with_context(|| format!("member {text:?}: expected ID=RAFT,ADMIN"))?;
+    let (raft, admin) = addrs
+        .split_once(',')
+        .with_context(|| format!("member {text:?}: expected ID=RAFT,ADMIN"))?;
+    Ok(MemberSpec {
+        id: id
+            .trim()
+            .parse()
+            .with_context(|| format!("member {text:?}: bad id"))?,
+        raft: raft.trim().to_string(),
+        admin: admin.trim().to_string(),
+    })
+}
+
+/// Runs one `cluster` subcommand.
+pub async fn run(api: &Api, command: &ClusterCommand, json: bool) -> anyhow::Result<()> {
+    let answer: serde_json::Value = match command {
+        ClusterCommand::Init { members } => {
+            let members = members
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            api.post("/cluster/init", &InitRequest { members }).await?
+        }
+        ClusterCommand::AddLearner { id, raft, admin } => {
+            let spec = MemberSpec {
+                id: *id,
+                raft: raft.clone(),
+                admin: admin.clone(),
+            };
+            api.post("/cluster/add-learner", &spec).await?
+        }
+        ClusterCommand::Promote { id } => {
+            api.post("/cluster/promote", &IdRequest { id: *id }).await?
+        }
+        ClusterCommand::Remove { id } => {
+            api.post("/cluster/remove", &IdRequest { id: *id }).await?
+        }
+        ClusterCommand::Status => {
+            let status: ClusterStatus = api.get("/cluster/status").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if answer.is_object() {
+        println!("ok");
+    } else {
+        bail!("unexpected answer {answer}");
+    }
+    Ok(())
+}
+
+fn print_status(s: &ClusterStatus) {
+    let leader = s
+        .leader_id
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "node {} is {} in term {}, leader {}",
+        s.node_id, s.state, s.term, leader
+    );
+    println!(
+        "log: last {} applied {} snapshot {} purged {}",
+        s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index
+    );
+    println!(
+        "queue: offsets {}..{} depth {} consumers {}",
+        s.queue.first_offset,
+        s.queue.next_offset,
+        s.queue.depth,
+        s.queue.consumers.len()
+    );
+    println!("{:<6} {:<8} {:<24} ADMIN", "ID", "ROLE", "RAFT");
+    for (id, addr) in &s.nodes {
+        let role = if s.voters.contains(id) {
+            "voter"
+        } else {
+            "learner"
+        };
+        let mark = if Some(*id) == s.leader_id { "*" } else { "" };
+        println!(
+            "{:<6} {:<8} {:<24} {}",
+            format!("{id}{mark}"),
+            role,
+            addr.raft,
+            addr.admin
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! `cmactl`: operator CLI for the CMA admin API. Each subcommand group lives in its own
+//! module; `main` only parses and dispatches.
+
+mod api;
+mod cluster;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Ringwatch CMA control.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Admin API base URL of a CMA node; repeat for several (the first that answers is
+    /// used, and leader redirects are followed).
+    #[arg(
+        long = "api",
+        env = "CMACTL_API",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7480",
+        global = true
+    )]
+    pub api: Vec<String>,
+    /// Bearer token for nodes that require one.
+    #[arg(long, env = "CMACTL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for each HTTP request.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let api = match api::Api::new(&cli) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("cmactl: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        Command::Cluster(c) => cluster::run(&api, c, cli.json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cmactl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

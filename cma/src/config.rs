@@ -1,0 +1,314 @@
+//! The `cma` node configuration file (TOML). Unknown keys are errors; every timing has a
+//! documented default.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "10.0.0.1:7400"              # Raft peers and queue clients (one TCP port)
+//! # advertise = "10.0.0.1:7400"         # default: listen
+//! admin_listen = "127.0.0.1:7480"       # HTTP admin API and /metrics
+//! data_dir = "/var/lib/ringwatch/cma"
+//! cluster_secret_file = "/etc/ringwatch/cluster.key"
+//!
+//! [raft]
+//! heartbeat_interval_ms = 250
+//! election_timeout_min_ms = 1000
+//! election_timeout_max_ms = 2000
+//! snapshot_after_logs = 10000
+//! logs_to_keep_after_snapshot = 1000
+//!
+//! [queue]
+//! dedup_window = 4096
+//! ```
+
+use crate::raft::node::NodeSettings;
+use crate::raft::state_machine::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
+use crate::raft::NodeAddr;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+    /// The cluster secret could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] crate::queue::client::SecretError),
+}
+
+/// Default admin HTTP address: localhost only (see DESIGN.md section 9).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7480";
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, unique in the cluster, never reused for another data dir.
+    pub node_id: u64,
+    /// TCP address for Raft peers and queue clients.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach `listen` (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// HTTP admin API and Prometheus `/metrics` (default 127.0.0.1:7480).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Admin address advertised to other nodes for `cmactl` redirects (default:
+    /// `admin_listen`).
+    #[serde(default)]
+    pub admin_advertise: Option<SocketAddr>,
+    /// File holding a bearer token required on every admin request except `/metrics`
+    /// (default: none, acceptable only while the admin API listens on localhost).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// sled data directory (Raft log, vote, snapshot).
+    pub data_dir: PathBuf,
+    /// Cluster secret file: 64 hex digits, `#` comments allowed.
+    pub cluster_secret_file: PathBuf,
+    /// Raft timings and log compaction.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// Queue limits.
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+/// `[raft]`: timings and compaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval (default 250 ms).
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout (default 1000 ms).
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout (default 2000 ms).
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last (default 10000).
+    pub snapshot_after_logs: u64,
+    /// Log entries kept after a snapshot, so lagging followers catch up from the log
+    /// rather than by snapshot (default 1000).
+    pub logs_to_keep_after_snapshot: u64,
+    /// Most entries per AppendEntries RPC (default 64).
+    pub max_payload_entries: u64,
+    /// Timeout of one snapshot chunk transfer (default 10000 ms).
+    pub install_snapshot_timeout_ms: u64,
+    /// TCP connect + handshake timeout towards a peer (default 1000 ms).
+    pub connect_timeout_ms: u64,
+    /// Pause before retrying an unreachable peer (default 200 ms).
+    pub peer_retry_backoff_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_after_logs: 10_000,
+            logs_to_keep_after_snapshot: 1000,
+            max_payload_entries: 64,
+            install_snapshot_timeout_ms: 10_000,
+            connect_timeout_ms: 1000,
+            peer_retry_backoff_ms: 200,
+        }
+    }
+}
+
+/// `[queue]`: dedup and read limits. Must be identical on every node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Report ids remembered per (sender, session) (default 4096).
+    pub dedup_window: u64,
+    /// (sender, session) pairs remembered (default 100000).
+    pub dedup_sessions: usize,
+    /// Most packets returned by one read (default 10000).
+    pub max_read: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            dedup_sessions: DEFAULT_DEDUP_SESSIONS,
+            max_read: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms >= r.election_timeout_min_ms {
+            return Err(ConfigError::Invalid(
+                "raft.heartbeat_interval_ms must be > 0 and below election_timeout_min_ms".into(),
+            ));
+        }
+        if r.election_timeout_min_ms >= r.election_timeout_max_ms {
+            return Err(ConfigError::Invalid(
+                "raft.election_timeout_min_ms must be below election_timeout_max_ms".into(),
+            ));
+        }
+        if r.snapshot_after_logs == 0 || r.max_payload_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "raft.snapshot_after_logs and raft.max_payload_entries must be > 0".into(),
+            ));
+        }
+        if self.queue.dedup_window == 0
+            || self.queue.dedup_sessions == 0
+            || self.queue.max_read == 0
+        {
+            return Err(ConfigError::Invalid(
+                "queue.dedup_window, dedup_sessions and max_read must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The addresses stored in the membership for this node.
+    pub fn advertised(&self) -> NodeAddr {
+        NodeAddr {
+            raft: self.advertise.unwrap_or(self.listen).to_string(),
+            admin: self
+                .admin_advertise
+                .unwrap_or(self.admin_listen)
+                .to_string(),
+        }
+    }
+
+    /// Loads the admin token, if one is configured.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "admin token file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(Some(token))
+    }
+
+    /// Node settings (loads the cluster secret).
+    pub fn node_settings(&self) -> Result<NodeSettings, ConfigError> {
+        let secret = crate::queue::client::load_cluster_secret(&self.cluster_secret_file)?;
+        let r = &self.raft;
+        let raft = openraft::Config {
+            cluster_name: "ringwatch-cma".into(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            install_snapshot_timeout: r.install_snapshot_timeout_ms,
+            max_payload_entries: r.max_payload_entries,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
+            ..Default::default()
+        };
+        Ok(NodeSettings {
+            id: self.node_id,
+            listen: self.listen,
+            advertise: self.advertised(),
+            data_dir: self.data_dir.clone(),
+            secret,
+            raft,
+            dedup: DedupLimits {
+                window: self.queue.dedup_window,
+                sessions: self.queue.dedup_sessions,
+            },
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+            peer_retry_backoff: Duration::from_millis(r.peer_retry_backoff_ms),
+            max_read: self.queue.max_read,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        node_id = 1
+        listen = "127.0.0.1:7400"
+        data_dir = "/tmp/x"
+        cluster_secret_file = "/tmp/k"
+    "#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.raft.heartbeat_interval_ms, 250);
+        assert_eq!(c.advertised().raft, "127.0.0.1:7400");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(matches!(
+            Config::parse(&format!("{MINIMAL}\nbogus = 1\n")),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::parse(&format!(
+                "{MINIMAL}\n[raft]\nheartbeat_interval_ms = 5000\n"
+            )),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(Config::parse("node_id = \"x\"").is_err());
+    }
+}
