@@ -343,16 +343,13 @@ pub struct IdRequest {
     pub id: NodeId,
 }
 
-fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, Response> {
+fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, String> {
     if spec.raft.parse::<std::net::SocketAddr>().is_err()
         || spec.admin.parse::<std::net::SocketAddr>().is_err()
     {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "node {}: raft and admin must be ip:port, got {:?} and {:?}",
-                spec.id, spec.raft, spec.admin
-            ),
+        return Err(format!(
+            "node {}: raft and admin must be ip:port, got {:?} and {:?}",
+            spec.id, spec.raft, spec.admin
         ));
     }
     Ok(NodeAddr {
@@ -372,7 +369,7 @@ async fn init(State(state): State<AdminState>, Json(body): Json<InitRequest>) ->
             Ok(addr) => {
                 members.insert(spec.id, addr);
             }
-            Err(response) => return response,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         }
     }
     if !members.contains_key(&node.id()) {
@@ -390,7 +387,7 @@ async fn init(State(state): State<AdminState>, Json(body): Json<InitRequest>) ->
 async fn add_learner(State(state): State<AdminState>, Json(spec): Json<MemberSpec>) -> Response {
     let addr = match check_addr(&spec) {
         Ok(addr) => addr,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match state.node.raft().add_learner(spec.id, addr, true).await {
         Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("admin API failed")),
             Err(e) => Err(anyhow::Error::new(e).context("admin API task")),
         },
+        reason = node.fatal() => Err(anyhow::anyhow!("raft stopped: {reason}")),
         s = shutdown_signal() => s.map(|name| tracing::info!(signal = name, "stopping")),
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

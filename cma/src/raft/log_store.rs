@@ -5,6 +5,10 @@
 //! runs, later appends queue up and the next flush covers them all (group commit), so
 //! concurrent batches share one fsync.
 
+// The storage helpers return openraft's `StorageError` because the storage traits do;
+// its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use super::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};

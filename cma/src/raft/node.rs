@@ -367,6 +367,20 @@ impl Node {
         self.inner.shared.snapshots_built()
     }
 
+    /// Resolves when Raft has stopped for good (storage failure, internal error): the
+    /// process should then exit so a supervisor restarts it from disk.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {

@@ -6,6 +6,10 @@
 //! before openraft is told it exists; on restart the snapshot is loaded and openraft
 //! re-applies the committed log after it.
 
+// The storage helpers return openraft's `StorageError` because the storage traits do;
+// its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use super::command::{AppendResult, Command, CommandResult, TableWrite};
 use super::{NodeAddr, NodeId, TypeConfig};
 use crate::queue::record::QueuedPacket;
