@@ -17,11 +17,11 @@
 //! logs_to_keep_after_snapshot = 1000
 //!
 //! [queue]
-//! dedup_window = 4096
+//! dedup_window = 1024
 //! ```
 
 use crate::raft::node::NodeSettings;
-use crate::raft::state_machine::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
+use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
 use crate::raft::NodeAddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -141,7 +141,7 @@ impl Default for RaftConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Report ids remembered per (sender, session) (default 4096).
+    /// Report ids remembered per (sender, session) (default 1024).
     pub dedup_window: u64,
     /// (sender, session) pairs remembered (default 100000).
     pub dedup_sessions: usize,

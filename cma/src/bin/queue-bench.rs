@@ -59,6 +59,9 @@ struct Args {
     /// Packets per append in the latency phase (a packet-reader's batch).
     #[arg(long, default_value_t = 10)]
     latency_batch: usize,
+    /// Do not commit a consumer offset (the queue then grows without trimming).
+    #[arg(long)]
+    no_consumer: bool,
 }
 
 struct Cluster {
@@ -108,6 +111,7 @@ fn cmactl(dir: &std::path::Path, api: &str, args: &[&str]) -> anyhow::Result<()>
         .arg(api)
         .args(args)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .with_context(|| format!("running {}", exe.display()))?;
     if !status.success() {
@@ -143,6 +147,7 @@ async fn spawn_cluster(n: u8) -> anyhow::Result<(Cluster, Vec<SocketAddr>, [u8; 
             .arg(&conf)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .context("starting cma")?;
         children.push(child);
@@ -199,18 +204,46 @@ fn packet(session: u64, seq: u64, size: usize) -> QueuedPacket {
     }
 }
 
-async fn throughput(client: &QueueClient, args: &Args) -> anyhow::Result<()> {
+/// A fresh random session range per run, so reruns against the same cluster are not
+/// deduplicated away.
+fn args_session_base(_args: &Args) -> u64 {
+    rand::random::<u32>() as u64 * 1024
+}
+
+/// Plays the worker's part: commits the consumer offset every 100 ms so the queue is
+/// trimmed, as in production. Without it the queue grows without bound and snapshots of
+/// the whole backlog dominate the run.
+fn spawn_consumer(client: &QueueClient, high_water: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let offset = high_water.load(Ordering::Relaxed);
+            if let Err(e) = client.commit_offset("queue-bench", offset).await {
+                eprintln!("offset commit failed: {e}");
+            }
+        }
+    })
+}
+
+async fn throughput(
+    client: &QueueClient,
+    args: &Args,
+    high_water: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let committed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..args.concurrency {
+        let high_water = high_water.clone();
         let client = client.clone();
         let committed = committed.clone();
         let (batch, size) = (args.batch, args.packet_size);
         // One session per appender: each session's ids then arrive in order, as they do
         // from a real nanoprobe, and the dedup window never mistakes them for old ones.
-        let session = 100 + task as u64;
+        let session = args_session_base(args) + task as u64;
         tasks.push(tokio::spawn(async move {
             let mut next = 0u64;
             while Instant::now() < deadline {
@@ -219,6 +252,7 @@ async fn throughput(client: &QueueClient, args: &Args) -> anyhow::Result<()> {
                 let packets = (first..next).map(|s| packet(session, s, size)).collect();
                 let r = client.append(packets).await?;
                 committed.fetch_add(r.stored as u64, Ordering::Relaxed);
+                high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         }));
@@ -239,7 +273,13 @@ async fn throughput(client: &QueueClient, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn latency(client: &QueueClient, args: &Args, seq: Arc<AtomicU64>) -> anyhow::Result<()> {
+async fn latency(
+    client: &QueueClient,
+    args: &Args,
+    session: u64,
+    high_water: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let seq = AtomicU64::new(0);
     let batch = args.latency_batch.max(1);
     let appends_per_sec = (args.rate as f64 / batch as f64).max(1.0);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / appends_per_sec));
@@ -251,14 +291,19 @@ async fn latency(client: &QueueClient, args: &Args, seq: Arc<AtomicU64>) -> anyh
         tick.tick().await;
         let client = client.clone();
         let tx = tx.clone();
+        let high_water = high_water.clone();
         let first = seq.fetch_add(batch as u64, Ordering::Relaxed);
         let packets: Vec<_> = (first..first + batch as u64)
-            .map(|s| packet(1, s, args.packet_size))
+            .map(|s| packet(session, s, args.packet_size))
             .collect();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let ok = client.append(packets).await.is_ok();
-            let _ = tx.send((ok, sent.elapsed()));
+            let result = client.append(packets).await;
+            let elapsed = sent.elapsed();
+            if let Ok(r) = &result {
+                high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+            }
+            let _ = tx.send((result.is_ok(), elapsed));
         });
     }
     drop(tx);
@@ -314,10 +359,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = QueueClient::new(ClientConfig::new(nodes, secret))?;
     // Warm up: wait until the cluster accepts appends.
-    let seq = Arc::new(AtomicU64::new(1));
+    let session = args_session_base(&args) + 1000;
     let started = Instant::now();
     loop {
-        match client.append(vec![packet(0, 0, args.packet_size)]).await {
+        match client
+            .append(vec![packet(session - 1, 0, args.packet_size)])
+            .await
+        {
             Ok(_) => break,
             Err(e) if started.elapsed() < Duration::from_secs(30) => {
                 eprintln!("waiting for the cluster: {e}");
@@ -325,11 +373,16 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+    let high_water = Arc::new(AtomicU64::new(0));
+    let consumer = (!args.no_consumer).then(|| spawn_consumer(&client, high_water.clone()));
     if matches!(args.phase, Phase::Throughput | Phase::Both) {
-        throughput(&client, &args).await?;
+        throughput(&client, &args, high_water.clone()).await?;
     }
     if matches!(args.phase, Phase::Latency | Phase::Both) {
-        latency(&client, &args, seq.clone()).await?;
+        latency(&client, &args, session, high_water.clone()).await?;
+    }
+    if let Some(consumer) = consumer {
+        consumer.abort();
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! transport.
 //!
 //! - [`log_store`]: the durable Raft log (group-committed sled flushes).
-//! - [`state_machine`]: the replicated queue, consumer offsets, dedup window and tables.
+//! - [`queue_state`]: the replicated queue, consumer offsets, dedup window and tables.
+//! - [`state_machine`]: openraft's state machine over it, with snapshot files.
 //! - [`wire`]: framing and authentication of every TCP connection.
 //! - [`rpc`]: the messages carried on those connections (Raft RPCs and client requests).
 //! - [`network`]: openraft's view of the transport.
@@ -13,6 +14,7 @@ pub mod command;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod queue_state;
 pub mod rpc;
 pub mod server;
 pub mod state_machine;
@@ -25,7 +27,7 @@ use std::net::SocketAddr;
 
 pub use command::{Command, CommandResult, TableWrite};
 pub use node::{Node, NodeError, ProposeError};
-pub use state_machine::{QueueState, StateSummary};
+pub use queue_state::{DedupLimits, QueueState, StateSummary};
 
 /// Identifier of a Raft node (configured, unique in the cluster).
 pub type NodeId = u64;

@@ -4,8 +4,9 @@
 use super::command::{AppendResult, Command, CommandResult, TableWrite};
 use super::log_store::LogStore;
 use super::network::Network;
+use super::queue_state::{DedupLimits, QueueState};
 use super::server;
-use super::state_machine::{DedupLimits, QueueState, SharedState, StateMachineStore};
+use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use crate::queue::record::QueuedPacket;
 use openraft::error::{ClientWriteError, RaftError};
@@ -152,8 +153,13 @@ impl Node {
     /// Does not initialise a cluster: see [`Node::initialize`].
     pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
+        // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
         let db = sled::Config::new()
-            .path(&settings.data_dir)
+            .path(settings.data_dir.join("log"))
+            // Durability comes from our own group-committed flushes; sled's periodic
+            // background flush would only compete with them.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| NodeError::DataDir {
                 path: settings.data_dir.clone(),
@@ -161,8 +167,9 @@ impl Node {
             })?;
         let log_store = LogStore::open(&db, metrics.flush_seconds.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let state_machine = StateMachineStore::open(&db, settings.dedup)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let state_machine =
+            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(

@@ -1,311 +1,29 @@
-//! The replicated state: the packet queue, consumer offsets, the dedup window and the
-//! generic tables; and its openraft state machine with sled-persisted snapshots.
+//! openraft's state machine over [`QueueState`], with snapshots persisted as files.
 //!
-//! The state itself lives in memory ([`QueueState`], pure and deterministic). Durability
-//! comes from the Raft log plus the last snapshot, which is written to sled and flushed
-//! before openraft is told it exists; on restart the snapshot is loaded and openraft
-//! re-applies the committed log after it.
+//! The state itself lives in memory. Durability comes from the Raft log plus the last
+//! snapshot, which is written to `<data_dir>/snapshot.bin` (temp file, fsync, rename,
+//! fsync of the directory) before openraft is told it exists; on restart the snapshot is
+//! loaded and openraft re-applies the committed log after it. Encoding and file I/O run on
+//! the blocking pool so a large snapshot never stalls the async workers.
 
 // The storage helpers return openraft's `StorageError` because the storage traits do;
 // its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use super::command::{AppendResult, Command, CommandResult, TableWrite};
+use super::command::CommandResult;
+use super::queue_state::{DedupLimits, QueueState};
 use super::{NodeAddr, NodeId, TypeConfig};
-use crate::queue::record::QueuedPacket;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
-
-/// Default number of recent report ids remembered per (sender, session).
-pub const DEFAULT_DEDUP_WINDOW: u64 = 4096;
-/// Default number of (sender, session) pairs remembered by the dedup window.
-pub const DEFAULT_DEDUP_SESSIONS: usize = 100_000;
-
-/// Limits of the dedup window (part of the replicated configuration: every node must use
-/// the same values, or replicas could disagree on what is a duplicate).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupLimits {
-    /// Report ids more than this far below a session's highest id count as duplicates
-    /// (their sender stopped retransmitting them long ago).
-    pub window: u64,
-    /// Sessions remembered; beyond that the least recently used are forgotten.
-    pub sessions: usize,
-}
-
-impl Default for DedupLimits {
-    fn default() -> Self {
-        DedupLimits {
-            window: DEFAULT_DEDUP_WINDOW,
-            sessions: DEFAULT_DEDUP_SESSIONS,
-        }
-    }
-}
-
-/// Recently seen report ids of one (sender, session).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct SessionWindow {
-    highest: u64,
-    seen: BTreeSet<u64>,
-    /// Offset of the last packet stored for this session: the LRU clock for eviction.
-    last_offset: u64,
-}
-
-/// The replicated queue state. Applying the same entries in the same order gives the same
-/// state on every node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueState {
-    /// Stored packets with offsets `first_offset .. next_offset`.
-    packets: VecDeque<QueuedPacket>,
-    /// Offset of `packets[0]` (everything below was trimmed).
-    first_offset: u64,
-    /// Offset the next stored packet gets.
-    next_offset: u64,
-    /// Registered consumers and the next offset each will read.
-    consumers: BTreeMap<String, u64>,
-    dedup: BTreeMap<(u64, u64), SessionWindow>,
-    limits: DedupLimits,
-    /// Generic replicated tables: table -> key -> value.
-    tables: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
-}
-
-/// Counters describing the queue, for status and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateSummary {
-    /// Lowest offset still stored.
-    pub first_offset: u64,
-    /// Offset the next packet will get.
-    pub next_offset: u64,
-    /// Packets stored (not yet trimmed).
-    pub depth: u64,
-    /// Registered consumers and their committed offsets.
-    pub consumers: BTreeMap<String, u64>,
-    /// Sessions in the dedup window.
-    pub dedup_sessions: usize,
-    /// Number of generic tables.
-    pub tables: usize,
-}
-
-impl QueueState {
-    /// An empty queue with the given dedup limits.
-    pub fn new(limits: DedupLimits) -> Self {
-        QueueState {
-            limits,
-            ..QueueState::default()
-        }
-    }
-
-    /// Applies one application entry.
-    pub fn apply(&mut self, command: Command) -> CommandResult {
-        match command {
-            Command::Append { batch } => CommandResult::Appended(self.append(batch)),
-            Command::CommitOffset { consumer, offset } => {
-                self.commit_offset(consumer, offset);
-                CommandResult::Done
-            }
-            Command::Apply {
-                consumer,
-                offset,
-                writes,
-            } => {
-                if let Some(offset) = offset {
-                    self.commit_offset(consumer, offset);
-                }
-                for write in writes {
-                    self.write_table(write);
-                }
-                CommandResult::Done
-            }
-            Command::RemoveConsumer { consumer } => {
-                self.consumers.remove(&consumer);
-                self.trim();
-                CommandResult::Done
-            }
-        }
-    }
-
-    fn append(&mut self, batch: Vec<QueuedPacket>) -> AppendResult {
-        let first_offset = self.next_offset;
-        let mut duplicates = 0;
-        for packet in batch {
-            if self.is_duplicate_then_record(&packet) {
-                duplicates += 1;
-                continue;
-            }
-            self.packets.push_back(packet);
-            self.next_offset += 1;
-        }
-        self.evict_sessions();
-        let stored = (self.next_offset - first_offset) as usize;
-        AppendResult {
-            first_offset,
-            last_offset: if stored == 0 {
-                first_offset
-            } else {
-                self.next_offset - 1
-            },
-            duplicates,
-            stored,
-        }
-    }
-
-    /// Returns true when the packet was seen; otherwise remembers it.
-    fn is_duplicate_then_record(&mut self, packet: &QueuedPacket) -> bool {
-        let window = self.limits.window;
-        let offset = self.next_offset;
-        let entry = self
-            .dedup
-            .entry((packet.sender, packet.session))
-            .or_default();
-        if entry.seen.is_empty() {
-            entry.highest = packet.seq;
-        } else if packet.seq.saturating_add(window) <= entry.highest
-            || entry.seen.contains(&packet.seq)
-        {
-            return true;
-        }
-        entry.seen.insert(packet.seq);
-        entry.highest = entry.highest.max(packet.seq);
-        entry.last_offset = offset;
-        let floor = entry.highest.saturating_sub(window);
-        while let Some(&lowest) = entry.seen.first() {
-            if lowest > floor || entry.seen.len() == 1 {
-                break;
-            }
-            entry.seen.pop_first();
-        }
-        false
-    }
-
-    /// Forgets the least recently used sessions once over the limit (10% at a time, so
-    /// the scan is amortised).
-    fn evict_sessions(&mut self) {
-        let max = self.limits.sessions.max(1);
-        if self.dedup.len() <= max {
-            return;
-        }
-        let target = max - max / 10;
-        let mut by_age: Vec<(u64, (u64, u64))> = self
-            .dedup
-            .iter()
-            .map(|(key, w)| (w.last_offset, *key))
-            .collect();
-        by_age.sort_unstable();
-        let excess = self.dedup.len() - target;
-        for (_, key) in by_age.into_iter().take(excess) {
-            self.dedup.remove(&key);
-        }
-    }
-
-    fn commit_offset(&mut self, consumer: String, offset: u64) {
-        let offset = offset.min(self.next_offset);
-        let slot = self.consumers.entry(consumer).or_insert(offset);
-        // Offsets only move forward: a late duplicate commit must not rewind a consumer.
-        *slot = (*slot).max(offset);
-        self.trim();
-    }
-
-    /// Drops packets every registered consumer has consumed.
-    fn trim(&mut self) {
-        let Some(&low) = self.consumers.values().min() else {
-            return;
-        };
-        while self.first_offset < low && !self.packets.is_empty() {
-            self.packets.pop_front();
-            self.first_offset += 1;
-        }
-    }
-
-    fn write_table(&mut self, write: TableWrite) {
-        match write.value {
-            Some(value) => {
-                self.tables
-                    .entry(write.table)
-                    .or_default()
-                    .insert(write.key, value);
-            }
-            None => {
-                if let Some(table) = self.tables.get_mut(&write.table) {
-                    table.remove(&write.key);
-                    if table.is_empty() {
-                        self.tables.remove(&write.table);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stored packets with offset >= `from`, at most `max`.
-    pub fn read(&self, from: u64, max: usize) -> Vec<(u64, QueuedPacket)> {
-        let start = from.max(self.first_offset);
-        if start >= self.next_offset {
-            return Vec::new();
-        }
-        let skip = (start - self.first_offset) as usize;
-        self.packets
-            .iter()
-            .skip(skip)
-            .take(max)
-            .enumerate()
-            .map(|(i, p)| (start + i as u64, p.clone()))
-            .collect()
-    }
-
-    /// Lowest offset still stored.
-    pub fn first_offset(&self) -> u64 {
-        self.first_offset
-    }
-
-    /// Offset the next stored packet gets.
-    pub fn next_offset(&self) -> u64 {
-        self.next_offset
-    }
-
-    /// The committed offset of a consumer, if registered.
-    pub fn consumer_offset(&self, consumer: &str) -> Option<u64> {
-        self.consumers.get(consumer).copied()
-    }
-
-    /// Every registered consumer and its committed offset.
-    pub fn consumers(&self) -> &BTreeMap<String, u64> {
-        &self.consumers
-    }
-
-    /// One value of a generic table.
-    pub fn table_get(&self, table: &str, key: &[u8]) -> Option<&Vec<u8>> {
-        self.tables.get(table).and_then(|t| t.get(key))
-    }
-
-    /// A whole generic table (empty if absent), ordered by key.
-    pub fn table(&self, table: &str) -> Option<&BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.tables.get(table)
-    }
-
-    /// Names of the generic tables that hold at least one key.
-    pub fn table_names(&self) -> impl Iterator<Item = &str> {
-        self.tables.keys().map(String::as_str)
-    }
-
-    /// Counters for status and metrics.
-    pub fn summary(&self) -> StateSummary {
-        StateSummary {
-            first_offset: self.first_offset,
-            next_offset: self.next_offset,
-            depth: self.packets.len() as u64,
-            consumers: self.consumers.clone(),
-            dedup_sessions: self.dedup.len(),
-            tables: self.tables.len(),
-        }
-    }
-}
 
 /// What a snapshot carries besides openraft's metadata.
 #[derive(Serialize, Deserialize)]
@@ -315,14 +33,16 @@ struct SnapshotBody {
     state: QueueState,
 }
 
-/// A snapshot as persisted in sled.
+/// A snapshot as persisted on disk.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeAddr>,
+    #[serde(with = "crate::queue::record::byte_string")]
     data: Vec<u8>,
 }
 
-const SNAPSHOT_KEY: &[u8] = b"current";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
 /// The state shared between the state machine and readers in the same process.
 pub struct SharedState {
@@ -335,8 +55,8 @@ pub struct SharedState {
 impl SharedState {
     /// Read access to the applied state. Keep the guard short: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, QueueState> {
-        // A poisoned lock means a panic in apply; the data is still the last consistent
-        // state because apply mutates only after validation, so read through it.
+        // A poisoned lock means a panic in apply, which never leaves the state half
+        // written (it mutates in place only after validation), so read through it.
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -365,23 +85,61 @@ impl SharedState {
     }
 }
 
-/// openraft state machine over [`QueueState`], snapshots persisted in a sled tree.
+/// openraft state machine over [`QueueState`].
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeAddr>,
-    snapshots: sled::Tree,
-    db: sled::Db,
+    dir: PathBuf,
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
-    StorageIOError::read_state_machine(&e).into()
+fn snapshot_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// Reads the persisted snapshot, if any (blocking).
+fn load_snapshot(dir: &Path) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
+    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(snapshot_read_err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(snapshot_read_err(e)),
+    }
+}
+
+/// Writes a snapshot durably and atomically (blocking).
+fn persist_snapshot(dir: &Path, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+    let bytes = postcard::to_allocvec(stored).map_err(snapshot_write_err)?;
+    let tmp = dir.join(SNAPSHOT_TMP);
+    let mut file = std::fs::File::create(&tmp).map_err(snapshot_write_err)?;
+    file.write_all(&bytes).map_err(snapshot_write_err)?;
+    file.sync_all().map_err(snapshot_write_err)?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).map_err(snapshot_write_err)?;
+    // The rename is durable only once the directory is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(snapshot_write_err)?;
+    Ok(())
+}
+
+/// Runs blocking work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
+) -> Result<T, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(snapshot_write_err)?
 }
 
 impl StateMachineStore {
-    /// Opens the state machine, restoring the last persisted snapshot if any.
-    pub fn open(db: &sled::Db, limits: DedupLimits) -> Result<Self, StorageError<NodeId>> {
-        let snapshots = db.open_tree("snapshot").map_err(read_err)?;
+    /// Opens the state machine in `dir`, restoring the last persisted snapshot if any.
+    pub fn open(dir: &Path, limits: DedupLimits) -> Result<Self, StorageError<NodeId>> {
+        std::fs::create_dir_all(dir).map_err(snapshot_read_err)?;
         let mut store = StateMachineStore {
             shared: Arc::new(SharedState {
                 state: RwLock::new(QueueState::new(limits)),
@@ -391,11 +149,11 @@ impl StateMachineStore {
             }),
             last_applied: None,
             membership: StoredMembership::default(),
-            snapshots,
-            db: db.clone(),
+            dir: dir.to_path_buf(),
         };
-        if let Some(stored) = store.load_snapshot()? {
-            store.restore(&stored.data)?;
+        if let Some(stored) = load_snapshot(dir)? {
+            let body = postcard::from_bytes(&stored.data).map_err(snapshot_read_err)?;
+            store.restore(body);
         }
         Ok(store)
     }
@@ -405,82 +163,57 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-        match self.snapshots.get(SNAPSHOT_KEY).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => postcard::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e).into()),
-        }
-    }
-
-    fn restore(&mut self, data: &[u8]) -> Result<(), StorageError<NodeId>> {
-        let body: SnapshotBody = postcard::from_bytes(data)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
-        let limits = self.shared.read().limits;
+    fn restore(&mut self, body: SnapshotBody) {
+        let limits = self.shared.read().limits();
         let mut state = body.state;
         // Local limits win: they are configuration, identical on every node.
-        state.limits = limits;
+        state.set_limits(limits);
         *self.shared.write() = state;
         self.last_applied = body.last_applied;
         self.membership = body.membership;
         self.shared
             .applied
             .send_replace(self.last_applied.map(|l| l.index).unwrap_or(0));
-        Ok(())
-    }
-
-    async fn persist(&self, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-        let bytes = postcard::to_allocvec(stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
-        self.snapshots
-            .insert(SNAPSHOT_KEY, bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(stored.meta.signature()), &e))?;
-        Ok(())
     }
 }
 
-/// Builds snapshots from a copy of the state taken when the builder was created.
+/// Builds snapshots from a copy of the state taken when the builder was created (cheap:
+/// packet segments are shared).
 pub struct SnapshotBuilder {
-    body: SnapshotBody,
+    body: Option<SnapshotBody>,
     shared: Arc<SharedState>,
-    snapshots: sled::Tree,
-    db: sled::Db,
+    dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = postcard::to_allocvec(&self.body)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let snapshot_id = match self.body.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.body.last_applied,
-            last_membership: self.body.membership.clone(),
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        let bytes = postcard::to_allocvec(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.snapshots
-            .insert(SNAPSHOT_KEY, bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let body = self
+            .body
+            .take()
+            .ok_or_else(|| snapshot_write_err(std::io::Error::other("builder used twice")))?;
+        let dir = self.dir.clone();
+        let stored = blocking(move || {
+            let data = postcard::to_allocvec(&body).map_err(snapshot_write_err)?;
+            let snapshot_id = match body.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: body.last_applied,
+                    last_membership: body.membership,
+                    snapshot_id,
+                },
+                data,
+            };
+            persist_snapshot(&dir, &stored)?;
+            Ok(stored)
+        })
+        .await?;
         self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %stored.meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
-            meta,
+            meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         })
     }
@@ -525,14 +258,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            body: SnapshotBody {
+            body: Some(SnapshotBody {
                 last_applied: self.last_applied,
                 membership: self.membership.clone(),
                 state: self.shared.read().clone(),
-            },
+            }),
             shared: self.shared.clone(),
-            snapshots: self.snapshots.clone(),
-            db: self.db.clone(),
+            dir: self.dir.clone(),
         }
     }
 
@@ -551,19 +283,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: snapshot.into_inner(),
         };
-        self.restore(&stored.data)?;
-        self.persist(&stored).await?;
+        let dir = self.dir.clone();
+        // Persist first: once the state machine moves to the snapshot, a restart must
+        // find it on disk (the log below it may already be gone).
+        let (stored, body) = blocking(move || {
+            let body: SnapshotBody =
+                postcard::from_bytes(&stored.data).map_err(snapshot_read_err)?;
+            persist_snapshot(&dir, &stored)?;
+            Ok((stored, body))
+        })
+        .await?;
+        self.restore(body);
         self.shared
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from leader");
+        tracing::info!(snapshot = %stored.meta.snapshot_id, "installed snapshot from leader");
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+        let dir = self.dir.clone();
+        let stored = blocking(move || load_snapshot(&dir)).await?;
+        Ok(stored.map(|stored| Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
@@ -573,146 +316,41 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn packet(sender: u64, session: u64, seq: u64) -> QueuedPacket {
-        QueuedPacket {
-            sender,
-            session,
-            seq,
-            received_at_us: seq * 10,
-            source: "127.0.0.1:9".parse().unwrap(),
-            datagram: vec![seq as u8; 8],
-        }
-    }
-
-    fn append(state: &mut QueueState, batch: Vec<QueuedPacket>) -> AppendResult {
-        match state.apply(Command::Append { batch }) {
-            CommandResult::Appended(r) => r,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    use crate::queue::record::QueuedPacket;
+    use crate::raft::command::Command;
 
     #[test]
-    fn append_assigns_consecutive_offsets_and_skips_duplicates() {
+    fn snapshot_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
         let mut state = QueueState::new(DedupLimits::default());
-        let r = append(&mut state, vec![packet(1, 1, 1), packet(1, 1, 2)]);
-        assert_eq!(
-            (r.first_offset, r.last_offset, r.stored, r.duplicates),
-            (0, 1, 2, 0)
-        );
-        let r = append(
-            &mut state,
-            vec![packet(1, 1, 2), packet(2, 1, 2), packet(1, 1, 1)],
-        );
-        assert_eq!(
-            (r.first_offset, r.last_offset, r.stored, r.duplicates),
-            (2, 2, 1, 2)
-        );
-        let read = state.read(0, 10);
-        assert_eq!(read.len(), 3);
-        assert_eq!(read[2], (2, packet(2, 1, 2)));
-    }
-
-    #[test]
-    fn ids_far_below_the_window_are_duplicates() {
-        let mut state = QueueState::new(DedupLimits {
-            window: 4,
-            sessions: 10,
+        state.apply(Command::Append {
+            batch: vec![QueuedPacket {
+                sender: 1,
+                session: 2,
+                seq: 3,
+                received_at_us: 4,
+                source: "127.0.0.1:9".parse().unwrap(),
+                datagram: vec![1, 2, 3],
+            }],
         });
-        append(&mut state, vec![packet(1, 1, 10)]);
-        let r = append(&mut state, vec![packet(1, 1, 5), packet(1, 1, 7)]);
-        assert_eq!((r.stored, r.duplicates), (1, 1));
-    }
-
-    #[test]
-    fn trimming_waits_for_every_consumer() {
-        let mut state = QueueState::new(DedupLimits::default());
-        append(&mut state, (0..10).map(|i| packet(1, 1, i)).collect());
-        state.apply(Command::CommitOffset {
-            consumer: "a".into(),
-            offset: 6,
-        });
-        assert_eq!(state.first_offset(), 6);
-        state.apply(Command::CommitOffset {
-            consumer: "b".into(),
-            offset: 3,
-        });
-        // b registered at 3, but 3..6 are already gone: b reads from the first stored.
-        assert_eq!(state.read(3, 100).first().map(|(o, _)| *o), Some(6));
-        state.apply(Command::CommitOffset {
-            consumer: "a".into(),
-            offset: 2,
-        });
-        assert_eq!(state.consumer_offset("a"), Some(6), "offsets never rewind");
-        state.apply(Command::CommitOffset {
-            consumer: "b".into(),
-            offset: 9,
-        });
-        assert_eq!(state.first_offset(), 6);
-        state.apply(Command::RemoveConsumer {
-            consumer: "a".into(),
-        });
-        assert_eq!(state.first_offset(), 9);
-        assert_eq!(state.read(0, 100).len(), 1);
-    }
-
-    #[test]
-    fn apply_writes_tables_and_offset_together() {
-        let mut state = QueueState::new(DedupLimits::default());
-        append(&mut state, vec![packet(1, 1, 1)]);
-        state.apply(Command::Apply {
-            consumer: "worker".into(),
-            offset: Some(1),
-            writes: vec![
-                TableWrite {
-                    table: "hosts".into(),
-                    key: b"a".to_vec(),
-                    value: Some(b"1".to_vec()),
-                },
-                TableWrite {
-                    table: "hosts".into(),
-                    key: b"b".to_vec(),
-                    value: Some(b"2".to_vec()),
-                },
-                TableWrite {
-                    table: "hosts".into(),
-                    key: b"a".to_vec(),
-                    value: None,
-                },
-            ],
-        });
-        assert_eq!(state.consumer_offset("worker"), Some(1));
-        assert_eq!(state.table_get("hosts", b"b"), Some(&b"2".to_vec()));
-        assert_eq!(state.table_get("hosts", b"a"), None);
-        assert_eq!(state.read(0, 10).len(), 0);
-    }
-
-    #[test]
-    fn session_eviction_is_bounded() {
-        let mut state = QueueState::new(DedupLimits {
-            window: 16,
-            sessions: 10,
-        });
-        for s in 0..25 {
-            append(&mut state, vec![packet(1, s, 1)]);
-        }
-        assert!(state.summary().dedup_sessions <= 10);
-        // The most recent session is still remembered.
-        let r = append(&mut state, vec![packet(1, 24, 1)]);
-        assert_eq!(r.duplicates, 1);
-    }
-
-    #[test]
-    fn snapshot_body_round_trips() {
-        let mut state = QueueState::new(DedupLimits::default());
-        append(&mut state, vec![packet(1, 1, 1), packet(2, 2, 2)]);
         let body = SnapshotBody {
             last_applied: None,
             membership: StoredMembership::default(),
             state: state.clone(),
         };
-        let bytes = postcard::to_allocvec(&body).unwrap();
-        let back: SnapshotBody = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.state, state);
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta::default(),
+            data: postcard::to_allocvec(&body).unwrap(),
+        };
+        persist_snapshot(dir.path(), &stored).unwrap();
+        let store = StateMachineStore::open(dir.path(), DedupLimits::default()).unwrap();
+        assert_eq!(*store.shared().read(), state);
+    }
+
+    #[test]
+    fn corrupt_snapshot_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
+        assert!(StateMachineStore::open(dir.path(), DedupLimits::default()).is_err());
     }
 }
