@@ -62,6 +62,9 @@ struct Args {
     /// Do not commit a consumer offset (the queue then grows without trimming).
     #[arg(long)]
     no_consumer: bool,
+    /// Print every append slower than this many ms, with its send time (latency phase).
+    #[arg(long)]
+    show_slow_ms: Option<u64>,
 }
 
 struct Cluster {
@@ -296,10 +299,18 @@ async fn latency(
         let packets: Vec<_> = (first..first + batch as u64)
             .map(|s| packet(session, s, args.packet_size))
             .collect();
+        let slow = args.show_slow_ms.map(Duration::from_millis);
         tokio::spawn(async move {
             let sent = Instant::now();
             let result = client.append(packets).await;
             let elapsed = sent.elapsed();
+            if slow.is_some_and(|slow| elapsed > slow) {
+                eprintln!(
+                    "slow append sent at {:.3} s: {:.1} ms",
+                    (sent - started).as_secs_f64(),
+                    elapsed.as_secs_f64() * 1000.0
+                );
+            }
             if let Ok(r) = &result {
                 high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
             }
