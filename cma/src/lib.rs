@@ -5,3 +5,5 @@ pub mod admin;
 pub mod config;
 pub mod queue;
 pub mod raft;
+pub mod sinks;
+pub mod worker;
