@@ -43,6 +43,13 @@ pub struct ClientConfig {
     pub retry_pause: Duration,
 }
 
+impl Default for ClientConfig {
+    /// No nodes and an all-zero secret (fill both in), default timeouts.
+    fn default() -> Self {
+        ClientConfig::new(Vec::new(), [0; 32])
+    }
+}
+
 impl ClientConfig {
     /// Settings with the documented default timeouts.
     pub fn new(nodes: Vec<SocketAddr>, cluster_secret: [u8; 32]) -> Self {
