@@ -1,1 +1,117 @@
-//! Placeholder until the crate lands.
+//! The packet-reader: a small, stateless daemon that receives nanoprobe reports over UDP,
+//! verifies them, appends them in batches to the Raft-replicated queue of the CMA nodes,
+//! and acknowledges each report only once its batch is committed.
+//!
+//! - [`ingest`]: sockets and receive loops (verification, filtering).
+//! - [`batcher`]: batching by count, bytes and time, with bounded in-flight appends.
+//! - [`acker`]: append with retry, then ACK.
+//! - [`config`], [`metrics`].
+
+pub mod acker;
+pub mod batcher;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+
+use crate::acker::Submitter;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use anyhow::Context;
+use cma::queue::{load_cluster_secret, ClientConfig, QueueClient};
+use proto::{HostId, KeyRing, Sealer, SessionId};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A started packet-reader.
+pub struct Reader {
+    /// The address the sockets are bound to.
+    pub local_addr: SocketAddr,
+    /// The metrics, for tests and embedding.
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    batcher: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    /// Binds the sockets and starts every task.
+    pub async fn start(config: &Config) -> anyhow::Result<Reader> {
+        config.validate()?;
+        let keys = Arc::new(
+            KeyRing::load(&config.key_file)
+                .with_context(|| format!("loading key file {}", config.key_file.display()))?,
+        );
+        let secret = load_cluster_secret(&config.cluster_secret_file)?;
+        let mut client_config = ClientConfig::new(config.cma_nodes.clone(), secret);
+        client_config.request_timeout = Duration::from_secs(5);
+        let client = QueueClient::new(client_config)?;
+        let sockets = ingest::bind_sockets(config.listen, config.sockets, config.recv_buffer_bytes)
+            .with_context(|| format!("binding UDP {}", config.listen))?;
+        let local_addr = sockets[0].local_addr()?;
+        let metrics = Metrics::default();
+        if let Some(addr) = config.metrics_listen {
+            let registry = metrics.registry();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics listener {addr}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, registry).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel(config.batch.pending_limit);
+        let submitter = Arc::new(Submitter {
+            client,
+            sealer: Mutex::new(Sealer::new(
+                keys.clone(),
+                HostId(config.host_id),
+                SessionId::from_clock(),
+            )),
+            sockets: sockets.clone(),
+            metrics: metrics.clone(),
+            give_up: config.batch.give_up(),
+        });
+        let batcher = tokio::spawn(batcher::run(
+            config.batch,
+            rx,
+            submitter,
+            shutdown_rx.clone(),
+        ));
+        let tasks = sockets
+            .iter()
+            .enumerate()
+            .map(|(index, socket)| {
+                tokio::spawn(ingest::receive_loop(
+                    index,
+                    socket.clone(),
+                    keys.clone(),
+                    config.max_senders,
+                    tx.clone(),
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
+        tracing::info!(%local_addr, sockets = config.sockets, "packet-reader listening");
+        Ok(Reader {
+            local_addr,
+            metrics,
+            shutdown,
+            tasks,
+            batcher,
+        })
+    }
+
+    /// Stops receiving, commits and ACKs what was already received, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.batcher.await;
+    }
+}

@@ -1,0 +1,143 @@
+//! UDP ingest: SO_REUSEPORT sockets with large receive buffers, one receive loop per
+//! socket. Each loop owns its verifier: the kernel spreads senders over the sockets by
+//! their address, so a sender's replay window always lives in the same loop.
+
+use crate::batcher::Accepted;
+use crate::metrics::{Metrics, Reason};
+use cma::queue::QueuedPacket;
+use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+/// Binds `count` sockets sharing `addr` (SO_REUSEPORT), each with a `recv_buffer` byte
+/// receive buffer.
+pub fn bind_sockets(
+    addr: SocketAddr,
+    count: usize,
+    recv_buffer: usize,
+) -> std::io::Result<Vec<Arc<UdpSocket>>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+            tracing::warn!(error = %e, recv_buffer, "cannot set receive buffer size");
+        }
+        socket.set_nonblocking(true)?;
+        // With port 0, the first socket picks the port and the others share it.
+        socket.bind(&bound.into())?;
+        if let Some(local) = socket.local_addr()?.as_socket() {
+            bound = local;
+        }
+        let std_socket: std::net::UdpSocket = socket.into();
+        sockets.push(Arc::new(UdpSocket::from_std(std_socket)?));
+    }
+    Ok(sockets)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Receives, verifies and forwards reports until `shutdown` turns true.
+#[allow(clippy::too_many_arguments)]
+pub async fn receive_loop(
+    index: usize,
+    socket: Arc<UdpSocket>,
+    keys: Arc<KeyRing>,
+    max_senders: usize,
+    tx: mpsc::Sender<Accepted>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut verifier = Verifier::new(keys, max_senders);
+    // One byte more than the largest datagram so oversized ones are seen as such.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let (len, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        handle(index, &buf[..len], from, &mut verifier, &tx, &metrics);
+        // Drain what is already queued in the socket without going back to the reactor.
+        for _ in 0..64 {
+            match socket.try_recv_from(&mut buf) {
+                Ok((len, from)) => handle(index, &buf[..len], from, &mut verifier, &tx, &metrics),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn handle(
+    index: usize,
+    datagram: &[u8],
+    from: SocketAddr,
+    verifier: &mut Verifier,
+    tx: &mpsc::Sender<Accepted>,
+    metrics: &Metrics,
+) {
+    metrics.received.inc();
+    let verified = match verifier.verify(datagram) {
+        Ok(v) => v,
+        Err(rejection) => {
+            tracing::debug!(%from, %rejection, "datagram refused");
+            metrics
+                .rejected
+                .get_or_create(&Reason::of(rejection.reason()))
+                .inc();
+            return;
+        }
+    };
+    metrics.verified.inc();
+    let report_id = match &verified.body {
+        Body::Report(report) => report.id,
+        Body::Heartbeat(_) => {
+            // Heartbeats go between nanoprobes; one arriving here is misdirected.
+            metrics.dropped.get_or_create(&Reason::of("heartbeat")).inc();
+            return;
+        }
+        other => {
+            tracing::debug!(%from, kind = other.kind(), "not a report; dropped");
+            metrics.dropped.get_or_create(&Reason::of("not_report")).inc();
+            return;
+        }
+    };
+    let accepted = Accepted {
+        packet: QueuedPacket {
+            sender: verified.header.sender.0,
+            session: verified.header.session.0,
+            seq: report_id,
+            received_at_us: now_us(),
+            source: from,
+            datagram: datagram.to_vec(),
+        },
+        report_id,
+        reply_to: from,
+        socket: index,
+    };
+    match tx.try_send(accepted) {
+        Ok(()) => {
+            metrics.pending.inc();
+        }
+        Err(_) => {
+            // Queue slow or unavailable and the bound reached: drop the newest. The sender
+            // retransmits it, since it gets no ACK.
+            metrics.dropped.get_or_create(&Reason::of("overload")).inc();
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `packet-reader`: verified UDP ingest into the Ringwatch queue.
+
+use anyhow::Context;
+use clap::Parser;
+use packet_reader::config::Config;
+use packet_reader::Reader;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Receives nanoprobe reports, commits them to the CMA queue, ACKs them after commit.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short, default_value = "/etc/ringwatch/packet-reader.toml")]
+    config: PathBuf,
+    /// Overrides `host_id`.
+    #[arg(long)]
+    host_id: Option<u64>,
+    /// Overrides `listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides `key_file`.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Overrides `cma_nodes` (repeat for several).
+    #[arg(long = "cma-node")]
+    cma_nodes: Vec<SocketAddr>,
+    /// Overrides `cluster_secret_file`.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// Overrides `metrics_listen`.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config::load(&args.config)?;
+    if let Some(v) = args.host_id {
+        config.host_id = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.key_file {
+        config.key_file = v;
+    }
+    if !args.cma_nodes.is_empty() {
+        config.cma_nodes = args.cma_nodes;
+    }
+    if let Some(v) = args.cluster_secret_file {
+        config.cluster_secret_file = v;
+    }
+    if args.metrics_listen.is_some() {
+        config.metrics_listen = args.metrics_listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let reader = Reader::start(&config).await?;
+    notify_ready();
+    wait_for_stop().await?;
+    tracing::info!("stopping: finishing in-flight batches");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    reader.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
+    }
+    Ok(())
+}
+
+/// Tells systemd we are ready and, if it asked for one, pings its watchdog.
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify ready");
+    }
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        let period = (timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
