@@ -1,1 +1,3 @@
-//! Placeholder until the crate lands.
+//! Shared helpers for Ringwatch's whole-binary integration tests.
+
+pub mod procs;
