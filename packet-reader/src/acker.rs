@@ -2,25 +2,32 @@
 //! it. While the queue is unavailable (no leader, no quorum) the append is retried with
 //! backoff up to `give_up`; nothing is ACKed in the meantime, so the nanoprobes keep
 //! retransmitting and nothing they saw ACKed can be lost.
+//!
+//! ACKs of every batch are sealed and sent by one task ([`send_acks`]) that owns the
+//! sealer: envelope sequence numbers then leave in increasing order, which keeps the
+//! receivers' replay windows happy even when several batches commit at once.
 
 use crate::batcher::Accepted;
 use crate::metrics::{Metrics, Reason};
 use cma::queue::{ClientError, QueueClient};
 use proto::{Ack, Body, Sealer, SessionId};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Everything a batch needs to be committed and acknowledged.
+/// First pause before retrying a failed append; doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest pause between two attempts of one append.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Everything a batch needs to be committed and handed over for acknowledgement.
 pub struct Submitter {
     /// The queue client (follows the leader).
     pub client: QueueClient,
-    /// Seals ACKs. One sealer per reader: its sequence numbers must be unique in its
-    /// session.
-    pub sealer: Mutex<Sealer>,
-    /// The receive sockets; an ACK leaves from the socket its report arrived on.
-    pub sockets: Vec<Arc<UdpSocket>>,
+    /// Committed batches, to the ACK task.
+    pub committed: mpsc::Sender<Vec<Accepted>>,
     /// Counters.
     pub metrics: Metrics,
     /// Retry bound of one append.
@@ -37,11 +44,12 @@ fn error_label(e: &ClientError) -> &'static str {
     }
 }
 
-/// Commits `items` (opened at `opened`) and ACKs them; gives up after `give_up`.
+/// Commits `items` (opened at `opened`) and hands them to the ACK task; gives up after
+/// `give_up` without ACKing anything.
 pub async fn submit(s: &Submitter, items: Vec<Accepted>, opened: Instant) {
     let packets: Vec<_> = items.iter().map(|i| i.packet.clone()).collect();
     let first_try = Instant::now();
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = FIRST_BACKOFF;
     let result = loop {
         match s.client.append(packets.clone()).await {
             Ok(result) => break result,
@@ -61,7 +69,7 @@ pub async fn submit(s: &Submitter, items: Vec<Accepted>, opened: Instant) {
                 }
                 tracing::debug!(error = %e, "append failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     };
@@ -71,29 +79,45 @@ pub async fn submit(s: &Submitter, items: Vec<Accepted>, opened: Instant) {
         .commit_latency
         .observe(opened.elapsed().as_secs_f64());
     s.metrics.duplicates.inc_by(result.duplicates as u64);
+    let count = items.len() as i64;
+    if s.committed.send(items).await.is_err() {
+        tracing::error!("ACK task gone; committed batch not acknowledged");
+    }
+    s.metrics.pending.dec_by(count);
+}
+
+/// The ACK task: seals `Ack{session, id}` for every report of every committed batch and
+/// sends it from the socket the report arrived on to the report's source address. Ends
+/// when every [`Submitter`] is gone and the channel is drained.
+pub async fn send_acks(
+    mut committed: mpsc::Receiver<Vec<Accepted>>,
+    mut sealer: Sealer,
+    sockets: Vec<Arc<UdpSocket>>,
+    metrics: Metrics,
+) {
     let mut datagram = Vec::with_capacity(64);
-    for item in &items {
-        let body = Body::Ack(Ack {
-            session: SessionId(item.packet.session),
-            id: item.report_id,
-        });
-        let sealed = match s.sealer.lock() {
-            Ok(mut sealer) => sealer.seal_into(&body, &mut datagram).is_ok(),
-            Err(_) => false,
-        };
-        if !sealed {
-            tracing::error!("cannot seal ACK");
-            continue;
-        }
-        let Some(socket) = s.sockets.get(item.socket) else {
-            continue;
-        };
-        match socket.send_to(&datagram, item.reply_to).await {
-            Ok(_) => {
-                s.metrics.acks.inc();
+    while let Some(items) = committed.recv().await {
+        for item in &items {
+            let body = Body::Ack(Ack {
+                session: SessionId(item.packet.session),
+                id: item.report_id,
+            });
+            if let Err(e) = sealer.seal_into(&body, &mut datagram) {
+                tracing::error!(error = %e, "cannot seal ACK");
+                continue;
             }
-            Err(e) => tracing::debug!(to = %item.reply_to, error = %e, "ACK send failed"),
+            let Some(socket) = sockets.get(item.socket) else {
+                continue;
+            };
+            match socket.send_to(&datagram, item.reply_to).await {
+                Ok(_) => {
+                    metrics.acks.inc();
+                }
+                Err(e) => {
+                    metrics.ack_errors.inc();
+                    tracing::debug!(to = %item.reply_to, error = %e, "ACK send failed");
+                }
+            }
         }
     }
-    s.metrics.pending.dec_by(items.len() as i64);
 }

@@ -82,6 +82,16 @@ pub async fn run(
     let mut batch = Batch::default();
     let mut closing = false;
     loop {
+        if closing {
+            // Take what already arrived (the receive loops stop on the same signal), one
+            // batch at a time.
+            while !batch.is_full(&limits) {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item, Instant::now()),
+                    Err(_) => break,
+                }
+            }
+        }
         let send_now = batch.is_full(&limits)
             || (!batch.is_empty() && closing)
             || batch.deadline(&limits).is_some_and(|d| d <= Instant::now());
@@ -115,22 +125,13 @@ pub async fn run(
             } => {}
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    // Take what already arrived, then finish.
-                    while let Ok(item) = rx.try_recv() {
-                        batch.push(item, Instant::now());
-                        if batch.is_full(&limits) {
-                            break;
-                        }
-                    }
                     closing = true;
                 }
             }
         }
     }
     // Wait for every in-flight append (each bounded by give_up).
-    let _ = in_flight
-        .acquire_many(limits.max_in_flight as u32)
-        .await;
+    let _ = in_flight.acquire_many(limits.max_in_flight as u32).await;
 }
 
 #[cfg(test)]

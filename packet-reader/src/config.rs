@@ -2,8 +2,9 @@
 //!
 //! ```toml
 //! host_id = 1000001                      # this reader's id on the wire; unique per instance
-//! listen = "0.0.0.0:7300"                # UDP address nanoprobes send reports to
-//! sockets = 2                            # SO_REUSEPORT sockets sharing `listen`
+//! listen = ["0.0.0.0:7300"]              # UDP address(es) nanoprobes send reports to
+//!                                        # (a single string is accepted too)
+//! sockets = 2                            # SO_REUSEPORT sockets per listen address
 //! recv_buffer_bytes = 8388608            # SO_RCVBUF per socket
 //! key_file = "/etc/ringwatch/keys.toml"
 //! cma_nodes = ["10.0.0.1:7400", "10.0.0.2:7400", "10.0.0.3:7400"]
@@ -17,6 +18,7 @@
 //! max_in_flight = 4        # appends awaiting commit at once
 //! pending_limit = 20000    # verified reports waiting for a batch; beyond: dropped, counted
 //! give_up_ms = 10000       # stop retrying a batch the queue did not take (senders retransmit)
+//! request_timeout_ms = 5000 # one queue append call, leader changes and retries included
 //! ```
 
 use serde::Deserialize;
@@ -48,9 +50,10 @@ pub struct Config {
     /// This reader's host id on the wire (ACKs are sealed with it). Each packet-reader
     /// instance needs its own.
     pub host_id: u64,
-    /// UDP address for reports.
-    pub listen: SocketAddr,
-    /// Number of SO_REUSEPORT sockets bound to `listen` (default 2).
+    /// UDP address(es) for reports: one address or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Number of SO_REUSEPORT sockets bound to each `listen` address (default 2).
     #[serde(default = "default_sockets")]
     pub sockets: usize,
     /// Receive buffer per socket in bytes (default 8 MiB; the kernel caps it at
@@ -92,6 +95,9 @@ pub struct BatchConfig {
     /// Stop retrying an append after this long, in ms (default 10,000); the senders
     /// retransmit what was not acknowledged.
     pub give_up_ms: u64,
+    /// Longest one queue call may take, leader changes and retries included, in ms
+    /// (default 5,000).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for BatchConfig {
@@ -103,6 +109,7 @@ impl Default for BatchConfig {
             max_in_flight: 4,
             pending_limit: 20_000,
             give_up_ms: 10_000,
+            request_timeout_ms: 5_000,
         }
     }
 }
@@ -117,6 +124,25 @@ impl BatchConfig {
     pub fn give_up(&self) -> Duration {
         Duration::from_millis(self.give_up_ms)
     }
+
+    /// Bound of one queue call.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Accepts `listen = "a:p"` as well as `listen = ["a:p", ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SocketAddr),
+        Many(Vec<SocketAddr>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn default_sockets() -> usize {
@@ -149,6 +175,9 @@ impl Config {
         if self.sockets == 0 || self.sockets > 64 {
             return invalid("sockets must be between 1 and 64");
         }
+        if self.listen.is_empty() {
+            return invalid("listen must give at least one address");
+        }
         if self.cma_nodes.is_empty() {
             return invalid("cma_nodes must list at least one CMA node");
         }
@@ -160,6 +189,11 @@ impl Config {
         }
         if b.pending_limit < b.max_packets {
             return invalid("batch.pending_limit must be at least batch.max_packets");
+        }
+        if b.max_delay_us == 0 || b.give_up_ms == 0 || b.request_timeout_ms == 0 {
+            return invalid(
+                "batch.max_delay_us, batch.give_up_ms and batch.request_timeout_ms must be > 0",
+            );
         }
         Ok(())
     }
@@ -183,7 +217,14 @@ mod tests {
         assert_eq!(c.sockets, 2);
         assert_eq!(c.batch, BatchConfig::default());
         assert!(c.metrics_listen.is_none());
+        assert_eq!(c.listen, vec!["127.0.0.1:7300".parse().unwrap()]);
         c.validate().unwrap();
+        let many = MINIMAL.replace(
+            "listen = \"127.0.0.1:7300\"",
+            "listen = [\"127.0.0.1:7300\", \"127.0.0.2:7300\"]",
+        );
+        let c: Config = toml::from_str(&many).unwrap();
+        assert_eq!(c.listen.len(), 2);
     }
 
     #[test]

@@ -108,12 +108,18 @@ fn handle(
         Body::Report(report) => report.id,
         Body::Heartbeat(_) => {
             // Heartbeats go between nanoprobes; one arriving here is misdirected.
-            metrics.dropped.get_or_create(&Reason::of("heartbeat")).inc();
+            metrics
+                .dropped
+                .get_or_create(&Reason::of("heartbeat"))
+                .inc();
             return;
         }
         other => {
             tracing::debug!(%from, kind = other.kind(), "not a report; dropped");
-            metrics.dropped.get_or_create(&Reason::of("not_report")).inc();
+            metrics
+                .dropped
+                .get_or_create(&Reason::of("not_report"))
+                .inc();
             return;
         }
     };

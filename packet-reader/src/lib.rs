@@ -20,23 +20,23 @@ use anyhow::Context;
 use cma::queue::{load_cluster_secret, ClientConfig, QueueClient};
 use proto::{HostId, KeyRing, Sealer, SessionId};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 /// A started packet-reader.
 pub struct Reader {
-    /// The address the sockets are bound to.
-    pub local_addr: SocketAddr,
+    /// The addresses the sockets are bound to (one per `listen` entry, port resolved).
+    pub local_addrs: Vec<SocketAddr>,
     /// The metrics, for tests and embedding.
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    receivers: Vec<tokio::task::JoinHandle<()>>,
     batcher: tokio::task::JoinHandle<()>,
+    acker: tokio::task::JoinHandle<()>,
 }
 
 impl Reader {
-    /// Binds the sockets and starts every task.
+    /// Binds the sockets and the metrics listener and starts every task.
     pub async fn start(config: &Config) -> anyhow::Result<Reader> {
         config.validate()?;
         let keys = Arc::new(
@@ -45,11 +45,16 @@ impl Reader {
         );
         let secret = load_cluster_secret(&config.cluster_secret_file)?;
         let mut client_config = ClientConfig::new(config.cma_nodes.clone(), secret);
-        client_config.request_timeout = Duration::from_secs(5);
+        client_config.request_timeout = config.batch.request_timeout();
         let client = QueueClient::new(client_config)?;
-        let sockets = ingest::bind_sockets(config.listen, config.sockets, config.recv_buffer_bytes)
-            .with_context(|| format!("binding UDP {}", config.listen))?;
-        let local_addr = sockets[0].local_addr()?;
+        let mut sockets = Vec::new();
+        let mut local_addrs = Vec::new();
+        for &listen in &config.listen {
+            let bound = ingest::bind_sockets(listen, config.sockets, config.recv_buffer_bytes)
+                .with_context(|| format!("binding UDP {listen}"))?;
+            local_addrs.push(bound[0].local_addr()?);
+            sockets.extend(bound);
+        }
         let metrics = Metrics::default();
         if let Some(addr) = config.metrics_listen {
             let registry = metrics.registry();
@@ -64,14 +69,21 @@ impl Reader {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(config.batch.pending_limit);
+        let (committed_tx, committed_rx) = mpsc::channel(config.batch.max_in_flight);
+        let sealer = Sealer::new(
+            keys.clone(),
+            HostId(config.host_id),
+            SessionId::from_clock(),
+        );
+        let acker = tokio::spawn(acker::send_acks(
+            committed_rx,
+            sealer,
+            sockets.clone(),
+            metrics.clone(),
+        ));
         let submitter = Arc::new(Submitter {
             client,
-            sealer: Mutex::new(Sealer::new(
-                keys.clone(),
-                HostId(config.host_id),
-                SessionId::from_clock(),
-            )),
-            sockets: sockets.clone(),
+            committed: committed_tx,
             metrics: metrics.clone(),
             give_up: config.batch.give_up(),
         });
@@ -81,7 +93,7 @@ impl Reader {
             submitter,
             shutdown_rx.clone(),
         ));
-        let tasks = sockets
+        let receivers = sockets
             .iter()
             .enumerate()
             .map(|(index, socket)| {
@@ -96,22 +108,30 @@ impl Reader {
                 ))
             })
             .collect();
-        tracing::info!(%local_addr, sockets = config.sockets, "packet-reader listening");
+        tracing::info!(
+            ?local_addrs,
+            sockets = config.sockets,
+            host_id = config.host_id,
+            "packet-reader listening"
+        );
         Ok(Reader {
-            local_addr,
+            local_addrs,
             metrics,
             shutdown,
-            tasks,
+            receivers,
             batcher,
+            acker,
         })
     }
 
-    /// Stops receiving, commits and ACKs what was already received, then returns.
+    /// Stops receiving, commits and ACKs what was already received (each append bounded
+    /// by `batch.give_up_ms`), then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in self.receivers {
             let _ = task.await;
         }
         let _ = self.batcher.await;
+        let _ = self.acker.await;
     }
 }

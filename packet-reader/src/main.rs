@@ -18,9 +18,12 @@ struct Args {
     /// Overrides `host_id`.
     #[arg(long)]
     host_id: Option<u64>,
-    /// Overrides `listen`.
+    /// Overrides `listen` (repeat for several addresses).
+    #[arg(long = "listen")]
+    listen: Vec<SocketAddr>,
+    /// Overrides `sockets`.
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    sockets: Option<usize>,
     /// Overrides `key_file`.
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -33,6 +36,58 @@ struct Args {
     /// Overrides `metrics_listen`.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Overrides `batch.max_packets`.
+    #[arg(long)]
+    batch_max_packets: Option<usize>,
+    /// Overrides `batch.max_bytes`.
+    #[arg(long)]
+    batch_max_bytes: Option<usize>,
+    /// Overrides `batch.max_delay_us`.
+    #[arg(long)]
+    batch_max_delay_us: Option<u64>,
+    /// Overrides `batch.max_in_flight`.
+    #[arg(long)]
+    batch_max_in_flight: Option<usize>,
+    /// Overrides `batch.pending_limit`.
+    #[arg(long)]
+    pending_limit: Option<usize>,
+}
+
+impl Args {
+    /// Applies the flags given over the file's values.
+    fn apply(self, config: &mut Config) {
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        if let Some(v) = self.host_id {
+            config.host_id = v;
+        }
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        set(&mut config.sockets, self.sockets);
+        if let Some(v) = self.key_file {
+            config.key_file = v;
+        }
+        if !self.cma_nodes.is_empty() {
+            config.cma_nodes = self.cma_nodes;
+        }
+        if let Some(v) = self.cluster_secret_file {
+            config.cluster_secret_file = v;
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
+        set(&mut config.batch.max_packets, self.batch_max_packets);
+        set(&mut config.batch.max_bytes, self.batch_max_bytes);
+        if let Some(v) = self.batch_max_delay_us {
+            config.batch.max_delay_us = v;
+        }
+        set(&mut config.batch.max_in_flight, self.batch_max_in_flight);
+        set(&mut config.batch.pending_limit, self.pending_limit);
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,24 +100,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = Config::load(&args.config)?;
-    if let Some(v) = args.host_id {
-        config.host_id = v;
-    }
-    if let Some(v) = args.listen {
-        config.listen = v;
-    }
-    if let Some(v) = args.key_file {
-        config.key_file = v;
-    }
-    if !args.cma_nodes.is_empty() {
-        config.cma_nodes = args.cma_nodes;
-    }
-    if let Some(v) = args.cluster_secret_file {
-        config.cluster_secret_file = v;
-    }
-    if args.metrics_listen.is_some() {
-        config.metrics_listen = args.metrics_listen;
-    }
+    args.apply(&mut config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

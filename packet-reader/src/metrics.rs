@@ -43,6 +43,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// ACKs sent.
     pub acks: Counter,
+    /// ACKs the socket refused to send.
+    pub ack_errors: Counter,
     /// Reports the queue already held (retransmissions), ACKed again.
     pub duplicates: Counter,
     /// Failed append attempts, by error.
@@ -62,6 +64,7 @@ impl Default for Metrics {
             batch_packets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             acks: Counter::default(),
+            ack_errors: Counter::default(),
             duplicates: Counter::default(),
             append_errors: Family::default(),
             pending: Gauge::default(),
@@ -104,6 +107,11 @@ impl Metrics {
             self.commit_latency.clone(),
         );
         registry.register("acks", "ACKs sent", self.acks.clone());
+        registry.register(
+            "ack_errors",
+            "ACKs the socket refused to send",
+            self.ack_errors.clone(),
+        );
         registry.register(
             "duplicates",
             "Reports already in the queue (retransmissions), ACKed again",
