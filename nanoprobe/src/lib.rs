@@ -1,1 +1,23 @@
-//! Placeholder until the crate lands.
+//! The Ringwatch nanoprobe: the agent on every monitored host (DESIGN.md sections 3-4).
+//!
+//! - [`config`]: TOML configuration with documented defaults.
+//! - [`heartbeat`]: the pure heartbeat engine (send/expect lists, late/dead/back-alive,
+//!   martians), one timer structure for all peers.
+//! - [`reports`]: reliable reports (ids, bounded backoff, reader choice and fail-over,
+//!   bounded queue).
+//! - [`commands`]: idempotent command application.
+//! - [`probes`]: ICMP echo, TCP connect and UDP echo probes.
+//! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
+//! - [`socket`]: the UDP socket and its options.
+//! - [`metrics`]: counters and the optional Prometheus listener.
+//! - [`node`]: the daemon loop wiring them together.
+
+pub mod commands;
+pub mod config;
+pub mod discovery;
+pub mod heartbeat;
+pub mod metrics;
+pub mod node;
+pub mod probes;
+pub mod reports;
+pub mod socket;

@@ -1,0 +1,261 @@
+//! The nanoprobe's configuration: a TOML file whose every field has a documented default,
+//! overridden by command-line flags (see `main.rs`).
+
+use proto::{HbTimings, HostId};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("invalid config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or a required value is missing.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This host's id on the wire (required: from the file or `--host-id`).
+    pub host_id: Option<u64>,
+    /// Where to receive heartbeats, commands and acks.
+    pub bind: SocketAddr,
+    /// Packet-reader addresses; reports go to one chosen by consistent hash of the host id.
+    pub packet_readers: Vec<SocketAddr>,
+    /// The key file (format in `proto::keys`).
+    pub key_file: Option<PathBuf>,
+    /// Heartbeat timings used until the CMA sends others.
+    pub timings: TimingsConfig,
+    /// Reliable report sending.
+    pub reports: ReportsConfig,
+    /// The UDP socket.
+    pub socket: SocketConfig,
+    /// The Prometheus listener, e.g. "127.0.0.1:9464"; off when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Martian heartbeats reported at most once per sender per this many milliseconds.
+    pub martian_report_interval_ms: u64,
+    /// How long a graceful stop waits for the ACK of `HbShutdown`.
+    pub shutdown_ack_wait_ms: u64,
+    /// How many recent command ids are remembered to ignore duplicates.
+    pub command_memory: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host_id: None,
+            bind: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            packet_readers: Vec::new(),
+            key_file: None,
+            timings: TimingsConfig::default(),
+            reports: ReportsConfig::default(),
+            socket: SocketConfig::default(),
+            metrics_listen: None,
+            martian_report_interval_ms: 10_000,
+            shutdown_ack_wait_ms: 2_000,
+            command_memory: 1024,
+        }
+    }
+}
+
+/// Default heartbeat timings (DESIGN.md section 3).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingsConfig {
+    /// Time between two heartbeats to a peer (default 1000 ms).
+    pub interval_ms: u32,
+    /// Silence after which a peer is reported late (default 2000 ms).
+    pub warntime_ms: u32,
+    /// Silence after which a peer is reported dead (default 3000 ms).
+    pub deadtime_ms: u32,
+}
+
+impl Default for TimingsConfig {
+    fn default() -> Self {
+        let d = HbTimings::default();
+        TimingsConfig {
+            interval_ms: d.interval_ms,
+            warntime_ms: d.warntime_ms,
+            deadtime_ms: d.deadtime_ms,
+        }
+    }
+}
+
+impl TimingsConfig {
+    /// As wire timings.
+    pub fn to_hb(self) -> HbTimings {
+        HbTimings {
+            interval_ms: self.interval_ms,
+            warntime_ms: self.warntime_ms,
+            deadtime_ms: self.deadtime_ms,
+        }
+    }
+}
+
+/// Retransmission of reports until a packet-reader ACKs them.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// First retransmission delay (default 200 ms); doubled after every retry.
+    pub retry_initial_ms: u64,
+    /// Upper bound of the retransmission delay (default 5000 ms).
+    pub retry_max_ms: u64,
+    /// Unacknowledged sends to one reader before failing over to the next (default 3).
+    pub failover_after: u32,
+    /// Most reports waiting for an ACK (default 256); beyond it the oldest HbLate, then
+    /// the oldest other report, is dropped and counted.
+    pub queue_bound: usize,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            retry_initial_ms: 200,
+            retry_max_ms: 5_000,
+            failover_after: 3,
+            queue_bound: 256,
+        }
+    }
+}
+
+/// UDP socket options.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// Receive buffer size in bytes (default 262144).
+    pub recv_buffer: usize,
+    /// Send buffer size in bytes (default 262144).
+    pub send_buffer: usize,
+    /// DSCP code point for every datagram (default 46, expedited forwarding), so
+    /// heartbeats are not delayed behind bulk traffic.
+    pub dscp: u8,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            recv_buffer: 256 * 1024,
+            send_buffer: 256 * 1024,
+            dscp: 46,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the values and returns the host id.
+    pub fn validate(&self) -> Result<HostId, ConfigError> {
+        let host = self
+            .host_id
+            .ok_or_else(|| ConfigError::Invalid("host_id is required".into()))?;
+        self.timings
+            .to_hb()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("timings: {e}")))?;
+        if self.packet_readers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one packet_readers address is required".into(),
+            ));
+        }
+        if self.key_file.is_none() {
+            return Err(ConfigError::Invalid("key_file is required".into()));
+        }
+        let r = &self.reports;
+        if r.retry_initial_ms == 0 || r.retry_max_ms < r.retry_initial_ms {
+            return Err(ConfigError::Invalid(
+                "reports: need 0 < retry_initial_ms <= retry_max_ms".into(),
+            ));
+        }
+        if r.queue_bound == 0 || r.failover_after == 0 {
+            return Err(ConfigError::Invalid(
+                "reports: queue_bound and failover_after must be > 0".into(),
+            ));
+        }
+        if self.socket.dscp > 63 {
+            return Err(ConfigError::Invalid("socket.dscp must be 0..=63".into()));
+        }
+        Ok(HostId(host))
+    }
+
+    /// The martian report interval as a duration.
+    pub fn martian_report_interval(&self) -> Duration {
+        Duration::from_millis(self.martian_report_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml_str(
+            "host_id = 3\npacket_readers = [\"127.0.0.1:9000\"]\nkey_file = \"k\"\n[timings]\ninterval_ms = 200\nwarntime_ms = 400\ndeadtime_ms = 800\n",
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap(), HostId(3));
+        assert_eq!(c.timings.deadtime_ms, 800);
+        assert_eq!(c.reports.queue_bound, 256);
+        assert!(c.metrics_listen.is_none());
+    }
+
+    #[test]
+    fn rejects_garbage_and_unknown_fields() {
+        assert!(matches!(
+            Config::from_toml_str("colour = 1"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Config::from_toml_str("\u{0}{{"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        let c = Config::from_toml_str("packet_readers = [\"127.0.0.1:9000\"]").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))));
+        let c = Config::from_toml_str(
+            "host_id = 1\npacket_readers = [\"127.0.0.1:9000\"]\nkey_file = \"k\"\n[timings]\nwarntime_ms = 500\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_err(), "warntime below interval");
+    }
+}

@@ -1,0 +1,474 @@
+//! The heartbeat engine: a pure state machine. It takes commands, received heartbeats and
+//! the current time, and returns what to do (send a heartbeat, send a report). It owns no
+//! socket and no clock, so every timing rule is unit tested deterministically.
+//!
+//! All peers share one timer structure (an ordered set of `(deadline, peer, kind)`), not a
+//! task per peer: the daemon sleeps until [`HeartbeatEngine::next_deadline`] and then calls
+//! [`HeartbeatEngine::poll`].
+
+use proto::{HbTimings, HostId, Peer, ReportBody};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Most senders remembered for martian rate limiting; the memory is cleared when full.
+const MARTIAN_MEMORY: usize = 1024;
+
+/// What the daemon must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a heartbeat to this address.
+    SendHeartbeat {
+        /// The peer's address.
+        to: SocketAddr,
+    },
+    /// Send this report reliably.
+    Report(ReportBody),
+}
+
+/// Whether a peer's heartbeats are arriving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerStatus {
+    /// Heard within warntime (or just added).
+    Alive,
+    /// Silent past warntime; `HbLate` was reported.
+    Late,
+    /// Silent past deadtime; `HbDead` was reported.
+    Dead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Time to send the next heartbeat.
+    Send,
+    /// Time to check the peer's silence against warntime or deadtime.
+    Check,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    addr: SocketAddr,
+    timings: HbTimings,
+    /// When the last heartbeat arrived (or when the peer was added, as a grace period).
+    last_heard: Instant,
+    /// Wall clock of the last heartbeat, microseconds since the epoch; 0 if never heard.
+    last_heard_wall_us: u64,
+    status: PeerStatus,
+    next_send: Instant,
+    /// The pending check, if any (none while dead).
+    next_check: Option<Instant>,
+}
+
+/// The heartbeat engine of one nanoprobe (send list and expect list: every peer given by
+/// `SendExpectHb` is on both).
+#[derive(Debug)]
+pub struct HeartbeatEngine {
+    default_timings: HbTimings,
+    peers: HashMap<HostId, PeerState>,
+    timers: BTreeSet<(Instant, HostId, TimerKind)>,
+    martian_interval: Duration,
+    martian_last: HashMap<HostId, Instant>,
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl HeartbeatEngine {
+    /// An engine with no peers; `martian_interval` limits `HbMartian` reports per sender.
+    pub fn new(default_timings: HbTimings, martian_interval: Duration) -> HeartbeatEngine {
+        HeartbeatEngine {
+            default_timings,
+            peers: HashMap::new(),
+            timers: BTreeSet::new(),
+            martian_interval,
+            martian_last: HashMap::new(),
+        }
+    }
+
+    /// The number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A peer's status, if it is on the lists.
+    pub fn status(&self, peer: HostId) -> Option<PeerStatus> {
+        self.peers.get(&peer).map(|p| p.status)
+    }
+
+    /// Addresses of every peer (to tell them we are leaving).
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        self.peers.values().map(|p| p.addr).collect()
+    }
+
+    /// The earliest timer, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    fn unschedule(&mut self, host: HostId) {
+        if let Some(p) = self.peers.get(&host) {
+            self.timers.remove(&(p.next_send, host, TimerKind::Send));
+            if let Some(at) = p.next_check {
+                self.timers.remove(&(at, host, TimerKind::Check));
+            }
+        }
+    }
+
+    fn set_check(&mut self, host: HostId, at: Option<Instant>) {
+        if let Some(p) = self.peers.get_mut(&host) {
+            if let Some(old) = p.next_check {
+                self.timers.remove(&(old, host, TimerKind::Check));
+            }
+            p.next_check = at;
+            if let Some(at) = at {
+                self.timers.insert((at, host, TimerKind::Check));
+            }
+        }
+    }
+
+    /// `SendExpectHb`: adds peers or updates their address and timings. A new peer gets a
+    /// heartbeat at once and a full warntime of grace; a known peer keeps its state.
+    pub fn send_expect(&mut self, peers: &[Peer], timings: HbTimings, now: Instant) {
+        for peer in peers {
+            if let Some(state) = self.peers.get_mut(&peer.host) {
+                state.addr = peer.addr;
+                state.timings = timings;
+                let check = match state.status {
+                    PeerStatus::Alive => {
+                        Some(state.last_heard + Duration::from_millis(timings.warntime_ms.into()))
+                    }
+                    PeerStatus::Late => {
+                        Some(state.last_heard + Duration::from_millis(timings.deadtime_ms.into()))
+                    }
+                    PeerStatus::Dead => None,
+                };
+                self.set_check(peer.host, check);
+                continue;
+            }
+            self.peers.insert(
+                peer.host,
+                PeerState {
+                    addr: peer.addr,
+                    timings,
+                    last_heard: now,
+                    last_heard_wall_us: 0,
+                    status: PeerStatus::Alive,
+                    next_send: now,
+                    next_check: None,
+                },
+            );
+            self.timers.insert((now, peer.host, TimerKind::Send));
+            self.set_check(
+                peer.host,
+                Some(now + Duration::from_millis(timings.warntime_ms.into())),
+            );
+        }
+    }
+
+    /// `StopSendExpectHb`: forgets these peers.
+    pub fn stop(&mut self, peers: &[HostId]) {
+        for host in peers {
+            self.unschedule(*host);
+            self.peers.remove(host);
+        }
+    }
+
+    /// `SetConfig` timings: applies to every current peer and later default.
+    pub fn set_timings(&mut self, timings: HbTimings, now: Instant) {
+        self.default_timings = timings;
+        let peers: Vec<Peer> = self
+            .peers
+            .iter()
+            .map(|(host, p)| Peer {
+                host: *host,
+                addr: p.addr,
+            })
+            .collect();
+        self.send_expect(&peers, timings, now);
+    }
+
+    /// The timings used when a command gives none.
+    pub fn default_timings(&self) -> HbTimings {
+        self.default_timings
+    }
+
+    /// An authenticated heartbeat arrived from `from` at `addr`. `wall_us` is the local
+    /// wall clock (for `HbDead::last_seen_us`).
+    pub fn on_heartbeat(
+        &mut self,
+        from: HostId,
+        addr: SocketAddr,
+        leaving: bool,
+        now: Instant,
+        wall_us: u64,
+    ) -> Vec<Action> {
+        let Some(state) = self.peers.get_mut(&from) else {
+            if leaving {
+                return Vec::new();
+            }
+            return self.martian(from, addr, now);
+        };
+        if leaving {
+            // The peer stops gracefully: stop expecting it, no alarm.
+            self.stop(&[from]);
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        if state.status == PeerStatus::Dead {
+            actions.push(Action::Report(ReportBody::HbBackAlive {
+                peer: from,
+                down_for_ms: ms(now.saturating_duration_since(state.last_heard)),
+            }));
+        }
+        state.status = PeerStatus::Alive;
+        state.last_heard = now;
+        state.last_heard_wall_us = wall_us;
+        let warn = now + Duration::from_millis(state.timings.warntime_ms.into());
+        self.set_check(from, Some(warn));
+        actions
+    }
+
+    fn martian(&mut self, from: HostId, addr: SocketAddr, now: Instant) -> Vec<Action> {
+        if let Some(last) = self.martian_last.get(&from) {
+            if now.saturating_duration_since(*last) < self.martian_interval {
+                return Vec::new();
+            }
+        }
+        if self.martian_last.len() >= MARTIAN_MEMORY {
+            self.martian_last.clear();
+        }
+        self.martian_last.insert(from, now);
+        vec![Action::Report(ReportBody::HbMartian { from, addr })]
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while let Some(&(at, host, kind)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(state) = self.peers.get_mut(&host) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Send => {
+                    actions.push(Action::SendHeartbeat { to: state.addr });
+                    let interval = Duration::from_millis(state.timings.interval_ms.into());
+                    // Keep the cadence; after a stall, restart it from now instead of
+                    // sending a burst.
+                    let mut next = at + interval;
+                    if next <= now {
+                        next = now + interval;
+                    }
+                    state.next_send = next;
+                    self.timers.insert((next, host, TimerKind::Send));
+                }
+                TimerKind::Check => {
+                    state.next_check = None;
+                    let silence = now.saturating_duration_since(state.last_heard);
+                    let warn = Duration::from_millis(state.timings.warntime_ms.into());
+                    let dead = Duration::from_millis(state.timings.deadtime_ms.into());
+                    let mut next_check = None;
+                    if silence >= dead && state.status != PeerStatus::Dead {
+                        state.status = PeerStatus::Dead;
+                        actions.push(Action::Report(ReportBody::HbDead {
+                            peer: host,
+                            last_seen_us: state.last_heard_wall_us,
+                        }));
+                    } else if silence >= warn && state.status == PeerStatus::Alive {
+                        state.status = PeerStatus::Late;
+                        actions.push(Action::Report(ReportBody::HbLate {
+                            peer: host,
+                            late_by_ms: ms(silence),
+                        }));
+                        next_check = Some(state.last_heard + dead);
+                    } else if state.status != PeerStatus::Dead {
+                        // Timer fired early (timings changed): check again at the right time.
+                        next_check = Some(
+                            state.last_heard
+                                + if state.status == PeerStatus::Alive {
+                                    warn
+                                } else {
+                                    dead
+                                },
+                        );
+                    }
+                    if let Some(at) = next_check {
+                        state.next_check = Some(at);
+                        self.timers.insert((at, host, TimerKind::Check));
+                    }
+                }
+            }
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: HbTimings = HbTimings {
+        interval_ms: 1000,
+        warntime_ms: 2000,
+        deadtime_ms: 3000,
+    };
+
+    fn peer(n: u64) -> Peer {
+        Peer {
+            host: HostId(n),
+            addr: SocketAddr::from(([127, 0, 0, n as u8], 7000)),
+        }
+    }
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    fn reports(actions: &[Action]) -> Vec<ReportBody> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Report(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sends_every_interval_to_every_peer() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1), peer(2)], T, base);
+        let mut sends = 0;
+        for step in 0..=5 {
+            let now = at(base, step * 1000);
+            // Keep peers alive so only sends happen.
+            e.on_heartbeat(HostId(1), peer(1).addr, false, now, 1);
+            e.on_heartbeat(HostId(2), peer(2).addr, false, now, 1);
+            let acts = e.poll(now);
+            assert!(reports(&acts).is_empty());
+            sends += acts.len();
+        }
+        assert_eq!(sends, 12);
+        assert_eq!(e.next_deadline(), Some(at(base, 6000)));
+    }
+
+    #[test]
+    fn late_then_dead_then_back_alive() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1)], T, base);
+        e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 500), 42);
+        assert!(reports(&e.poll(at(base, 2499))).is_empty());
+        assert_eq!(
+            reports(&e.poll(at(base, 2500))),
+            vec![ReportBody::HbLate {
+                peer: HostId(1),
+                late_by_ms: 2000
+            }]
+        );
+        assert!(reports(&e.poll(at(base, 3499))).is_empty());
+        assert_eq!(
+            reports(&e.poll(at(base, 3500))),
+            vec![ReportBody::HbDead {
+                peer: HostId(1),
+                last_seen_us: 42
+            }]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Dead));
+        // Dead is reported once.
+        assert!(reports(&e.poll(at(base, 20_000))).is_empty());
+        let back = e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 20_500), 43);
+        assert_eq!(
+            reports(&back),
+            vec![ReportBody::HbBackAlive {
+                peer: HostId(1),
+                down_for_ms: 20_000
+            }]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
+    }
+
+    #[test]
+    fn dead_detected_exactly_at_deadtime() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1)], T, base);
+        e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 100), 1);
+        e.poll(at(base, 2100));
+        // The next deadline after HbLate is last heartbeat + deadtime.
+        assert_eq!(e.next_deadline(), Some(at(base, 3000)));
+        e.poll(at(base, 3000));
+        let check = e
+            .timers
+            .iter()
+            .any(|(_, _, k)| *k == TimerKind::Check);
+        assert!(!check);
+        assert!(matches!(
+            reports(&e.poll(at(base, 3100)))[..],
+            [ReportBody::HbDead { .. }]
+        ));
+    }
+
+    #[test]
+    fn leaving_peer_is_forgotten_without_alarm() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1)], T, base);
+        assert!(e.on_heartbeat(HostId(1), peer(1).addr, true, at(base, 100), 1).is_empty());
+        assert_eq!(e.peer_count(), 0);
+        assert!(reports(&e.poll(at(base, 10_000))).is_empty());
+        assert_eq!(e.next_deadline(), None);
+    }
+
+    #[test]
+    fn martians_are_rate_limited_per_sender() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        let addr = peer(9).addr;
+        assert_eq!(e.on_heartbeat(HostId(9), addr, false, base, 1).len(), 1);
+        assert!(e.on_heartbeat(HostId(9), addr, false, at(base, 5000), 1).is_empty());
+        assert_eq!(e.on_heartbeat(HostId(8), addr, false, at(base, 5000), 1).len(), 1);
+        assert_eq!(
+            e.on_heartbeat(HostId(9), addr, false, at(base, 10_000), 1),
+            vec![Action::Report(ReportBody::HbMartian {
+                from: HostId(9),
+                addr
+            })]
+        );
+    }
+
+    #[test]
+    fn stop_removes_timers_and_update_keeps_state() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1), peer(2)], T, base);
+        e.poll(at(base, 2000));
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Late));
+        // Re-sending the same peer keeps it late (no reset of its silence).
+        e.send_expect(&[peer(1)], T, at(base, 2100));
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Late));
+        e.stop(&[HostId(1), HostId(2)]);
+        assert_eq!(e.next_deadline(), None);
+        assert!(e.poll(at(base, 100_000)).is_empty());
+    }
+
+    #[test]
+    fn shorter_timings_take_effect() {
+        let base = Instant::now();
+        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        e.send_expect(&[peer(1)], T, base);
+        let fast = HbTimings {
+            interval_ms: 100,
+            warntime_ms: 200,
+            deadtime_ms: 400,
+        };
+        e.set_timings(fast, at(base, 50));
+        assert!(matches!(reports(&e.poll(at(base, 200)))[..], [ReportBody::HbLate { .. }]));
+        assert!(matches!(reports(&e.poll(at(base, 400)))[..], [ReportBody::HbDead { .. }]));
+    }
+}

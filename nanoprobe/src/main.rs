@@ -1,0 +1,137 @@
+//! The `nanoprobe` binary: parses flags, loads the config, runs the daemon.
+
+use clap::{Parser, Subcommand};
+use nanoprobe::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Ringwatch nanoprobe: ring heartbeats, reliable reports, commands, active probes.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// TOML config file; flags override its values.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// This host's id.
+    #[arg(long)]
+    host_id: Option<u64>,
+    /// Address to bind (heartbeats, commands, acks).
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Packet-reader address (repeat for several).
+    #[arg(long = "packet-reader")]
+    packet_readers: Vec<SocketAddr>,
+    /// Key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Default heartbeat interval in ms.
+    #[arg(long)]
+    interval_ms: Option<u32>,
+    /// Default warntime in ms.
+    #[arg(long)]
+    warntime_ms: Option<u32>,
+    /// Default deadtime in ms.
+    #[arg(long)]
+    deadtime_ms: Option<u32>,
+    /// Prometheus listener address (off by default).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a new key file with one random key (mode 0600, never overwrites).
+    Keygen {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// The key id.
+        #[arg(long, default_value_t = 1)]
+        key_id: u16,
+    },
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if cli.host_id.is_some() {
+        config.host_id = cli.host_id;
+    }
+    if let Some(b) = cli.bind {
+        config.bind = b;
+    }
+    if !cli.packet_readers.is_empty() {
+        config.packet_readers = cli.packet_readers.clone();
+    }
+    if cli.key_file.is_some() {
+        config.key_file = cli.key_file.clone();
+    }
+    if let Some(v) = cli.interval_ms {
+        config.timings.interval_ms = v;
+    }
+    if let Some(v) = cli.warntime_ms {
+        config.timings.warntime_ms = v;
+    }
+    if let Some(v) = cli.deadtime_ms {
+        config.timings.deadtime_ms = v;
+    }
+    if cli.metrics_listen.is_some() {
+        config.metrics_listen = cli.metrics_listen;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(Cmd::Keygen { out, key_id }) = &cli.command {
+        return match proto::KeyRing::write_new_key_file(out, proto::KeyId(*key_id)) {
+            Ok(_) => {
+                println!("wrote key {key_id} to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nanoprobe keygen: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nanoprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A single-threaded runtime keeps RSS and CPU small; probes use the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nanoprobe: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(nanoprobe::node::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nanoprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Counters for everything sent, dropped or retried, and the optional Prometheus
+//! `/metrics` listener (off unless `metrics_listen` is configured).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A `reason` or `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Label {
+    /// The label value.
+    pub name: &'static str,
+}
+
+/// The nanoprobe's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Datagrams refused by the verifier, by `Rejection::reason`.
+    pub rejected: Family<Label, Counter>,
+    /// Reports dropped from the full outbound queue, by report kind.
+    pub reports_dropped: Family<Label, Counter>,
+    /// Report sends, first copies and retransmissions, by report kind.
+    pub reports_sent: Family<Label, Counter>,
+    /// Report retransmissions, by report kind.
+    pub reports_retried: Family<Label, Counter>,
+    /// Commands received, by command kind (duplicates included).
+    pub commands: Family<Label, Counter>,
+    /// Duplicate command copies (acknowledged, not applied again).
+    pub command_duplicates: Counter,
+    /// Heartbeats sent.
+    pub heartbeats_sent: Counter,
+    /// Authenticated heartbeats received.
+    pub heartbeats_received: Counter,
+    /// Send errors on the UDP socket.
+    pub send_errors: Counter,
+    /// Reports waiting for an ack.
+    pub reports_pending: Gauge,
+    /// Peers on the send/expect lists.
+    pub peers: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nanoprobe");
+        let m = Metrics {
+            registry: Registry::default(),
+            rejected: Family::default(),
+            reports_dropped: Family::default(),
+            reports_sent: Family::default(),
+            reports_retried: Family::default(),
+            commands: Family::default(),
+            command_duplicates: Counter::default(),
+            heartbeats_sent: Counter::default(),
+            heartbeats_received: Counter::default(),
+            send_errors: Counter::default(),
+            reports_pending: Gauge::default(),
+            peers: Gauge::default(),
+        };
+        registry.register("rejected", "Datagrams refused, by reason", m.rejected.clone());
+        registry.register(
+            "reports_dropped",
+            "Reports dropped from the full outbound queue, by kind",
+            m.reports_dropped.clone(),
+        );
+        registry.register("reports_sent", "Report sends, by kind", m.reports_sent.clone());
+        registry.register(
+            "reports_retried",
+            "Report retransmissions, by kind",
+            m.reports_retried.clone(),
+        );
+        registry.register("commands", "Commands received, by kind", m.commands.clone());
+        registry.register(
+            "command_duplicates",
+            "Duplicate command copies ignored",
+            m.command_duplicates.clone(),
+        );
+        registry.register("heartbeats_sent", "Heartbeats sent", m.heartbeats_sent.clone());
+        registry.register(
+            "heartbeats_received",
+            "Authenticated heartbeats received",
+            m.heartbeats_received.clone(),
+        );
+        registry.register("send_errors", "UDP send errors", m.send_errors.clone());
+        registry.register(
+            "reports_pending",
+            "Reports waiting for an ack",
+            m.reports_pending.clone(),
+        );
+        registry.register("peers", "Peers on the heartbeat lists", m.peers.clone());
+        for reason in proto::Rejection::REASONS {
+            let _ = m.rejected.get_or_create(&Label { name: reason });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one under `name` in `family`.
+    pub fn inc(family: &Family<Label, Counter>, name: &'static str) {
+        family.get_or_create(&Label { name }).inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_by_reason() {
+        let m = Metrics::new();
+        Metrics::inc(&m.rejected, "bad_mac");
+        m.heartbeats_sent.inc();
+        let text = m.render();
+        assert!(text.contains("nanoprobe_rejected_total{name=\"bad_mac\"} 1"), "{text}");
+        assert!(text.contains("nanoprobe_heartbeats_sent_total 1"), "{text}");
+    }
+}

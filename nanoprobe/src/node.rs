@@ -1,0 +1,372 @@
+//! The daemon: one loop that reads the socket, feeds the pure engines (heartbeats,
+//! reports, commands) with events and time, and carries out what they return.
+
+use crate::commands::CommandMemory;
+use crate::config::Config;
+use crate::heartbeat::{Action, HeartbeatEngine};
+use crate::metrics::Metrics;
+use crate::probes::{run_probe, EchoSetup};
+use crate::reports::ReportSender;
+use crate::{discovery, socket};
+use proto::{
+    Ack, Body, Command, CommandBody, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult,
+    ReportBody, Sealer, SessionId, Startup, Verifier,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Most targets probed for one `DoProbe`, so a command cannot spawn unbounded work.
+const MAX_PROBE_TARGETS: usize = 64;
+/// Most senders whose replay state is tracked.
+const MAX_SENDERS: usize = 4096;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Keys(#[from] proto::KeyFileError),
+    /// A socket or signal handler could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The running nanoprobe.
+struct Node {
+    host: HostId,
+    sealer: Sealer,
+    verifier: Verifier,
+    keys: Arc<KeyRing>,
+    socket: UdpSocket,
+    engine: HeartbeatEngine,
+    reports: ReportSender,
+    commands: CommandMemory,
+    metrics: Arc<Metrics>,
+    probe_tx: mpsc::Sender<ProbeResult>,
+    out: Vec<u8>,
+    next_nonce: u64,
+}
+
+/// Runs the nanoprobe until SIGTERM or SIGINT, then stops gracefully.
+pub async fn run(config: Config) -> Result<(), NodeError> {
+    let host = config.validate()?;
+    let key_path = config.key_file.clone().unwrap_or_default();
+    let keys = Arc::new(KeyRing::load(&key_path)?);
+    let std_socket = socket::bind_udp(config.bind, &config.socket)
+        .map_err(io_err(format!("binding UDP {}", config.bind)))?;
+    let socket = UdpSocket::from_std(std_socket).map_err(io_err("registering UDP socket"))?;
+    let local = socket.local_addr().map_err(io_err("local address"))?;
+    let session = SessionId::from_clock();
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.metrics_listen {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m).await {
+                tracing::error!(%addr, error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let (probe_tx, mut probe_rx) = mpsc::channel(MAX_PROBE_TARGETS);
+    let mut node = Node {
+        host,
+        sealer: Sealer::new(keys.clone(), host, session),
+        verifier: Verifier::new(keys.clone(), MAX_SENDERS),
+        keys,
+        socket,
+        engine: HeartbeatEngine::new(config.timings.to_hb(), config.martian_report_interval()),
+        reports: ReportSender::new(host, &config.packet_readers, config.reports),
+        commands: CommandMemory::new(config.command_memory),
+        metrics,
+        probe_tx,
+        out: Vec::with_capacity(proto::MAX_DATAGRAM),
+        next_nonce: session.0,
+    };
+    let startup = Startup {
+        hostname: discovery::hostname(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: local,
+        interfaces: discovery::interfaces(),
+        gateway: discovery::default_gateway(),
+        lldp: tokio::task::spawn_blocking(discovery::lldp_neighbour)
+            .await
+            .unwrap_or(None),
+    };
+    node.report(ReportBody::Startup(startup), Instant::now());
+    node.tick(Instant::now()).await;
+    tracing::info!(%host, %session, %local, "nanoprobe started; waiting for SendExpectHb");
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify READY failed");
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
+    let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
+    loop {
+        let now = Instant::now();
+        let deadline = [
+            node.engine.next_deadline(),
+            node.reports.next_deadline(),
+            next_watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            received = node.socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => node.on_datagram(&buf[..n], from, Instant::now()).await,
+                Err(e) => tracing::debug!(error = %e, "recv error"),
+            },
+            Some(result) = probe_rx.recv() => {
+                node.report(ReportBody::ProbeResult(result), Instant::now());
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_watchdog, watchdog) {
+            if now >= at {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                next_watchdog = Some(now + every);
+            }
+        }
+        node.tick(now).await;
+    }
+    node.shutdown(Duration::from_millis(config.shutdown_ack_wait_ms), &mut buf)
+        .await;
+    Ok(())
+}
+
+impl Node {
+    async fn send(&mut self, body: &Body, to: SocketAddr) {
+        match self.sealer.seal_into(body, &mut self.out) {
+            Ok(_) => {
+                if let Err(e) = self.socket.send_to(&self.out, to).await {
+                    self.metrics.send_errors.inc();
+                    tracing::debug!(%to, error = %e, kind = body.kind(), "send failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot seal"),
+        }
+    }
+
+    fn report(&mut self, body: ReportBody, now: Instant) {
+        let kind = body.kind();
+        tracing::info!(kind, report = ?body, "report");
+        let (_, dropped) = self.reports.enqueue(body, now);
+        if let Some(d) = dropped {
+            tracing::warn!(dropped = d.kind, new = kind, "report queue full");
+            Metrics::inc(&self.metrics.reports_dropped, d.kind);
+        }
+    }
+
+    /// Fires due timers of both engines and sends what they ask for.
+    async fn tick(&mut self, now: Instant) {
+        for action in self.engine.poll(now) {
+            self.act(action, now).await;
+        }
+        for out in self.reports.poll(now) {
+            let kind = out.report.body.kind();
+            Metrics::inc(&self.metrics.reports_sent, kind);
+            if out.retry {
+                Metrics::inc(&self.metrics.reports_retried, kind);
+            }
+            self.send(&Body::Report(out.report), out.to).await;
+        }
+        self.metrics
+            .reports_pending
+            .set(self.reports.pending_len() as i64);
+        self.metrics.peers.set(self.engine.peer_count() as i64);
+    }
+
+    async fn act(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::SendHeartbeat { to } => {
+                self.metrics.heartbeats_sent.inc();
+                let hb = Body::Heartbeat(Heartbeat {
+                    sent_at_us: wall_us(),
+                    leaving: false,
+                });
+                self.send(&hb, to).await;
+            }
+            Action::Report(body) => self.report(body, now),
+        }
+    }
+
+    async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        let verified = match self.verifier.verify(datagram) {
+            Ok(v) => v,
+            Err(r) => {
+                Metrics::inc(&self.metrics.rejected, r.reason());
+                tracing::debug!(%from, reason = r.reason(), "datagram rejected");
+                return;
+            }
+        };
+        let sender = verified.header.sender;
+        match verified.body {
+            Body::Heartbeat(hb) => {
+                if sender == self.host {
+                    return;
+                }
+                self.metrics.heartbeats_received.inc();
+                for action in self
+                    .engine
+                    .on_heartbeat(sender, from, hb.leaving, now, wall_us())
+                {
+                    self.act(action, now).await;
+                }
+            }
+            Body::Command(cmd) => {
+                let ack = Body::Ack(Ack {
+                    session: verified.header.session,
+                    id: cmd.id,
+                });
+                self.send(&ack, from).await;
+                Metrics::inc(&self.metrics.commands, cmd.body.kind());
+                if self.commands.first_time(cmd.id) {
+                    self.apply(cmd, now).await;
+                } else {
+                    self.metrics.command_duplicates.inc();
+                }
+            }
+            Body::Ack(ack) => {
+                if ack.session == self.sealer.session() && !self.reports.on_ack(ack.id) {
+                    tracing::debug!(id = ack.id, "ack for no pending report");
+                }
+            }
+            Body::EchoRequest { nonce } => {
+                self.send(&Body::EchoReply { nonce }, from).await;
+            }
+            Body::Report(_) | Body::EchoReply { .. } => {
+                Metrics::inc(&self.metrics.rejected, "unexpected_kind");
+            }
+        }
+    }
+
+    async fn apply(&mut self, cmd: Command, now: Instant) {
+        tracing::info!(id = cmd.id, kind = cmd.body.kind(), "applying command");
+        match cmd.body {
+            CommandBody::SendExpectHb { peers, timings } => match timings.validate() {
+                Ok(()) => self.engine.send_expect(&peers, timings, now),
+                Err(e) => tracing::warn!(id = cmd.id, error = %e, "SendExpectHb with bad timings ignored"),
+            },
+            CommandBody::StopSendExpectHb { peers } => self.engine.stop(&peers),
+            CommandBody::SetConfig(update) => {
+                if let Some(t) = update.timings {
+                    match t.validate() {
+                        Ok(()) => self.engine.set_timings(t, now),
+                        Err(e) => tracing::warn!(id = cmd.id, error = %e, "SetConfig with bad timings ignored"),
+                    }
+                }
+            }
+            CommandBody::DoProbe {
+                probe_id,
+                targets,
+                kind,
+                timeout_ms,
+            } => {
+                let timeout = Duration::from_millis(timeout_ms.into());
+                for target in targets.into_iter().take(MAX_PROBE_TARGETS) {
+                    let echo = match kind {
+                        ProbeKind::UdpEcho { .. } => {
+                            self.next_nonce = self.next_nonce.wrapping_add(1);
+                            let nonce = self.next_nonce;
+                            self.sealer
+                                .seal(&Body::EchoRequest { nonce })
+                                .ok()
+                                .map(|request| EchoSetup {
+                                    request,
+                                    nonce,
+                                    keys: self.keys.clone(),
+                                })
+                        }
+                        _ => None,
+                    };
+                    let tx = self.probe_tx.clone();
+                    tokio::spawn(async move {
+                        let result = run_probe(probe_id, target, kind, timeout, echo).await;
+                        let _ = tx.send(result).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Graceful stop: tell peers we are leaving, report `HbShutdown`, wait (bounded) for
+    /// its ack while still answering acks for other reports.
+    async fn shutdown(&mut self, wait: Duration, buf: &mut [u8]) {
+        let leaving = Body::Heartbeat(Heartbeat {
+            sent_at_us: wall_us(),
+            leaving: true,
+        });
+        for addr in self.engine.peer_addrs() {
+            self.send(&leaving, addr).await;
+        }
+        let now = Instant::now();
+        let (id, dropped) = self.reports.enqueue(ReportBody::HbShutdown, now);
+        if dropped.is_some() {
+            tracing::warn!("report queue full at shutdown");
+        }
+        tracing::info!("stopping: HbShutdown sent");
+        let deadline = now + wait;
+        self.tick(now).await;
+        while self.reports.is_pending(id) {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!("no ack for HbShutdown; exiting anyway");
+                break;
+            }
+            let until = self
+                .reports
+                .next_deadline()
+                .unwrap_or(deadline)
+                .min(deadline);
+            tokio::select! {
+                received = self.socket.recv_from(buf) => {
+                    if let Ok((n, from)) = received {
+                        if let Ok(v) = self.verifier.verify(&buf[..n]) {
+                            if let Body::Ack(ack) = v.body {
+                                if ack.session == self.sealer.session() {
+                                    self.reports.on_ack(ack.id);
+                                }
+                            }
+                        } else {
+                            tracing::debug!(%from, "datagram rejected during shutdown");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            // Only retransmit reports; no more heartbeats.
+            for out in self.reports.poll(Instant::now()) {
+                self.send(&Body::Report(out.report), out.to).await;
+            }
+        }
+    }
+}

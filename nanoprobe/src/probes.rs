@@ -1,0 +1,268 @@
+//! Active probes for `DoProbe`: ICMP echo, TCP connect and an authenticated UDP echo to
+//! another nanoprobe. Each probe is bounded by its timeout and yields a `ProbeResult`.
+
+use proto::{Body, KeyRing, ProbeKind, ProbeOutcome, ProbeResult, ProbeTarget, Verifier};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::ErrorKind;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a UDP echo probe needs from the daemon: the sealed `EchoRequest` (sealed by the
+/// daemon's sealer so its sequence numbers stay unique), its nonce, and keys to verify the
+/// reply.
+#[derive(Clone, Debug)]
+pub struct EchoSetup {
+    /// The sealed `EchoRequest` datagram.
+    pub request: Vec<u8>,
+    /// The request's nonce, expected back in the reply.
+    pub nonce: u64,
+    /// Keys to authenticate the reply.
+    pub keys: Arc<KeyRing>,
+}
+
+fn micros(d: Duration) -> Option<u32> {
+    Some(u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+}
+
+/// Probes one target and builds its result.
+pub async fn run_probe(
+    probe_id: u64,
+    target: ProbeTarget,
+    kind: ProbeKind,
+    timeout: Duration,
+    echo: Option<EchoSetup>,
+) -> ProbeResult {
+    let (outcome, rtt_us) = match kind {
+        ProbeKind::IcmpEcho => {
+            let addr = target.addr;
+            let ident = (probe_id & 0xffff) as u16;
+            tokio::task::spawn_blocking(move || icmp_echo(addr, ident, timeout))
+                .await
+                .unwrap_or_else(|e| (ProbeOutcome::Failed(format!("probe task: {e}")), None))
+        }
+        ProbeKind::TcpConnect { port } => tcp_connect(SocketAddr::new(target.addr, port), timeout).await,
+        ProbeKind::UdpEcho { port } => match echo {
+            Some(echo) => udp_echo(SocketAddr::new(target.addr, port), echo, timeout).await,
+            None => (ProbeOutcome::Failed("no echo request".into()), None),
+        },
+    };
+    ProbeResult {
+        probe_id,
+        target,
+        kind,
+        outcome,
+        rtt_us,
+    }
+}
+
+/// TCP connect: an accepted or a refused connection both prove the host is up.
+pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> (ProbeOutcome, Option<u32>) {
+    let start = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => (ProbeOutcome::Reachable, micros(start.elapsed())),
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {
+            (ProbeOutcome::Reachable, micros(start.elapsed()))
+        }
+        Ok(Err(e)) if is_unreachable(&e) => (ProbeOutcome::Unreachable, None),
+        Ok(Err(e)) => (ProbeOutcome::Failed(e.to_string()), None),
+        Err(_) => (ProbeOutcome::Timeout, None),
+    }
+}
+
+fn is_unreachable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+    )
+}
+
+/// Authenticated UDP echo to the nanoprobe at `addr`.
+pub async fn udp_echo(
+    addr: SocketAddr,
+    echo: EchoSetup,
+    timeout: Duration,
+) -> (ProbeOutcome, Option<u32>) {
+    let local: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = match tokio::net::UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => return (ProbeOutcome::Failed(format!("bind: {e}")), None),
+    };
+    let start = Instant::now();
+    if let Err(e) = socket.send_to(&echo.request, addr).await {
+        return if is_unreachable(&e) {
+            (ProbeOutcome::Unreachable, None)
+        } else {
+            (ProbeOutcome::Failed(format!("send: {e}")), None)
+        };
+    }
+    let mut verifier = Verifier::new(echo.keys, 4);
+    let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
+    let wait = async {
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, from)) if from == addr => {
+                    if let Ok(v) = verifier.verify(&buf[..n]) {
+                        if v.body == (Body::EchoReply { nonce: echo.nonce }) {
+                            return (ProbeOutcome::Reachable, micros(start.elapsed()));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    // ICMP port unreachable: the host answered, the nanoprobe did not.
+                    return (ProbeOutcome::Unreachable, None);
+                }
+                Err(e) => return (ProbeOutcome::Failed(format!("recv: {e}")), None),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or((ProbeOutcome::Timeout, None))
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Builds an ICMP (v4 type 8, v6 type 128) echo request.
+fn echo_request(v6: bool, ident: u16, seq: u16) -> Vec<u8> {
+    let mut pkt = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
+    pkt.extend_from_slice(&ident.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(b"ringwatch-probe!");
+    if !v6 {
+        // The kernel computes the ICMPv6 checksum itself.
+        let sum = checksum(&pkt);
+        pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    pkt
+}
+
+/// Opens an ICMP socket: an unprivileged datagram socket where `net.ipv4.ping_group_range`
+/// allows it, else a raw socket (needs CAP_NET_RAW). Returns whether it is raw.
+fn icmp_socket(v6: bool) -> std::io::Result<(Socket, bool)> {
+    let (domain, proto) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4)
+    };
+    match Socket::new(domain, Type::DGRAM, Some(proto)) {
+        Ok(s) => Ok((s, false)),
+        Err(_) => Socket::new(domain, Type::RAW, Some(proto)).map(|s| (s, true)),
+    }
+}
+
+/// ICMP echo (blocking; run on the blocking pool).
+pub fn icmp_echo(addr: IpAddr, ident: u16, timeout: Duration) -> (ProbeOutcome, Option<u32>) {
+    let v6 = addr.is_ipv6();
+    let (socket, raw) = match icmp_socket(v6) {
+        Ok(s) => s,
+        Err(e) => return (ProbeOutcome::Failed(format!("no ICMP socket: {e}")), None),
+    };
+    let seq = 1u16;
+    let request = echo_request(v6, ident, seq);
+    // Connecting filters replies to the target's address and lets us read into a plain
+    // (initialised) buffer through `std::io::Read`.
+    if let Err(e) = socket.connect(&SocketAddr::new(addr, 0).into()) {
+        return (ProbeOutcome::Failed(format!("connect: {e}")), None);
+    }
+    let start = Instant::now();
+    if let Err(e) = socket.send(&request) {
+        return if is_unreachable(&e) {
+            (ProbeOutcome::Unreachable, None)
+        } else {
+            (ProbeOutcome::Failed(format!("send: {e}")), None)
+        };
+    }
+    let mut buf = [0u8; 1500];
+    let mut reader = &socket;
+    loop {
+        let left = match timeout.checked_sub(start.elapsed()) {
+            Some(d) if !d.is_zero() => d,
+            _ => return (ProbeOutcome::Timeout, None),
+        };
+        if socket.set_read_timeout(Some(left)).is_err() {
+            return (ProbeOutcome::Failed("set_read_timeout".into()), None);
+        }
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (ProbeOutcome::Timeout, None)
+            }
+            Err(e) if is_unreachable(&e) => return (ProbeOutcome::Unreachable, None),
+            Err(e) => return (ProbeOutcome::Failed(format!("recv: {e}")), None),
+        };
+        let bytes = &buf[..n];
+        // A raw IPv4 socket hands over the IP header too.
+        let icmp = if raw && !v6 {
+            let ihl = usize::from(bytes.first().copied().unwrap_or(0) & 0x0f) * 4;
+            bytes.get(ihl..).unwrap_or(&[])
+        } else {
+            bytes
+        };
+        if icmp.len() < 8 {
+            continue;
+        }
+        let reply_type = if v6 { 129 } else { 0 };
+        let unreachable_type = if v6 { 1 } else { 3 };
+        if icmp[0] == unreachable_type {
+            return (ProbeOutcome::Unreachable, None);
+        }
+        // Datagram ICMP sockets rewrite the identifier; match on sequence there.
+        let ident_ok = !raw || u16::from_be_bytes([icmp[4], icmp[5]]) == ident;
+        if icmp[0] == reply_type && ident_ok && u16::from_be_bytes([icmp[6], icmp[7]]) == seq {
+            return (ProbeOutcome::Reachable, micros(start.elapsed()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_echo_request_verifies() {
+        let pkt = echo_request(false, 0x1234, 1);
+        assert_eq!(checksum(&pkt), 0);
+    }
+
+    #[tokio::test]
+    async fn tcp_connect_refused_counts_as_reachable_and_listener_too() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (outcome, rtt) = tcp_connect(addr, Duration::from_secs(5)).await;
+        assert_eq!(outcome, ProbeOutcome::Reachable);
+        assert!(rtt.is_some());
+        drop(listener);
+        let (outcome, _) = tcp_connect(addr, Duration::from_secs(5)).await;
+        assert_eq!(outcome, ProbeOutcome::Reachable);
+    }
+
+    #[test]
+    fn icmp_echo_to_loopback_answers_or_fails_cleanly() {
+        // Depending on ping_group_range and capabilities this host may allow no ICMP
+        // socket at all; then the probe must say so rather than time out.
+        let (outcome, rtt) = icmp_echo("127.0.0.1".parse().unwrap(), 7, Duration::from_secs(3));
+        match outcome {
+            ProbeOutcome::Reachable => assert!(rtt.is_some()),
+            ProbeOutcome::Failed(msg) => assert!(msg.contains("ICMP socket"), "{msg}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
