@@ -13,8 +13,8 @@
 //! heartbeat_interval_ms = 250
 //! election_timeout_min_ms = 1000
 //! election_timeout_max_ms = 2000
-//! snapshot_after_logs = 10000
-//! logs_to_keep_after_snapshot = 1000
+//! snapshot_after_logs = 2000
+//! logs_to_keep_after_snapshot = 500
 //!
 //! [queue]
 //! dedup_window = 1024
@@ -106,10 +106,11 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomised election timeout (default 2000 ms).
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last (default 10000).
+    /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
+    /// are cheap while consumers keep the queue short, and they bound the sled log.
     pub snapshot_after_logs: u64,
     /// Log entries kept after a snapshot, so lagging followers catch up from the log
-    /// rather than by snapshot (default 1000).
+    /// rather than by snapshot (default 500).
     pub logs_to_keep_after_snapshot: u64,
     /// Most entries per AppendEntries RPC (default 64).
     pub max_payload_entries: u64,
@@ -127,8 +128,8 @@ impl Default for RaftConfig {
             heartbeat_interval_ms: 250,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
-            snapshot_after_logs: 10_000,
-            logs_to_keep_after_snapshot: 1000,
+            snapshot_after_logs: 2000,
+            logs_to_keep_after_snapshot: 500,
             max_payload_entries: 64,
             install_snapshot_timeout_ms: 10_000,
             connect_timeout_ms: 1000,

@@ -17,8 +17,21 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Fewest runtime worker threads. sled's API is synchronous, so a long storage call holds
+/// a worker; with one worker per core on a small machine that would stall heartbeats.
+const MIN_WORKER_THREADS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(MIN_WORKER_THREADS))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

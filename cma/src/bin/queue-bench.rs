@@ -314,18 +314,24 @@ async fn latency(
             if let Ok(r) = &result {
                 high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
             }
-            let _ = tx.send((result.is_ok(), elapsed));
+            let _ = tx.send((result.map(|_| ()).map_err(|e| e.to_string()), elapsed));
         });
     }
     drop(tx);
     let mut samples = Vec::with_capacity(total);
     let mut failures = 0;
-    while let Some((ok, elapsed)) = rx.recv().await {
-        if ok {
-            samples.push(elapsed);
-        } else {
-            failures += 1;
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    while let Some((result, elapsed)) = rx.recv().await {
+        match result {
+            Ok(()) => samples.push(elapsed),
+            Err(e) => {
+                failures += 1;
+                *reasons.entry(e).or_default() += 1;
+            }
         }
+    }
+    for (reason, count) in &reasons {
+        eprintln!("{count} appends failed: {reason}");
     }
     let secs = started.elapsed().as_secs_f64();
     samples.sort_unstable();

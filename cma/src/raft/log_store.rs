@@ -218,25 +218,60 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut batch = sled::Batch::default();
-        for item in self.logs.range(key(log_id.index)..) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
+        let last = self
+            .logs
+            .last()
+            .map_err(read_err)?
+            .and_then(|(k, _)| index_of(&k));
+        if let Some(last) = last {
+            // Highest first, so a crash midway never leaves a hole.
+            let mut batch = sled::Batch::default();
+            for i in (log_id.index..=last).rev() {
+                batch.remove(&key(i));
+            }
+            self.logs.apply_batch(batch).map_err(write_err)?;
         }
-        self.logs.apply_batch(batch).map_err(write_err)?;
         self.flush().await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // Record the purge point first, so a crash between the two steps never leaves a
-        // log whose first entry is unexplained.
+        // Record the purge point durably first: from then on openraft never reads below
+        // it, so the entries can go in the background without leaving a hole. Deleting
+        // gigabytes of log inline would stall this node's runtime for seconds (sled's
+        // API is synchronous) and cost it its leadership.
         self.put_meta(LAST_PURGED_KEY, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.logs.range(..=key(log_id.index)) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.logs.apply_batch(batch).map_err(write_err)?;
-        self.flush().await
+        self.flush().await?;
+        let logs = self.logs.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = delete_upto(&logs, log_id.index) {
+                tracing::warn!(error = %e, upto = log_id.index, "purging raft log failed");
+            }
+        });
+        Ok(())
     }
+}
+
+/// Index of a stored key.
+fn index_of(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+/// Deletes the log entries with index <= `upto`, a chunk at a time, lowest first. Keys
+/// are dense indices, so they are removed by number without reading the (large) values.
+fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
+    const CHUNK: u64 = 256;
+    let Some(first) = logs.first()?.and_then(|(k, _)| index_of(&k)) else {
+        return Ok(());
+    };
+    let mut from = first;
+    while from <= upto {
+        let to = upto.min(from + CHUNK - 1);
+        let mut batch = sled::Batch::default();
+        for i in from..=to {
+            batch.remove(&key(i));
+        }
+        logs.apply_batch(batch)?;
+        from = to + 1;
+    }
+    Ok(())
 }

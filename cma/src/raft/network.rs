@@ -1,17 +1,59 @@
 //! openraft's network: one lazily (re)connected [`Connection`] per target node.
 
+use super::command::Command;
 use super::rpc::{CallError, Connection, Reply, Request};
 use super::{NodeAddr, NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::EntryPayload;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Soft bound on the bytes of one AppendEntries. openraft must get each reply within one
+/// heartbeat interval; a bigger request is refused with `PayloadTooLarge` so openraft sends
+/// fewer entries (at least one) per request.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Rough encoded size of an entry: packet bytes plus fixed overhead.
+fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        EntryPayload::Normal(Command::Append { batch }) => {
+            OVERHEAD
+                + batch
+                    .iter()
+                    .map(|p| p.datagram.len() + OVERHEAD)
+                    .sum::<usize>()
+        }
+        EntryPayload::Normal(Command::Apply { writes, .. }) => {
+            OVERHEAD
+                + writes
+                    .iter()
+                    .map(|w| w.table.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+        }
+        _ => OVERHEAD,
+    }
+}
+
+/// How many leading entries fit in [`MAX_APPEND_BYTES`] (at least one).
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> usize {
+    let mut total = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        total += entry_size(entry);
+        if total > MAX_APPEND_BYTES {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
 
 /// Creates per-target network clients.
 #[derive(Clone)]
@@ -82,6 +124,9 @@ impl PeerClient {
         };
         match connection.call(request, option.hard_ttl()).await {
             Ok(reply) => Ok(reply),
+            // A late reply to a timed-out call is discarded by id, so the connection
+            // stays usable; only a broken connection is dropped.
+            Err(e @ CallError::Timeout(_)) => Err(RPCError::Network(NetworkError::new(&e))),
             Err(e) => {
                 self.connection = None;
                 Err(match e {
@@ -105,6 +150,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let fit = entries_that_fit(&rpc.entries);
+        if fit < rpc.entries.len() {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
+        }
         match self.call(Request::AppendEntries(rpc), &option).await? {
             Reply::AppendEntries(Ok(r)) => Ok(r),
             Reply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
@@ -151,5 +202,40 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.network.retry_backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::record::QueuedPacket;
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn entry(index: u64, packets: usize) -> openraft::Entry<TypeConfig> {
+        let packet = QueuedPacket {
+            sender: 1,
+            session: 1,
+            seq: 1,
+            received_at_us: 0,
+            source: "127.0.0.1:9".parse().unwrap(),
+            datagram: vec![0; 256],
+        };
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Append {
+                batch: vec![packet; packets],
+            }),
+        }
+    }
+
+    #[test]
+    fn large_appends_are_split_but_never_below_one_entry() {
+        let small: Vec<_> = (0..10).map(|i| entry(i, 10)).collect();
+        assert_eq!(entries_that_fit(&small), 10);
+        let big: Vec<_> = (0..10).map(|i| entry(i, 1000)).collect();
+        let fit = entries_that_fit(&big);
+        assert!((1..10).contains(&fit), "{fit}");
+        let huge = vec![entry(0, 100_000)];
+        assert_eq!(entries_that_fit(&huge), 1);
     }
 }

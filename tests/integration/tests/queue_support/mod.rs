@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Raft timings for tests: quick failover, but tolerant of a loaded 2-core machine.
-pub const TEST_RAFT: &str = "[raft]\nheartbeat_interval_ms = 150\nelection_timeout_min_ms = 900\nelection_timeout_max_ms = 1800\n";
+pub const TEST_RAFT: &str = "[raft]\nheartbeat_interval_ms = 250\nelection_timeout_min_ms = 1200\nelection_timeout_max_ms = 2400\n";
 
 /// Directory holding freshly built `cma` and `cmactl`.
 pub fn bin_dir() -> &'static Path {
