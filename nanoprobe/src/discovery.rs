@@ -119,9 +119,7 @@ pub fn parse_lldpctl_keyvalue(text: &str) -> Option<LldpNeighbour> {
         match field {
             "chassis.mac" | "chassis.id" if chassis_id.is_none() => chassis_id = Some(value),
             "chassis.name" if system_name.is_none() => system_name = Some(value),
-            "port.ifname" | "port.mac" | "port.local" if port_id.is_none() => {
-                port_id = Some(value)
-            }
+            "port.ifname" | "port.mac" | "port.local" if port_id.is_none() => port_id = Some(value),
             _ => {}
         }
     }

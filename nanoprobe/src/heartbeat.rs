@@ -399,15 +399,15 @@ mod tests {
         let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
         e.send_expect(&[peer(1)], T, base);
         e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 100), 1);
-        e.poll(at(base, 2100));
-        // The next deadline after HbLate is last heartbeat + deadtime.
-        assert_eq!(e.next_deadline(), Some(at(base, 3000)));
-        e.poll(at(base, 3000));
-        let check = e
+        assert!(matches!(
+            reports(&e.poll(at(base, 2100)))[..],
+            [ReportBody::HbLate { .. }]
+        ));
+        // The dead check is armed for last heartbeat + deadtime, not a tick later.
+        assert!(e
             .timers
-            .iter()
-            .any(|(_, _, k)| *k == TimerKind::Check);
-        assert!(!check);
+            .contains(&(at(base, 3100), HostId(1), TimerKind::Check)));
+        assert!(reports(&e.poll(at(base, 3099))).is_empty());
         assert!(matches!(
             reports(&e.poll(at(base, 3100)))[..],
             [ReportBody::HbDead { .. }]
@@ -419,7 +419,9 @@ mod tests {
         let base = Instant::now();
         let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
         e.send_expect(&[peer(1)], T, base);
-        assert!(e.on_heartbeat(HostId(1), peer(1).addr, true, at(base, 100), 1).is_empty());
+        assert!(e
+            .on_heartbeat(HostId(1), peer(1).addr, true, at(base, 100), 1)
+            .is_empty());
         assert_eq!(e.peer_count(), 0);
         assert!(reports(&e.poll(at(base, 10_000))).is_empty());
         assert_eq!(e.next_deadline(), None);
@@ -431,8 +433,14 @@ mod tests {
         let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
         let addr = peer(9).addr;
         assert_eq!(e.on_heartbeat(HostId(9), addr, false, base, 1).len(), 1);
-        assert!(e.on_heartbeat(HostId(9), addr, false, at(base, 5000), 1).is_empty());
-        assert_eq!(e.on_heartbeat(HostId(8), addr, false, at(base, 5000), 1).len(), 1);
+        assert!(e
+            .on_heartbeat(HostId(9), addr, false, at(base, 5000), 1)
+            .is_empty());
+        assert_eq!(
+            e.on_heartbeat(HostId(8), addr, false, at(base, 5000), 1)
+                .len(),
+            1
+        );
         assert_eq!(
             e.on_heartbeat(HostId(9), addr, false, at(base, 10_000), 1),
             vec![Action::Report(ReportBody::HbMartian {
@@ -468,7 +476,13 @@ mod tests {
             deadtime_ms: 400,
         };
         e.set_timings(fast, at(base, 50));
-        assert!(matches!(reports(&e.poll(at(base, 200)))[..], [ReportBody::HbLate { .. }]));
-        assert!(matches!(reports(&e.poll(at(base, 400)))[..], [ReportBody::HbDead { .. }]));
+        assert!(matches!(
+            reports(&e.poll(at(base, 200)))[..],
+            [ReportBody::HbLate { .. }]
+        ));
+        assert!(matches!(
+            reports(&e.poll(at(base, 400)))[..],
+            [ReportBody::HbDead { .. }]
+        ));
     }
 }

@@ -68,13 +68,21 @@ impl Metrics {
             reports_pending: Gauge::default(),
             peers: Gauge::default(),
         };
-        registry.register("rejected", "Datagrams refused, by reason", m.rejected.clone());
+        registry.register(
+            "rejected",
+            "Datagrams refused, by reason",
+            m.rejected.clone(),
+        );
         registry.register(
             "reports_dropped",
             "Reports dropped from the full outbound queue, by kind",
             m.reports_dropped.clone(),
         );
-        registry.register("reports_sent", "Report sends, by kind", m.reports_sent.clone());
+        registry.register(
+            "reports_sent",
+            "Report sends, by kind",
+            m.reports_sent.clone(),
+        );
         registry.register(
             "reports_retried",
             "Report retransmissions, by kind",
@@ -86,7 +94,11 @@ impl Metrics {
             "Duplicate command copies ignored",
             m.command_duplicates.clone(),
         );
-        registry.register("heartbeats_sent", "Heartbeats sent", m.heartbeats_sent.clone());
+        registry.register(
+            "heartbeats_sent",
+            "Heartbeats sent",
+            m.heartbeats_sent.clone(),
+        );
         registry.register(
             "heartbeats_received",
             "Authenticated heartbeats received",
@@ -151,7 +163,10 @@ mod tests {
         Metrics::inc(&m.rejected, "bad_mac");
         m.heartbeats_sent.inc();
         let text = m.render();
-        assert!(text.contains("nanoprobe_rejected_total{name=\"bad_mac\"} 1"), "{text}");
+        assert!(
+            text.contains("nanoprobe_rejected_total{name=\"bad_mac\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("nanoprobe_heartbeats_sent_total 1"), "{text}");
     }
 }

@@ -274,14 +274,18 @@ impl Node {
         match cmd.body {
             CommandBody::SendExpectHb { peers, timings } => match timings.validate() {
                 Ok(()) => self.engine.send_expect(&peers, timings, now),
-                Err(e) => tracing::warn!(id = cmd.id, error = %e, "SendExpectHb with bad timings ignored"),
+                Err(e) => {
+                    tracing::warn!(id = cmd.id, error = %e, "SendExpectHb with bad timings ignored")
+                }
             },
             CommandBody::StopSendExpectHb { peers } => self.engine.stop(&peers),
             CommandBody::SetConfig(update) => {
                 if let Some(t) = update.timings {
                     match t.validate() {
                         Ok(()) => self.engine.set_timings(t, now),
-                        Err(e) => tracing::warn!(id = cmd.id, error = %e, "SetConfig with bad timings ignored"),
+                        Err(e) => {
+                            tracing::warn!(id = cmd.id, error = %e, "SetConfig with bad timings ignored")
+                        }
                     }
                 }
             }

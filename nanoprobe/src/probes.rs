@@ -42,7 +42,9 @@ pub async fn run_probe(
                 .await
                 .unwrap_or_else(|e| (ProbeOutcome::Failed(format!("probe task: {e}")), None))
         }
-        ProbeKind::TcpConnect { port } => tcp_connect(SocketAddr::new(target.addr, port), timeout).await,
+        ProbeKind::TcpConnect { port } => {
+            tcp_connect(SocketAddr::new(target.addr, port), timeout).await
+        }
         ProbeKind::UdpEcho { port } => match echo {
             Some(echo) => udp_echo(SocketAddr::new(target.addr, port), echo, timeout).await,
             None => (ProbeOutcome::Failed("no echo request".into()), None),

@@ -142,14 +142,7 @@ impl ReportSender {
                         });
                     }
                 }
-                _ => {
-                    return (
-                        id,
-                        Some(Dropped {
-                            kind: body.kind(),
-                        }),
-                    )
-                }
+                _ => return (id, Some(Dropped { kind: body.kind() })),
             }
         }
         self.pending.push_back(Pending {
