@@ -1,0 +1,405 @@
+//! The per-host statig machine: one instance per host that has ever been reported on.
+//!
+//! States (see the transition table in the crate docs): `watching`, and under the
+//! superstate `open` (a suspicion without verdict yet) `suspected`, `investigating`,
+//! `grouped`; then `down` (an alarm is open) and `left`.
+
+use crate::action::{Action, Evidence, ProbeId, ProbeTarget, VerdictId, VerdictKind};
+use proto::HostId;
+use serde::{Deserialize, Serialize};
+use statig::prelude::*;
+
+/// Which question a host-investigation probe answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The suspect probed from a host on its own switch.
+    SuspectFromLocal,
+    /// The suspect probed from a host on another switch.
+    SuspectFromRemote,
+    /// The reporter probed from a host on another switch.
+    ReporterFromRemote,
+    /// The suspect probed from the reporter itself.
+    SuspectFromReporter,
+}
+
+/// One outstanding or answered probe of a host investigation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSlot {
+    pub role: Role,
+    pub id: ProbeId,
+    pub from: HostId,
+    pub target: HostId,
+    pub result: Option<bool>,
+}
+
+/// Inputs of one host machine, already routed by the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Dead { at: u64, reporter: HostId },
+    Alive { at: u64, reporter: HostId },
+    Shutdown { at: u64 },
+    Probe { at: u64, probe_id: ProbeId, reachable: bool },
+    Tick { now: u64 },
+    /// A switch/router investigation takes this suspicion over.
+    Claim,
+    /// The group investigation found the switch/router up: investigate on your own.
+    Release { now: u64 },
+    /// A group verdict (`SwitchDown`/`RouterDown`) covers this host.
+    Covered { verdict: VerdictId },
+}
+
+/// Who can probe for this host, computed by the engine from the topology.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Helpers {
+    pub local: Option<HostId>,
+    pub remote: Option<HostId>,
+}
+
+/// Per-dispatch context: engine counters go in, actions come out.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    pub hb_interval_us: u64,
+    pub corroboration_intervals: u64,
+    pub probe_timeout_us: u64,
+    pub helpers: Helpers,
+    pub next_probe: u64,
+    pub next_verdict: u64,
+    pub out: Vec<Action>,
+    /// Alarms this host no longer holds (recovered or left); the engine clears them.
+    pub released_alarms: Vec<(VerdictId, u64)>,
+}
+
+impl Ctx {
+    fn verdict(&mut self, at: u64, kind: VerdictKind, evidence: Vec<Evidence>) -> VerdictId {
+        let id = VerdictId(self.next_verdict);
+        self.next_verdict += 1;
+        self.out.push(Action::Verdict {
+            id,
+            at,
+            kind,
+            evidence,
+        });
+        id
+    }
+
+    fn probe(&mut self, from: HostId, target: HostId, deadline: u64) -> ProbeId {
+        let id = ProbeId(self.next_probe);
+        self.next_probe += 1;
+        self.out.push(Action::RequestProbe {
+            probe_id: id,
+            from,
+            target: ProbeTarget::Host(target),
+            deadline,
+        });
+        id
+    }
+}
+
+/// Shared storage of one host machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspect {
+    pub(crate) host: HostId,
+    /// Start of the current suspicion (µs).
+    pub(crate) since: u64,
+    /// The first reporter of the current suspicion.
+    pub(crate) reporter: HostId,
+    pub(crate) evidence: Vec<Evidence>,
+    pub(crate) probes: Vec<ProbeSlot>,
+    pub(crate) probe_deadline: u64,
+    /// The alarm this host is under while `down`.
+    pub(crate) alarm: Option<VerdictId>,
+    /// Latest `HbBackAlive` time: older `HbDead` reports are stale (reordering).
+    pub(crate) last_alive: u64,
+}
+
+impl Suspect {
+    pub(crate) fn new(host: HostId) -> Self {
+        Suspect {
+            host,
+            since: 0,
+            reporter: host,
+            evidence: Vec::new(),
+            probes: Vec::new(),
+            probe_deadline: 0,
+            alarm: None,
+            last_alive: 0,
+        }
+    }
+
+    fn report(&mut self, at: u64, reporter: HostId, kind: &str) {
+        self.evidence.push(Evidence::Report {
+            at,
+            reporter,
+            kind: kind.to_string(),
+        });
+    }
+
+    fn take_evidence(&mut self) -> Vec<Evidence> {
+        let mut ev = std::mem::take(&mut self.evidence);
+        for p in self.probes.drain(..) {
+            ev.push(Evidence::Probe {
+                probe_id: p.id,
+                from: p.from,
+                target: ProbeTarget::Host(p.target),
+                reachable: p.result,
+            });
+        }
+        ev
+    }
+
+    fn start_suspicion(&mut self, at: u64, reporter: HostId) {
+        self.since = at;
+        self.reporter = reporter;
+        self.evidence.clear();
+        self.probes.clear();
+        self.report(at, reporter, "dead");
+    }
+
+    fn window_end(&self, ctx: &Ctx) -> u64 {
+        self.since + ctx.corroboration_intervals * ctx.hb_interval_us
+    }
+
+    /// Orders the probes of an investigation (DESIGN.md section 5).
+    fn start_probes(&mut self, ctx: &mut Ctx, now: u64) {
+        let deadline = now + ctx.probe_timeout_us;
+        self.probe_deadline = deadline;
+        let (b, a) = (self.host, self.reporter);
+        let mut plan = Vec::with_capacity(4);
+        if let Some(l) = ctx.helpers.local {
+            plan.push((Role::SuspectFromLocal, l, b));
+        }
+        if let Some(r) = ctx.helpers.remote {
+            plan.push((Role::SuspectFromRemote, r, b));
+            plan.push((Role::ReporterFromRemote, r, a));
+        }
+        // Always possible, so every investigation has at least one probe of the suspect.
+        plan.push((Role::SuspectFromReporter, a, b));
+        for (role, from, target) in plan {
+            let id = ctx.probe(from, target, deadline);
+            self.probes.push(ProbeSlot {
+                role,
+                id,
+                from,
+                target,
+                result: None,
+            });
+        }
+    }
+
+    fn result(&self, role: Role) -> Option<bool> {
+        self.probes
+            .iter()
+            .find(|p| p.role == role)
+            .and_then(|p| p.result)
+    }
+
+    /// The outcome table of an investigation; unanswered probes count as failed.
+    fn conclude(&mut self, ctx: &mut Ctx, at: u64) -> State {
+        let suspect_reached = [
+            Role::SuspectFromLocal,
+            Role::SuspectFromRemote,
+            Role::SuspectFromReporter,
+        ]
+        .iter()
+        .any(|r| self.result(*r) == Some(true));
+        let kind = if !suspect_reached {
+            VerdictKind::Dead(self.host)
+        } else if self.result(Role::SuspectFromReporter) == Some(true) {
+            VerdictKind::FalseAlarm(self.host)
+        } else if self
+            .probes
+            .iter()
+            .any(|p| p.role == Role::ReporterFromRemote && p.result != Some(true))
+        {
+            VerdictKind::ReporterIsolated(self.reporter)
+        } else {
+            VerdictKind::LinkFault(self.reporter, self.host)
+        };
+        let alarm = kind.is_alarm();
+        let evidence = self.take_evidence();
+        let id = ctx.verdict(at, kind, evidence);
+        if alarm {
+            self.alarm = Some(id);
+            State::down()
+        } else {
+            State::watching()
+        }
+    }
+
+    fn leave(&mut self, ctx: &mut Ctx, at: u64) -> State {
+        if let Some(alarm) = self.alarm.take() {
+            ctx.released_alarms.push((alarm, at));
+        }
+        self.probes.clear();
+        self.evidence.clear();
+        self.report(at, self.host, "shutdown");
+        let ev = std::mem::take(&mut self.evidence);
+        ctx.verdict(at, VerdictKind::Left(self.host), ev);
+        State::left()
+    }
+}
+
+#[state_machine(
+    initial = "State::watching()",
+    state(derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize))
+)]
+impl Suspect {
+    /// No suspicion.
+    #[state]
+    fn watching(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Dead { at, reporter } if *at >= self.last_alive => {
+                self.start_suspicion(*at, *reporter);
+                Transition(State::suspected())
+            }
+            Input::Alive { at, .. } => {
+                self.last_alive = self.last_alive.max(*at);
+                Handled
+            }
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            Input::Covered { verdict } => {
+                self.alarm = Some(*verdict);
+                Transition(State::down())
+            }
+            _ => Handled,
+        }
+    }
+
+    /// A suspicion without verdict: what every open state does alike.
+    #[superstate]
+    fn open(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Alive { at, reporter } => {
+                self.last_alive = self.last_alive.max(*at);
+                self.report(*at, *reporter, "alive");
+                let ev = self.take_evidence();
+                context.verdict(*at, VerdictKind::FalseAlarm(self.host), ev);
+                Transition(State::watching())
+            }
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            Input::Covered { verdict } => {
+                self.probes.clear();
+                self.evidence.clear();
+                self.alarm = Some(*verdict);
+                Transition(State::down())
+            }
+            Input::Claim => {
+                self.probes.clear();
+                Transition(State::grouped())
+            }
+            Input::Dead { at, reporter } => {
+                if !self.evidence.iter().any(|e| {
+                    matches!(e, Evidence::Report { reporter: r, kind, .. } if r == reporter && kind == "dead")
+                }) {
+                    self.report(*at, *reporter, "dead");
+                }
+                Handled
+            }
+            _ => Handled,
+        }
+    }
+
+    /// One watcher reported; waiting for the other within the corroboration window.
+    #[state(superstate = "open")]
+    fn suspected(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Dead { at, reporter }
+                if *reporter != self.reporter
+                    && at.abs_diff(self.since)
+                        <= context.corroboration_intervals * context.hb_interval_us =>
+            {
+                self.report(*at, *reporter, "dead");
+                let ev = self.take_evidence();
+                let id = context.verdict((*at).max(self.since), VerdictKind::Dead(self.host), ev);
+                self.alarm = Some(id);
+                Transition(State::down())
+            }
+            Input::Dead { at, .. } | Input::Tick { now: at } if *at >= self.window_end(context) => {
+                if let Input::Dead { at, reporter } = event {
+                    self.report(*at, *reporter, "dead");
+                }
+                self.start_probes(context, *at);
+                Transition(State::investigating())
+            }
+            _ => Super,
+        }
+    }
+
+    /// Probes are out; concluding on the last answer or at the deadline.
+    #[state(superstate = "open")]
+    fn investigating(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Probe {
+                at,
+                probe_id,
+                reachable,
+            } => {
+                let Some(slot) = self.probes.iter_mut().find(|p| p.id == *probe_id) else {
+                    return Handled;
+                };
+                if slot.result.is_some() {
+                    return Handled;
+                }
+                slot.result = Some(*reachable);
+                if self.probes.iter().all(|p| p.result.is_some()) {
+                    Transition(self.conclude(context, *at))
+                } else {
+                    Handled
+                }
+            }
+            Input::Tick { now } if *now >= self.probe_deadline => {
+                Transition(self.conclude(context, *now))
+            }
+            _ => Super,
+        }
+    }
+
+    /// A switch or router investigation owns this suspicion.
+    #[state(superstate = "open")]
+    fn grouped(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Release { now } => {
+                self.since = *now;
+                // A fresh corroboration window, then the host's own probes.
+                let _ = context;
+                Transition(State::suspected())
+            }
+            Input::Claim => Handled,
+            _ => Super,
+        }
+    }
+
+    /// A verdict holds an alarm for this host.
+    #[state]
+    fn down(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Alive { at, reporter } => {
+                self.last_alive = self.last_alive.max(*at);
+                if let Some(alarm) = self.alarm.take() {
+                    context.released_alarms.push((alarm, *at));
+                }
+                let ev = vec![Evidence::Report {
+                    at: *at,
+                    reporter: *reporter,
+                    kind: "alive".to_string(),
+                }];
+                context.verdict(*at, VerdictKind::Recovered(self.host), ev);
+                Transition(State::watching())
+            }
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            _ => Handled,
+        }
+    }
+
+    /// Shut down gracefully; reports of its silence are expected.
+    #[state]
+    fn left(&mut self, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Alive { at, .. } => {
+                self.last_alive = self.last_alive.max(*at);
+                Transition(State::watching())
+            }
+            _ => Handled,
+        }
+    }
+}
