@@ -66,13 +66,8 @@ fn acked_reports_survive_leader_kill_and_reader_restart() {
         "2".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut loadgen = spawn(
-        &reader_bin_dir().join("loadgen"),
-        &args,
-        &[],
-        &loadgen_log,
-    )
-    .expect("spawn loadgen");
+    let mut loadgen =
+        spawn(&reader_bin_dir().join("loadgen"), &args, &[], &loadgen_log).expect("spawn loadgen");
     let started = Instant::now();
 
     // Reports flow through both readers before anything is broken.
@@ -82,10 +77,7 @@ fn acked_reports_survive_leader_kill_and_reader_restart() {
         loadgen.log_text()
     );
     let leader = cluster.wait_leader(Duration::from_secs(30));
-    eprintln!(
-        "t={:?}: SIGKILL CMA leader {leader}",
-        started.elapsed()
-    );
+    eprintln!("t={:?}: SIGKILL CMA leader {leader}", started.elapsed());
     cluster.kill(leader);
 
     // Restart reader 1 (graceful stop: in-flight batches finish or are abandoned unACKed)

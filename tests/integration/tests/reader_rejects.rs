@@ -6,8 +6,8 @@ mod queue_support;
 mod reader_support;
 
 use proto::{
-    Ack, Body, Heartbeat, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId,
-    Verifier, MAX_DATAGRAM,
+    Ack, Body, Heartbeat, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId, Verifier,
+    MAX_DATAGRAM,
 };
 use queue_support::{read_all, Cluster, TEST_RAFT};
 use reader_support::{sample, ReaderProc};
