@@ -124,7 +124,12 @@ pub enum Action {
 
 impl fmt::Display for VerdictKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hosts = |h: &[HostId]| h.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let hosts = |h: &[HostId]| {
+            h.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
             VerdictKind::Dead(h) => write!(f, "dead {h}"),
             VerdictKind::LinkFault(a, b) => write!(f, "linkfault {a} {b}"),

@@ -226,7 +226,9 @@ impl Engine {
             .hosts
             .iter()
             .filter(|(_, f)| f.switch.is_some() || own.is_none())
-            .filter(|(_, f)| own.is_none() || (f.switch.as_ref() != own && f.switch.as_ref() != rep))
+            .filter(|(_, f)| {
+                own.is_none() || (f.switch.as_ref() != own && f.switch.as_ref() != rep)
+            })
             .map(|(h, _)| *h)
             .take(HELPER_SCAN_LIMIT)
             .find(usable);
@@ -245,7 +247,9 @@ impl Engine {
     }
 
     fn dispatch(&mut self, host: HostId, input: Input, out: &mut Vec<Action>) {
-        let hb = self.topology.hb_interval(host, self.config.default_hb_interval_us);
+        let hb = self
+            .topology
+            .hb_interval(host, self.config.default_hb_interval_us);
         let helpers = match (self.hosts.get(&host), &input) {
             (Some(m), Input::Tick { now: t } | Input::Dead { at: t, .. })
                 if matches!(m.state(), State::Suspected {})
@@ -317,7 +321,14 @@ impl Engine {
         }
     }
 
-    fn new_probe(&mut self, owner: Owner, from: HostId, target: ProbeTarget, deadline: u64, out: &mut Vec<Action>) -> ProbeId {
+    fn new_probe(
+        &mut self,
+        owner: Owner,
+        from: HostId,
+        target: ProbeTarget,
+        deadline: u64,
+        out: &mut Vec<Action>,
+    ) -> ProbeId {
         let probe_id = ProbeId(self.next_probe);
         self.next_probe += 1;
         self.probe_owner.insert(probe_id, owner);
@@ -377,7 +388,13 @@ impl Engine {
             return;
         };
         let deadline = at + self.config.probe_timeout_us;
-        let probe_id = self.new_probe(Owner::Switch(switch.clone()), from, ProbeTarget::Switch(switch.clone()), deadline, out);
+        let probe_id = self.new_probe(
+            Owner::Switch(switch.clone()),
+            from,
+            ProbeTarget::Switch(switch.clone()),
+            deadline,
+            out,
+        );
         let mut evidence = Vec::new();
         for h in &suspects {
             if let Some(m) = self.hosts.get(h) {
@@ -427,11 +444,19 @@ impl Engine {
             return;
         }
         let topology = &self.topology;
-        let Some(from) = self.outside_helper(|s| s.and_then(|s| topology.router_of(s)) == Some(&router)) else {
+        let Some(from) =
+            self.outside_helper(|s| s.and_then(|s| topology.router_of(s)) == Some(&router))
+        else {
             return;
         };
         let deadline = at + self.config.probe_timeout_us;
-        let probe_id = self.new_probe(Owner::Router(router.clone()), from, ProbeTarget::Router(router.clone()), deadline, out);
+        let probe_id = self.new_probe(
+            Owner::Router(router.clone()),
+            from,
+            ProbeTarget::Router(router.clone()),
+            deadline,
+            out,
+        );
         let evidence = switches
             .iter()
             .filter_map(|s| self.switch_cases.get(s))
@@ -452,7 +477,13 @@ impl Engine {
         );
     }
 
-    fn resolve_switch(&mut self, switch: &SwitchId, reachable: bool, at: u64, out: &mut Vec<Action>) {
+    fn resolve_switch(
+        &mut self,
+        switch: &SwitchId,
+        reachable: bool,
+        at: u64,
+        out: &mut Vec<Action>,
+    ) {
         let waits_for_router = self
             .topology
             .router_of(switch)
@@ -474,13 +505,25 @@ impl Engine {
             return;
         }
         let hosts = self.topology.hosts_behind(switch);
-        let id = self.group_verdict(at, VerdictKind::SwitchDown(switch.clone(), hosts.clone()), case.evidence, &hosts, out);
+        let id = self.group_verdict(
+            at,
+            VerdictKind::SwitchDown(switch.clone(), hosts.clone()),
+            case.evidence,
+            &hosts,
+            out,
+        );
         for h in hosts {
             self.dispatch(h, Input::Covered { verdict: id }, out);
         }
     }
 
-    fn resolve_router(&mut self, router: &RouterId, reachable: bool, at: u64, out: &mut Vec<Action>) {
+    fn resolve_router(
+        &mut self,
+        router: &RouterId,
+        reachable: bool,
+        at: u64,
+        out: &mut Vec<Action>,
+    ) {
         let Some(case) = self.router_cases.remove(router) else {
             return;
         };
@@ -510,7 +553,14 @@ impl Engine {
         }
     }
 
-    fn group_verdict(&mut self, at: u64, kind: VerdictKind, evidence: Vec<Evidence>, hosts: &[HostId], out: &mut Vec<Action>) -> VerdictId {
+    fn group_verdict(
+        &mut self,
+        at: u64,
+        kind: VerdictKind,
+        evidence: Vec<Evidence>,
+        hosts: &[HostId],
+        out: &mut Vec<Action>,
+    ) -> VerdictId {
         let id = VerdictId(self.next_verdict);
         self.next_verdict += 1;
         out.push(Action::Verdict {
@@ -523,7 +573,12 @@ impl Engine {
         let covered: BTreeSet<HostId> = hosts
             .iter()
             .copied()
-            .filter(|h| !matches!(self.hosts.get(h).map(|m| m.state()), Some(State::Down {} | State::Left {})))
+            .filter(|h| {
+                !matches!(
+                    self.hosts.get(h).map(|m| m.state()),
+                    Some(State::Down {} | State::Left {})
+                )
+            })
             .collect();
         if covered.is_empty() {
             out.push(Action::ClearAlarm { verdict: id, at });

@@ -35,17 +35,35 @@ pub struct ProbeSlot {
 /// Inputs of one host machine, already routed by the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    Dead { at: u64, reporter: HostId },
-    Alive { at: u64, reporter: HostId },
-    Shutdown { at: u64 },
-    Probe { at: u64, probe_id: ProbeId, reachable: bool },
-    Tick { now: u64 },
+    Dead {
+        at: u64,
+        reporter: HostId,
+    },
+    Alive {
+        at: u64,
+        reporter: HostId,
+    },
+    Shutdown {
+        at: u64,
+    },
+    Probe {
+        at: u64,
+        probe_id: ProbeId,
+        reachable: bool,
+    },
+    Tick {
+        now: u64,
+    },
     /// A switch/router investigation takes this suspicion over.
     Claim,
     /// The group investigation found the switch/router up: investigate on your own.
-    Release { now: u64 },
+    Release {
+        now: u64,
+    },
     /// A group verdict (`SwitchDown`/`RouterDown`) covers this host.
-    Covered { verdict: VerdictId },
+    Covered {
+        verdict: VerdictId,
+    },
 }
 
 /// Who can probe for this host, computed by the engine from the topology.

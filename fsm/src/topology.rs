@@ -55,7 +55,10 @@ impl Topology {
             }
         }
         if let Some(sw) = &facts.switch {
-            self.switch_hosts.entry(sw.clone()).or_default().insert(host);
+            self.switch_hosts
+                .entry(sw.clone())
+                .or_default()
+                .insert(host);
         }
         self.hosts.insert(host, facts);
     }
