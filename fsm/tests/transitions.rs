@@ -1,0 +1,444 @@
+//! One test per row of the transition table in `fsm/TRANSITIONS.md`.
+
+use fsm::{
+    Action, Engine, Event, HostFacts, ProbeId, ProbeTarget, RouterId, SwitchId, VerdictKind,
+};
+use proto::HostId;
+
+const MS: u64 = 1000;
+
+fn h(n: u64) -> HostId {
+    HostId(n)
+}
+
+/// sw1 = 1..=6, sw2 = 7..=12 (router r1), sw3 = 13..=15 (router r2); hb 1 s, probe 3 s.
+fn engine() -> Engine {
+    let mut e = Engine::default();
+    for n in 1..=15u64 {
+        let sw = match n {
+            1..=6 => "sw1",
+            7..=12 => "sw2",
+            _ => "sw3",
+        };
+        e.handle(Event::HostFact {
+            host: h(n),
+            facts: HostFacts {
+                switch: Some(SwitchId(sw.into())),
+                hb_interval_us: 0,
+            },
+        });
+    }
+    for (s, r) in [("sw1", "r1"), ("sw2", "r1"), ("sw3", "r2")] {
+        e.handle(Event::SwitchFact {
+            switch: SwitchId(s.into()),
+            router: RouterId(r.into()),
+        });
+    }
+    e
+}
+
+fn dead(at_ms: u64, a: u64, b: u64) -> Event {
+    Event::HbDead {
+        at: at_ms * MS,
+        reporter: h(a),
+        peer: h(b),
+    }
+}
+
+fn alive(at_ms: u64, a: u64, b: u64) -> Event {
+    Event::HbBackAlive {
+        at: at_ms * MS,
+        reporter: h(a),
+        peer: h(b),
+    }
+}
+
+fn tick(at_ms: u64) -> Event {
+    Event::Tick { now: at_ms * MS }
+}
+
+fn verdicts(actions: &[Action]) -> Vec<VerdictKind> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Verdict { kind, .. } => Some(kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn probes(actions: &[Action]) -> Vec<(ProbeId, HostId, ProbeTarget)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RequestProbe {
+                probe_id,
+                from,
+                target,
+                ..
+            } => Some((*probe_id, *from, target.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn clears(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::ClearAlarm { .. }))
+        .count()
+}
+
+fn answer(e: &mut Engine, at_ms: u64, probe_id: ProbeId, reachable: bool) -> Vec<Action> {
+    e.handle(Event::ProbeResult {
+        at: at_ms * MS,
+        probe_id,
+        reachable,
+    })
+}
+
+/// Suspects 3 (reported by 2) and lets the corroboration window pass.
+fn investigating() -> (Engine, Vec<(ProbeId, HostId, ProbeTarget)>) {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(tick(3000));
+    assert_eq!(e.host_state(h(3)), "investigating");
+    (e, probes(&out))
+}
+
+/// Answers each probe of an investigation with `reach(from, target)`.
+fn conclude(
+    e: &mut Engine,
+    ps: &[(ProbeId, HostId, ProbeTarget)],
+    reach: impl Fn(HostId, &ProbeTarget) -> bool,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (id, from, target) in ps {
+        out.extend(answer(e, 3100, *id, reach(*from, target)));
+    }
+    out
+}
+
+#[test]
+fn w1_dead_report_suspects() {
+    let mut e = engine();
+    let out = e.handle(dead(1000, 2, 3));
+    assert!(out.is_empty());
+    assert_eq!(e.host_state(h(3)), "suspected");
+}
+
+#[test]
+fn w2_late_is_only_a_warning() {
+    let mut e = engine();
+    let out = e.handle(Event::HbLate {
+        at: 1000 * MS,
+        reporter: h(2),
+        peer: h(3),
+    });
+    assert!(out.is_empty());
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn w3_alive_while_watching_does_nothing() {
+    let mut e = engine();
+    assert!(e.handle(alive(1000, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn w4_shutdown_is_left_without_alarm() {
+    let mut e = engine();
+    let out = e.handle(Event::HbShutdown {
+        at: 1000 * MS,
+        host: h(3),
+    });
+    assert_eq!(verdicts(&out), vec![VerdictKind::Left(h(3))]);
+    assert_eq!(e.host_state(h(3)), "left");
+}
+
+#[test]
+fn w5_stale_dead_report_is_ignored() {
+    let mut e = engine();
+    e.handle(alive(2000, 2, 3));
+    assert!(e.handle(dead(1500, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn s1_corroboration_within_two_intervals_is_dead() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(dead(2900, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
+    assert_eq!(e.host_state(h(3)), "down");
+}
+
+#[test]
+fn s1_late_corroboration_is_not_enough() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(dead(3500, 4, 3));
+    assert!(verdicts(&out).is_empty());
+    assert_eq!(e.host_state(h(3)), "investigating");
+}
+
+#[test]
+fn s2_same_reporter_twice_is_not_corroboration() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    assert!(e.handle(dead(1200, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), "suspected");
+}
+
+#[test]
+fn s3_window_passes_probes_are_ordered() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    assert!(e.handle(tick(2999)).is_empty());
+    let out = e.handle(tick(3000));
+    let ps = probes(&out);
+    // From sw1 (not 2 or 3), from a third switch, of the reporter, and from the reporter.
+    assert_eq!(ps.len(), 4);
+    assert_eq!((ps[0].1, &ps[0].2), (h(1), &ProbeTarget::Host(h(3))));
+    assert_eq!((ps[1].1, &ps[1].2), (h(7), &ProbeTarget::Host(h(3))));
+    assert_eq!((ps[2].1, &ps[2].2), (h(7), &ProbeTarget::Host(h(2))));
+    assert_eq!((ps[3].1, &ps[3].2), (h(2), &ProbeTarget::Host(h(3))));
+    for a in &out {
+        if let Action::RequestProbe { deadline, .. } = a {
+            assert_eq!(*deadline, 6000 * MS);
+        }
+    }
+}
+
+#[test]
+fn s4_alive_while_open_is_false_alarm() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(alive(1500, 2, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
+    let (mut e, _) = investigating();
+    let out = e.handle(alive(3500, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn s5_shutdown_while_open_is_left() {
+    let (mut e, _) = investigating();
+    let out = e.handle(Event::HbShutdown {
+        at: 3500 * MS,
+        host: h(3),
+    });
+    assert_eq!(verdicts(&out), vec![VerdictKind::Left(h(3))]);
+    assert_eq!(e.host_state(h(3)), "left");
+}
+
+#[test]
+fn s6_two_suspects_behind_one_switch_are_grouped() {
+    let mut e = engine();
+    assert!(e.handle(dead(1000, 13, 1)).is_empty());
+    let out = e.handle(dead(1100, 13, 2));
+    let ps = probes(&out);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].2, ProbeTarget::Switch(SwitchId("sw1".into())));
+    assert_ne!(ps[0].1, h(1));
+    assert_eq!(e.host_state(h(1)), "grouped");
+    assert_eq!(e.host_state(h(2)), "grouped");
+    // A third suspect joins the open case.
+    e.handle(dead(1200, 13, 4));
+    assert_eq!(e.host_state(h(4)), "grouped");
+}
+
+#[test]
+fn i1_c1_no_probe_reaches_suspect_is_dead() {
+    let (mut e, ps) = investigating();
+    let out = conclude(&mut e, &ps, |_, t| *t != ProbeTarget::Host(h(3)));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
+}
+
+#[test]
+fn c2_reporter_reaches_suspect_is_false_alarm() {
+    let (mut e, ps) = investigating();
+    let out = conclude(&mut e, &ps, |_, _| true);
+    assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn c3_unreachable_reporter_is_isolated() {
+    let (mut e, ps) = investigating();
+    let out = conclude(&mut e, &ps, |from, t| {
+        from != h(2) && *t != ProbeTarget::Host(h(2))
+    });
+    assert_eq!(verdicts(&out), vec![VerdictKind::ReporterIsolated(h(2))]);
+}
+
+#[test]
+fn c4_only_the_pair_is_cut_is_link_fault() {
+    let (mut e, ps) = investigating();
+    let out = conclude(&mut e, &ps, |from, _| from != h(2));
+    assert_eq!(verdicts(&out), vec![VerdictKind::LinkFault(h(2), h(3))]);
+    assert_eq!(e.host_state(h(3)), "down");
+}
+
+#[test]
+fn i2_deadline_counts_missing_answers_as_failed() {
+    let (mut e, ps) = investigating();
+    // One answer only, and it failed; the rest never come.
+    answer(&mut e, 3100, ps[0].0, false);
+    assert!(verdicts(&e.handle(tick(5999))).is_empty());
+    let out = e.handle(tick(6000));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn i3_unknown_and_duplicate_results_change_nothing() {
+    let (mut e, ps) = investigating();
+    assert!(answer(&mut e, 3100, ProbeId(9999), true).is_empty());
+    assert!(answer(&mut e, 3100, ps[0].0, true).is_empty());
+    assert!(answer(&mut e, 3100, ps[0].0, false).is_empty());
+    assert_eq!(e.host_state(h(3)), "investigating");
+}
+
+#[test]
+fn g1_switch_probe_fails_one_switch_down_verdict() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    let ps = probes(&e.handle(dead(1100, 13, 2)));
+    let out = answer(&mut e, 1200, ps[0].0, false);
+    let hosts: Vec<HostId> = (1..=6).map(h).collect();
+    assert_eq!(
+        verdicts(&out),
+        vec![VerdictKind::SwitchDown(SwitchId("sw1".into()), hosts)]
+    );
+    for n in 1..=6 {
+        assert_eq!(e.host_state(h(n)), "down");
+    }
+    // Later reports about hosts behind it raise nothing.
+    assert!(verdicts(&e.handle(dead(1300, 13, 5))).is_empty());
+    assert!(verdicts(&e.handle(tick(60_000))).is_empty());
+}
+
+#[test]
+fn g1_switch_probe_timeout_is_switch_down() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    e.handle(dead(1100, 13, 2));
+    let out = e.handle(tick(4100));
+    assert!(matches!(verdicts(&out)[..], [VerdictKind::SwitchDown(..)]));
+}
+
+#[test]
+fn g2_switch_answers_hosts_investigate_alone() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    let ps = probes(&e.handle(dead(1100, 13, 2)));
+    assert!(answer(&mut e, 1200, ps[0].0, true).is_empty());
+    assert_eq!(e.host_state(h(1)), "suspected");
+    let out = e.handle(tick(3200));
+    assert_eq!(e.host_state(h(1)), "investigating");
+    assert_eq!(probes(&out).len(), 8);
+}
+
+#[test]
+fn g3_two_switch_cases_behind_a_router() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    e.handle(dead(1000, 13, 2));
+    e.handle(dead(1100, 13, 7));
+    let ps = probes(&e.handle(dead(1100, 13, 8)));
+    let router = ps
+        .iter()
+        .find(|p| p.2 == ProbeTarget::Router(RouterId("r1".into())))
+        .cloned()
+        .unwrap();
+    assert!(
+        router.1 .0 >= 13,
+        "router probed from behind another router"
+    );
+    let out = answer(&mut e, 1200, router.0, false);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1);
+    assert!(
+        matches!(&v[0], VerdictKind::RouterDown(r, s, hosts) if r.0 == "r1" && s.len() == 2 && hosts.len() == 12)
+    );
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn g3_router_answers_switch_outcome_applies() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    let sw1 = probes(&e.handle(dead(1000, 13, 2)));
+    e.handle(dead(1100, 13, 7));
+    let rest = probes(&e.handle(dead(1100, 13, 8)));
+    let router = rest
+        .iter()
+        .find(|p| matches!(p.2, ProbeTarget::Router(_)))
+        .unwrap()
+        .0;
+    // sw1's probe fails but waits for the router case.
+    assert!(answer(&mut e, 1150, sw1[0].0, false).is_empty());
+    let out = answer(&mut e, 1200, router, true);
+    assert!(matches!(&verdicts(&out)[..], [VerdictKind::SwitchDown(s, _)] if s.0 == "sw1"));
+}
+
+#[test]
+fn d1_recovery_clears_the_alarm() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    e.handle(dead(1500, 4, 3));
+    let out = e.handle(alive(9000, 2, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(3))]);
+    assert_eq!(clears(&out), 1);
+    assert_eq!(e.host_state(h(3)), "watching");
+}
+
+#[test]
+fn d1_group_alarm_clears_with_its_last_host() {
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    e.handle(dead(1100, 13, 2));
+    e.handle(tick(4100));
+    for n in 1..=5 {
+        assert_eq!(clears(&e.handle(alive(9000, 13, n))), 0);
+    }
+    assert_eq!(clears(&e.handle(alive(9000, 13, 6))), 1);
+}
+
+#[test]
+fn d2_dead_while_down_is_idempotent() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    e.handle(dead(1500, 4, 3));
+    assert!(e.handle(dead(1600, 4, 3)).is_empty());
+    assert!(e.handle(dead(1000, 2, 3)).is_empty());
+}
+
+#[test]
+fn d3_shutdown_while_down_leaves_and_clears() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    e.handle(dead(1500, 4, 3));
+    let out = e.handle(Event::HbShutdown {
+        at: 2000 * MS,
+        host: h(3),
+    });
+    assert_eq!(verdicts(&out), vec![VerdictKind::Left(h(3))]);
+    assert_eq!(clears(&out), 1);
+}
+
+#[test]
+fn l1_l2_left_host_returns_silently() {
+    let mut e = engine();
+    e.handle(Event::HbShutdown {
+        at: 1000 * MS,
+        host: h(3),
+    });
+    assert!(e.handle(dead(2000, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), "left");
+    assert!(e.handle(alive(3000, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), "watching");
+}
