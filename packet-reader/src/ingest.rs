@@ -147,3 +147,62 @@ fn handle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{HostId, KeyId, Report, ReportBody, Sealer, SessionId};
+
+    fn sample(metrics: &Metrics, family: &str, reason: &str) -> u64 {
+        let f = if family == "dropped" {
+            &metrics.dropped
+        } else {
+            &metrics.rejected
+        };
+        f.get_or_create(&Reason::of(reason)).get()
+    }
+
+    #[test]
+    fn reports_are_forwarded_others_counted() {
+        let keys = Arc::new(KeyRing::generate(KeyId(1)));
+        let mut sealer = Sealer::new(keys.clone(), HostId(5), SessionId(77));
+        let mut verifier = Verifier::new(keys, 16);
+        let metrics = Metrics::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let report = Body::Report(Report {
+            id: 42,
+            body: ReportBody::HbShutdown,
+        });
+        let genuine = sealer.seal(&report).unwrap();
+        handle(3, &genuine, from, &mut verifier, &tx, &metrics);
+        let accepted = rx.try_recv().unwrap();
+        assert_eq!(
+            (accepted.report_id, accepted.socket, accepted.reply_to),
+            (42, 3, from)
+        );
+        let p = &accepted.packet;
+        assert_eq!((p.sender, p.session, p.seq), (5, 77, 42));
+        assert_eq!(p.datagram, genuine);
+
+        // Replay, heartbeat, and a report beyond the channel bound.
+        handle(3, &genuine, from, &mut verifier, &tx, &metrics);
+        assert_eq!(sample(&metrics, "rejected", "replay_duplicate"), 1);
+        let hb = sealer
+            .seal(&Body::Heartbeat(proto::Heartbeat {
+                sent_at_us: 0,
+                leaving: false,
+            }))
+            .unwrap();
+        handle(3, &hb, from, &mut verifier, &tx, &metrics);
+        assert_eq!(sample(&metrics, "dropped", "heartbeat"), 1);
+        for _ in 0..2 {
+            let again = sealer.seal(&report).unwrap();
+            handle(3, &again, from, &mut verifier, &tx, &metrics);
+        }
+        assert_eq!(sample(&metrics, "dropped", "overload"), 1);
+        assert_eq!(metrics.received.get(), 5);
+        assert_eq!(metrics.verified.get(), 4);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_err());
+    }
+}
