@@ -569,16 +569,11 @@ impl Engine {
             kind,
             evidence,
         });
-        // Hosts already down or gone keep their own state; the group alarm covers the rest.
+        // Hosts already down keep their own alarm; the group alarm covers the rest.
         let covered: BTreeSet<HostId> = hosts
             .iter()
             .copied()
-            .filter(|h| {
-                !matches!(
-                    self.hosts.get(h).map(|m| m.state()),
-                    Some(State::Down {} | State::Left {})
-                )
-            })
+            .filter(|h| !matches!(self.hosts.get(h).map(|m| m.state()), Some(State::Down {})))
             .collect();
         if covered.is_empty() {
             out.push(Action::ClearAlarm { verdict: id, at });

@@ -413,6 +413,11 @@ impl Suspect {
     #[state]
     fn left(&mut self, event: &Input) -> Outcome<State> {
         match event {
+            // Its switch or router went down while it was away: coming back is a recovery.
+            Input::Covered { verdict } => {
+                self.alarm = Some(*verdict);
+                Transition(State::down())
+            }
             Input::Alive { at, .. } => {
                 self.last_alive = self.last_alive.max(*at);
                 Transition(State::watching())

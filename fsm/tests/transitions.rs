@@ -442,3 +442,18 @@ fn l1_l2_left_host_returns_silently() {
     assert!(e.handle(alive(3000, 2, 3)).is_empty());
     assert_eq!(e.host_state(h(3)), "watching");
 }
+
+#[test]
+fn l3_left_host_behind_a_down_switch_is_covered() {
+    let mut e = engine();
+    e.handle(Event::HbShutdown {
+        at: 500 * MS,
+        host: h(6),
+    });
+    e.handle(dead(1000, 13, 1));
+    e.handle(dead(1100, 13, 2));
+    e.handle(tick(4100));
+    assert_eq!(e.host_state(h(6)), "down");
+    let out = e.handle(alive(9000, 13, 6));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(6))]);
+}
