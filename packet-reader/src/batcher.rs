@@ -9,7 +9,7 @@ use crate::config::BatchConfig;
 use cma::queue::QueuedPacket;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 /// A verified report waiting for its batch, with what is needed to ACK it.
@@ -96,9 +96,27 @@ pub async fn run(
             || (!batch.is_empty() && closing)
             || batch.deadline(&limits).is_some_and(|d| d <= Instant::now());
         if send_now {
-            // Waits while every in-flight slot is busy: this is the back-pressure.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
+            let permit = match in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    // Every slot is busy. Keep filling this batch meanwhile (bigger appends
+                    // are what lets a slow queue catch up); once it is full, stop taking
+                    // reports: the channel fills and the receive loops drop new ones.
+                    tokio::select! {
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        item = rx.recv(), if !batch.is_full(&limits) && !closing => {
+                            match item {
+                                Some(item) => batch.push(item, Instant::now()),
+                                None => closing = true,
+                            }
+                            continue;
+                        }
+                    }
+                }
             };
             let (items, opened) = batch.take();
             let submitter = submitter.clone();
@@ -114,7 +132,17 @@ pub async fn run(
         let deadline = batch.deadline(&limits);
         tokio::select! {
             item = rx.recv() => match item {
-                Some(item) => batch.push(item, Instant::now()),
+                Some(item) => {
+                    let now = Instant::now();
+                    batch.push(item, now);
+                    // Take what is already waiting without another trip through select.
+                    while !batch.is_full(&limits) {
+                        match rx.try_recv() {
+                            Ok(item) => batch.push(item, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => closing = true,
             },
             _ = async {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end ingest benchmark on loopback (127.0.79.x): a 3-node CMA queue, one
+# packet-reader, and loadgen simulating HOSTS nanoprobes. Two phases:
+#   1. throughput: --rate 0 (as fast as ACKs come back), at most OUTSTANDING reports
+#      awaiting their ACK;
+#   2. latency: --rate 5000 reports/s.
+# Usage: [HOSTS=10000] [DURATION=20] [OUTSTANDING=4000] [BUILD=1] packet-reader/bench.sh
+# BUILD=0 uses the release binaries already in ${CARGO_TARGET_DIR:-target}/release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOSTS=${HOSTS:-10000}
+DURATION=${DURATION:-20}
+OUTSTANDING=${OUTSTANDING:-4000}
+if [[ ${BUILD:-1} != 0 ]]; then
+    cargo build --release -q -p cma -p packet-reader --bin cma --bin cmactl --bin packet-reader --bin loadgen
+fi
+BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release")
+WORK=$(mktemp -d /tmp/ringwatch-reader-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    # Only the processes this script started.
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+hex32() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+hex32 > "$WORK/cluster.key"
+printf 'primary = 1\n\n[[keys]]\nid = 1\nsecret = "%s"\n' "$(hex32)" > "$WORK/keys.toml"
+chmod 600 "$WORK/keys.toml" "$WORK/cluster.key"
+
+for id in 1 2 3; do
+    cat > "$WORK/n$id.toml" <<TOML
+node_id = $id
+listen = "127.0.79.$id:7400"
+admin_listen = "127.0.79.$id:7480"
+data_dir = "$WORK/data$id"
+cluster_secret_file = "$WORK/cluster.key"
+TOML
+    "$BIN/cma" --config "$WORK/n$id.toml" >"$WORK/n$id.log" 2>&1 &
+    PIDS+=($!)
+done
+api() { "$BIN/cmactl" --api "http://127.0.79.$1:7480" "${@:2}"; }
+wait_api() {
+    for _ in $(seq 300); do api "$1" cluster status >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "node $1 did not come up" >&2; exit 1
+}
+wait_api 1
+api 1 cluster init >/dev/null
+for id in 2 3; do
+    wait_api "$id"
+    api 1 cluster add-learner --id "$id" --raft "127.0.79.$id:7400" --admin "127.0.79.$id:7480" >/dev/null
+    api 1 cluster promote --id "$id" >/dev/null
+done
+
+cat > "$WORK/reader.toml" <<TOML
+host_id = 900001
+listen = "127.0.79.10:7300"
+key_file = "$WORK/keys.toml"
+cma_nodes = ["127.0.79.1:7400", "127.0.79.2:7400", "127.0.79.3:7400"]
+cluster_secret_file = "$WORK/cluster.key"
+metrics_listen = "127.0.79.10:7381"
+TOML
+"$BIN/packet-reader" --config "$WORK/reader.toml" >"$WORK/reader.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.79.10/7381) 2>/dev/null && break
+    sleep 0.1
+done
+
+LOADGEN=("$BIN/loadgen" --reader 127.0.79.10:7300 --key-file "$WORK/keys.toml"
+    --hosts "$HOSTS" --duration "$DURATION" --bind 127.0.79.20:0 --progress 5)
+echo "== throughput: $HOSTS hosts, as fast as ACKs allow (max $OUTSTANDING awaiting ACK)"
+"${LOADGEN[@]}" --rate 0 --max-outstanding "$OUTSTANDING"
+echo "== latency: $HOSTS hosts, 5,000 reports/s"
+"${LOADGEN[@]}" --rate 5000 --host-base 2000000
+echo "== packet-reader counters"
+exec 3<>/dev/tcp/127.0.79.10/7381
+printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
+grep -E '^ringwatch_reader_(received|verified|batches|acks|duplicates)_total|dropped_total.*(overload|abandoned)|append_errors_total' <&3 || true
