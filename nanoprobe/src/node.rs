@@ -191,6 +191,14 @@ impl Node {
         for action in self.engine.poll(now) {
             self.act(action, now).await;
         }
+        self.send_due_reports(now).await;
+        self.metrics
+            .reports_pending
+            .set(self.reports.pending_len() as i64);
+        self.metrics.peers.set(self.engine.peer_count() as i64);
+    }
+
+    async fn send_due_reports(&mut self, now: Instant) {
         for out in self.reports.poll(now) {
             let kind = out.report.body.kind();
             Metrics::inc(&self.metrics.reports_sent, kind);
@@ -199,10 +207,6 @@ impl Node {
             }
             self.send(&Body::Report(out.report), out.to).await;
         }
-        self.metrics
-            .reports_pending
-            .set(self.reports.pending_len() as i64);
-        self.metrics.peers.set(self.engine.peer_count() as i64);
     }
 
     async fn act(&mut self, action: Action, now: Instant) {
@@ -329,8 +333,12 @@ impl Node {
             sent_at_us: wall_us(),
             leaving: true,
         });
-        for addr in self.engine.peer_addrs() {
-            self.send(&leaving, addr).await;
+        // Twice, so that one lost datagram does not turn a graceful stop into an alarm.
+        let peers = self.engine.peer_addrs();
+        for _ in 0..2 {
+            for addr in &peers {
+                self.send(&leaving, *addr).await;
+            }
         }
         let now = Instant::now();
         let (id, dropped) = self.reports.enqueue(ReportBody::HbShutdown, now);
@@ -339,7 +347,9 @@ impl Node {
         }
         tracing::info!("stopping: HbShutdown sent");
         let deadline = now + wait;
-        self.tick(now).await;
+        // Only reports from here on: a heartbeat after the leaving one would make the
+        // peers report us as a martian.
+        self.send_due_reports(now).await;
         while self.reports.is_pending(id) {
             let now = Instant::now();
             if now >= deadline {
@@ -367,10 +377,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
-            // Only retransmit reports; no more heartbeats.
-            for out in self.reports.poll(Instant::now()) {
-                self.send(&Body::Report(out.report), out.to).await;
-            }
+            self.send_due_reports(Instant::now()).await;
         }
     }
 }

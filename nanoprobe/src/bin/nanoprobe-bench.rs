@@ -285,5 +285,18 @@ fn run(seconds: u64, pid: u32, keys: Arc<KeyRing>) -> anyhow::Result<()> {
         percentile(&lat, 99.0),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    let slow: Vec<String> = lat
+        .iter()
+        .filter(|l| **l > 20.0)
+        .map(|l| format!("{l:.1}"))
+        .collect();
+    if !slow.is_empty() {
+        println!(
+            "detections more than 20 ms beyond deadtime (ms): {}",
+            slow.join(" ")
+        );
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("machine load average: {}", load.trim());
     Ok(())
 }
