@@ -7,8 +7,8 @@
 
 use integration::procs::{self, ProcGuard};
 use proto::{
-    Body, Command, CommandBody, HbTimings, HostId, KeyRing, Peer, ReportBody, Sealer, SessionId,
-    Verifier,
+    Body, Command, CommandBody, HbTimings, HostId, KeyRing, Peer, ProbeKind, ProbeOutcome,
+    ProbeTarget, ReportBody, Sealer, SessionId, Verifier,
 };
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -21,6 +21,11 @@ use std::time::Duration;
 const NET: [u8; 3] = [127, 61, 0];
 const PORT: u16 = 27061;
 const STAND_IN: u64 = 1000;
+/// Node 1's Prometheus listener.
+const METRICS: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 61, 0, 1)),
+    27161,
+);
 const WAIT: Duration = Duration::from_secs(15);
 const TIMINGS: HbTimings = HbTimings {
     interval_ms: 200,
@@ -188,30 +193,55 @@ impl Drop for StandIn {
     }
 }
 
+/// A minimal HTTP/1.0 GET (the test needs no HTTP client crate); the whole response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let ok = procs::wait_until(WAIT, || {
+        let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        else {
+            return false;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        text.clear();
+        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .is_ok()
+            && conn.read_to_string(&mut text).is_ok()
+            && text.starts_with("HTTP/1")
+    });
+    assert!(ok, "no HTTP answer from {addr}");
+    text
+}
+
 fn spawn_node(host: u64, dir: &Path, keys: &Path) -> ProcGuard {
     let bin = procs::binary("nanoprobe");
     let bind = node_addr(host).to_string();
     let reader = addr(100, PORT).to_string();
     let host_s = host.to_string();
     let keys_s = keys.to_string_lossy().into_owned();
+    let metrics = METRICS.to_string();
+    let mut args = vec![
+        "--host-id",
+        &host_s,
+        "--bind",
+        &bind,
+        "--packet-reader",
+        &reader,
+        "--key-file",
+        &keys_s,
+        "--interval-ms",
+        "200",
+        "--warntime-ms",
+        "400",
+        "--deadtime-ms",
+        "800",
+    ];
+    if host == 1 {
+        args.extend(["--metrics-listen", &metrics]);
+    }
     procs::spawn(
         &bin,
-        &[
-            "--host-id",
-            &host_s,
-            "--bind",
-            &bind,
-            "--packet-reader",
-            &reader,
-            "--key-file",
-            &keys_s,
-            "--interval-ms",
-            "200",
-            "--warntime-ms",
-            "400",
-            "--deadtime-ms",
-            "800",
-        ],
+        &args,
         &[("RUST_LOG", "info")],
         &dir.join(format!("node{host}.log")),
     )
@@ -254,6 +284,49 @@ fn ring_detects_death_return_and_graceful_stop() {
     stand_in.ring(1, &[2, 3]);
     stand_in.ring(2, &[3, 1]);
     stand_in.ring(3, &[1, 2]);
+
+    // DoProbe from node 1: authenticated UDP echo to node 2's nanoprobe and TCP connect to
+    // node 1's metrics listener; both come back as ProbeResult with an RTT.
+    let mark = stand_in.reports().len();
+    stand_in.command(
+        node_addr(1),
+        CommandBody::DoProbe {
+            probe_id: 77,
+            targets: vec![ProbeTarget {
+                host: Some(HostId(2)),
+                addr: node_addr(2).ip(),
+            }],
+            kind: ProbeKind::UdpEcho { port: PORT },
+            timeout_ms: 5000,
+        },
+    );
+    stand_in.command(
+        node_addr(1),
+        CommandBody::DoProbe {
+            probe_id: 78,
+            targets: vec![ProbeTarget {
+                host: None,
+                addr: METRICS.ip(),
+            }],
+            kind: ProbeKind::TcpConnect {
+                port: METRICS.port(),
+            },
+            timeout_ms: 5000,
+        },
+    );
+    for probe in [77, 78] {
+        stand_in.wait_for(&format!("ProbeResult {probe}"), mark, move |(r, b)| {
+            *r == HostId(1)
+                && matches!(b, ReportBody::ProbeResult(p) if p.probe_id == probe
+                    && p.outcome == ProbeOutcome::Reachable && p.rtt_us.is_some())
+        });
+    }
+    // The metrics listener (enabled on node 1 only) counts what was sent.
+    let metrics = http_get(METRICS, "/metrics");
+    assert!(
+        metrics.contains("nanoprobe_heartbeats_sent_total"),
+        "{metrics}"
+    );
 
     // SIGKILL node 2: both neighbours report it dead.
     let mark = stand_in.reports().len();
