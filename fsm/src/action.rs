@@ -62,17 +62,30 @@ impl VerdictKind {
     }
 }
 
+/// Which heartbeat report an [`Evidence::Report`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportKind {
+    /// `HbDead` (for group verdicts: about the host named in `about`).
+    Dead,
+    /// `HbBackAlive`.
+    Alive,
+    /// `HbShutdown`.
+    Shutdown,
+}
+
 /// One fact that led to a verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Evidence {
-    /// A heartbeat report (`kind` is `dead`, `alive` or `shutdown`).
+    /// A heartbeat report.
     Report {
         /// Queue timestamp (µs).
         at: u64,
         /// Who reported.
         reporter: HostId,
+        /// The host the report is about.
+        about: HostId,
         /// Report kind.
-        kind: String,
+        kind: ReportKind,
     },
     /// A probe outcome; `reachable: None` means it timed out.
     Probe {

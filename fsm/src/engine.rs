@@ -1,7 +1,7 @@
 //! The entry point: routes events to per-host machines, correlates suspects behind one
 //! switch or router into group investigations, and hands back actions.
 
-use crate::action::{Action, Evidence, ProbeId, ProbeTarget, VerdictId, VerdictKind};
+use crate::action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 use crate::config::Config;
 use crate::event::Event;
 use crate::suspect::{Ctx, Helpers, Input, State, Suspect};
@@ -148,19 +148,19 @@ impl Engine {
                     };
                     self.dispatch(h, input, &mut out);
                 }
-                Some(Owner::Switch(s)) => {
-                    if self.switch_cases.get(&s).map(|c| c.probe_id) == Some(probe_id) {
-                        self.record_group_probe(Owner::Switch(s.clone()), Some(reachable));
-                        self.resolve_switch(&s, reachable, at, &mut out);
-                    }
+                Some(Owner::Switch(s))
+                    if self.switch_cases.get(&s).map(|c| c.probe_id) == Some(probe_id) =>
+                {
+                    self.record_group_probe(Owner::Switch(s.clone()), Some(reachable));
+                    self.resolve_switch(&s, reachable, at, &mut out);
                 }
-                Some(Owner::Router(r)) => {
-                    if self.router_cases.get(&r).map(|c| c.probe_id) == Some(probe_id) {
-                        self.record_group_probe(Owner::Router(r.clone()), Some(reachable));
-                        self.resolve_router(&r, reachable, at, &mut out);
-                    }
+                Some(Owner::Router(r))
+                    if self.router_cases.get(&r).map(|c| c.probe_id) == Some(probe_id) =>
+                {
+                    self.record_group_probe(Owner::Router(r.clone()), Some(reachable));
+                    self.resolve_router(&r, reachable, at, &mut out);
                 }
-                None => {}
+                _ => {}
             },
             Event::Tick { now } => self.tick(now, &mut out),
         }
@@ -168,7 +168,14 @@ impl Engine {
     }
 
     fn tick(&mut self, now: u64, out: &mut Vec<Action>) {
-        let due: Vec<HostId> = self.timed.iter().copied().collect();
+        // Only hosts whose window or probe deadline has passed: a full dispatch for every
+        // open suspicion on every tick would dominate the cost on large topologies.
+        let due: Vec<HostId> = self
+            .timed
+            .iter()
+            .copied()
+            .filter(|h| self.due(*h, now))
+            .collect();
         for h in due {
             self.dispatch(h, Input::Tick { now }, out);
         }
@@ -191,6 +198,24 @@ impl Engine {
         for s in switches {
             self.record_group_probe(Owner::Switch(s.clone()), None);
             self.resolve_switch(&s, false, now, out);
+        }
+    }
+
+    /// Whether a `Tick` at `now` can change `host` (a timed host).
+    fn due(&self, host: HostId, now: u64) -> bool {
+        let Some(m) = self.hosts.get(&host) else {
+            return false;
+        };
+        let s = m.inner();
+        match m.state() {
+            State::Suspected {} => {
+                let hb = self
+                    .topology
+                    .hb_interval(host, self.config.default_hb_interval_us);
+                now >= s.since + self.config.corroboration_intervals * hb
+            }
+            State::Investigating {} => now >= s.probe_deadline,
+            _ => false,
         }
     }
 
@@ -402,7 +427,8 @@ impl Engine {
                 evidence.push(Evidence::Report {
                     at: s.since,
                     reporter: s.reporter,
-                    kind: format!("dead {h}"),
+                    about: *h,
+                    kind: ReportKind::Dead,
                 });
             }
         }

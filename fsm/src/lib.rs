@@ -15,7 +15,7 @@ pub mod scenario;
 mod suspect;
 pub mod topology;
 
-pub use action::{Action, Evidence, ProbeId, ProbeTarget, VerdictId, VerdictKind};
+pub use action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 pub use config::Config;
 pub use engine::Engine;
 pub use event::Event;

@@ -4,7 +4,7 @@
 //! superstate `open` (a suspicion without verdict yet) `suspected`, `investigating`,
 //! `grouped`; then `down` (an alarm is open) and `left`.
 
-use crate::action::{Action, Evidence, ProbeId, ProbeTarget, VerdictId, VerdictKind};
+use crate::action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 use proto::HostId;
 use serde::{Deserialize, Serialize};
 use statig::prelude::*;
@@ -144,11 +144,12 @@ impl Suspect {
         }
     }
 
-    fn report(&mut self, at: u64, reporter: HostId, kind: &str) {
+    fn report(&mut self, at: u64, reporter: HostId, kind: ReportKind) {
         self.evidence.push(Evidence::Report {
             at,
             reporter,
-            kind: kind.to_string(),
+            about: self.host,
+            kind,
         });
     }
 
@@ -170,7 +171,7 @@ impl Suspect {
         self.reporter = reporter;
         self.evidence.clear();
         self.probes.clear();
-        self.report(at, reporter, "dead");
+        self.report(at, reporter, ReportKind::Dead);
     }
 
     fn window_end(&self, ctx: &Ctx) -> u64 {
@@ -250,7 +251,7 @@ impl Suspect {
         }
         self.probes.clear();
         self.evidence.clear();
-        self.report(at, self.host, "shutdown");
+        self.report(at, self.host, ReportKind::Shutdown);
         let ev = std::mem::take(&mut self.evidence);
         ctx.verdict(at, VerdictKind::Left(self.host), ev);
         State::left()
@@ -289,7 +290,7 @@ impl Suspect {
         match event {
             Input::Alive { at, reporter } => {
                 self.last_alive = self.last_alive.max(*at);
-                self.report(*at, *reporter, "alive");
+                self.report(*at, *reporter, ReportKind::Alive);
                 let ev = self.take_evidence();
                 context.verdict(*at, VerdictKind::FalseAlarm(self.host), ev);
                 Transition(State::watching())
@@ -307,9 +308,9 @@ impl Suspect {
             }
             Input::Dead { at, reporter } => {
                 if !self.evidence.iter().any(|e| {
-                    matches!(e, Evidence::Report { reporter: r, kind, .. } if r == reporter && kind == "dead")
+                    matches!(e, Evidence::Report { reporter: r, kind, .. } if r == reporter && *kind == ReportKind::Dead)
                 }) {
-                    self.report(*at, *reporter, "dead");
+                    self.report(*at, *reporter, ReportKind::Dead);
                 }
                 Handled
             }
@@ -326,7 +327,7 @@ impl Suspect {
                     && at.abs_diff(self.since)
                         <= context.corroboration_intervals * context.hb_interval_us =>
             {
-                self.report(*at, *reporter, "dead");
+                self.report(*at, *reporter, ReportKind::Dead);
                 let ev = self.take_evidence();
                 let id = context.verdict((*at).max(self.since), VerdictKind::Dead(self.host), ev);
                 self.alarm = Some(id);
@@ -334,7 +335,7 @@ impl Suspect {
             }
             Input::Dead { at, .. } | Input::Tick { now: at } if *at >= self.window_end(context) => {
                 if let Input::Dead { at, reporter } = event {
-                    self.report(*at, *reporter, "dead");
+                    self.report(*at, *reporter, ReportKind::Dead);
                 }
                 self.start_probes(context, *at);
                 Transition(State::investigating())
@@ -399,7 +400,8 @@ impl Suspect {
                 let ev = vec![Evidence::Report {
                     at: *at,
                     reporter: *reporter,
-                    kind: "alive".to_string(),
+                    about: self.host,
+                    kind: ReportKind::Alive,
                 }];
                 context.verdict(*at, VerdictKind::Recovered(self.host), ev);
                 Transition(State::watching())

@@ -182,7 +182,7 @@ proptest! {
         for a in &actions {
             if let Action::Verdict { kind: VerdictKind::Dead(_), evidence, .. } = a {
                 let reporters: BTreeSet<HostId> = evidence.iter().filter_map(|e| match e {
-                    Evidence::Report { reporter, kind, .. } if kind == "dead" => Some(*reporter),
+                    Evidence::Report { reporter, kind: fsm::ReportKind::Dead, .. } => Some(*reporter),
                     _ => None,
                 }).collect();
                 let failed_probe = evidence.iter().any(|e| matches!(e, Evidence::Probe { reachable, .. } if *reachable != Some(true)));
