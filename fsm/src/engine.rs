@@ -48,6 +48,8 @@ pub struct Engine {
     hosts: BTreeMap<HostId, StateMachine<Suspect>>,
     /// Hosts in `suspected` or `investigating`: the ones a `Tick` must visit.
     timed: BTreeSet<HostId>,
+    /// `timed` grouped by switch, so switch correlation does not scan every host behind it.
+    timed_by_switch: BTreeMap<SwitchId, BTreeSet<HostId>>,
     switch_cases: BTreeMap<SwitchId, GroupCase>,
     router_cases: BTreeMap<RouterId, GroupCase>,
     probe_owner: BTreeMap<ProbeId, Owner>,
@@ -71,6 +73,7 @@ impl Engine {
             topology: Topology::default(),
             hosts: BTreeMap::new(),
             timed: BTreeSet::new(),
+            timed_by_switch: BTreeMap::new(),
             switch_cases: BTreeMap::new(),
             router_cases: BTreeMap::new(),
             probe_owner: BTreeMap::new(),
@@ -315,10 +318,28 @@ impl Engine {
                 self.probe_owner.remove(&id);
             }
         }
-        if matches!(state, State::Suspected {} | State::Investigating {}) {
-            self.timed.insert(host);
+        let is_timed = matches!(state, State::Suspected {} | State::Investigating {});
+        let changed = if is_timed {
+            self.timed.insert(host)
         } else {
-            self.timed.remove(&host);
+            self.timed.remove(&host)
+        };
+        if changed {
+            if let Some(sw) = self.topology.switch_of(host) {
+                match self.timed_by_switch.get_mut(sw) {
+                    Some(set) if is_timed => {
+                        set.insert(host);
+                    }
+                    Some(set) => {
+                        set.remove(&host);
+                    }
+                    None if is_timed => {
+                        let sw = sw.clone();
+                        self.timed_by_switch.entry(sw).or_default().insert(host);
+                    }
+                    None => {}
+                }
+            }
         }
         for (alarm, at) in ctx.released_alarms {
             self.release_alarm(alarm, host, at, out);
@@ -395,17 +416,22 @@ impl Engine {
         }
         let window = self.config.correlation_window_us;
         let suspects: Vec<HostId> = self
-            .topology
-            .hosts_behind(&switch)
-            .into_iter()
-            .filter(|h| {
-                self.timed.contains(h)
-                    && self
-                        .hosts
-                        .get(h)
-                        .is_some_and(|m| m.inner().since + window >= at)
+            .timed_by_switch
+            .get(&switch)
+            .map(|set| {
+                set.iter()
+                    .copied()
+                    .filter(|h| {
+                        self.timed.contains(h)
+                            && self.topology.switch_of(*h) == Some(&switch)
+                            && self
+                                .hosts
+                                .get(h)
+                                .is_some_and(|m| m.inner().since + window >= at)
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         if suspects.len() < self.config.group_min_suspects {
             return;
         }
