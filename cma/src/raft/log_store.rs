@@ -31,6 +31,18 @@ pub struct LogStore {
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
 }
 
+/// Runs a synchronous sled call. sled blocks the calling thread when its write buffers
+/// are full (a slow disk); on a multi-threaded runtime the worker first hands its other
+/// tasks (heartbeats, RPCs) to another thread, so one slow write cannot freeze the node.
+fn sled_io<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -128,16 +140,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Bound::Excluded(key(i)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut entries = Vec::new();
-        for item in self
-            .logs
-            .range::<[u8; 8], _>((Bound::Included(key(start)), end))
-        {
-            let (_, bytes) = item.map_err(read_err)?;
-            let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
-            entries.push(entry);
-        }
-        Ok(entries)
+        sled_io(|| {
+            let mut entries = Vec::new();
+            for item in self
+                .logs
+                .range::<[u8; 8], _>((Bound::Included(key(start)), end))
+            {
+                let (_, bytes) = item.map_err(read_err)?;
+                let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
     }
 }
 
@@ -208,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.insert(&key(entry.log_id.index), bytes);
         }
-        self.logs.apply_batch(batch).map_err(write_err)?;
+        sled_io(|| self.logs.apply_batch(batch)).map_err(write_err)?;
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
             // The flusher only stops with the runtime; flush inline rather than lose the ack.
             let result = self.db.flush_async().await;
