@@ -71,11 +71,13 @@ done
 
 LOADGEN=("$BIN/loadgen" --reader 127.0.79.10:7300 --key-file "$WORK/keys.toml"
     --hosts "$HOSTS" --duration "$DURATION" --bind 127.0.79.20:0 --progress 5)
+echo "== machine: $(nproc) cores, $(uptime | sed 's/.*load/load/')"
 echo "== throughput: $HOSTS hosts, as fast as ACKs allow (max $OUTSTANDING awaiting ACK)"
 "${LOADGEN[@]}" --rate 0 --max-outstanding "$OUTSTANDING"
+echo "== machine: $(uptime | sed 's/.*load/load/')"
 echo "== latency: $HOSTS hosts, 5,000 reports/s"
 "${LOADGEN[@]}" --rate 5000 --host-base 2000000
 echo "== packet-reader counters"
 exec 3<>/dev/tcp/127.0.79.10/7381
 printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
-grep -E '^ringwatch_reader_(received|verified|batches|acks|duplicates)_total|dropped_total.*(overload|abandoned)|append_errors_total' <&3 || true
+grep -E '^ringwatch_reader_(received|verified|batches|acks|duplicates)_total|dropped_total.*(overload|abandoned)|append_errors_total|commit_latency_seconds_(count|bucket.*le="0.0(02|04|08|16|32)|bucket.*le="0.(064|128|256)")' <&3 || true
