@@ -267,4 +267,46 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[tokio::test]
+    async fn udp_echo_gets_an_authenticated_reply_or_times_out() {
+        use proto::{HostId, KeyId, Sealer, SessionId, Verified};
+        let keys = Arc::new(KeyRing::generate(KeyId(1)));
+        let responder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = responder.local_addr().unwrap();
+        let k = keys.clone();
+        tokio::spawn(async move {
+            let mut verifier = Verifier::new(k.clone(), 4);
+            let mut sealer = Sealer::new(k, HostId(2), SessionId(1));
+            let mut buf = [0u8; 2048];
+            let (n, from) = responder.recv_from(&mut buf).await.unwrap();
+            if let Ok(Verified {
+                body: Body::EchoRequest { nonce },
+                ..
+            }) = verifier.verify(&buf[..n])
+            {
+                let reply = sealer.seal(&Body::EchoReply { nonce }).unwrap();
+                responder.send_to(&reply, from).await.unwrap();
+            }
+        });
+        let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));
+        let setup = |sealer: &mut Sealer, nonce| EchoSetup {
+            request: sealer.seal(&Body::EchoRequest { nonce }).unwrap(),
+            nonce,
+            keys: keys.clone(),
+        };
+        let (outcome, rtt) = udp_echo(addr, setup(&mut sealer, 5), Duration::from_secs(5)).await;
+        assert_eq!(outcome, ProbeOutcome::Reachable);
+        assert!(rtt.is_some());
+        // A socket that never answers: the probe ends at its timeout.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (outcome, rtt) = udp_echo(
+            silent.local_addr().unwrap(),
+            setup(&mut sealer, 6),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(outcome, ProbeOutcome::Timeout);
+        assert!(rtt.is_none());
+    }
 }
