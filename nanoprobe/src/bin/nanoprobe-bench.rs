@@ -42,7 +42,12 @@ fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
         .ok_or_else(|| anyhow::anyhow!("bad stat"))?
         .1;
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(f.get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse::<u64>()?)
+    };
+    let ticks = field(11)? + field(12)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |key: &str| {
         status
