@@ -29,16 +29,23 @@ use std::time::Duration;
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("config {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What failed.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for [`Config`] (syntax, types, unknown keys).
     #[error("config {path}: {source}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// What is wrong, with its position.
         source: toml::de::Error,
     },
+    /// A value parses but makes no sense.
     #[error("config: {0}")]
     Invalid(String),
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 /// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
+    /// Why (a short stable name such as `bad_mac` or `overload`).
     pub reason: String,
 }
 

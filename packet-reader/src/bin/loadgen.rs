@@ -88,7 +88,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let keys = Arc::new(KeyRing::load(&args.key_file)?);
+    anyhow::ensure!(args.hosts > 0, "--hosts must be at least 1");
+    let keys = Arc::new(
+        KeyRing::load(&args.key_file)
+            .with_context(|| format!("loading key file {}", args.key_file.display()))?,
+    );
     let base_session = SessionId::from_clock().0;
     let mut hosts: Vec<SimHost> = (0..args.hosts)
         .map(|i| SimHost {
