@@ -14,14 +14,44 @@ pub mod ingest;
 pub mod metrics;
 
 use crate::acker::Submitter;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use anyhow::Context;
-use cma::queue::{load_cluster_secret, ClientConfig, QueueClient};
-use proto::{HostId, KeyRing, Sealer, SessionId};
+use cma::queue::client::SecretError;
+use cma::queue::{load_cluster_secret, ClientConfig, ClientError, QueueClient};
+use proto::{HostId, KeyFileError, KeyRing, Sealer, SessionId};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+
+/// Why a packet-reader could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file could not be loaded.
+    #[error("loading key file {path}: {source}")]
+    Keys {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: KeyFileError,
+    },
+    /// The cluster secret could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The queue client refused its settings.
+    #[error("queue client: {0}")]
+    Client(#[from] ClientError),
+    /// A UDP socket or the metrics listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
 
 /// A started packet-reader.
 pub struct Reader {
@@ -37,12 +67,15 @@ pub struct Reader {
 
 impl Reader {
     /// Binds the sockets and the metrics listener and starts every task.
-    pub async fn start(config: &Config) -> anyhow::Result<Reader> {
+    pub async fn start(config: &Config) -> Result<Reader, StartError> {
         config.validate()?;
-        let keys = Arc::new(
-            KeyRing::load(&config.key_file)
-                .with_context(|| format!("loading key file {}", config.key_file.display()))?,
-        );
+        let keys =
+            Arc::new(
+                KeyRing::load(&config.key_file).map_err(|source| StartError::Keys {
+                    path: config.key_file.clone(),
+                    source,
+                })?,
+            );
         let secret = load_cluster_secret(&config.cluster_secret_file)?;
         let mut client_config = ClientConfig::new(config.cma_nodes.clone(), secret);
         client_config.request_timeout = config.batch.request_timeout();
@@ -50,9 +83,15 @@ impl Reader {
         let mut sockets = Vec::new();
         let mut local_addrs = Vec::new();
         for &listen in &config.listen {
+            let bind_error = |source| StartError::Bind {
+                addr: listen,
+                source,
+            };
             let bound = ingest::bind_sockets(listen, config.sockets, config.recv_buffer_bytes)
-                .with_context(|| format!("binding UDP {listen}"))?;
-            local_addrs.push(bound[0].local_addr()?);
+                .map_err(bind_error)?;
+            if let Some(first) = bound.first() {
+                local_addrs.push(first.local_addr().map_err(bind_error)?);
+            }
             sockets.extend(bound);
         }
         let metrics = Metrics::default();
@@ -60,7 +99,7 @@ impl Reader {
             let registry = metrics.registry();
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding metrics listener {addr}"))?;
+                .map_err(|source| StartError::Bind { addr, source })?;
             tokio::spawn(async move {
                 if let Err(e) = metrics::serve(listener, registry).await {
                     tracing::error!(error = %e, "metrics listener failed");
