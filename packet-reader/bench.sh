@@ -80,4 +80,4 @@ echo "== latency: $HOSTS hosts, 5,000 reports/s"
 echo "== packet-reader counters"
 exec 3<>/dev/tcp/127.0.79.10/7381
 printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
-grep -E '^ringwatch_reader_(received|verified|batches|acks|duplicates)_total|dropped_total.*(overload|abandoned)|append_errors_total|commit_latency_seconds_(count|bucket.*le="0.0(02|04|08|16|32)|bucket.*le="0.(064|128|256)")' <&3 || true
+grep -E '^ringwatch_reader_(received|verified|batches|acks|duplicates)_total|dropped_total.*(overload|abandoned)|append_errors_total|(commit|report)_latency_seconds_(count|bucket.*le="0.0(02|04|08|16|32)|bucket.*le="0.(064|128|256)")' <&3 || true

@@ -40,7 +40,8 @@ pub fn bind_sockets(
     Ok(sockets)
 }
 
-fn now_us() -> u64 {
+/// Wall-clock time in µs since the Unix epoch (the queue's `received_at_us`).
+pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub batch_packets: Histogram,
     /// Time from a batch's first report to its commit, in seconds.
     pub commit_latency: Histogram,
+    /// Time from a report's receipt to its batch's commit, in seconds (includes waiting
+    /// for a free append slot, which `commit_latency` does not).
+    pub report_latency: Histogram,
     /// ACKs sent.
     pub acks: Counter,
     /// ACKs the socket refused to send.
@@ -64,6 +67,7 @@ impl Default for Metrics {
             batches: Counter::default(),
             batch_packets: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            report_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             acks: Counter::default(),
             ack_errors: Counter::default(),
             duplicates: Counter::default(),
@@ -106,6 +110,11 @@ impl Metrics {
             "commit_latency_seconds",
             "Time from a batch's first report to its commit",
             self.commit_latency.clone(),
+        );
+        registry.register(
+            "report_latency_seconds",
+            "Time from a report's receipt to its batch's commit",
+            self.report_latency.clone(),
         );
         registry.register("acks", "ACKs sent", self.acks.clone());
         registry.register(
