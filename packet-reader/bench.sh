@@ -4,13 +4,15 @@
 #   1. throughput: --rate 0 (as fast as ACKs come back), at most OUTSTANDING reports
 #      awaiting their ACK;
 #   2. latency: --rate 5000 reports/s.
-# Usage: [HOSTS=10000] [DURATION=20] [OUTSTANDING=4000] [BUILD=1] packet-reader/bench.sh
+# Usage: [HOSTS=10000] [DURATION=20] [OUTSTANDING=4000] [PHASES="throughput latency"]
+#        [BUILD=1] packet-reader/bench.sh
 # BUILD=0 uses the release binaries already in ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTS=${HOSTS:-10000}
 DURATION=${DURATION:-20}
 OUTSTANDING=${OUTSTANDING:-4000}
+PHASES=${PHASES:-throughput latency}
 if [[ ${BUILD:-1} != 0 ]]; then
     cargo build --release -q -p cma -p packet-reader --bin cma --bin cmactl --bin packet-reader --bin loadgen
 fi
@@ -72,11 +74,15 @@ done
 LOADGEN=("$BIN/loadgen" --reader 127.0.79.10:7300 --key-file "$WORK/keys.toml"
     --hosts "$HOSTS" --duration "$DURATION" --bind 127.0.79.20:0 --progress 5)
 echo "== machine: $(nproc) cores, $(uptime | sed 's/.*load/load/')"
-echo "== throughput: $HOSTS hosts, as fast as ACKs allow (max $OUTSTANDING awaiting ACK)"
-"${LOADGEN[@]}" --rate 0 --max-outstanding "$OUTSTANDING"
-echo "== machine: $(uptime | sed 's/.*load/load/')"
-echo "== latency: $HOSTS hosts, 5,000 reports/s"
-"${LOADGEN[@]}" --rate 5000 --host-base 2000000
+if [[ " $PHASES " == *" throughput "* ]]; then
+    echo "== throughput: $HOSTS hosts, as fast as ACKs allow (max $OUTSTANDING awaiting ACK)"
+    "${LOADGEN[@]}" --rate 0 --max-outstanding "$OUTSTANDING"
+    echo "== machine: $(uptime | sed 's/.*load/load/')"
+fi
+if [[ " $PHASES " == *" latency "* ]]; then
+    echo "== latency: $HOSTS hosts, 5,000 reports/s"
+    "${LOADGEN[@]}" --rate 5000 --host-base 2000000
+fi
 echo "== packet-reader counters"
 exec 3<>/dev/tcp/127.0.79.10/7381
 printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
