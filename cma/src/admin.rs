@@ -164,6 +164,13 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// The cluster routes, `/metrics` and `extra` (another component's routes, which get the
+/// same token check). `extra` must hold at least one route.
+pub fn router_with(state: AdminState, extra: Router) -> Router {
+    let auth = axum::middleware::from_fn_with_state(state.clone(), authorize);
+    router(state).merge(extra.route_layer(auth))
+}
+
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         if request.uri().path() != "/metrics" {

@@ -94,6 +94,9 @@ pub struct Config {
     /// Queue limits.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// The monitoring worker (active on the leader); absent: this node only runs the queue.
+    #[serde(default)]
+    pub worker: Option<crate::worker::config::WorkerSection>,
 }
 
 /// `[raft]`: timings and compaction.

@@ -3,7 +3,9 @@
 //! Run: `cargo bench -p proto --bench envelope`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use proto::{Body, Heartbeat, HostId, KeyId, KeyRing, Report, ReportBody, SessionId, Sealer, Verifier};
+use proto::{
+    Body, Heartbeat, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId, Verifier,
+};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -36,7 +38,11 @@ fn bench(c: &mut Criterion) {
         let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));
         let mut buf = Vec::with_capacity(1400);
         group.bench_function("seal", |b| {
-            b.iter(|| sealer.seal_into(black_box(&body), &mut buf).map(|_| buf.len()))
+            b.iter(|| {
+                sealer
+                    .seal_into(black_box(&body), &mut buf)
+                    .map(|_| buf.len())
+            })
         });
         // Pre-seal distinct datagrams so the replay window accepts every one of them.
         let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));

@@ -224,12 +224,11 @@ impl Sealer {
         out.extend_from_slice(&self.sender.0.to_le_bytes());
         out.extend_from_slice(&self.session.0.to_le_bytes());
         out.extend_from_slice(&seq.to_le_bytes());
-        let encoded = postcard::to_extend(body, std::mem::take(out)).map_err(|error| {
-            SealError::Encode {
+        let encoded =
+            postcard::to_extend(body, std::mem::take(out)).map_err(|error| SealError::Encode {
                 kind: body.kind(),
                 error,
-            }
-        })?;
+            })?;
         *out = encoded;
         let body_len = out.len() - HEADER_LEN;
         if body_len > MAX_BODY {

@@ -72,7 +72,10 @@ impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print secrets.
         f.debug_struct("KeyRing")
-            .field("ids", &self.keys.iter().map(|(id, _)| id.0).collect::<Vec<_>>())
+            .field(
+                "ids",
+                &self.keys.iter().map(|(id, _)| id.0).collect::<Vec<_>>(),
+            )
             .field("primary", &self.keys[self.primary].0 .0)
             .finish()
     }
@@ -112,7 +115,8 @@ impl KeyRing {
 
     /// Parses a key file's text (format in the module docs).
     pub fn from_toml_str(text: &str) -> Result<KeyRing, KeyFileError> {
-        let file: KeyFile = toml::from_str(text).map_err(|e| KeyFileError::Syntax(e.to_string()))?;
+        let file: KeyFile =
+            toml::from_str(text).map_err(|e| KeyFileError::Syntax(e.to_string()))?;
         let mut keys = Vec::with_capacity(file.keys.len());
         for entry in file.keys {
             let bytes = hex::decode(entry.secret.trim()).map_err(|e| KeyFileError::BadSecret {

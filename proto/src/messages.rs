@@ -152,7 +152,10 @@ pub struct Command {
 pub enum CommandBody {
     /// Send heartbeats to, and expect heartbeats from, these peers (added to or updated in
     /// the current lists).
-    SendExpectHb { peers: Vec<Peer>, timings: HbTimings },
+    SendExpectHb {
+        peers: Vec<Peer>,
+        timings: HbTimings,
+    },
     /// Stop sending heartbeats to and expecting heartbeats from these peers.
     StopSendExpectHb { peers: Vec<HostId> },
     /// Change run-time settings.

@@ -75,7 +75,11 @@ impl ReplayWindow {
         self.check(seq)?;
         if seq > self.newest {
             let shift = seq - self.newest;
-            self.seen = if shift >= WINDOW { 0 } else { self.seen << shift };
+            self.seen = if shift >= WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             self.newest = seq;
         } else {
@@ -109,7 +113,12 @@ impl ReplayGuard {
 
     /// Checks (sender, session, seq) and records it if accepted. Call only for datagrams
     /// whose MAC was verified, or forged datagrams could advance the window.
-    pub fn accept(&mut self, sender: HostId, session: SessionId, seq: u64) -> Result<(), ReplayError> {
+    pub fn accept(
+        &mut self,
+        sender: HostId,
+        session: SessionId,
+        seq: u64,
+    ) -> Result<(), ReplayError> {
         let full = self.senders.len() >= self.max_senders;
         match self.senders.get_mut(&sender) {
             Some((current, window)) => {

@@ -82,15 +82,12 @@ fn startup() -> impl Strategy<Value = Startup> {
 fn report_body() -> impl Strategy<Value = ReportBody> {
     prop_oneof![
         startup().prop_map(ReportBody::Startup),
-        (host(), any::<u32>()).prop_map(|(peer, late_by_ms)| ReportBody::HbLate { peer, late_by_ms }),
-        (host(), any::<u64>()).prop_map(|(peer, last_seen_us)| ReportBody::HbDead {
-            peer,
-            last_seen_us
-        }),
-        (host(), any::<u32>()).prop_map(|(peer, down_for_ms)| ReportBody::HbBackAlive {
-            peer,
-            down_for_ms
-        }),
+        (host(), any::<u32>())
+            .prop_map(|(peer, late_by_ms)| ReportBody::HbLate { peer, late_by_ms }),
+        (host(), any::<u64>())
+            .prop_map(|(peer, last_seen_us)| ReportBody::HbDead { peer, last_seen_us }),
+        (host(), any::<u32>())
+            .prop_map(|(peer, down_for_ms)| ReportBody::HbBackAlive { peer, down_for_ms }),
         Just(ReportBody::HbShutdown),
         (host(), sockaddr()).prop_map(|(from, addr)| ReportBody::HbMartian { from, addr }),
         (
@@ -138,20 +135,26 @@ fn command_body() -> impl Strategy<Value = CommandBody> {
             probe_kind(),
             any::<u32>()
         )
-            .prop_map(|(probe_id, targets, kind, timeout_ms)| CommandBody::DoProbe {
-                probe_id,
-                targets,
-                kind,
-                timeout_ms
-            }),
+            .prop_map(
+                |(probe_id, targets, kind, timeout_ms)| CommandBody::DoProbe {
+                    probe_id,
+                    targets,
+                    kind,
+                    timeout_ms
+                }
+            ),
     ]
 }
 
 /// Every message of DESIGN.md section 3.
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (any::<u64>(), any::<bool>())
-            .prop_map(|(sent_at_us, leaving)| Body::Heartbeat(Heartbeat { sent_at_us, leaving })),
+        (any::<u64>(), any::<bool>()).prop_map(|(sent_at_us, leaving)| Body::Heartbeat(
+            Heartbeat {
+                sent_at_us,
+                leaving
+            }
+        )),
         (any::<u64>(), report_body()).prop_map(|(id, body)| Body::Report(Report { id, body })),
         (any::<u64>(), command_body()).prop_map(|(id, body)| Body::Command(Command { id, body })),
         (any::<u64>(), any::<u64>()).prop_map(|(session, id)| Body::Ack(Ack {
@@ -236,7 +239,11 @@ fn heartbeat_fits_in_64_bytes() {
         leaving: true,
     });
     let datagram = sealer.seal(&hb).unwrap();
-    assert!(datagram.len() <= 64, "heartbeat is {} bytes", datagram.len());
+    assert!(
+        datagram.len() <= 64,
+        "heartbeat is {} bytes",
+        datagram.len()
+    );
     // A realistic heartbeat (current time in µs) is 55 bytes.
     let now = Body::Heartbeat(Heartbeat {
         sent_at_us: 1_795_000_000_000_000,
@@ -272,7 +279,9 @@ fn each_rejection_reason_is_distinct() {
 
     // A datagram sealed with a key the receiver does not hold.
     let foreign = Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [1u8; 32])]).unwrap());
-    let forged = Sealer::new(foreign, HostId(3), SessionId(10)).seal(&body).unwrap();
+    let forged = Sealer::new(foreign, HostId(3), SessionId(10))
+        .seal(&body)
+        .unwrap();
     assert_eq!(reason(&mut verifier, &forged), "bad_mac");
 
     assert!(verifier.verify(&good).is_ok());
@@ -288,9 +297,13 @@ fn each_rejection_reason_is_distinct() {
     let _ = old_sealer.seal(&body);
     let old = old_sealer.seal(&body).unwrap();
     assert_eq!(reason(&mut verifier, &old), "replay_too_old");
-    let stale = Sealer::new(keys.clone(), HostId(3), SessionId(9)).seal(&body).unwrap();
+    let stale = Sealer::new(keys.clone(), HostId(3), SessionId(9))
+        .seal(&body)
+        .unwrap();
     assert_eq!(reason(&mut verifier, &stale), "replay_stale_session");
-    let other = Sealer::new(keys.clone(), HostId(4), SessionId(9)).seal(&body).unwrap();
+    let other = Sealer::new(keys.clone(), HostId(4), SessionId(9))
+        .seal(&body)
+        .unwrap();
     assert_eq!(reason(&mut verifier, &other), "replay_table_full");
 
     // Valid MAC over a body that is not a message: sealed by hand.
@@ -316,8 +329,12 @@ fn rotated_keys_are_both_accepted() {
     let new_only = Arc::new(KeyRing::new(KeyId(2), vec![(KeyId(2), [9u8; 32])]).unwrap());
     let mut verifier = Verifier::new(both, 16);
     let body = Body::EchoReply { nonce: 3 };
-    let a = Sealer::new(old, HostId(1), SessionId(1)).seal(&body).unwrap();
-    let b = Sealer::new(new_only, HostId(2), SessionId(1)).seal(&body).unwrap();
+    let a = Sealer::new(old, HostId(1), SessionId(1))
+        .seal(&body)
+        .unwrap();
+    let b = Sealer::new(new_only, HostId(2), SessionId(1))
+        .seal(&body)
+        .unwrap();
     assert!(verifier.verify(&a).is_ok());
     assert!(verifier.verify(&b).is_ok());
 }

@@ -50,8 +50,17 @@ async fn run() -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin API on {}", config.admin_listen))?;
-    let state = AdminState::new(node.clone(), Default::default(), token);
-    let app = admin::router(state);
+    let mut registry = prometheus_client::registry::Registry::default();
+    if let Some(section) = config.worker.clone() {
+        let metrics = cma::worker::run::WorkerMetrics::default();
+        metrics.register(&mut registry);
+        let worker = cma::worker::run::Worker::start(node.clone(), section, metrics)
+            .await
+            .context("starting the worker")?;
+        tokio::spawn(worker.run());
+    }
+    let state = AdminState::new(node.clone(), registry, token);
+    let app = admin::router_with(state, cma::worker::api::router(node.clone()));
     let admin_task = tokio::spawn(async move { axum::serve(admin_listener, app).await });
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 

@@ -1,6 +1,22 @@
 //! The worker: runs on the Raft leader, consumes the queue in order, drives the fsm and the
 //! ring planner, and carries out their decisions once they are committed through Raft.
+//!
+//! - [`state`]: the deterministic core (state + step).
+//! - [`rings`]: topology resolution and the ring plan (pure).
+//! - [`run`]: the I/O shell (leadership, Raft proposals, commands, sinks).
+//! - [`commander`] / [`outbox`]: reliable command delivery.
+//! - [`probe_limit`]: probe budget and rate limit.
+//! - [`views`] / [`api`]: the replicated tables operators read, and their HTTP routes.
 
+pub mod api;
 pub mod commander;
+pub mod config;
 pub mod outbox;
 pub mod probe_limit;
+pub mod rings;
+pub mod run;
+pub mod state;
+pub mod views;
+
+/// The worker's consumer name in the queue (its committed offset).
+pub const CONSUMER: &str = "worker";

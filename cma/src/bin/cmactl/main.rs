@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod monitor;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -39,6 +40,27 @@ enum Command {
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Cluster members, leader, queue depth and worker progress.
+    Status,
+    /// Monitored hosts and their state.
+    Hosts,
+    /// Heartbeat rings (each member watched by its neighbours).
+    Rings,
+    /// Verdicts: open failures and recent closed ones.
+    Failures {
+        /// Include every closed failure.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Events (verdicts and state changes).
+    Events {
+        /// Only events with a larger id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -53,6 +75,11 @@ async fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Cluster(c) => cluster::run(&api, c, cli.json).await,
+        Command::Status => monitor::status(&api, cli.json).await,
+        Command::Hosts => monitor::hosts(&api, cli.json).await,
+        Command::Rings => monitor::rings(&api, cli.json).await,
+        Command::Failures { all } => monitor::failures(&api, *all, cli.json).await,
+        Command::Events { since, follow } => monitor::events(&api, *since, *follow, cli.json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,145 @@
+//! Admin API routes over the worker's replicated tables: `/v1/status`, `/v1/hosts`,
+//! `/v1/rings`, `/v1/failures`, `/v1/events`. Served by every node from its own replica;
+//! each answer says which node answered, whether it leads, and its applied index, so an
+//! operator sees how far a follower lags.
+
+use super::views::{FailureRow, HostRow, RingRow, WorkerStatus, EVENTS, FAILURES, HOSTS, RINGS};
+use crate::raft::Node;
+use crate::sinks::Event;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// Every answer: who answered, and the rows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer<T> {
+    /// The answering node.
+    pub node_id: u64,
+    /// Whether it is the leader (followers may lag).
+    pub is_leader: bool,
+    /// The leader, if known.
+    pub leader_id: Option<u64>,
+    /// Raft log index applied on the answering node.
+    pub applied_index: u64,
+    /// The rows.
+    pub data: T,
+}
+
+fn answer<T>(node: &Node, data: T) -> Json<Answer<T>> {
+    Json(Answer {
+        node_id: node.id(),
+        is_leader: node.is_leader(),
+        leader_id: node.leader_id(),
+        applied_index: node.applied_index(),
+        data,
+    })
+}
+
+fn rows<T: for<'de> Deserialize<'de>>(node: &Node, table: &str) -> Vec<T> {
+    let state = node.state();
+    match state.table(table) {
+        Some(t) => t
+            .values()
+            .filter_map(|v| serde_json::from_slice(v).ok())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The worker routes, to merge into the admin router.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/rings", get(rings))
+        .route("/v1/failures", get(failures))
+        .route("/v1/events", get(events))
+        .with_state(node)
+}
+
+async fn status(State(node): State<Node>) -> Json<Answer<WorkerStatus>> {
+    let hosts: Vec<HostRow> = rows(&node, HOSTS);
+    let failures: Vec<FailureRow> = rows(&node, FAILURES);
+    let (offset, queue_next) = {
+        let state = node.state();
+        (
+            state.consumer_offset(super::CONSUMER).unwrap_or(0),
+            state.next_offset(),
+        )
+    };
+    let count = |s: &str| hosts.iter().filter(|h| h.status == s).count();
+    let status = WorkerStatus {
+        offset,
+        queue_next,
+        backlog: queue_next.saturating_sub(offset),
+        hosts_up: count("up") + count("suspect"),
+        hosts_dead: count("dead"),
+        hosts_left: count("left"),
+        open_failures: failures.iter().filter(|f| f.state == "open").count(),
+    };
+    answer(&node, status)
+}
+
+async fn hosts(State(node): State<Node>) -> Json<Answer<Vec<HostRow>>> {
+    let data = rows(&node, HOSTS);
+    answer(&node, data)
+}
+
+async fn rings(State(node): State<Node>) -> Json<Answer<Vec<RingRow>>> {
+    let data = rows(&node, RINGS);
+    answer(&node, data)
+}
+
+/// `?all=true` includes closed failures; default: open ones and the last 100 closed.
+#[derive(Debug, Deserialize)]
+struct FailureQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn failures(
+    State(node): State<Node>,
+    Query(q): Query<FailureQuery>,
+) -> Json<Answer<Vec<FailureRow>>> {
+    let mut data: Vec<FailureRow> = rows(&node, FAILURES);
+    if !q.all {
+        let closed = data.iter().filter(|f| f.state != "open").count();
+        let mut skip = closed.saturating_sub(100);
+        data.retain(|f| {
+            if f.state == "open" {
+                return true;
+            }
+            if skip > 0 {
+                skip -= 1;
+                return false;
+            }
+            true
+        });
+    }
+    answer(&node, data)
+}
+
+/// `?since=ID` returns events with a larger id; `?limit=N` (default 1000) the first N.
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(State(node): State<Node>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let data: Vec<Event> = {
+        let state = node.state();
+        match state.table(EVENTS) {
+            Some(t) => t
+                .range(super::views::id_key(since.saturating_add(1))..)
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .take(limit)
+                .collect(),
+            None => Vec::new(),
+        }
+    };
+    answer(&node, data)
+}

@@ -1,0 +1,128 @@
+//! The `[worker]` section of the CMA config: what the worker needs besides the Raft node.
+//!
+//! ```toml
+//! [worker]
+//! key_file = "/etc/ringwatch/keys.toml"   # the nanoprobes' key file
+//! # host_id = 4000000001                  # id on the wire (commands); default: base + node id
+//! command_listen = "10.0.0.1:7401"        # UDP socket commands leave from, ACKs come to
+//! tick_ms = 200                           # how often time advances in the fsm
+//! probe_timeout_ms = 2000                 # timeout of one active probe
+//!
+//! [worker.timings]                        # heartbeat timings given to every ring
+//! interval_ms = 1000
+//! warntime_ms = 2000
+//! deadtime_ms = 3000
+//!
+//! [[worker.switches]]
+//! name = "sw1"
+//! address = "10.0.1.254"                  # management address (pinged when suspected)
+//! subnets = ["10.0.1.0/24"]
+//! router = "r1"
+//!
+//! [[worker.routers]]
+//! name = "r1"
+//! address = "10.0.0.254"
+//!
+//! [[worker.sinks]]
+//! type = "log"
+//! [[worker.sinks]]
+//! type = "jsonl"
+//! path = "/var/lib/ringwatch/events.jsonl"
+//! events = ["verdict"]
+//! ```
+
+use super::outbox::OutboxConfig;
+use super::probe_limit::ProbeLimitConfig;
+use super::rings::{RouterConfig, SwitchConfig, SwitchMap};
+use super::state::WorkerSettings;
+use crate::sinks::SinkConfig;
+use proto::HbTimings;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Default wire host id of CMA node N is this plus N (far from nanoprobe ids).
+pub const DEFAULT_HOST_ID_BASE: u64 = 0xFFFF_FFFF_0000_0000;
+
+fn default_tick_ms() -> u64 {
+    200
+}
+fn default_probe_timeout_ms() -> u32 {
+    2000
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_command_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// `[worker]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// The key file shared with the nanoprobes.
+    pub key_file: PathBuf,
+    /// This node's host id on the wire, for sealing commands; unique in the deployment
+    /// (default: [`DEFAULT_HOST_ID_BASE`] + node id).
+    #[serde(default)]
+    pub host_id: Option<u64>,
+    /// UDP address commands are sent from and ACKs received on (default: any address,
+    /// ephemeral port).
+    #[serde(default = "default_command_listen")]
+    pub command_listen: SocketAddr,
+    /// Period of fsm ticks in ms (default 200).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Timeout of one active probe in ms (default 2000).
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u32,
+    /// Most queue entries processed per Raft proposal (default 256).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Heartbeat timings of every ring (default 1 s / 2 s / 3 s).
+    #[serde(default)]
+    pub timings: HbTimings,
+    /// Declared switches.
+    #[serde(default)]
+    pub switches: Vec<SwitchConfig>,
+    /// Declared routers.
+    #[serde(default)]
+    pub routers: Vec<RouterConfig>,
+    /// Event sinks.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Probe budget and rate limit.
+    #[serde(default)]
+    pub probes: ProbeLimitConfig,
+    /// Command retransmission.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+impl WorkerSection {
+    /// The fsm's timings, derived from the ring timings and the probe timeout.
+    pub fn fsm_config(&self) -> fsm::Config {
+        fsm::Config {
+            default_hb_interval_us: u64::from(self.timings.interval_ms) * 1000,
+            // The fsm waits for a probe a little longer than the nanoprobe does, so the
+            // result (carried through the queue) can arrive.
+            probe_timeout_us: (u64::from(self.probe_timeout_ms) + 1500) * 1000,
+            ..fsm::Config::default()
+        }
+    }
+
+    /// Checks the section and resolves it into the worker's settings.
+    pub fn settings(&self) -> anyhow::Result<WorkerSettings> {
+        self.timings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("worker.timings: {e}"))?;
+        let switches = SwitchMap::new(self.switches.clone(), self.routers.clone())
+            .map_err(|e| anyhow::anyhow!("worker topology: {e}"))?;
+        Ok(WorkerSettings {
+            timings: self.timings,
+            switches,
+            probe_timeout_ms: self.probe_timeout_ms,
+        })
+    }
+}

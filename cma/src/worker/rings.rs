@@ -1,0 +1,375 @@
+//! Topology (which switch a host sits behind) and the ring plan, both pure.
+//!
+//! Rings (DESIGN.md section 4): the hosts behind one switch form a switch ring, ordered by
+//! host id, where each host sends heartbeats to and expects them from its predecessor and
+//! successor, so each is watched by two peers on its own switch (one in a 2-host ring,
+//! none alone). The lowest-id host of each switch ring also joins the `top` ring spanning
+//! switches, which sees a whole switch go silent. Hosts of unknown topology form the
+//! `flat` ring, which also joins the top ring through its representative. The plan is a
+//! function of the member set only, so it is the same whatever the history of joins and
+//! leaves; the worker sends only the differences between two plans.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// A switch declared in the CMA config (`[[switches]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// Name operators use (e.g. `sw1`).
+    pub name: String,
+    /// Management address that answers ping (probed when the switch is suspected).
+    pub address: Option<IpAddr>,
+    /// Subnets behind it, as `a.b.c.d/len`; a host with an address inside is behind it.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// Host ids declared behind it (wins over subnets).
+    #[serde(default)]
+    pub hosts: Vec<u64>,
+    /// LLDP chassis id seen by hosts plugged into it.
+    #[serde(default)]
+    pub lldp_chassis: Option<String>,
+    /// The router it hangs off.
+    #[serde(default)]
+    pub router: Option<String>,
+}
+
+/// A router declared in the CMA config (`[[routers]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Name operators use (e.g. `r1`).
+    pub name: String,
+    /// Address that answers ping.
+    pub address: Option<IpAddr>,
+}
+
+/// The declared topology, resolved for lookups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchMap {
+    switches: Vec<(SwitchConfig, Vec<(IpAddr, u8)>)>,
+    routers: Vec<RouterConfig>,
+}
+
+fn parse_subnet(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("subnet {text:?}: expected address/prefix-length"))?;
+    let addr: IpAddr = addr.parse().map_err(|e| format!("subnet {text:?}: {e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("subnet {text:?}: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("subnet {text:?}: prefix length over {max}"));
+    }
+    Ok((addr, len))
+}
+
+fn in_subnet(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl SwitchMap {
+    /// Checks and indexes the declared topology.
+    pub fn new(
+        switches: Vec<SwitchConfig>,
+        routers: Vec<RouterConfig>,
+    ) -> Result<SwitchMap, String> {
+        let mut names = BTreeSet::new();
+        let mut resolved = Vec::new();
+        for sw in switches {
+            if !names.insert(sw.name.clone()) {
+                return Err(format!("switch {:?} declared twice", sw.name));
+            }
+            if let Some(r) = &sw.router {
+                if !routers.iter().any(|x| &x.name == r) {
+                    return Err(format!("switch {:?}: unknown router {r:?}", sw.name));
+                }
+            }
+            let subnets = sw
+                .subnets
+                .iter()
+                .map(|s| parse_subnet(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            resolved.push((sw, subnets));
+        }
+        Ok(SwitchMap {
+            switches: resolved,
+            routers,
+        })
+    }
+
+    /// The switch of a host: declared host list, then subnet of its addresses, then LLDP
+    /// chassis; `None` when unknown.
+    pub fn switch_of(
+        &self,
+        host: u64,
+        listen: IpAddr,
+        interfaces: impl Iterator<Item = (IpAddr, u8)>,
+        lldp_chassis: Option<&str>,
+    ) -> Option<String> {
+        if let Some((sw, _)) = self.switches.iter().find(|(s, _)| s.hosts.contains(&host)) {
+            return Some(sw.name.clone());
+        }
+        let addrs: Vec<IpAddr> = std::iter::once(listen)
+            .chain(interfaces.map(|(a, _)| a))
+            .collect();
+        for (sw, subnets) in &self.switches {
+            if addrs
+                .iter()
+                .any(|a| subnets.iter().any(|n| in_subnet(*a, *n)))
+            {
+                return Some(sw.name.clone());
+            }
+        }
+        let chassis = lldp_chassis?;
+        self.switches
+            .iter()
+            .find(|(s, _)| s.lldp_chassis.as_deref() == Some(chassis))
+            .map(|(s, _)| s.name.clone())
+    }
+
+    /// The router a switch hangs off.
+    pub fn router_of(&self, switch: &str) -> Option<&str> {
+        self.switches
+            .iter()
+            .find(|(s, _)| s.name == switch)
+            .and_then(|(s, _)| s.router.as_deref())
+    }
+
+    /// A switch's management address.
+    pub fn switch_addr(&self, switch: &str) -> Option<IpAddr> {
+        self.switches
+            .iter()
+            .find(|(s, _)| s.name == switch)
+            .and_then(|(s, _)| s.address)
+    }
+
+    /// A router's address.
+    pub fn router_addr(&self, router: &str) -> Option<IpAddr> {
+        self.routers
+            .iter()
+            .find(|r| r.name == router)
+            .and_then(|r| r.address)
+    }
+}
+
+/// One ring of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// `switch:<name>`, `flat` or `top`.
+    pub name: String,
+    /// `switch`, `flat` or `top`.
+    pub kind: &'static str,
+    /// Members in ring order.
+    pub members: Vec<u64>,
+}
+
+/// The rings of a member set: `(host, switch)` pairs.
+pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
+    let mut groups: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
+    for (host, switch) in members {
+        groups.entry(switch.clone()).or_default().push(*host);
+    }
+    let mut rings = Vec::new();
+    let mut representatives = Vec::new();
+    for (switch, mut hosts) in groups {
+        hosts.sort_unstable();
+        hosts.dedup();
+        representatives.push(hosts[0]);
+        let (name, kind) = match switch {
+            Some(s) => (format!("switch:{s}"), "switch"),
+            None => ("flat".to_string(), "flat"),
+        };
+        rings.push(Ring {
+            name,
+            kind,
+            members: hosts,
+        });
+    }
+    if representatives.len() > 1 {
+        representatives.sort_unstable();
+        rings.push(Ring {
+            name: "top".into(),
+            kind: "top",
+            members: representatives,
+        });
+    }
+    rings
+}
+
+/// Who each host exchanges heartbeats with under a plan (symmetric: A has B iff B has A).
+pub fn peer_sets(rings: &[Ring]) -> BTreeMap<u64, BTreeSet<u64>> {
+    let mut peers: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for ring in rings {
+        let n = ring.members.len();
+        for (i, &host) in ring.members.iter().enumerate() {
+            let entry = peers.entry(host).or_default();
+            if n < 2 {
+                continue;
+            }
+            entry.insert(ring.members[(i + 1) % n]);
+            entry.insert(ring.members[(i + n - 1) % n]);
+        }
+    }
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sw(name: &str) -> Option<String> {
+        Some(name.to_string())
+    }
+
+    #[test]
+    fn switch_rings_and_top_ring() {
+        let members = vec![
+            (5, sw("a")),
+            (1, sw("a")),
+            (3, sw("a")),
+            (7, sw("b")),
+            (9, sw("b")),
+            (2, None),
+        ];
+        let rings = plan(&members);
+        let names: Vec<&str> = rings.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["flat", "switch:a", "switch:b", "top"]);
+        assert_eq!(rings[1].members, vec![1, 3, 5]);
+        assert_eq!(rings[3].members, vec![1, 2, 7]);
+        let peers = peer_sets(&rings);
+        assert_eq!(peers[&3], BTreeSet::from([1, 5]));
+        // Host 1: switch ring neighbours 3 and 5, top ring neighbours 2 and 7.
+        assert_eq!(peers[&1], BTreeSet::from([2, 3, 5, 7]));
+        assert_eq!(peers[&9], BTreeSet::from([7]));
+        assert_eq!(peers[&2], BTreeSet::from([1, 7]));
+    }
+
+    #[test]
+    fn topology_resolution_order() {
+        let map = SwitchMap::new(
+            vec![
+                SwitchConfig {
+                    name: "sw1".into(),
+                    address: Some("198.18.1.254".parse().unwrap()),
+                    subnets: vec!["198.18.1.0/24".into()],
+                    hosts: vec![42],
+                    lldp_chassis: None,
+                    router: Some("r1".into()),
+                },
+                SwitchConfig {
+                    name: "sw2".into(),
+                    address: None,
+                    subnets: vec![],
+                    hosts: vec![],
+                    lldp_chassis: Some("00:11:22:33:44:55".into()),
+                    router: None,
+                },
+            ],
+            vec![RouterConfig {
+                name: "r1".into(),
+                address: Some("198.18.0.1".parse().unwrap()),
+            }],
+        )
+        .unwrap();
+        let none = std::iter::empty();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(map.switch_of(42, ip("10.0.0.1"), none, None), sw("sw1"));
+        assert_eq!(
+            map.switch_of(7, ip("198.18.1.7"), std::iter::empty(), None),
+            sw("sw1")
+        );
+        assert_eq!(
+            map.switch_of(
+                7,
+                ip("10.0.0.7"),
+                std::iter::empty(),
+                Some("00:11:22:33:44:55")
+            ),
+            sw("sw2")
+        );
+        assert_eq!(
+            map.switch_of(7, ip("10.0.0.7"), std::iter::empty(), None),
+            None
+        );
+        assert_eq!(map.router_of("sw1"), Some("r1"));
+        assert_eq!(map.router_addr("r1"), Some(ip("198.18.0.1")));
+        assert!(SwitchMap::new(
+            vec![SwitchConfig {
+                name: "x".into(),
+                address: None,
+                subnets: vec!["nonsense".into()],
+                hosts: vec![],
+                lldp_chassis: None,
+                router: None
+            }],
+            vec![]
+        )
+        .is_err());
+    }
+
+    proptest! {
+        /// Heartbeat relations are symmetric and every host of a switch ring of three or
+        /// more is watched by at least its two ring neighbours.
+        #[test]
+        fn symmetric_and_two_watchers(hosts in prop::collection::btree_map(0u64..200, 0u8..4, 1..60)) {
+            let members: Vec<(u64, Option<String>)> = hosts
+                .iter()
+                .map(|(h, s)| (*h, (*s > 0).then(|| format!("sw{s}"))))
+                .collect();
+            let rings = plan(&members);
+            let peers = peer_sets(&rings);
+            for (a, set) in &peers {
+                for b in set {
+                    prop_assert!(peers[b].contains(a), "{a} -> {b} not symmetric");
+                }
+            }
+            for ring in &rings {
+                if ring.members.len() >= 3 {
+                    for h in &ring.members {
+                        prop_assert!(peers[h].len() >= 2);
+                    }
+                }
+            }
+            // Every member appears in exactly one non-top ring.
+            for (h, _) in &members {
+                let n = rings.iter().filter(|r| r.kind != "top" && r.members.contains(h)).count();
+                prop_assert_eq!(n, 1);
+            }
+        }
+
+        /// Removing one host changes the peers of its ring neighbours only (and of the top
+        /// ring when it was a representative).
+        #[test]
+        fn leave_touches_only_neighbours(hosts in prop::collection::btree_set(0u64..100, 4..40), pick in any::<prop::sample::Index>()) {
+            let members: Vec<(u64, Option<String>)> = hosts.iter().map(|h| (*h, Some(format!("sw{}", h % 3)))).collect();
+            let before = peer_sets(&plan(&members));
+            let gone = members[pick.index(members.len())].0;
+            let rest: Vec<_> = members.iter().filter(|(h, _)| *h != gone).cloned().collect();
+            let after = peer_sets(&plan(&rest));
+            let top_before: BTreeSet<u64> = plan(&members).iter().filter(|r| r.kind == "top").flat_map(|r| r.members.clone()).collect();
+            for (h, set) in &after {
+                if before.get(h) != Some(set) {
+                    prop_assert!(before[&gone].contains(h) || top_before.contains(h),
+                        "host {h} changed but was not a neighbour of {gone}");
+                }
+            }
+        }
+    }
+}
