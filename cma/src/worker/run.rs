@@ -3,6 +3,9 @@
 //! `Apply` entry (with the new consumer offset), and only then sends commands and hands
 //! events to the sinks.
 //!
+//! The state is stored as JSON (its failure rows carry free-form JSON evidence, which
+//! postcard cannot decode).
+//!
 //! Failover: a new leader reloads the state committed with the offset, so every queue
 //! entry after it is processed again from the same state, giving the same decisions with
 //! the same ids. Commands that were committed but not acknowledged are in the `commands`
@@ -146,7 +149,7 @@ impl Worker {
     fn load_state(&self) -> anyhow::Result<WorkerState> {
         let state = self.node.state();
         match state.table_get(WORKER, STATE_KEY) {
-            Some(bytes) => Ok(postcard::from_bytes(bytes)?),
+            Some(bytes) => Ok(serde_json::from_slice(bytes)?),
             None => Ok(WorkerState::new(self.config.fsm_config())),
         }
     }
@@ -155,7 +158,7 @@ impl Worker {
         // Everything committed before we became leader is applied locally after this.
         self.node.read_barrier().await?;
         let mut state = self.load_state()?;
-        let mut persisted = postcard::to_allocvec(&state)?;
+        let mut persisted = serde_json::to_vec(&state)?;
         let mut offset = {
             let s = self.node.state();
             s.consumer_offset(CONSUMER)
@@ -238,7 +241,7 @@ impl Worker {
                     });
                 }
             }
-            let blob = postcard::to_allocvec(&state)?;
+            let blob = serde_json::to_vec(&state)?;
             let state_changed = blob != persisted;
             // A tick that changed nothing visible need not be replicated: replaying it
             // later on another leader gives the same result.

@@ -610,3 +610,140 @@ impl WorkerState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{KeyId, KeyRing, Report, SessionId, Startup};
+    use std::sync::Arc;
+
+    fn packet(sender: u64, id: u64, at_us: u64, body: ReportBody) -> QueuedPacket {
+        let keys = Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [1; 32])]).unwrap());
+        let mut sealer = proto::Sealer::new(keys, HostId(sender), SessionId(1));
+        let datagram = sealer.seal(&Body::Report(Report { id, body })).unwrap();
+        QueuedPacket {
+            sender,
+            session: 1,
+            seq: id,
+            received_at_us: at_us,
+            source: "127.0.0.1:9".parse().unwrap(),
+            datagram,
+        }
+    }
+
+    fn startup(host: u64) -> ReportBody {
+        ReportBody::Startup(Startup {
+            hostname: format!("h{host}"),
+            version: "test".into(),
+            listen: format!("127.0.0.{host}:7500").parse().unwrap(),
+            interfaces: vec![],
+            gateway: None,
+            lldp: None,
+        })
+    }
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
+            timings: HbTimings::default(),
+            switches: SwitchMap::default(),
+            probe_timeout_ms: 1000,
+        }
+    }
+
+    fn started(n: u64) -> (WorkerState, Effects) {
+        let s = settings();
+        let mut state = WorkerState::new(fsm::Config::default());
+        let mut fx = Effects::default();
+        for h in 1..=n {
+            state.step_packet(&s, &packet(h, 1, 1_000_000 + h, startup(h)), &mut fx);
+        }
+        (state, fx)
+    }
+
+    fn round_trip(state: &WorkerState) -> WorkerState {
+        // The encoding the run loop stores in the `worker` table.
+        let bytes = serde_json::to_vec(state).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn joins_form_a_ring_with_two_watchers_each() {
+        let (state, fx) = started(5);
+        for h in 1..=5 {
+            assert_eq!(state.peers[&h].len(), 2, "host {h}: {:?}", state.peers[&h]);
+        }
+        assert_eq!(state.peers[&1], BTreeSet::from([2, 5]));
+        // Every SendExpectHb goes to an up host and names its ring neighbours.
+        assert!(fx
+            .commands
+            .iter()
+            .all(|c| state.hosts.contains_key(&c.to.0)));
+        assert_eq!(state.ring_names, BTreeSet::from(["flat".to_string()]));
+    }
+
+    #[test]
+    fn two_watchers_give_one_dead_verdict_and_the_ring_heals() {
+        let s = settings();
+        let (mut state, _) = started(5);
+        let mut fx = Effects::default();
+        let dead = || ReportBody::HbDead {
+            peer: HostId(3),
+            last_seen_us: 0,
+        };
+        state.step_packet(&s, &packet(2, 2, 10_000_000, dead()), &mut fx);
+        state.step_packet(&s, &packet(4, 2, 10_100_000, dead()), &mut fx);
+        let verdicts: Vec<_> = fx
+            .events
+            .iter()
+            .filter(|e| e.kind == "verdict.dead")
+            .collect();
+        assert_eq!(verdicts.len(), 1, "{:?}", fx.events);
+        assert_eq!(state.hosts[&3].status, "dead");
+        assert!(!state.peers.contains_key(&3) || state.peers[&3].is_empty());
+        assert!(state.peers[&2].contains(&4), "ring healed around 3");
+        assert_eq!(state.open_failures.len(), 1);
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_and_replays_identically() {
+        let s = settings();
+        let (mut state, _) = started(4);
+        let mut replica = round_trip(&state);
+        let reports = [
+            packet(
+                2,
+                2,
+                10_000_000,
+                ReportBody::HbDead {
+                    peer: HostId(3),
+                    last_seen_us: 0,
+                },
+            ),
+            packet(
+                4,
+                2,
+                10_050_000,
+                ReportBody::HbDead {
+                    peer: HostId(3),
+                    last_seen_us: 0,
+                },
+            ),
+            packet(1, 2, 10_060_000, ReportBody::HbShutdown),
+        ];
+        let mut a = Effects::default();
+        let mut b = Effects::default();
+        for p in &reports {
+            state.step_packet(&s, p, &mut a);
+            replica.step_packet(&s, p, &mut b);
+        }
+        state.step_tick(&s, 20_000_000, &mut a);
+        replica.step_tick(&s, 20_000_000, &mut b);
+        assert_eq!(a.writes, b.writes);
+        assert_eq!(a.commands, b.commands);
+        assert_eq!(a.events, b.events);
+        assert_eq!(
+            serde_json::to_vec(&state).unwrap(),
+            serde_json::to_vec(&round_trip(&replica)).unwrap()
+        );
+    }
+}
