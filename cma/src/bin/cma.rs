@@ -51,7 +51,18 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding admin API on {}", config.admin_listen))?;
     let mut registry = prometheus_client::registry::Registry::default();
+    let mut probe = None;
     if let Some(section) = config.worker.clone() {
+        probe = Some(cma::worker::api::ProbeContext {
+            keys: std::sync::Arc::new(
+                proto::KeyRing::load(&section.key_file).context("loading the worker key file")?,
+            ),
+            sender: proto::HostId(
+                section
+                    .host_id
+                    .unwrap_or(cma::worker::config::DEFAULT_HOST_ID_BASE + node.id()),
+            ),
+        });
         let metrics = cma::worker::run::WorkerMetrics::default();
         metrics.register(&mut registry);
         let worker = cma::worker::run::Worker::start(node.clone(), section, metrics)
@@ -60,7 +71,7 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(worker.run());
     }
     let state = AdminState::new(node.clone(), registry, token);
-    let app = admin::router_with(state, cma::worker::api::router(node.clone()));
+    let app = admin::router_with(state, cma::worker::api::router(node.clone(), probe));
     let admin_task = tokio::spawn(async move { axum::serve(admin_listener, app).await });
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 

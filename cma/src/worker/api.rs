@@ -1,5 +1,6 @@
 //! Admin API routes over the worker's replicated tables: `/v1/status`, `/v1/hosts`,
-//! `/v1/rings`, `/v1/failures`, `/v1/events`. Served by every node from its own replica;
+//! `/v1/rings`, `/v1/failures`, `/v1/events`, and `POST /v1/probe` (an authenticated UDP
+//! echo from the answering node to a host's nanoprobe). Served by every node from its own replica;
 //! each answer says which node answered, whether it leads, and its applied index, so an
 //! operator sees how far a follower lags.
 
@@ -47,8 +48,30 @@ fn rows<T: for<'de> Deserialize<'de>>(node: &Node, table: &str) -> Vec<T> {
     }
 }
 
-/// The worker routes, to merge into the admin router.
-pub fn router(node: Node) -> Router {
+/// What `POST /v1/probe` needs to seal an echo request.
+#[derive(Clone)]
+pub struct ProbeContext {
+    /// The nanoprobes' key ring.
+    pub keys: std::sync::Arc<proto::KeyRing>,
+    /// This node's host id on the wire.
+    pub sender: proto::HostId,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    node: Node,
+    probe: Option<ProbeContext>,
+}
+
+/// The worker routes, to merge into the admin router. Without a probe context (no
+/// `[worker]` section), `POST /v1/probe` answers 503.
+pub fn router(node: Node, probe: Option<ProbeContext>) -> Router {
+    let probe_routes = Router::new()
+        .route("/v1/probe", axum::routing::post(probe_host))
+        .with_state(ApiState {
+            node: node.clone(),
+            probe,
+        });
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/hosts", get(hosts))
@@ -56,6 +79,109 @@ pub fn router(node: Node) -> Router {
         .route("/v1/failures", get(failures))
         .route("/v1/events", get(events))
         .with_state(node)
+        .merge(probe_routes)
+}
+
+/// `POST /v1/probe` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    /// Host id to probe.
+    pub host: u64,
+    /// Timeout in ms (default 2000, at most 10000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/probe` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    pub host: u64,
+    pub addr: std::net::SocketAddr,
+    /// `reachable` or `timeout`.
+    pub outcome: String,
+    pub rtt_us: Option<u64>,
+}
+
+async fn probe_host(
+    State(api): State<ApiState>,
+    Json(request): Json<ProbeRequest>,
+) -> Result<Json<Answer<ProbeAnswer>>, (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    let Some(ctx) = api.probe.clone() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs no worker ([worker] section missing)".into(),
+        ));
+    };
+    let addr = {
+        let state = api.node.state();
+        state
+            .table_get(HOSTS, &super::views::id_key(request.host))
+            .and_then(|v| serde_json::from_slice::<HostRow>(v).ok())
+            .map(|h| h.addr)
+    };
+    let Some(addr) = addr else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("unknown host {}", request.host),
+        ));
+    };
+    let timeout = std::time::Duration::from_millis(request.timeout_ms.unwrap_or(2000).min(10_000));
+    let outcome = echo(&ctx, addr, timeout).await.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("probe failed: {e}"),
+        )
+    })?;
+    let answer_data = ProbeAnswer {
+        host: request.host,
+        addr,
+        outcome: if outcome.is_some() {
+            "reachable"
+        } else {
+            "timeout"
+        }
+        .into(),
+        rtt_us: outcome.map(|d| d.as_micros() as u64),
+    };
+    Ok(answer(&api.node, answer_data))
+}
+
+/// Sends one sealed `EchoRequest` and waits for the matching `EchoReply`.
+async fn echo(
+    ctx: &ProbeContext,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::time::Duration>> {
+    use proto::{Body, Sealer, SessionId, Verifier};
+    let bind: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
+    let nonce = rand::random::<u64>();
+    let mut sealer = Sealer::new(ctx.keys.clone(), ctx.sender, SessionId::from_clock());
+    let datagram = sealer
+        .seal(&Body::EchoRequest { nonce })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut verifier = Verifier::new(ctx.keys.clone(), 16);
+    let started = tokio::time::Instant::now();
+    socket.send_to(&datagram, addr).await?;
+    let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
+    let deadline = started + timeout;
+    loop {
+        let received = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await;
+        let Ok(received) = received else {
+            return Ok(None);
+        };
+        let (len, _) = received?;
+        if let Ok(v) = verifier.verify(&buf[..len]) {
+            if v.body == (Body::EchoReply { nonce }) {
+                return Ok(Some(started.elapsed()));
+            }
+        }
+    }
 }
 
 async fn status(State(node): State<Node>) -> Json<Answer<WorkerStatus>> {

@@ -52,6 +52,14 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Probe a host's nanoprobe now (authenticated UDP echo from the answering node).
+    Probe {
+        /// Host id.
+        host: u64,
+        /// Timeout in ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Events (verdicts and state changes).
     Events {
         /// Only events with a larger id.
@@ -79,6 +87,9 @@ async fn main() -> ExitCode {
         Command::Hosts => monitor::hosts(&api, cli.json).await,
         Command::Rings => monitor::rings(&api, cli.json).await,
         Command::Failures { all } => monitor::failures(&api, *all, cli.json).await,
+        Command::Probe { host, timeout_ms } => {
+            monitor::probe(&api, *host, *timeout_ms, cli.json).await
+        }
         Command::Events { since, follow } => monitor::events(&api, *since, *follow, cli.json).await,
     };
     match result {

@@ -5,7 +5,7 @@ use super::api::Api;
 use anyhow::Context;
 use cma::admin::ClusterStatus;
 use cma::sinks::Event;
-use cma::worker::api::Answer;
+use cma::worker::api::{Answer, ProbeAnswer, ProbeRequest};
 use cma::worker::views::{FailureRow, HostRow, RingRow, WorkerStatus};
 use std::time::Duration;
 
@@ -174,4 +174,38 @@ pub async fn events(api: &Api, since: u64, follow: bool, json: bool) -> anyhow::
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// `cmactl probe HOST`: exits non-zero when the host does not answer.
+pub async fn probe(api: &Api, host: u64, timeout_ms: u64, json: bool) -> anyhow::Result<()> {
+    let request = ProbeRequest {
+        host,
+        timeout_ms: Some(timeout_ms),
+    };
+    let answer: Answer<ProbeAnswer> = api.post("/v1/probe", &request).await?;
+    let a = &answer.data;
+    if json {
+        print_json(a)?;
+    } else {
+        match a.rtt_us {
+            Some(rtt) => println!(
+                "host {} at {}: reachable, rtt {:.2} ms {}",
+                a.host,
+                a.addr,
+                rtt as f64 / 1000.0,
+                source_line(&answer)
+            ),
+            None => println!(
+                "host {} at {}: {} {}",
+                a.host,
+                a.addr,
+                a.outcome,
+                source_line(&answer)
+            ),
+        }
+    }
+    if a.outcome != "reachable" {
+        anyhow::bail!("host {host} did not answer within {timeout_ms} ms");
+    }
+    Ok(())
 }
