@@ -57,11 +57,7 @@ async fn run() -> anyhow::Result<()> {
             keys: std::sync::Arc::new(
                 proto::KeyRing::load(&section.key_file).context("loading the worker key file")?,
             ),
-            sender: proto::HostId(
-                section
-                    .host_id
-                    .unwrap_or(cma::worker::config::DEFAULT_HOST_ID_BASE + node.id()),
-            ),
+            sender: proto::HostId(section.wire_host_id(node.id())),
         });
         let metrics = cma::worker::run::WorkerMetrics::default();
         metrics.register(&mut registry);

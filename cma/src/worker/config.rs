@@ -101,6 +101,11 @@ pub struct WorkerSection {
 }
 
 impl WorkerSection {
+    /// This node's host id on the wire: `host_id`, or the default for `node_id`.
+    pub fn wire_host_id(&self, node_id: u64) -> u64 {
+        self.host_id.unwrap_or(DEFAULT_HOST_ID_BASE + node_id)
+    }
+
     /// The fsm's timings, derived from the ring timings and the probe timeout.
     pub fn fsm_config(&self) -> fsm::Config {
         fsm::Config {

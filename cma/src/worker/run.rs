@@ -109,11 +109,7 @@ impl Worker {
         let commander = Commander::start(
             config.command_listen,
             keys,
-            HostId(
-                config
-                    .host_id
-                    .unwrap_or(super::config::DEFAULT_HOST_ID_BASE + node.id()),
-            ),
+            HostId(config.wire_host_id(node.id())),
             config.outbox,
             metrics.commander.clone(),
             settled_tx,
