@@ -27,6 +27,11 @@ fn source_line<T>(a: &Answer<T>) -> String {
     )
 }
 
+/// Host ids as `1,2,3`.
+fn id_list(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn time(us: u64) -> String {
     // Seconds since the epoch with milliseconds: unambiguous and sortable without a
     // time-zone database.
@@ -75,11 +80,7 @@ pub async fn hosts(api: &Api, json: bool) -> anyhow::Result<()> {
             h.switch.as_deref().unwrap_or("-"),
             h.status,
             time(h.since_us),
-            h.watchers
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            id_list(&h.watchers)
         );
     }
     println!("{}", source_line(&answer));
@@ -128,11 +129,7 @@ pub async fn failures(api: &Api, all: bool, json: bool) -> anyhow::Result<()> {
             f.subject,
             f.state,
             time(f.at_us),
-            f.hosts
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            id_list(&f.hosts),
             f.summary
         );
     }
