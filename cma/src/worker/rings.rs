@@ -3,9 +3,12 @@
 //! Rings (DESIGN.md section 4): the hosts behind one switch form a switch ring, ordered by
 //! host id, where each host sends heartbeats to and expects them from its predecessor and
 //! successor, so each is watched by two peers on its own switch (one in a 2-host ring,
-//! none alone). The lowest-id host of each switch ring also joins the `top` ring spanning
-//! switches, which sees a whole switch go silent. Hosts of unknown topology form the
-//! `flat` ring, which also joins the top ring through its representative. The plan is a
+//! none alone). The two lowest-id hosts of each switch ring (its representatives) also join
+//! the `top` ring spanning switches, which sees a whole switch go silent: the top ring is
+//! ordered by switch, then host id, so the two representatives of a switch are adjacent and
+//! a dead switch shows as two suspects behind it, each reported by a host on another switch
+//! (what the fsm needs to open one switch investigation instead of two host alarms). Hosts
+//! of unknown topology form the `flat` ring, which joins the top ring the same way. The plan is a
 //! function of the member set only, so it is the same whatever the history of joins and
 //! leaves; the worker sends only the differences between two plans.
 
@@ -179,6 +182,9 @@ pub struct Ring {
     pub members: Vec<u64>,
 }
 
+/// Representatives of each switch (and of the flat ring) in the top ring.
+pub const REPRESENTATIVES: usize = 2;
+
 /// The rings of a member set: `(host, switch)` pairs.
 pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
     let mut groups: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
@@ -190,7 +196,7 @@ pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
     for (switch, mut hosts) in groups {
         hosts.sort_unstable();
         hosts.dedup();
-        representatives.push(hosts[0]);
+        representatives.extend(hosts.iter().take(REPRESENTATIVES).copied());
         let (name, kind) = match switch {
             Some(s) => (format!("switch:{s}"), "switch"),
             None => ("flat".to_string(), "flat"),
@@ -201,8 +207,8 @@ pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
             members: hosts,
         });
     }
-    if representatives.len() > 1 {
-        representatives.sort_unstable();
+    // More than one ring to span (not merely one ring with two representatives).
+    if rings.len() > 1 {
         rings.push(Ring {
             name: "top".into(),
             kind: "top",
@@ -252,13 +258,16 @@ mod tests {
         let names: Vec<&str> = rings.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["flat", "switch:a", "switch:b", "top"]);
         assert_eq!(rings[1].members, vec![1, 3, 5]);
-        assert_eq!(rings[3].members, vec![1, 2, 7]);
+        // Ordered by ring (flat, a, b), two representatives each (flat has one host).
+        assert_eq!(rings[3].members, vec![2, 1, 3, 7, 9]);
         let peers = peer_sets(&rings);
-        assert_eq!(peers[&3], BTreeSet::from([1, 5]));
-        // Host 1: switch ring neighbours 3 and 5, top ring neighbours 2 and 7.
-        assert_eq!(peers[&1], BTreeSet::from([2, 3, 5, 7]));
-        assert_eq!(peers[&9], BTreeSet::from([7]));
-        assert_eq!(peers[&2], BTreeSet::from([1, 7]));
+        assert_eq!(peers[&5], BTreeSet::from([1, 3]));
+        // Host 1: switch ring neighbours 3 and 5, top ring neighbours 2 and 3.
+        assert_eq!(peers[&1], BTreeSet::from([2, 3, 5]));
+        // Host 3: switch ring 1 and 5, top ring 1 and 7.
+        assert_eq!(peers[&3], BTreeSet::from([1, 5, 7]));
+        assert_eq!(peers[&9], BTreeSet::from([2, 7]));
+        assert_eq!(peers[&2], BTreeSet::from([1, 9]));
     }
 
     #[test]
@@ -347,6 +356,18 @@ mod tests {
                     }
                 }
             }
+            // A whole ring going silent is seen from outside: each of its representatives
+            // has a top-ring neighbour in another ring.
+            if let Some(top) = rings.iter().find(|r| r.kind == "top") {
+                let ring_of = |h: u64| rings.iter().position(|r| r.kind != "top" && r.members.contains(&h));
+                let n = top.members.len();
+                for (i, h) in top.members.iter().enumerate() {
+                    let outside = [top.members[(i + 1) % n], top.members[(i + n - 1) % n]]
+                        .iter()
+                        .any(|p| ring_of(*p) != ring_of(*h));
+                    prop_assert!(outside, "representative {h} has no watcher outside its ring");
+                }
+            }
             // Every member appears in exactly one non-top ring.
             for (h, _) in &members {
                 let n = rings.iter().filter(|r| r.kind != "top" && r.members.contains(h)).count();
@@ -355,7 +376,7 @@ mod tests {
         }
 
         /// Removing one host changes the peers of its ring neighbours only (and of the top
-        /// ring when it was a representative).
+        /// ring when it was a representative, whose place the next host of its ring takes).
         #[test]
         fn leave_touches_only_neighbours(hosts in prop::collection::btree_set(0u64..100, 4..40), pick in any::<prop::sample::Index>()) {
             let members: Vec<(u64, Option<String>)> = hosts.iter().map(|h| (*h, Some(format!("sw{}", h % 3)))).collect();
@@ -363,10 +384,13 @@ mod tests {
             let gone = members[pick.index(members.len())].0;
             let rest: Vec<_> = members.iter().filter(|(h, _)| *h != gone).cloned().collect();
             let after = peer_sets(&plan(&rest));
-            let top_before: BTreeSet<u64> = plan(&members).iter().filter(|r| r.kind == "top").flat_map(|r| r.members.clone()).collect();
+            let top = |m: &[(u64, Option<String>)]| -> BTreeSet<u64> {
+                plan(m).iter().filter(|r| r.kind == "top").flat_map(|r| r.members.clone()).collect()
+            };
+            let (top_before, top_after) = (top(&members), top(&rest));
             for (h, set) in &after {
                 if before.get(h) != Some(set) {
-                    prop_assert!(before[&gone].contains(h) || top_before.contains(h),
+                    prop_assert!(before[&gone].contains(h) || top_before.contains(h) || top_after.contains(h),
                         "host {h} changed but was not a neighbour of {gone}");
                 }
             }
