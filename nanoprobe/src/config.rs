@@ -1,6 +1,7 @@
 //! The nanoprobe's configuration: a TOML file whose every field has a documented default,
 //! overridden by command-line flags (see `main.rs`).
 
+use crate::heartbeat::Detection;
 use proto::{HbTimings, HostId};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     /// Heartbeat timings used until the CMA sends others.
     pub timings: TimingsConfig,
+    /// Failure detection on this host (not per ring: the CMA does not send it).
+    pub detection: DetectionConfig,
     /// Reliable report sending.
     pub reports: ReportsConfig,
     /// The UDP socket.
@@ -67,6 +70,7 @@ impl Default for Config {
             packet_readers: Vec::new(),
             key_file: None,
             timings: TimingsConfig::default(),
+            detection: DetectionConfig::default(),
             reports: ReportsConfig::default(),
             socket: SocketConfig::default(),
             metrics_listen: None,
@@ -107,6 +111,36 @@ impl TimingsConfig {
             interval_ms: self.interval_ms,
             warntime_ms: self.warntime_ms,
             deadtime_ms: self.deadtime_ms,
+        }
+    }
+}
+
+/// Last-chance confirmation of a peer silent past deadtime (`[detection]`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    /// How long to send echo requests to a silent peer before reporting `HbDead`
+    /// (default 500 ms); 0 reports `HbDead` at deadtime without confirmation.
+    pub confirm_ms: u32,
+    /// Time between two echo requests while confirming (default 100 ms).
+    pub confirm_interval_ms: u32,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            confirm_ms: 500,
+            confirm_interval_ms: 100,
+        }
+    }
+}
+
+impl DetectionConfig {
+    /// As engine settings.
+    pub fn to_engine(self) -> Detection {
+        Detection {
+            confirm: Duration::from_millis(self.confirm_ms.into()),
+            confirm_interval: Duration::from_millis(self.confirm_interval_ms.into()),
         }
     }
 }
@@ -201,6 +235,17 @@ impl Config {
         if self.key_file.is_none() {
             return Err(ConfigError::Invalid("key_file is required".into()));
         }
+        let d = &self.detection;
+        if d.confirm_ms > 0 && d.confirm_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "detection: confirm_interval_ms must be > 0 when confirm_ms > 0".into(),
+            ));
+        }
+        if d.confirm_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "detection: confirm_ms must be at most 60000".into(),
+            ));
+        }
         let r = &self.reports;
         if r.retry_initial_ms == 0 || r.retry_max_ms < r.retry_initial_ms {
             return Err(ConfigError::Invalid(
@@ -238,6 +283,42 @@ mod tests {
         assert_eq!(c.timings.deadtime_ms, 800);
         assert_eq!(c.reports.queue_bound, 256);
         assert!(c.metrics_listen.is_none());
+        assert_eq!(c.detection.confirm_ms, 500);
+        assert_eq!(c.detection.confirm_interval_ms, 100);
+    }
+
+    #[test]
+    fn detection_section() {
+        let base = "host_id = 1\npacket_readers = [\"127.0.0.1:9000\"]\nkey_file = \"k\"\n";
+        let c = Config::from_toml_str(&format!(
+            "{base}[detection]\nconfirm_ms = 800\nconfirm_interval_ms = 200\n"
+        ))
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.detection.to_engine(),
+            Detection {
+                confirm: Duration::from_millis(800),
+                confirm_interval: Duration::from_millis(200)
+            }
+        );
+        let off = Config::from_toml_str(&format!(
+            "{base}[detection]\nconfirm_ms = 0\nconfirm_interval_ms = 0\n"
+        ))
+        .unwrap();
+        assert!(off.validate().is_ok(), "0 disables confirmation");
+        let bad = Config::from_toml_str(&format!("{base}[detection]\nconfirm_interval_ms = 0\n"))
+            .unwrap();
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        // Unknown keys remain errors, in [detection] too, and the settings are not timings.
+        assert!(matches!(
+            Config::from_toml_str(&format!("{base}[detection]\nconfirm = 1\n")),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Config::from_toml_str(&format!("{base}[timings]\nconfirm_ms = 1\n")),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 
     #[test]

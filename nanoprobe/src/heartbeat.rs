@@ -5,6 +5,14 @@
 //! All peers share one timer structure (an ordered set of `(deadline, peer, kind)`), not a
 //! task per peer: the daemon sleeps until [`HeartbeatEngine::next_deadline`] and then calls
 //! [`HeartbeatEngine::poll`].
+//!
+//! Last-chance confirmation: a peer silent for deadtime is not reported dead at once. It
+//! becomes [`PeerStatus::Confirming`]: the engine asks the daemon to send it an
+//! authenticated `EchoRequest` ([`Action::SendEcho`]) at once and every
+//! [`Detection::confirm_interval`] for [`Detection::confirm`]. A heartbeat or a matching
+//! `EchoReply` ([`HeartbeatEngine::on_echo_reply`]) in that window cancels the alarm
+//! ([`Action::DeadAverted`], no report); otherwise `HbDead` is reported when the window ends.
+//! A zero `confirm` reports `HbDead` at deadtime, without confirmation.
 
 use proto::{HbTimings, HostId, Peer, ReportBody};
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +32,38 @@ pub enum Action {
     },
     /// Send this report reliably.
     Report(ReportBody),
+    /// Send an authenticated `EchoRequest { nonce }` to a peer being confirmed.
+    SendEcho {
+        /// The peer.
+        peer: HostId,
+        /// The peer's address.
+        to: SocketAddr,
+        /// The nonce; only a reply from `peer` echoing it (or a later one) counts.
+        nonce: u64,
+    },
+    /// A peer being confirmed answered (heartbeat or echo reply): no `HbDead` was reported.
+    DeadAverted {
+        /// The peer.
+        peer: HostId,
+    },
+}
+
+/// Last-chance confirmation settings (the `[detection]` config section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    /// How long to confirm a silent peer before reporting it dead; zero disables it.
+    pub confirm: Duration,
+    /// Time between two echo requests while confirming.
+    pub confirm_interval: Duration,
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Detection {
+            confirm: Duration::from_millis(500),
+            confirm_interval: Duration::from_millis(100),
+        }
+    }
 }
 
 /// Whether a peer's heartbeats are arriving.
@@ -33,6 +73,8 @@ pub enum PeerStatus {
     Alive,
     /// Silent past warntime; `HbLate` was reported.
     Late,
+    /// Silent past deadtime; echo requests are being sent before `HbDead` is reported.
+    Confirming,
     /// Silent past deadtime; `HbDead` was reported.
     Dead,
 }
@@ -41,8 +83,22 @@ pub enum PeerStatus {
 enum TimerKind {
     /// Time to send the next heartbeat.
     Send,
-    /// Time to check the peer's silence against warntime or deadtime.
+    /// Time to check the peer's silence against warntime or deadtime, or to end a
+    /// confirmation.
     Check,
+    /// Time to send the next echo request to a peer being confirmed.
+    Echo,
+}
+
+/// A running last-chance confirmation.
+#[derive(Debug)]
+struct Confirmation {
+    /// When it ends with `HbDead` unless the peer answers.
+    until: Instant,
+    /// The next echo request, if another one fits before `until`.
+    next_echo: Option<Instant>,
+    /// The first nonce sent in this confirmation: older replies do not count.
+    first_nonce: u64,
 }
 
 #[derive(Debug)]
@@ -57,6 +113,8 @@ struct PeerState {
     next_send: Instant,
     /// The pending check, if any (none while dead).
     next_check: Option<Instant>,
+    /// Set while `status` is `Confirming`.
+    confirming: Option<Confirmation>,
 }
 
 /// The heartbeat engine of one nanoprobe (send list and expect list: every peer given by
@@ -64,6 +122,10 @@ struct PeerState {
 #[derive(Debug)]
 pub struct HeartbeatEngine {
     default_timings: HbTimings,
+    detection: Detection,
+    /// The next echo nonce (seeded by the daemon, e.g. with its session id, so that
+    /// replies captured before a restart do not match).
+    next_nonce: u64,
     peers: HashMap<HostId, PeerState>,
     timers: BTreeSet<(Instant, HostId, TimerKind)>,
     martian_interval: Duration,
@@ -76,14 +138,25 @@ fn ms(d: Duration) -> u32 {
 
 impl HeartbeatEngine {
     /// An engine with no peers; `martian_interval` limits `HbMartian` reports per sender.
+    /// Confirmation uses [`Detection::default`]; see [`HeartbeatEngine::with_detection`].
     pub fn new(default_timings: HbTimings, martian_interval: Duration) -> HeartbeatEngine {
         HeartbeatEngine {
             default_timings,
+            detection: Detection::default(),
+            next_nonce: 0,
             peers: HashMap::new(),
             timers: BTreeSet::new(),
             martian_interval,
             martian_last: HashMap::new(),
         }
+    }
+
+    /// Sets the confirmation settings and the first echo nonce (use something that differs
+    /// between process starts, such as the session id).
+    pub fn with_detection(mut self, detection: Detection, nonce_seed: u64) -> HeartbeatEngine {
+        self.detection = detection;
+        self.next_nonce = nonce_seed;
+        self
     }
 
     /// The number of peers.
@@ -112,7 +185,28 @@ impl HeartbeatEngine {
             if let Some(at) = p.next_check {
                 self.timers.remove(&(at, host, TimerKind::Check));
             }
+            if let Some(at) = p.confirming.as_ref().and_then(|c| c.next_echo) {
+                self.timers.remove(&(at, host, TimerKind::Echo));
+            }
         }
+    }
+
+    /// Ends a confirmation because the peer answered: back to alive, heard `now`.
+    fn avert(&mut self, host: HostId, now: Instant, wall_us: u64) -> Vec<Action> {
+        let Some(state) = self.peers.get_mut(&host) else {
+            return Vec::new();
+        };
+        if let Some(c) = state.confirming.take() {
+            if let Some(at) = c.next_echo {
+                self.timers.remove(&(at, host, TimerKind::Echo));
+            }
+        }
+        state.status = PeerStatus::Alive;
+        state.last_heard = now;
+        state.last_heard_wall_us = wall_us;
+        let warn = now + Duration::from_millis(state.timings.warntime_ms.into());
+        self.set_check(host, Some(warn));
+        vec![Action::DeadAverted { peer: host }]
     }
 
     fn set_check(&mut self, host: HostId, at: Option<Instant>) {
@@ -128,7 +222,9 @@ impl HeartbeatEngine {
     }
 
     /// `SendExpectHb`: adds peers or updates their address and timings. A new peer gets a
-    /// heartbeat at once and a full warntime of grace; a known peer keeps its state.
+    /// heartbeat at once and counts as heard `now`: `HbLate` no earlier than warntime and
+    /// `HbDead` no earlier than deadtime (plus confirmation) from now, whatever its history.
+    /// A known peer keeps its state (a running confirmation continues).
     pub fn send_expect(&mut self, peers: &[Peer], timings: HbTimings, now: Instant) {
         for peer in peers {
             if let Some(state) = self.peers.get_mut(&peer.host) {
@@ -141,6 +237,7 @@ impl HeartbeatEngine {
                     PeerStatus::Late => {
                         Some(state.last_heard + Duration::from_millis(timings.deadtime_ms.into()))
                     }
+                    PeerStatus::Confirming => state.confirming.as_ref().map(|c| c.until),
                     PeerStatus::Dead => None,
                 };
                 self.set_check(peer.host, check);
@@ -156,6 +253,7 @@ impl HeartbeatEngine {
                     status: PeerStatus::Alive,
                     next_send: now,
                     next_check: None,
+                    confirming: None,
                 },
             );
             self.timers.insert((now, peer.host, TimerKind::Send));
@@ -214,6 +312,9 @@ impl HeartbeatEngine {
             self.stop(&[from]);
             return Vec::new();
         }
+        if state.status == PeerStatus::Confirming {
+            return self.avert(from, now, wall_us);
+        }
         let mut actions = Vec::new();
         if state.status == PeerStatus::Dead {
             actions.push(Action::Report(ReportBody::HbBackAlive {
@@ -227,6 +328,30 @@ impl HeartbeatEngine {
         let warn = now + Duration::from_millis(state.timings.warntime_ms.into());
         self.set_check(from, Some(warn));
         actions
+    }
+
+    /// An authenticated `EchoReply { nonce }` from `from` arrived on the daemon's socket. It
+    /// cancels a confirmation of `from` if it answers an echo request of that confirmation.
+    pub fn on_echo_reply(
+        &mut self,
+        from: HostId,
+        nonce: u64,
+        now: Instant,
+        wall_us: u64,
+    ) -> Vec<Action> {
+        let matches = self.peers.get(&from).is_some_and(|p| {
+            p.confirming
+                .as_ref()
+                // nonce in first_nonce..next_nonce, allowing for wrap-around.
+                .is_some_and(|c| {
+                    nonce.wrapping_sub(c.first_nonce) < self.next_nonce.wrapping_sub(c.first_nonce)
+                })
+        });
+        if matches {
+            self.avert(from, now, wall_us)
+        } else {
+            Vec::new()
+        }
     }
 
     fn martian(&mut self, from: HostId, addr: SocketAddr, now: Instant) -> Vec<Action> {
@@ -254,6 +379,26 @@ impl HeartbeatEngine {
                 continue;
             };
             match kind {
+                TimerKind::Echo => {
+                    let Some(c) = state.confirming.as_mut() else {
+                        continue;
+                    };
+                    let nonce = self.next_nonce;
+                    self.next_nonce = self.next_nonce.wrapping_add(1);
+                    actions.push(Action::SendEcho {
+                        peer: host,
+                        to: state.addr,
+                        nonce,
+                    });
+                    let mut next = at + self.detection.confirm_interval;
+                    if next <= now {
+                        next = now + self.detection.confirm_interval;
+                    }
+                    c.next_echo = (next < c.until).then_some(next);
+                    if let Some(next) = c.next_echo {
+                        self.timers.insert((next, host, TimerKind::Echo));
+                    }
+                }
                 TimerKind::Send => {
                     actions.push(Action::SendHeartbeat { to: state.addr });
                     let interval = Duration::from_millis(state.timings.interval_ms.into());
@@ -272,7 +417,46 @@ impl HeartbeatEngine {
                     let warn = Duration::from_millis(state.timings.warntime_ms.into());
                     let dead = Duration::from_millis(state.timings.deadtime_ms.into());
                     let mut next_check = None;
-                    if silence >= dead && state.status != PeerStatus::Dead {
+                    if state.status == PeerStatus::Confirming {
+                        let until = state.confirming.as_ref().map_or(now, |c| c.until);
+                        if now < until {
+                            next_check = Some(until);
+                        } else {
+                            if let Some(at) = state.confirming.take().and_then(|c| c.next_echo) {
+                                self.timers.remove(&(at, host, TimerKind::Echo));
+                            }
+                            state.status = PeerStatus::Dead;
+                            actions.push(Action::Report(ReportBody::HbDead {
+                                peer: host,
+                                last_seen_us: state.last_heard_wall_us,
+                            }));
+                        }
+                    } else if silence >= dead
+                        && state.status != PeerStatus::Dead
+                        && !self.detection.confirm.is_zero()
+                    {
+                        // Last chance: echo requests now and every confirm_interval.
+                        let until = now + self.detection.confirm;
+                        let first_nonce = self.next_nonce;
+                        self.next_nonce = self.next_nonce.wrapping_add(1);
+                        actions.push(Action::SendEcho {
+                            peer: host,
+                            to: state.addr,
+                            nonce: first_nonce,
+                        });
+                        let next_echo = Some(now + self.detection.confirm_interval)
+                            .filter(|next| *next < until);
+                        if let Some(next) = next_echo {
+                            self.timers.insert((next, host, TimerKind::Echo));
+                        }
+                        state.status = PeerStatus::Confirming;
+                        state.confirming = Some(Confirmation {
+                            until,
+                            next_echo,
+                            first_nonce,
+                        });
+                        next_check = Some(until);
+                    } else if silence >= dead && state.status != PeerStatus::Dead {
                         state.status = PeerStatus::Dead;
                         actions.push(Action::Report(ReportBody::HbDead {
                             peer: host,
@@ -324,6 +508,33 @@ mod tests {
         }
     }
 
+    /// An engine with confirmation disabled (today's behaviour: `HbDead` at deadtime).
+    fn no_confirm() -> HeartbeatEngine {
+        HeartbeatEngine::new(T, Duration::from_secs(10)).with_detection(
+            Detection {
+                confirm: Duration::ZERO,
+                confirm_interval: Duration::from_millis(100),
+            },
+            0,
+        )
+    }
+
+    /// An engine with the default confirmation (500 ms, an echo every 100 ms), nonces from
+    /// 1000.
+    fn confirming() -> HeartbeatEngine {
+        HeartbeatEngine::new(T, Duration::from_secs(10)).with_detection(Detection::default(), 1000)
+    }
+
+    fn echoes(actions: &[Action]) -> Vec<(HostId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendEcho { peer, nonce, .. } => Some((*peer, *nonce)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn at(base: Instant, ms: u64) -> Instant {
         base + Duration::from_millis(ms)
     }
@@ -360,7 +571,7 @@ mod tests {
     #[test]
     fn late_then_dead_then_back_alive() {
         let base = Instant::now();
-        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        let mut e = no_confirm();
         e.send_expect(&[peer(1)], T, base);
         e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 500), 42);
         assert!(reports(&e.poll(at(base, 2499))).is_empty());
@@ -396,7 +607,7 @@ mod tests {
     #[test]
     fn dead_detected_exactly_at_deadtime() {
         let base = Instant::now();
-        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        let mut e = no_confirm();
         e.send_expect(&[peer(1)], T, base);
         e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 100), 1);
         assert!(matches!(
@@ -468,7 +679,7 @@ mod tests {
     #[test]
     fn shorter_timings_take_effect() {
         let base = Instant::now();
-        let mut e = HeartbeatEngine::new(T, Duration::from_secs(10));
+        let mut e = no_confirm();
         e.send_expect(&[peer(1)], T, base);
         let fast = HbTimings {
             interval_ms: 100,
@@ -484,5 +695,212 @@ mod tests {
             reports(&e.poll(at(base, 400)))[..],
             [ReportBody::HbDead { .. }]
         ));
+    }
+
+    /// Silent from 500 ms: late at 2500, confirming at 3500 (echo at once), dead at 4000.
+    fn silent_until_confirming(e: &mut HeartbeatEngine, base: Instant) -> u64 {
+        e.send_expect(&[peer(1)], T, base);
+        e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 500), 42);
+        assert!(matches!(
+            reports(&e.poll(at(base, 2500)))[..],
+            [ReportBody::HbLate { .. }]
+        ));
+        let acts = e.poll(at(base, 3500));
+        assert!(reports(&acts).is_empty(), "no HbDead at deadtime: {acts:?}");
+        let sent = echoes(&acts);
+        assert_eq!(sent.len(), 1, "{acts:?}");
+        assert_eq!(sent[0].0, HostId(1));
+        assert!(acts.contains(&Action::SendEcho {
+            peer: HostId(1),
+            to: peer(1).addr,
+            nonce: sent[0].1
+        }));
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Confirming));
+        sent[0].1
+    }
+
+    #[test]
+    fn confirmation_expires_into_dead_at_deadtime_plus_confirm() {
+        let base = Instant::now();
+        let mut e = confirming();
+        silent_until_confirming(&mut e, base);
+        // An echo every 100 ms inside the window, no report before its end.
+        let mut nonces = Vec::new();
+        for t in [3600, 3700, 3800, 3900] {
+            let acts = e.poll(at(base, t));
+            assert!(reports(&acts).is_empty());
+            nonces.extend(echoes(&acts).into_iter().map(|(_, n)| n));
+        }
+        assert_eq!(nonces.len(), 4);
+        assert!(nonces.windows(2).all(|w| w[0] != w[1]), "fresh nonces");
+        assert!(e.poll(at(base, 3999)).is_empty());
+        assert_eq!(
+            e.poll(at(base, 4000)),
+            vec![Action::Report(ReportBody::HbDead {
+                peer: HostId(1),
+                last_seen_us: 42
+            })]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Dead));
+        // Nothing more is sent to it but heartbeats, and a late reply changes nothing.
+        let later = e.poll(at(base, 10_000));
+        assert!(later
+            .iter()
+            .all(|a| matches!(a, Action::SendHeartbeat { .. })));
+        assert!(e
+            .on_echo_reply(HostId(1), nonces[3], at(base, 10_001), 50)
+            .is_empty());
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Dead));
+    }
+
+    #[test]
+    fn confirmation_cancelled_by_a_heartbeat() {
+        let base = Instant::now();
+        let mut e = confirming();
+        silent_until_confirming(&mut e, base);
+        e.poll(at(base, 3600));
+        assert_eq!(
+            e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 3650), 43),
+            vec![Action::DeadAverted { peer: HostId(1) }]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
+        // No HbDead at the end of the window, no more echoes, no HbBackAlive.
+        let acts = e.poll(at(base, 5000));
+        assert!(reports(&acts).is_empty(), "{acts:?}");
+        assert!(echoes(&acts).is_empty(), "{acts:?}");
+        // The next silence is measured from that heartbeat.
+        assert!(matches!(
+            reports(&e.poll(at(base, 5650)))[..],
+            [ReportBody::HbLate { .. }]
+        ));
+    }
+
+    #[test]
+    fn confirmation_cancelled_by_an_echo_reply() {
+        let base = Instant::now();
+        let mut e = confirming();
+        let first = silent_until_confirming(&mut e, base);
+        // A reply from another host, or with a nonce not sent in this confirmation, does
+        // not count.
+        assert!(e
+            .on_echo_reply(HostId(2), first, at(base, 3510), 1)
+            .is_empty());
+        assert!(e
+            .on_echo_reply(HostId(1), first.wrapping_sub(1), at(base, 3510), 1)
+            .is_empty());
+        assert!(e
+            .on_echo_reply(HostId(1), first + 1, at(base, 3510), 1)
+            .is_empty());
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Confirming));
+        assert_eq!(
+            e.on_echo_reply(HostId(1), first, at(base, 3520), 44),
+            vec![Action::DeadAverted { peer: HostId(1) }]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
+        let acts = e.poll(at(base, 4000));
+        assert!(reports(&acts).is_empty(), "{acts:?}");
+        assert!(echoes(&acts).is_empty(), "{acts:?}");
+        // Still silent afterwards: late, then confirmed again with new nonces.
+        assert!(matches!(
+            reports(&e.poll(at(base, 5520)))[..],
+            [ReportBody::HbLate { .. }]
+        ));
+        let again = echoes(&e.poll(at(base, 6520)));
+        assert_eq!(again.len(), 1);
+        assert!(again[0].1 > first);
+        // The old nonce no longer counts.
+        assert!(e
+            .on_echo_reply(HostId(1), first, at(base, 6530), 1)
+            .is_empty());
+        assert!(matches!(
+            reports(&e.poll(at(base, 7020)))[..],
+            [ReportBody::HbDead { .. }]
+        ));
+    }
+
+    #[test]
+    fn confirm_zero_reports_dead_at_deadtime_without_echoes() {
+        let base = Instant::now();
+        let mut e = no_confirm();
+        e.send_expect(&[peer(1)], T, base);
+        e.poll(at(base, 2000));
+        let acts = e.poll(at(base, 3000));
+        assert!(echoes(&acts).is_empty());
+        assert_eq!(
+            reports(&acts),
+            vec![ReportBody::HbDead {
+                peer: HostId(1),
+                last_seen_us: 0
+            }]
+        );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Dead));
+    }
+
+    #[test]
+    fn peer_stopped_while_confirming_produces_nothing() {
+        let base = Instant::now();
+        let mut e = confirming();
+        let first = silent_until_confirming(&mut e, base);
+        e.stop(&[HostId(1)]);
+        assert_eq!(e.status(HostId(1)), None);
+        assert_eq!(e.next_deadline(), None, "every timer of the peer removed");
+        assert!(e.poll(at(base, 100_000)).is_empty());
+        assert!(e
+            .on_echo_reply(HostId(1), first, at(base, 100_001), 1)
+            .is_empty());
+        // A leaving heartbeat while confirming is a graceful stop too.
+        let mut e = confirming();
+        silent_until_confirming(&mut e, base);
+        assert!(e
+            .on_heartbeat(HostId(1), peer(1).addr, true, at(base, 3600), 1)
+            .is_empty());
+        assert!(e.poll(at(base, 100_000)).is_empty());
+    }
+
+    #[test]
+    fn sendexpect_during_confirmation_keeps_it() {
+        let base = Instant::now();
+        let mut e = confirming();
+        silent_until_confirming(&mut e, base);
+        e.send_expect(&[peer(1)], T, at(base, 3700));
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Confirming));
+        assert!(matches!(
+            reports(&e.poll(at(base, 4000)))[..],
+            [ReportBody::HbDead { .. }]
+        ));
+    }
+
+    /// Bug hunt: after a ring change a new neighbour gets deadtime (plus confirmation) from
+    /// the moment we start expecting it, even if it was a peer before (stopped long ago,
+    /// or dead), and it is not reported dead while its heartbeats start.
+    #[test]
+    fn new_peer_gets_full_grace_from_send_expect() {
+        let base = Instant::now();
+        let mut e = confirming();
+        // Peer 3 was a neighbour once, went silent and was stopped.
+        e.send_expect(&[peer(3)], T, base);
+        e.on_heartbeat(HostId(3), peer(3).addr, false, at(base, 100), 1);
+        e.stop(&[HostId(3)]);
+        // Re-planned much later: a new peer again.
+        let t0 = 60_000;
+        e.send_expect(&[peer(3)], T, at(base, t0));
+        assert_eq!(e.status(HostId(3)), Some(PeerStatus::Alive));
+        let acts = e.poll(at(base, t0 + 2999));
+        assert!(echoes(&acts).is_empty());
+        assert!(matches!(reports(&acts)[..], [ReportBody::HbLate { .. }]));
+        assert_eq!(echoes(&e.poll(at(base, t0 + 3000))).len(), 1);
+        assert!(reports(&e.poll(at(base, t0 + 3499))).is_empty());
+        assert!(matches!(
+            reports(&e.poll(at(base, t0 + 3500)))[..],
+            [ReportBody::HbDead {
+                last_seen_us: 0,
+                ..
+            }]
+        ));
+        // Its first heartbeat 1 s after we expect it: no alarm at all.
+        let mut e = confirming();
+        e.send_expect(&[peer(3)], T, base);
+        e.on_heartbeat(HostId(3), peer(3).addr, false, at(base, 1000), 1);
+        assert!(reports(&e.poll(at(base, 2500))).is_empty());
     }
 }

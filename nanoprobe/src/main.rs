@@ -34,6 +34,12 @@ struct Cli {
     /// Default deadtime in ms.
     #[arg(long)]
     deadtime_ms: Option<u32>,
+    /// Last-chance confirmation of a silent peer in ms (`[detection] confirm_ms`; 0 = off).
+    #[arg(long)]
+    confirm_ms: Option<u32>,
+    /// Time between confirmation echo requests in ms (`[detection] confirm_interval_ms`).
+    #[arg(long)]
+    confirm_interval_ms: Option<u32>,
     /// Prometheus listener address (off by default).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -79,6 +85,12 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.deadtime_ms {
         config.timings.deadtime_ms = v;
+    }
+    if let Some(v) = cli.confirm_ms {
+        config.detection.confirm_ms = v;
+    }
+    if let Some(v) = cli.confirm_interval_ms {
+        config.detection.confirm_interval_ms = v;
     }
     if cli.metrics_listen.is_some() {
         config.metrics_listen = cli.metrics_listen;

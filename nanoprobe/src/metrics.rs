@@ -38,6 +38,11 @@ pub struct Metrics {
     pub heartbeats_received: Counter,
     /// Send errors on the UDP socket.
     pub send_errors: Counter,
+    /// Peers silent past deadtime that answered during the last-chance confirmation, so
+    /// no `HbDead` was reported.
+    pub dead_averted: Counter,
+    /// Echo requests sent to confirm silent peers.
+    pub confirm_echoes_sent: Counter,
     /// Reports waiting for an ack.
     pub reports_pending: Gauge,
     /// Peers on the send/expect lists.
@@ -65,6 +70,8 @@ impl Metrics {
             heartbeats_sent: Counter::default(),
             heartbeats_received: Counter::default(),
             send_errors: Counter::default(),
+            dead_averted: Counter::default(),
+            confirm_echoes_sent: Counter::default(),
             reports_pending: Gauge::default(),
             peers: Gauge::default(),
         };
@@ -105,6 +112,16 @@ impl Metrics {
             m.heartbeats_received.clone(),
         );
         registry.register("send_errors", "UDP send errors", m.send_errors.clone());
+        registry.register(
+            "dead_averted",
+            "Silent peers that answered during the last-chance confirmation (no HbDead)",
+            m.dead_averted.clone(),
+        );
+        registry.register(
+            "confirm_echoes_sent",
+            "Echo requests sent to confirm silent peers",
+            m.confirm_echoes_sent.clone(),
+        );
         registry.register(
             "reports_pending",
             "Reports waiting for an ack",
@@ -162,11 +179,13 @@ mod tests {
         let m = Metrics::new();
         Metrics::inc(&m.rejected, "bad_mac");
         m.heartbeats_sent.inc();
+        m.dead_averted.inc();
         let text = m.render();
         assert!(
             text.contains("nanoprobe_rejected_total{name=\"bad_mac\"} 1"),
             "{text}"
         );
         assert!(text.contains("nanoprobe_heartbeats_sent_total 1"), "{text}");
+        assert!(text.contains("nanoprobe_dead_averted_total 1"), "{text}");
     }
 }

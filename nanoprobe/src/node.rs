@@ -99,7 +99,13 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         verifier: Verifier::new(keys.clone(), MAX_SENDERS),
         keys,
         socket,
-        engine: HeartbeatEngine::new(config.timings.to_hb(), config.martian_report_interval()),
+        engine: HeartbeatEngine::new(config.timings.to_hb(), config.martian_report_interval())
+            // Echo nonces start at the session id (the start time in µs) plus 2^62, apart
+            // from the probe nonces, so replies from an earlier run never match.
+            .with_detection(
+                config.detection.to_engine(),
+                session.0.wrapping_add(1 << 62),
+            ),
         reports: ReportSender::new(host, &config.packet_readers, config.reports),
         commands: CommandMemory::new(config.command_memory),
         metrics,
@@ -220,6 +226,16 @@ impl Node {
                 self.send(&hb, to).await;
             }
             Action::Report(body) => self.report(body, now),
+            Action::SendEcho { peer, to, nonce } => {
+                tracing::debug!(%peer, %to, nonce, "confirming a silent peer: echo request");
+                self.metrics.confirm_echoes_sent.inc();
+                // Sealed by the daemon's sealer: sequence numbers stay unique.
+                self.send(&Body::EchoRequest { nonce }, to).await;
+            }
+            Action::DeadAverted { peer } => {
+                tracing::info!(%peer, "silent peer answered during confirmation: no HbDead");
+                self.metrics.dead_averted.inc();
+            }
         }
     }
 
@@ -267,7 +283,14 @@ impl Node {
             Body::EchoRequest { nonce } => {
                 self.send(&Body::EchoReply { nonce }, from).await;
             }
-            Body::Report(_) | Body::EchoReply { .. } => {
+            Body::EchoReply { nonce } => {
+                // Replies to the confirmation echoes (probe replies go to the probe's own
+                // socket).
+                for action in self.engine.on_echo_reply(sender, nonce, now, wall_us()) {
+                    self.act(action, now).await;
+                }
+            }
+            Body::Report(_) => {
                 Metrics::inc(&self.metrics.rejected, "unexpected_kind");
             }
         }
@@ -303,16 +326,23 @@ impl Node {
                 for target in targets.into_iter().take(MAX_PROBE_TARGETS) {
                     let echo = match kind {
                         ProbeKind::UdpEcho { .. } => {
-                            self.next_nonce = self.next_nonce.wrapping_add(1);
-                            let nonce = self.next_nonce;
-                            self.sealer
-                                .seal(&Body::EchoRequest { nonce })
-                                .ok()
-                                .map(|request| EchoSetup {
-                                    request,
-                                    nonce,
-                                    keys: self.keys.clone(),
-                                })
+                            // One request per attempt, each with its own nonce and envelope
+                            // sequence number (a resent datagram would be a replay).
+                            let mut requests = Vec::new();
+                            for _ in 0..crate::probes::echo_attempts(timeout) {
+                                self.next_nonce = self.next_nonce.wrapping_add(1);
+                                let nonce = self.next_nonce;
+                                match self.sealer.seal(&Body::EchoRequest { nonce }) {
+                                    Ok(request) => requests.push((nonce, request)),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot seal echo request")
+                                    }
+                                }
+                            }
+                            (!requests.is_empty()).then(|| EchoSetup {
+                                requests,
+                                keys: self.keys.clone(),
+                            })
                         }
                         _ => None,
                     };

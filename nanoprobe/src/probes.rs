@@ -1,5 +1,12 @@
 //! Active probes for `DoProbe`: ICMP echo, TCP connect and an authenticated UDP echo to
 //! another nanoprobe. Each probe is bounded by its timeout and yields a `ProbeResult`.
+//!
+//! ICMP and UDP echo probes resend their request every [`resend_interval`] (a fifth of the
+//! timeout, at least 100 ms) until a valid reply or the timeout, so one lost datagram does
+//! not make a live target unreachable. Every resend is a new request: a new ICMP sequence
+//! number, or a new `EchoRequest` nonce sealed with a new envelope sequence number (the
+//! receiver's replay window refuses a datagram sent twice). Any valid reply to any of them
+//! makes the target reachable; the RTT is measured from the request it answers.
 
 use proto::{Body, KeyRing, ProbeKind, ProbeOutcome, ProbeResult, ProbeTarget, Verifier};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -9,15 +16,32 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a UDP echo probe needs from the daemon: the sealed `EchoRequest` (sealed by the
-/// daemon's sealer so its sequence numbers stay unique), its nonce, and keys to verify the
-/// reply.
+/// Shortest time between two requests of one probe.
+const MIN_RESEND: Duration = Duration::from_millis(100);
+
+/// Time between two requests of an ICMP or UDP echo probe: `max(timeout / 5, 100 ms)`.
+pub fn resend_interval(timeout: Duration) -> Duration {
+    (timeout / 5).max(MIN_RESEND)
+}
+
+/// How many requests an echo probe sends at most: one at 0, then one every
+/// [`resend_interval`] strictly before the timeout (1 to 5).
+pub fn echo_attempts(timeout: Duration) -> usize {
+    let every = resend_interval(timeout);
+    let mut n = 1;
+    while every * n < timeout && n < 5 {
+        n += 1;
+    }
+    n as usize
+}
+
+/// What a UDP echo probe needs from the daemon: the sealed `EchoRequest`s, one per attempt
+/// (see [`echo_attempts`]), each with its own nonce and sealed by the daemon's sealer so
+/// their sequence numbers stay unique, and keys to verify the reply.
 #[derive(Clone, Debug)]
 pub struct EchoSetup {
-    /// The sealed `EchoRequest` datagram.
-    pub request: Vec<u8>,
-    /// The request's nonce, expected back in the reply.
-    pub nonce: u64,
+    /// `(nonce, sealed EchoRequest datagram)`, in sending order.
+    pub requests: Vec<(u64, Vec<u8>)>,
     /// Keys to authenticate the reply.
     pub keys: Arc<KeyRing>,
 }
@@ -80,7 +104,9 @@ fn is_unreachable(e: &std::io::Error) -> bool {
     )
 }
 
-/// Authenticated UDP echo to the nanoprobe at `addr`.
+/// Authenticated UDP echo to the nanoprobe at `addr`: sends `echo.requests` one every
+/// [`resend_interval`] until an authenticated `EchoReply` carrying the nonce of one of the
+/// requests sent so far arrives from `addr`, or the timeout.
 pub async fn udp_echo(
     addr: SocketAddr,
     echo: EchoSetup,
@@ -95,38 +121,57 @@ pub async fn udp_echo(
         Ok(s) => s,
         Err(e) => return (ProbeOutcome::Failed(format!("bind: {e}")), None),
     };
-    let start = Instant::now();
-    if let Err(e) = socket.send_to(&echo.request, addr).await {
-        return if is_unreachable(&e) {
-            (ProbeOutcome::Unreachable, None)
-        } else {
-            (ProbeOutcome::Failed(format!("send: {e}")), None)
-        };
+    if echo.requests.is_empty() {
+        return (ProbeOutcome::Failed("no echo request".into()), None);
     }
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
+    let every = resend_interval(timeout);
     let mut verifier = Verifier::new(echo.keys, 4);
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
-    let wait = async {
-        loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((n, from)) if from == addr => {
-                    if let Ok(v) = verifier.verify(&buf[..n]) {
-                        if v.body == (Body::EchoReply { nonce: echo.nonce }) {
-                            return (ProbeOutcome::Reachable, micros(start.elapsed()));
+    // (nonce, when sent) of the requests sent so far.
+    let mut sent: Vec<(u64, tokio::time::Instant)> = Vec::with_capacity(echo.requests.len());
+    let mut next_send = Some(start);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return (ProbeOutcome::Timeout, None);
+        }
+        if let Some(at) = next_send.filter(|at| *at <= now) {
+            let (nonce, request) = &echo.requests[sent.len()];
+            if let Err(e) = socket.send_to(request, addr).await {
+                return if is_unreachable(&e) {
+                    (ProbeOutcome::Unreachable, None)
+                } else {
+                    (ProbeOutcome::Failed(format!("send: {e}")), None)
+                };
+            }
+            sent.push((*nonce, tokio::time::Instant::now()));
+            next_send = (sent.len() < echo.requests.len())
+                .then_some(at + every)
+                .filter(|next| *next < deadline);
+            continue;
+        }
+        let wake = next_send.unwrap_or(deadline).min(deadline);
+        match tokio::time::timeout_at(wake, socket.recv_from(&mut buf)).await {
+            Err(_) => {} // time to resend, or the deadline
+            Ok(Ok((n, from))) if from == addr => {
+                if let Ok(v) = verifier.verify(&buf[..n]) {
+                    if let Body::EchoReply { nonce } = v.body {
+                        if let Some((_, at)) = sent.iter().find(|(n, _)| *n == nonce) {
+                            return (ProbeOutcome::Reachable, micros(at.elapsed()));
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    // ICMP port unreachable: the host answered, the nanoprobe did not.
-                    return (ProbeOutcome::Unreachable, None);
-                }
-                Err(e) => return (ProbeOutcome::Failed(format!("recv: {e}")), None),
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {
+                // ICMP port unreachable: the host answered, the nanoprobe did not.
+                return (ProbeOutcome::Unreachable, None);
+            }
+            Ok(Err(e)) => return (ProbeOutcome::Failed(format!("recv: {e}")), None),
         }
-    };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .unwrap_or((ProbeOutcome::Timeout, None))
+    }
 }
 
 /// The Internet checksum (RFC 1071).
@@ -170,42 +215,60 @@ fn icmp_socket(v6: bool) -> std::io::Result<(Socket, bool)> {
     }
 }
 
-/// ICMP echo (blocking; run on the blocking pool).
+/// ICMP echo (blocking; run on the blocking pool): a request with sequence number 1, 2, …
+/// every [`resend_interval`] until a reply to any of them or the timeout.
 pub fn icmp_echo(addr: IpAddr, ident: u16, timeout: Duration) -> (ProbeOutcome, Option<u32>) {
     let v6 = addr.is_ipv6();
     let (socket, raw) = match icmp_socket(v6) {
         Ok(s) => s,
         Err(e) => return (ProbeOutcome::Failed(format!("no ICMP socket: {e}")), None),
     };
-    let seq = 1u16;
-    let request = echo_request(v6, ident, seq);
     // Connecting filters replies to the target's address and lets us read into a plain
     // (initialised) buffer through `std::io::Read`.
     if let Err(e) = socket.connect(&SocketAddr::new(addr, 0).into()) {
         return (ProbeOutcome::Failed(format!("connect: {e}")), None);
     }
     let start = Instant::now();
-    if let Err(e) = socket.send(&request) {
-        return if is_unreachable(&e) {
-            (ProbeOutcome::Unreachable, None)
-        } else {
-            (ProbeOutcome::Failed(format!("send: {e}")), None)
-        };
-    }
+    let every = resend_interval(timeout);
+    let attempts = echo_attempts(timeout);
+    // Send time of request `seq` at index `seq - 1`.
+    let mut sent: Vec<Instant> = Vec::with_capacity(attempts);
+    let mut next_send = Some(start);
     let mut buf = [0u8; 1500];
     let mut reader = &socket;
     loop {
-        let left = match timeout.checked_sub(start.elapsed()) {
+        let now = Instant::now();
+        let left = match timeout.checked_sub(now.saturating_duration_since(start)) {
             Some(d) if !d.is_zero() => d,
             _ => return (ProbeOutcome::Timeout, None),
         };
-        if socket.set_read_timeout(Some(left)).is_err() {
+        if let Some(at) = next_send.filter(|at| *at <= now) {
+            let seq = u16::try_from(sent.len() + 1).unwrap_or(u16::MAX);
+            if let Err(e) = socket.send(&echo_request(v6, ident, seq)) {
+                return if is_unreachable(&e) {
+                    (ProbeOutcome::Unreachable, None)
+                } else {
+                    (ProbeOutcome::Failed(format!("send: {e}")), None)
+                };
+            }
+            sent.push(Instant::now());
+            next_send = (sent.len() < attempts)
+                .then_some(at + every)
+                .filter(|next| next.saturating_duration_since(start) < timeout);
+            continue;
+        }
+        let wait = next_send
+            .map(|at| at.saturating_duration_since(now))
+            .unwrap_or(left)
+            .min(left)
+            .max(Duration::from_millis(1));
+        if socket.set_read_timeout(Some(wait)).is_err() {
             return (ProbeOutcome::Failed("set_read_timeout".into()), None);
         }
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (ProbeOutcome::Timeout, None)
+                continue; // time to resend, or the timeout (checked above)
             }
             Err(e) if is_unreachable(&e) => return (ProbeOutcome::Unreachable, None),
             Err(e) => return (ProbeOutcome::Failed(format!("recv: {e}")), None),
@@ -228,8 +291,11 @@ pub fn icmp_echo(addr: IpAddr, ident: u16, timeout: Duration) -> (ProbeOutcome, 
         }
         // Datagram ICMP sockets rewrite the identifier; match on sequence there.
         let ident_ok = !raw || u16::from_be_bytes([icmp[4], icmp[5]]) == ident;
-        if icmp[0] == reply_type && ident_ok && u16::from_be_bytes([icmp[6], icmp[7]]) == seq {
-            return (ProbeOutcome::Reachable, micros(start.elapsed()));
+        let seq = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
+        if icmp[0] == reply_type && ident_ok {
+            if let Some(at) = seq.checked_sub(1).and_then(|i| sent.get(i)) {
+                return (ProbeOutcome::Reachable, micros(at.elapsed()));
+            }
         }
     }
 }
@@ -291,8 +357,7 @@ mod tests {
         });
         let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));
         let setup = |sealer: &mut Sealer, nonce| EchoSetup {
-            request: sealer.seal(&Body::EchoRequest { nonce }).unwrap(),
-            nonce,
+            requests: vec![(nonce, sealer.seal(&Body::EchoRequest { nonce }).unwrap())],
             keys: keys.clone(),
         };
         let (outcome, rtt) = udp_echo(addr, setup(&mut sealer, 5), Duration::from_secs(5)).await;
@@ -308,5 +373,74 @@ mod tests {
         .await;
         assert_eq!(outcome, ProbeOutcome::Timeout);
         assert!(rtt.is_none());
+    }
+
+    #[test]
+    fn resend_interval_is_a_fifth_of_the_timeout_at_least_100_ms() {
+        let ms = Duration::from_millis;
+        assert_eq!(resend_interval(ms(2000)), ms(400));
+        assert_eq!(resend_interval(ms(300)), ms(100));
+        assert_eq!(echo_attempts(ms(2000)), 5);
+        assert_eq!(echo_attempts(ms(250)), 3);
+        assert_eq!(echo_attempts(ms(100)), 1);
+        assert_eq!(echo_attempts(ms(0)), 1);
+    }
+
+    #[tokio::test]
+    async fn udp_echo_retries_past_two_lost_requests() {
+        use proto::{HostId, KeyId, Sealer, SessionId, Verified};
+        let keys = Arc::new(KeyRing::generate(KeyId(1)));
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = peer.local_addr().unwrap();
+        let k = keys.clone();
+        // A fake nanoprobe that loses the first two requests and answers the rest.
+        let fake = tokio::spawn(async move {
+            let mut verifier = Verifier::new(k.clone(), 4);
+            let mut sealer = Sealer::new(k, HostId(2), SessionId(1));
+            let mut buf = [0u8; 2048];
+            let mut seen = Vec::new();
+            loop {
+                let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+                // Every resend passes the replay window: a distinct sealed datagram.
+                if let Ok(Verified {
+                    body: Body::EchoRequest { nonce },
+                    ..
+                }) = verifier.verify(&buf[..n])
+                {
+                    seen.push(nonce);
+                    if seen.len() <= 2 {
+                        continue;
+                    }
+                    let reply = sealer.seal(&Body::EchoReply { nonce }).unwrap();
+                    peer.send_to(&reply, from).await.unwrap();
+                    return seen;
+                }
+            }
+        });
+        let timeout = Duration::from_millis(1000);
+        let attempts = echo_attempts(timeout);
+        assert_eq!(attempts, 5);
+        let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));
+        let requests = (0..attempts as u64)
+            .map(|i| {
+                let nonce = 100 + i;
+                (nonce, sealer.seal(&Body::EchoRequest { nonce }).unwrap())
+            })
+            .collect();
+        let started = Instant::now();
+        let (outcome, rtt) = udp_echo(
+            addr,
+            EchoSetup {
+                requests,
+                keys: keys.clone(),
+            },
+            timeout,
+        )
+        .await;
+        assert_eq!(outcome, ProbeOutcome::Reachable);
+        // The RTT is that of the third request, not the time since the first.
+        assert!(rtt.is_some_and(|us| us < 200_000), "rtt {rtt:?}");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert_eq!(fake.await.unwrap(), vec![100, 101, 102]);
     }
 }
