@@ -34,9 +34,19 @@ struct GroupCase {
     probe_id: ProbeId,
     probe_from: HostId,
     deadline: u64,
-    /// Outcome of a switch case that waits for its router case.
+    /// Outcome of a switch case that waits for its router case: `Some(true)` releases
+    /// its suspects, `Some(false)` is a `SwitchDown`.
     parked: Option<bool>,
     evidence: Vec<Evidence>,
+    /// A lone check (row S3a: one uncorroborated suspect whose window ran out; row G4:
+    /// the router check after its switch answered unreachable). A lone case widens to a
+    /// group verdict only on an explicit "unreachable": a timeout releases (row G2b).
+    /// Cleared when a second suspect (switch) or switch (router) joins.
+    #[serde(default)]
+    lone: bool,
+    /// The router of this switch answered while the case was open: no router check (G4).
+    #[serde(default)]
+    router_up: bool,
 }
 
 /// The failure-disambiguation engine. Pure and deterministic: the same events give the
@@ -122,6 +132,10 @@ impl Engine {
             Event::HbDead { at, reporter, peer } => {
                 if reporter != peer {
                     let was_open = self.is_open(peer);
+                    // A report after the window ends it like a Tick (row S3a before S3).
+                    if let Some((switch, from)) = self.lone_check(peer, at, Some(reporter)) {
+                        self.open_lone_case(peer, switch, from, at, &mut out);
+                    }
                     self.dispatch(peer, Input::Dead { at, reporter }, &mut out);
                     if !was_open && self.host_state(peer) == "suspected" {
                         self.correlate(peer, at, &mut out);
@@ -155,13 +169,13 @@ impl Engine {
                     if self.switch_cases.get(&s).map(|c| c.probe_id) == Some(probe_id) =>
                 {
                     self.record_group_probe(Owner::Switch(s.clone()), Some(reachable));
-                    self.resolve_switch(&s, reachable, at, &mut out);
+                    self.resolve_switch(&s, Some(reachable), at, &mut out);
                 }
                 Some(Owner::Router(r))
                     if self.router_cases.get(&r).map(|c| c.probe_id) == Some(probe_id) =>
                 {
                     self.record_group_probe(Owner::Router(r.clone()), Some(reachable));
-                    self.resolve_router(&r, reachable, at, &mut out);
+                    self.resolve_router(&r, Some(reachable), at, &mut out);
                 }
                 _ => {}
             },
@@ -180,7 +194,10 @@ impl Engine {
             .filter(|h| self.due(*h, now))
             .collect();
         for h in due {
-            self.dispatch(h, Input::Tick { now }, out);
+            match self.lone_check(h, now, None) {
+                Some((switch, from)) => self.open_lone_case(h, switch, from, now, out),
+                None => self.dispatch(h, Input::Tick { now }, out),
+            }
         }
         let routers: Vec<RouterId> = self
             .router_cases
@@ -190,7 +207,7 @@ impl Engine {
             .collect();
         for r in routers {
             self.record_group_probe(Owner::Router(r.clone()), None);
-            self.resolve_router(&r, false, now, out);
+            self.resolve_router(&r, None, now, out);
         }
         let switches: Vec<SwitchId> = self
             .switch_cases
@@ -200,7 +217,7 @@ impl Engine {
             .collect();
         for s in switches {
             self.record_group_probe(Owner::Switch(s.clone()), None);
-            self.resolve_switch(&s, false, now, out);
+            self.resolve_switch(&s, None, now, out);
         }
     }
 
@@ -285,6 +302,11 @@ impl Engine {
             {
                 self.helpers(host, m.inner().reporter)
             }
+            (Some(m), Input::Release { .. })
+                if matches!(m.state(), State::Grouped {}) && m.inner().window_spent =>
+            {
+                self.helpers(host, m.inner().reporter)
+            }
             _ => Helpers::default(),
         };
         let mut ctx = Ctx {
@@ -360,9 +382,34 @@ impl Engine {
     }
 
     fn ungroup(&mut self, host: HostId) {
-        if self.host_state(host) != "grouped" {
-            for case in self.switch_cases.values_mut() {
-                case.hosts.remove(&host);
+        if self.host_state(host) == "grouped" {
+            return;
+        }
+        for case in self.switch_cases.values_mut() {
+            case.hosts.remove(&host);
+        }
+        // Row G5: a lone check has nothing left to decide once its one suspect is gone.
+        let emptied: Vec<SwitchId> = self
+            .switch_cases
+            .iter()
+            .filter(|(_, c)| c.lone && c.hosts.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in emptied {
+            if let Some(c) = self.switch_cases.remove(&s) {
+                self.probe_owner.remove(&c.probe_id);
+            }
+            let Some(r) = self.topology.router_of(&s).cloned() else {
+                continue;
+            };
+            let lone_router = self
+                .router_cases
+                .get(&r)
+                .is_some_and(|c| c.lone && c.switches.iter().all(|x| *x == s));
+            if lone_router {
+                if let Some(c) = self.router_cases.remove(&r) {
+                    self.probe_owner.remove(&c.probe_id);
+                }
             }
         }
     }
@@ -411,7 +458,9 @@ impl Engine {
         };
         if let Some(case) = self.switch_cases.get_mut(&switch) {
             case.hosts.insert(host);
-            self.dispatch(host, Input::Claim, out);
+            // A second suspect behind the switch: no longer a lone check (row S6).
+            case.lone = false;
+            self.dispatch(host, Input::Claim { lone: false }, out);
             return;
         }
         let window = self.config.correlation_window_us;
@@ -469,11 +518,101 @@ impl Engine {
                 deadline,
                 parked: None,
                 evidence,
+                lone: false,
+                router_up: false,
             },
         );
         for h in suspects {
-            self.dispatch(h, Input::Claim, out);
+            self.dispatch(h, Input::Claim { lone: false }, out);
         }
+        self.correlate_router(&switch, at, out);
+    }
+
+    /// Row S3a: whether `host`'s window has run out at `t` without corroboration and its
+    /// switch should be checked before the host's own probes; the switch and the prober.
+    /// `reporter`: the event is an `HbDead` from that host (it may corroborate, row S1).
+    fn lone_check(
+        &self,
+        host: HostId,
+        t: u64,
+        reporter: Option<HostId>,
+    ) -> Option<(SwitchId, HostId)> {
+        let m = self.hosts.get(&host)?;
+        let s = m.inner();
+        if !matches!(m.state(), State::Suspected {}) || s.switch_checked {
+            return None;
+        }
+        let hb = self
+            .topology
+            .hb_interval(host, self.config.default_hb_interval_us);
+        let window = self.config.corroboration_intervals * hb;
+        if t < s.since + window {
+            return None;
+        }
+        if reporter.is_some_and(|r| r != s.reporter && t.abs_diff(s.since) <= window) {
+            return None;
+        }
+        let switch = self.topology.switch_of(host)?;
+        // A declared switch: one a `SwitchFact` was given for.
+        let router = self.topology.router_of(switch)?;
+        if self.switch_cases.contains_key(switch) {
+            return None;
+        }
+        // A prober off the switch's router answers "unreachable" (rather than timing out)
+        // when the router is down too; G4 then tells the two apart.
+        let topology = &self.topology;
+        let from = self
+            .outside_helper(|s| s.and_then(|s| topology.router_of(s)) == Some(router))
+            .or_else(|| self.outside_helper(|s| s == Some(switch)))?;
+        Some((switch.clone(), from))
+    }
+
+    /// Row S3a: a switch case for one suspect, then router correlation (G3).
+    fn open_lone_case(
+        &mut self,
+        host: HostId,
+        switch: SwitchId,
+        from: HostId,
+        at: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let deadline = at + self.config.probe_timeout_us;
+        let probe_id = self.new_probe(
+            Owner::Switch(switch.clone()),
+            from,
+            ProbeTarget::Switch(switch.clone()),
+            deadline,
+            out,
+        );
+        let evidence = self
+            .hosts
+            .get(&host)
+            .map(|m| {
+                let s = m.inner();
+                vec![Evidence::Report {
+                    at: s.since,
+                    reporter: s.reporter,
+                    about: host,
+                    kind: ReportKind::Dead,
+                }]
+            })
+            .unwrap_or_default();
+        self.switch_cases.insert(
+            switch.clone(),
+            GroupCase {
+                opened: at,
+                hosts: BTreeSet::from([host]),
+                switches: BTreeSet::new(),
+                probe_id,
+                probe_from: from,
+                deadline,
+                parked: None,
+                evidence,
+                lone: true,
+                router_up: false,
+            },
+        );
+        self.dispatch(host, Input::Claim { lone: true }, out);
         self.correlate_router(&switch, at, out);
     }
 
@@ -482,7 +621,9 @@ impl Engine {
             return;
         };
         if let Some(case) = self.router_cases.get_mut(&router) {
-            case.switches.insert(switch.clone());
+            if case.switches.insert(switch.clone()) {
+                case.lone = false;
+            }
             return;
         }
         let window = self.config.correlation_window_us;
@@ -525,17 +666,78 @@ impl Engine {
                 deadline,
                 parked: None,
                 evidence,
+                lone: false,
+                router_up: false,
             },
         );
     }
 
+    /// Row G4: a lone switch check found the switch unreachable; probe its router before
+    /// concluding. Returns whether the case now waits for a router case.
+    fn check_router(&mut self, switch: &SwitchId, at: u64, out: &mut Vec<Action>) -> bool {
+        let Some(router) = self.topology.router_of(switch).cloned() else {
+            return false;
+        };
+        if let Some(case) = self.router_cases.get_mut(&router) {
+            if case.switches.insert(switch.clone()) {
+                case.lone = false;
+            }
+        } else {
+            let topology = &self.topology;
+            let Some(from) =
+                self.outside_helper(|s| s.and_then(|s| topology.router_of(s)) == Some(&router))
+            else {
+                return false;
+            };
+            let deadline = at + self.config.probe_timeout_us;
+            let probe_id = self.new_probe(
+                Owner::Router(router.clone()),
+                from,
+                ProbeTarget::Router(router.clone()),
+                deadline,
+                out,
+            );
+            let evidence = self
+                .switch_cases
+                .get(switch)
+                .map(|c| c.evidence.clone())
+                .unwrap_or_default();
+            self.router_cases.insert(
+                router,
+                GroupCase {
+                    opened: at,
+                    hosts: BTreeSet::new(),
+                    switches: BTreeSet::from([switch.clone()]),
+                    probe_id,
+                    probe_from: from,
+                    deadline,
+                    parked: None,
+                    evidence,
+                    lone: true,
+                    router_up: false,
+                },
+            );
+        }
+        if let Some(case) = self.switch_cases.get_mut(switch) {
+            case.parked = Some(false);
+        }
+        true
+    }
+
+    /// A switch case's probe answered (`Some`) or timed out (`None`).
     fn resolve_switch(
         &mut self,
         switch: &SwitchId,
-        reachable: bool,
+        reachable: Option<bool>,
         at: u64,
         out: &mut Vec<Action>,
     ) {
+        let Some(case) = self.switch_cases.get(switch) else {
+            return;
+        };
+        // Missing answers count as failed (G1), except for a lone check (G2b).
+        let release = reachable.unwrap_or(case.lone);
+        let wants_router = !release && case.lone && !case.router_up;
         let waits_for_router = self
             .topology
             .router_of(switch)
@@ -543,16 +745,41 @@ impl Engine {
             .is_some_and(|c| c.switches.contains(switch));
         if waits_for_router {
             if let Some(case) = self.switch_cases.get_mut(switch) {
-                case.parked = Some(reachable);
+                case.parked = Some(release);
             }
             return;
         }
+        if wants_router && self.check_router(switch, at, out) {
+            return;
+        }
+        self.conclude_switch(switch, release, at, out);
+    }
+
+    /// Ends a switch case: release its suspects (G2, G2b) or one `SwitchDown` (G1).
+    fn conclude_switch(
+        &mut self,
+        switch: &SwitchId,
+        release: bool,
+        at: u64,
+        out: &mut Vec<Action>,
+    ) {
         let Some(case) = self.switch_cases.remove(switch) else {
             return;
         };
-        if reachable {
+        self.probe_owner.remove(&case.probe_id);
+        if release {
+            let probes: Vec<Evidence> = case
+                .evidence
+                .iter()
+                .filter(|e| matches!(e, Evidence::Probe { .. }))
+                .cloned()
+                .collect();
             for h in case.hosts {
-                self.dispatch(h, Input::Release { now: at }, out);
+                let input = Input::Release {
+                    now: at,
+                    evidence: probes.clone(),
+                };
+                self.dispatch(h, input, out);
             }
             return;
         }
@@ -569,21 +796,48 @@ impl Engine {
         }
     }
 
+    /// A router case's probe answered (`Some`) or timed out (`None`).
     fn resolve_router(
         &mut self,
         router: &RouterId,
-        reachable: bool,
+        reachable: Option<bool>,
         at: u64,
         out: &mut Vec<Action>,
     ) {
         let Some(case) = self.router_cases.remove(router) else {
             return;
         };
-        if reachable {
+        self.probe_owner.remove(&case.probe_id);
+        // Missing answers count as failed (G3), except for the lone router check of G4,
+        // which then settles for the `SwitchDown` its switch already earned.
+        if reachable.unwrap_or(case.lone) {
+            // The router check of G4 belongs in the evidence of the switch's verdict.
+            let router_probe: Vec<Evidence> = case
+                .evidence
+                .iter()
+                .filter(|e| {
+                    case.lone
+                        && matches!(
+                            e,
+                            Evidence::Probe {
+                                target: ProbeTarget::Router(_),
+                                ..
+                            }
+                        )
+                })
+                .cloned()
+                .collect();
             for s in case.switches {
-                let parked = self.switch_cases.get(&s).and_then(|c| c.parked);
+                let parked = match self.switch_cases.get_mut(&s) {
+                    Some(c) => {
+                        c.router_up = true;
+                        c.evidence.extend(router_probe.iter().cloned());
+                        c.parked
+                    }
+                    None => None,
+                };
                 if let Some(v) = parked {
-                    self.resolve_switch(&s, v, at, out);
+                    self.conclude_switch(&s, v, at, out);
                 }
             }
             return;

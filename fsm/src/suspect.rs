@@ -54,11 +54,16 @@ pub enum Input {
     Tick {
         now: u64,
     },
-    /// A switch/router investigation takes this suspicion over.
-    Claim,
-    /// The group investigation found the switch/router up: investigate on your own.
+    /// A switch/router investigation takes this suspicion over. `lone`: it is the switch
+    /// check of row S3a, opened after the corroboration window ran out.
+    Claim {
+        lone: bool,
+    },
+    /// The group investigation found the switch/router up (or, for a lone check, could not
+    /// tell): investigate on your own. `evidence` is the group's probe record.
     Release {
         now: u64,
+        evidence: Vec<Evidence>,
     },
     /// A group verdict (`SwitchDown`/`RouterDown`) covers this host.
     Covered {
@@ -128,6 +133,14 @@ pub struct Suspect {
     pub(crate) alarm: Option<VerdictId>,
     /// Latest `HbBackAlive` time: older `HbDead` reports are stale (reordering).
     pub(crate) last_alive: u64,
+    /// A switch case took this suspicion over (rows S3a, S6): its switch is not checked
+    /// again (row S3). Cleared when a new suspicion starts.
+    #[serde(default)]
+    pub(crate) switch_checked: bool,
+    /// That switch case was the lone check of row S3a, after the corroboration window: a
+    /// release goes straight to host probes (row G2b), not to a fresh window.
+    #[serde(default)]
+    pub(crate) window_spent: bool,
 }
 
 impl Suspect {
@@ -141,6 +154,8 @@ impl Suspect {
             probe_deadline: 0,
             alarm: None,
             last_alive: 0,
+            switch_checked: false,
+            window_spent: false,
         }
     }
 
@@ -171,6 +186,8 @@ impl Suspect {
         self.reporter = reporter;
         self.evidence.clear();
         self.probes.clear();
+        self.switch_checked = false;
+        self.window_spent = false;
         self.report(at, reporter, ReportKind::Dead);
     }
 
@@ -302,8 +319,10 @@ impl Suspect {
                 self.alarm = Some(*verdict);
                 Transition(State::down())
             }
-            Input::Claim => {
+            Input::Claim { lone } => {
                 self.probes.clear();
+                self.switch_checked = true;
+                self.window_spent |= *lone;
                 Transition(State::grouped())
             }
             Input::Dead { at, reporter } => {
@@ -377,13 +396,20 @@ impl Suspect {
     #[state(superstate = "open")]
     fn grouped(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
         match event {
-            Input::Release { now } => {
+            // Row G2b: the window already ran out before the lone switch check, so the
+            // host's own probes start at once.
+            Input::Release { now, evidence } if self.window_spent => {
+                self.evidence.extend(evidence.iter().cloned());
+                self.start_probes(context, *now);
+                Transition(State::investigating())
+            }
+            // Row G2: a fresh corroboration window, then the host's own probes (row S3:
+            // the switch was just checked, so not again).
+            Input::Release { now, .. } => {
                 self.since = *now;
-                // A fresh corroboration window, then the host's own probes.
-                let _ = context;
                 Transition(State::suspected())
             }
-            Input::Claim => Handled,
+            Input::Claim { .. } => Handled,
             _ => Super,
         }
     }

@@ -253,3 +253,104 @@ fn engine_round_trips_through_json_too() {
     let back: Engine = serde_json::from_str(&json).unwrap();
     assert_eq!(back.host_state(HostId(2)), "suspected");
 }
+
+/// The worst case of the lone path (rows S3a, G3, G2b): the switch check of host 1 times
+/// out just as a second lone check behind the same router opens a router case; the router
+/// answers at its deadline, and host 1's own probes start only then.
+#[test]
+fn lone_suspect_worst_case_meets_the_switch_check_bound() {
+    let t = Topo {
+        hosts: vec![
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(2),
+        ],
+        routers: vec![0, 0, 1],
+    };
+    let mut e = build(&t);
+    let cfg = *e.config();
+    let hb = cfg.default_hb_interval_us;
+    let p = cfg.probe_timeout_us;
+    let bound = cfg.switch_check_bound_us(hb);
+    assert_eq!(bound, cfg.suspicion_bound_us(hb));
+    let dead = |at: u64, reporter: u64, peer: u64| Event::HbDead {
+        at,
+        reporter: HostId(reporter),
+        peer: HostId(peer),
+    };
+    e.handle(dead(0, 7, 1));
+    e.handle(Event::Tick { now: 2 * hb });
+    assert_eq!(e.host_state(HostId(1)), "grouped");
+    e.handle(dead(p, 7, 4));
+    let out = e.handle(Event::Tick { now: 2 * hb + p });
+    let router = out
+        .iter()
+        .find_map(|a| match a {
+            Action::RequestProbe {
+                probe_id,
+                target: fsm::ProbeTarget::Router(_),
+                ..
+            } => Some(*probe_id),
+            _ => None,
+        })
+        .expect("router case opened");
+    e.handle(Event::ProbeResult {
+        at: 2 * hb + 2 * p,
+        probe_id: router,
+        reachable: true,
+    });
+    assert_eq!(e.host_state(HostId(1)), "investigating");
+    let before = e.handle(Event::Tick { now: bound - 1 });
+    assert!(!before.iter().any(
+        |a| matches!(a, Action::Verdict { kind: VerdictKind::Dead(h), .. } if *h == HostId(1))
+    ));
+    let out = e.handle(Event::Tick { now: bound });
+    assert!(out.iter().any(
+        |a| matches!(a, Action::Verdict { kind: VerdictKind::Dead(h), .. } if *h == HostId(1))
+    ));
+}
+
+/// An engine stored before the switch check existed (no `switch_checked`, `window_spent`,
+/// `lone`, `router_up` fields) still loads and carries on like the original.
+#[test]
+fn engine_stored_without_the_switch_check_fields_still_loads() {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in ["switch_checked", "window_spent", "lone", "router_up"] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let t = Topo {
+        hosts: vec![Some(0), Some(0), Some(0), Some(1), Some(1), Some(1)],
+        routers: vec![0, 1],
+    };
+    let mut e = build(&t);
+    // A switch case (S6) and a plain suspicion are open.
+    for (at, r, p) in [(1000, 4, 1), (1100, 4, 2), (1200, 1, 5)] {
+        e.handle(Event::HbDead {
+            at: at * MS,
+            reporter: HostId(r),
+            peer: HostId(p),
+        });
+    }
+    let mut json = serde_json::to_value(&e).unwrap();
+    let before = json.to_string();
+    strip(&mut json);
+    assert_ne!(before, json.to_string(), "nothing was stripped");
+    let mut old: Engine = serde_json::from_value(json).unwrap();
+    for now in (2000..20_000).step_by(500) {
+        let ev = Event::Tick { now: now * MS };
+        assert_eq!(e.handle(ev.clone()), old.handle(ev));
+    }
+    assert!(!old.has_open_suspicions());
+}

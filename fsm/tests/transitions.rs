@@ -1,7 +1,8 @@
 //! One test per row of the transition table in `fsm/TRANSITIONS.md`.
 
 use fsm::{
-    Action, Engine, Event, HostFacts, ProbeId, ProbeTarget, RouterId, SwitchId, VerdictKind,
+    Action, Config, Engine, Event, Evidence, HostFacts, ProbeId, ProbeTarget, RouterId, SwitchId,
+    VerdictKind,
 };
 use proto::HostId;
 
@@ -13,7 +14,23 @@ fn h(n: u64) -> HostId {
 
 /// sw1 = 1..=6, sw2 = 7..=12 (router r1), sw3 = 13..=15 (router r2); hb 1 s, probe 3 s.
 fn engine() -> Engine {
-    let mut e = Engine::default();
+    engine_with(Config::default())
+}
+
+fn engine_with(config: Config) -> Engine {
+    let mut e = hosts_only(config);
+    for (s, r) in [("sw1", "r1"), ("sw2", "r1"), ("sw3", "r2")] {
+        e.handle(Event::SwitchFact {
+            switch: SwitchId(s.into()),
+            router: RouterId(r.into()),
+        });
+    }
+    e
+}
+
+/// The hosts of [`engine`] without `SwitchFact`s: no switch is declared.
+fn hosts_only(config: Config) -> Engine {
+    let mut e = Engine::new(config);
     for n in 1..=15u64 {
         let sw = match n {
             1..=6 => "sw1",
@@ -28,13 +45,11 @@ fn engine() -> Engine {
             },
         });
     }
-    for (s, r) in [("sw1", "r1"), ("sw2", "r1"), ("sw3", "r2")] {
-        e.handle(Event::SwitchFact {
-            switch: SwitchId(s.into()),
-            router: RouterId(r.into()),
-        });
-    }
     e
+}
+
+fn sw(name: &str) -> SwitchId {
+    SwitchId(name.into())
 }
 
 fn dead(at_ms: u64, a: u64, b: u64) -> Event {
@@ -97,11 +112,15 @@ fn answer(e: &mut Engine, at_ms: u64, probe_id: ProbeId, reachable: bool) -> Vec
     })
 }
 
-/// Suspects 3 (reported by 2) and lets the corroboration window pass.
+/// Suspects 3 (reported by 2), lets the corroboration window pass and answers the switch
+/// check (S3a) with "reachable" at once, so the host's own probes start at 3000 (G2b).
 fn investigating() -> (Engine, Vec<(ProbeId, HostId, ProbeTarget)>) {
     let mut e = engine();
     e.handle(dead(1000, 2, 3));
-    let out = e.handle(tick(3000));
+    let check = probes(&e.handle(tick(3000)));
+    assert_eq!(check.len(), 1);
+    assert_eq!(check[0].2, ProbeTarget::Switch(sw("sw1")));
+    let out = answer(&mut e, 3000, check[0].0, true);
     assert_eq!(e.host_state(h(3)), "investigating");
     (e, probes(&out))
 }
@@ -180,7 +199,9 @@ fn s1_late_corroboration_is_not_enough() {
     e.handle(dead(1000, 2, 3));
     let out = e.handle(dead(3500, 4, 3));
     assert!(verdicts(&out).is_empty());
-    assert_eq!(e.host_state(h(3)), "investigating");
+    // The window is over: the switch is checked first (S3a), then the host (G2b).
+    assert_eq!(e.host_state(h(3)), "grouped");
+    assert_eq!(probes(&out)[0].2, ProbeTarget::Switch(sw("sw1")));
 }
 
 #[test]
@@ -193,7 +214,8 @@ fn s2_same_reporter_twice_is_not_corroboration() {
 
 #[test]
 fn s3_window_passes_probes_are_ordered() {
-    let mut e = engine();
+    // No SwitchFact: the switch is not declared, so no switch check (S3a) applies.
+    let mut e = hosts_only(Config::default());
     e.handle(dead(1000, 2, 3));
     assert!(e.handle(tick(2999)).is_empty());
     let out = e.handle(tick(3000));
@@ -209,6 +231,114 @@ fn s3_window_passes_probes_are_ordered() {
             assert_eq!(*deadline, 6000 * MS);
         }
     }
+}
+
+#[test]
+fn s3_no_prober_off_the_switch_falls_back_to_host_probes() {
+    // Only sw1 exists: nobody can probe the switch from outside.
+    let mut e = Engine::default();
+    for n in 1..=6u64 {
+        e.handle(Event::HostFact {
+            host: h(n),
+            facts: HostFacts {
+                switch: Some(sw("sw1")),
+                hb_interval_us: 0,
+            },
+        });
+    }
+    e.handle(Event::SwitchFact {
+        switch: sw("sw1"),
+        router: RouterId("r1".into()),
+    });
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(tick(3000));
+    assert_eq!(e.host_state(h(3)), "investigating");
+    let ps = probes(&out);
+    assert!(!ps.is_empty());
+    assert!(ps.iter().all(|p| matches!(p.2, ProbeTarget::Host(_))));
+}
+
+#[test]
+fn s3_open_switch_case_falls_back_to_host_probes() {
+    // Three suspects make a group here, so two lone ones behind sw1 are not grouped (S6).
+    let mut e = engine_with(Config {
+        group_min_suspects: 3,
+        ..Config::default()
+    });
+    e.handle(dead(1000, 2, 1));
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(tick(3000));
+    // 1 checks sw1 (S3a); 3 finds that case open and probes on its own (S3).
+    assert_eq!(e.host_state(h(1)), "grouped");
+    assert_eq!(e.host_state(h(3)), "investigating");
+    let ps = probes(&out);
+    assert_eq!(ps[0].2, ProbeTarget::Switch(sw("sw1")));
+    assert_eq!(ps.len(), 1 + 4);
+}
+
+#[test]
+fn s3_switch_checked_once_per_suspicion() {
+    // After the switch case of S6 released them (G2), the fresh window ends in host probes.
+    let mut e = engine();
+    e.handle(dead(1000, 13, 1));
+    let ps = probes(&e.handle(dead(1100, 13, 2)));
+    answer(&mut e, 1200, ps[0].0, true);
+    let out = e.handle(tick(3200));
+    assert_eq!(e.host_state(h(1)), "investigating");
+    assert!(probes(&out)
+        .iter()
+        .all(|p| matches!(p.2, ProbeTarget::Host(_))));
+}
+
+#[test]
+fn s3a_lone_suspect_checks_its_switch_first() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    assert!(e.handle(tick(2999)).is_empty());
+    let out = e.handle(tick(3000));
+    let ps = probes(&out);
+    // One probe of sw1's management address, from a host off router r1 (sw3).
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].2, ProbeTarget::Switch(sw("sw1")));
+    assert_eq!(ps[0].1, h(13));
+    assert!(matches!(out[0], Action::RequestProbe { deadline, .. } if deadline == 6000 * MS));
+    assert_eq!(e.host_state(h(3)), "grouped");
+    assert!(verdicts(&out).is_empty());
+    // Duplicates of the tick and of the first report change nothing.
+    assert!(e.handle(tick(3000)).is_empty());
+    assert!(e.handle(dead(1000, 2, 3)).is_empty());
+}
+
+#[test]
+fn s3a_late_report_ends_the_window_too() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(dead(3100, 2, 3));
+    assert_eq!(probes(&out).len(), 1);
+    assert_eq!(probes(&out)[0].2, ProbeTarget::Switch(sw("sw1")));
+    assert_eq!(e.host_state(h(3)), "grouped");
+}
+
+#[test]
+fn s3a_corroboration_at_the_window_edge_still_wins() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(dead(3000, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
+    assert!(probes(&out).is_empty());
+}
+
+#[test]
+fn s3a_a_later_suspicion_is_checked_again() {
+    let (mut e, ps) = investigating();
+    // The first suspicion ends with a false alarm ...
+    let out = conclude(&mut e, &ps, |_, _| true);
+    assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
+    // ... and the next one checks the switch again.
+    e.handle(dead(10_000, 2, 3));
+    let out = e.handle(tick(12_000));
+    assert_eq!(probes(&out).len(), 1);
+    assert_eq!(probes(&out)[0].2, ProbeTarget::Switch(sw("sw1")));
 }
 
 #[test]
@@ -340,6 +470,151 @@ fn g2_switch_answers_hosts_investigate_alone() {
     let out = e.handle(tick(3200));
     assert_eq!(e.host_state(h(1)), "investigating");
     assert_eq!(probes(&out).len(), 8);
+}
+
+#[test]
+fn g2b_switch_answers_host_probes_start_at_once() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let check = probes(&e.handle(tick(3000)));
+    let out = answer(&mut e, 3050, check[0].0, true);
+    assert_eq!(e.host_state(h(3)), "investigating");
+    // The probes of S3, at once, with their deadline from the release.
+    let ps = probes(&out);
+    assert_eq!(ps.len(), 4);
+    assert_eq!((ps[0].1, &ps[0].2), (h(1), &ProbeTarget::Host(h(3))));
+    assert_eq!((ps[1].1, &ps[1].2), (h(7), &ProbeTarget::Host(h(3))));
+    assert_eq!((ps[2].1, &ps[2].2), (h(7), &ProbeTarget::Host(h(2))));
+    assert_eq!((ps[3].1, &ps[3].2), (h(2), &ProbeTarget::Host(h(3))));
+    assert!(out
+        .iter()
+        .all(|a| matches!(a, Action::RequestProbe { deadline, .. } if *deadline == 6050 * MS)));
+    // Unanswered, they conclude at their deadline: one Dead, its evidence naming the
+    // switch check; no second switch check on the way.
+    let out = e.handle(tick(6050));
+    let v: Vec<&Action> = out
+        .iter()
+        .filter(|a| matches!(a, Action::Verdict { .. }))
+        .collect();
+    assert_eq!(v.len(), 1);
+    let Action::Verdict { kind, evidence, .. } = v[0] else {
+        unreachable!()
+    };
+    assert_eq!(*kind, VerdictKind::Dead(h(3)));
+    assert!(evidence.iter().any(|e| matches!(
+        e,
+        Evidence::Probe { target: ProbeTarget::Switch(s), reachable: Some(true), .. } if *s == sw("sw1")
+    )));
+    assert!(probes(&out).is_empty());
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn g2b_switch_probe_timeout_releases_too() {
+    // A lone report is no ground for a group verdict on a missing answer.
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    e.handle(tick(3000));
+    let out = e.handle(tick(6000));
+    assert!(verdicts(&out).is_empty());
+    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(probes(&out).len(), 4);
+    assert_eq!(
+        verdicts(&e.handle(tick(9000))),
+        vec![VerdictKind::Dead(h(3))]
+    );
+}
+
+#[test]
+fn g4_unreachable_switch_checks_its_router() {
+    let mut e = engine();
+    e.handle(dead(1000, 14, 1));
+    let check = probes(&e.handle(tick(3000)));
+    let out = answer(&mut e, 3050, check[0].0, false);
+    assert!(verdicts(&out).is_empty());
+    let ps = probes(&out);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].2, ProbeTarget::Router(RouterId("r1".into())));
+    assert!(ps[0].1 .0 >= 13, "router probed from behind another router");
+    // The router answers: the switch alone is down.
+    let out = answer(&mut e, 3100, ps[0].0, true);
+    let hosts: Vec<HostId> = (1..=6).map(h).collect();
+    assert_eq!(
+        verdicts(&out),
+        vec![VerdictKind::SwitchDown(sw("sw1"), hosts)]
+    );
+    assert_eq!(e.host_state(h(1)), "down");
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn g4_router_unreachable_is_router_down() {
+    let mut e = engine();
+    e.handle(dead(1000, 14, 1));
+    let check = probes(&e.handle(tick(3000)));
+    let router = probes(&answer(&mut e, 3050, check[0].0, false));
+    let out = answer(&mut e, 3100, router[0].0, false);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1);
+    assert!(
+        matches!(&v[0], VerdictKind::RouterDown(r, s, hosts) if r.0 == "r1" && s.len() == 2 && hosts.len() == 12)
+    );
+    // The other switch's representative, reported later, is already covered.
+    assert!(e.handle(dead(1500, 13, 8)).is_empty());
+    assert!(verdicts(&e.handle(tick(20_000))).is_empty());
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn g4_router_timeout_settles_for_switch_down() {
+    let mut e = engine();
+    e.handle(dead(1000, 14, 1));
+    let check = probes(&e.handle(tick(3000)));
+    answer(&mut e, 3050, check[0].0, false);
+    let out = e.handle(tick(6050));
+    assert!(matches!(&verdicts(&out)[..], [VerdictKind::SwitchDown(s, _)] if *s == sw("sw1")));
+}
+
+#[test]
+fn g5_alive_suspect_closes_its_lone_check() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let check = probes(&e.handle(tick(3000)));
+    let out = e.handle(alive(3100, 2, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
+    assert!(!e.has_open_suspicions());
+    // The late switch answer belongs to nobody now.
+    assert!(answer(&mut e, 3200, check[0].0, false).is_empty());
+    assert!(e.handle(tick(20_000)).is_empty());
+}
+
+#[test]
+fn g3_two_lone_switch_checks_open_a_router_case() {
+    // Router r1 dies; only the top-ring watchers on sw3 report, one representative each.
+    let mut e = engine();
+    e.handle(dead(1000, 14, 1));
+    e.handle(dead(1000, 13, 8));
+    let out = e.handle(tick(3000));
+    let ps = probes(&out);
+    assert_eq!(
+        ps.iter().map(|p| p.2.clone()).collect::<Vec<_>>(),
+        vec![
+            ProbeTarget::Switch(sw("sw1")),
+            ProbeTarget::Switch(sw("sw2")),
+            ProbeTarget::Router(RouterId("r1".into())),
+        ]
+    );
+    // Switch answers wait for the router case; its failure is the one verdict.
+    assert!(answer(&mut e, 3050, ps[0].0, false).is_empty());
+    assert!(answer(&mut e, 3050, ps[1].0, false).is_empty());
+    let out = answer(&mut e, 3100, ps[2].0, false);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1);
+    assert!(
+        matches!(&v[0], VerdictKind::RouterDown(r, s, hosts) if r.0 == "r1" && s.len() == 2 && hosts.len() == 12)
+    );
+    assert!(verdicts(&e.handle(tick(20_000))).is_empty());
+    assert!(!e.has_open_suspicions());
 }
 
 #[test]
