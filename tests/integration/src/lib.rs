@@ -1,3 +1,5 @@
 //! Shared helpers for Ringwatch's whole-binary integration tests.
 
+pub mod lab;
+pub mod labrun;
 pub mod procs;

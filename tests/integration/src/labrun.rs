@@ -1,0 +1,383 @@
+//! Ringwatch running in a [`Topology`]: three `cma` nodes and a `packet-reader` in the
+//! `cma` namespace, one `nanoprobe` in each host namespace, all real binaries, queried
+//! with the real `cmactl`.
+
+use crate::lab::{cma_addr, Topology, READER_ADDR};
+use crate::procs::{binary, wait_until, ProcGuard};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Heartbeat timings of the lab (ms): the issue's targets are for 1 s / 3 s.
+pub const INTERVAL_MS: u64 = 1000;
+pub const WARNTIME_MS: u64 = 2000;
+pub const DEADTIME_MS: u64 = 3000;
+/// Timeout of one active probe (ms).
+pub const PROBE_TIMEOUT_MS: u64 = 1000;
+
+const ADMIN_PORT_BASE: u16 = 7480;
+
+/// The running system in a lab.
+pub struct Ringwatch {
+    pub topo: Topology,
+    pub dir: tempfile::TempDir,
+    /// CMA node id -> its process (None once killed).
+    pub cma: BTreeMap<u64, Option<ProcGuard>>,
+    pub reader: Option<ProcGuard>,
+    /// Host id -> its nanoprobe (None once killed).
+    pub probes: BTreeMap<u64, Option<ProcGuard>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Microseconds since the Unix epoch (the clock verdicts are stamped with).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Ringwatch {
+    /// Starts 3 CMA nodes (formed into one Raft cluster), the packet-reader and every
+    /// host's nanoprobe, and waits until every host is in its rings with its watchers.
+    pub fn start(topo: Topology) -> Ringwatch {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("keys.toml");
+        proto::KeyRing::write_new_key_file(&key_file, proto::KeyId(1)).expect("key file");
+        let secret = dir.path().join("cluster.key");
+        std::fs::write(&secret, hex(&[0x5a; 32])).expect("cluster secret");
+        let mut rw = Ringwatch {
+            topo,
+            dir,
+            cma: BTreeMap::new(),
+            reader: None,
+            probes: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            let config = rw.dir.path().join(format!("cma{id}.toml"));
+            let text = format!(
+                "node_id = {id}\nlisten = \"{addr}:7400\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+                 data_dir = \"{data}\"\ncluster_secret_file = \"{secret}\"\n\n\
+                 [raft]\nheartbeat_interval_ms = 250\nelection_timeout_min_ms = 1200\n\
+                 election_timeout_max_ms = 2400\n\n\
+                 [worker]\nkey_file = \"{keys}\"\ncommand_listen = \"{addr}:7401\"\n\
+                 tick_ms = 100\nprobe_timeout_ms = {PROBE_TIMEOUT_MS}\n\n\
+                 [worker.timings]\ninterval_ms = {INTERVAL_MS}\nwarntime_ms = {WARNTIME_MS}\n\
+                 deadtime_ms = {DEADTIME_MS}\n{topology}",
+                addr = cma_addr(id),
+                admin = ADMIN_PORT_BASE + id as u16,
+                data = rw.dir.path().join(format!("data{id}")).display(),
+                secret = secret.display(),
+                keys = key_file.display(),
+                topology = rw.topo.worker_topology_toml(),
+            );
+            std::fs::write(&config, text).expect("cma config");
+            rw.start_cma(id);
+        }
+        rw.form_cluster();
+        let reader_config = rw.dir.path().join("reader.toml");
+        let nodes: Vec<String> = (1..=3)
+            .map(|i| format!("\"{}:7400\"", cma_addr(i)))
+            .collect();
+        std::fs::write(
+            &reader_config,
+            format!(
+                "host_id = 900001\nlisten = \"{READER_ADDR}:7300\"\nkey_file = \"{}\"\n\
+                 cma_nodes = [{}]\ncluster_secret_file = \"{}\"\n\
+                 metrics_listen = \"127.0.0.1:7381\"\n",
+                key_file.display(),
+                nodes.join(", "),
+                secret.display()
+            ),
+        )
+        .expect("reader config");
+        let reader_config = reader_config.display().to_string();
+        rw.reader = Some(
+            rw.topo
+                .lab
+                .spawn(
+                    &rw.topo.cma_ns,
+                    &binary("packet-reader"),
+                    &["--config", &reader_config],
+                    &[("RUST_LOG", "info")],
+                    &rw.dir.path().join("reader.log"),
+                )
+                .expect("spawn packet-reader"),
+        );
+        let hosts: Vec<u64> = rw.topo.hosts.keys().copied().collect();
+        for h in &hosts {
+            let place = &rw.topo.hosts[h];
+            let bind = format!("{}:7500", place.addr);
+            let reader = format!("{READER_ADDR}:7300");
+            let (host_s, keys) = (h.to_string(), key_file.display().to_string());
+            let proc = rw
+                .topo
+                .lab
+                .spawn(
+                    &place.ns,
+                    &binary("nanoprobe"),
+                    &[
+                        "--host-id",
+                        &host_s,
+                        "--bind",
+                        &bind,
+                        "--packet-reader",
+                        &reader,
+                        "--key-file",
+                        &keys,
+                    ],
+                    &[("RUST_LOG", "info")],
+                    &rw.dir.path().join(format!("nanoprobe{h}.log")),
+                )
+                .expect("spawn nanoprobe");
+            rw.probes.insert(*h, Some(proc));
+        }
+        let n = hosts.len();
+        let formed = wait_until(Duration::from_secs(90), || {
+            rw.json(&["hosts"])
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|all| {
+                    all.len() == n
+                        && all.iter().all(|h| {
+                            h["status"] == "up"
+                                && h["watchers"].as_array().is_some_and(|w| w.len() >= 2)
+                        })
+                })
+        });
+        assert!(
+            formed,
+            "rings not formed: {:#?}\n{}",
+            rw.json(&["hosts"]),
+            rw.logs_tail()
+        );
+        // Let the ring commands reach every nanoprobe and heartbeats flow everywhere.
+        std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
+        rw
+    }
+
+    fn start_cma(&mut self, id: u64) {
+        let config = self.dir.path().join(format!("cma{id}.toml"));
+        let config = config.display().to_string();
+        let proc = self
+            .topo
+            .lab
+            .spawn(
+                &self.topo.cma_ns,
+                &binary("cma"),
+                &["--config", &config],
+                &[("RUST_LOG", "info,openraft=warn")],
+                &self.dir.path().join(format!("cma{id}.log")),
+            )
+            .expect("spawn cma");
+        self.cma.insert(id, Some(proc));
+        let up = wait_until(Duration::from_secs(30), || {
+            self.cmactl(id, &["--json", "cluster", "status"]).is_ok()
+        });
+        assert!(
+            up,
+            "cma {id} admin API never answered\n{}",
+            self.logs_tail()
+        );
+    }
+
+    fn retry(&self, id: u64, args: &[&str]) {
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(60), || match self.cmactl(id, args) {
+            Ok(_) => true,
+            Err(e) => {
+                last = e;
+                std::thread::sleep(Duration::from_millis(300));
+                false
+            }
+        });
+        assert!(ok, "cmactl {args:?} kept failing: {last}");
+    }
+
+    fn form_cluster(&self) {
+        self.retry(1, &["cluster", "init"]);
+        for id in 2..=3u64 {
+            let leader = self.wait_leader(Duration::from_secs(30));
+            let (id_s, raft, admin) = (
+                id.to_string(),
+                format!("{}:7400", cma_addr(id)),
+                format!("127.0.0.1:{}", ADMIN_PORT_BASE + id as u16),
+            );
+            self.retry(
+                leader,
+                &[
+                    "cluster",
+                    "add-learner",
+                    "--id",
+                    &id_s,
+                    "--raft",
+                    &raft,
+                    "--admin",
+                    &admin,
+                ],
+            );
+            let leader = self.wait_leader(Duration::from_secs(30));
+            self.retry(leader, &["cluster", "promote", "--id", &id_s]);
+        }
+    }
+
+    /// `cmactl ARGS` (run inside the cma namespace) against node `id`; stdout on success.
+    pub fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
+        let api = format!("http://127.0.0.1:{}", ADMIN_PORT_BASE + id as u16);
+        let bin = binary("cmactl").display().to_string();
+        let mut full = vec!["netns", "exec", &self.topo.cma_ns, &bin, "--api", &api];
+        full.extend_from_slice(&["--timeout", "20"]);
+        full.extend_from_slice(args);
+        let out = Command::new("ip")
+            .args(&full)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Ids of the CMA nodes whose process runs.
+    pub fn running_cma(&self) -> Vec<u64> {
+        self.cma
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// `cmactl --json ARGS` on the first running node that answers.
+    pub fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        self.running_cma().into_iter().find_map(|id| {
+            self.cmactl(id, &full)
+                .ok()
+                .and_then(|out| serde_json::from_str(&out).ok())
+        })
+    }
+
+    /// Every failure row, open and closed (`cmactl --json failures --all`).
+    pub fn failures(&self) -> Vec<Value> {
+        self.json(&["failures", "--all"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The running node that reports itself Raft leader.
+    pub fn wait_leader(&self, within: Duration) -> u64 {
+        let mut leader = None;
+        let found = wait_until(within, || {
+            leader = self.running_cma().into_iter().find(|id| {
+                self.cmactl(*id, &["--json", "cluster", "status"])
+                    .ok()
+                    .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+                    .is_some_and(|s| s["state"] == "Leader")
+            });
+            if leader.is_none() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            leader.is_some()
+        });
+        assert!(
+            found,
+            "no CMA leader within {within:?}\n{}",
+            self.logs_tail()
+        );
+        leader.unwrap_or_default()
+    }
+
+    /// SIGKILLs a CMA node.
+    pub fn kill_cma(&mut self, id: u64) {
+        if let Some(mut p) = self.cma.get_mut(&id).and_then(Option::take) {
+            p.kill();
+        }
+    }
+
+    /// SIGKILLs a host's nanoprobe; returns when (µs since the epoch).
+    pub fn kill_host(&mut self, host: u64) -> u64 {
+        let at = now_us();
+        if let Some(mut p) = self.probes.get_mut(&host).and_then(Option::take) {
+            p.kill();
+        }
+        at
+    }
+
+    /// Waits until a failure row satisfies `pred`; returns it, or panics with all rows.
+    pub fn wait_failure(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(f) = self.failures().into_iter().find(|f| pred(f)) {
+                return f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {within:?}; failures: {:#?}\n{}",
+                self.failures(),
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of every CMA log, for failure messages.
+    pub fn logs_tail(&self) -> String {
+        let mut text = String::new();
+        let mut files: Vec<PathBuf> = (1..=3)
+            .map(|i| self.dir.path().join(format!("cma{i}.log")))
+            .collect();
+        files.push(self.dir.path().join("reader.log"));
+        for f in files {
+            let body = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = body.lines().rev().take(15).collect();
+            text.push_str(&format!("---- {} ----\n", f.display()));
+            for l in lines.iter().rev() {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+/// Seconds from `since_us` to the verdict's `at_us`.
+pub fn detection_secs(failure: &Value, since_us: u64) -> f64 {
+    let at = failure["at_us"].as_u64().unwrap_or(0);
+    at.saturating_sub(since_us) as f64 / 1e6
+}
+
+/// Host ids that reported the failure (the `Report` evidence).
+pub fn reporters(failure: &Value) -> Vec<u64> {
+    let mut r: Vec<u64> = failure["evidence"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x["Report"]["reporter"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    r.sort_unstable();
+    r.dedup();
+    r
+}
+
+/// The failure's `hosts`, sorted.
+pub fn hosts_of(failure: &Value) -> Vec<u64> {
+    let mut h: Vec<u64> = failure["hosts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    h.sort_unstable();
+    h
+}
