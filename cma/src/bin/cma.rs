@@ -53,17 +53,12 @@ async fn run() -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let mut probe = None;
     if let Some(section) = config.worker.clone() {
-        probe = Some(cma::worker::api::ProbeContext {
-            keys: std::sync::Arc::new(
-                proto::KeyRing::load(&section.key_file).context("loading the worker key file")?,
-            ),
-            sender: proto::HostId(section.wire_host_id(node.id())),
-        });
         let metrics = cma::worker::run::WorkerMetrics::default();
         metrics.register(&mut registry);
         let worker = cma::worker::run::Worker::start(node.clone(), section, metrics)
             .await
             .context("starting the worker")?;
+        probe = Some(worker.probe_context());
         tokio::spawn(worker.run());
     }
     let state = AdminState::new(node.clone(), registry, token);

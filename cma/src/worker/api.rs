@@ -53,8 +53,8 @@ fn rows<T: for<'de> Deserialize<'de>>(node: &Node, table: &str) -> Vec<T> {
 pub struct ProbeContext {
     /// The nanoprobes' key ring.
     pub keys: std::sync::Arc<proto::KeyRing>,
-    /// This node's host id on the wire.
-    pub sender: proto::HostId,
+    /// The worker's command sealer (same wire host id and session as its commands).
+    pub sealer: super::commander::SharedSealer,
 }
 
 #[derive(Clone)]
@@ -153,7 +153,7 @@ async fn echo(
     addr: std::net::SocketAddr,
     timeout: std::time::Duration,
 ) -> std::io::Result<Option<std::time::Duration>> {
-    use proto::{Body, Sealer, SessionId, Verifier};
+    use proto::{Body, Verifier};
     let bind: std::net::SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -161,9 +161,8 @@ async fn echo(
     };
     let socket = tokio::net::UdpSocket::bind(bind).await?;
     let nonce = rand::random::<u64>();
-    let mut sealer = Sealer::new(ctx.keys.clone(), ctx.sender, SessionId::from_clock());
-    let datagram = sealer
-        .seal(&Body::EchoRequest { nonce })
+    let mut datagram = Vec::new();
+    super::commander::seal_shared(&ctx.sealer, &Body::EchoRequest { nonce }, &mut datagram)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut verifier = Verifier::new(ctx.keys.clone(), 16);
     let started = tokio::time::Instant::now();

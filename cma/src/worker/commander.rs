@@ -81,6 +81,24 @@ pub enum CommanderRequest {
 pub struct Commander {
     tx: mpsc::Sender<CommanderRequest>,
     local: SocketAddr,
+    sealer: SharedSealer,
+}
+
+/// The node's one sealer for datagrams to nanoprobes (commands and `cmactl probe` echo
+/// requests). A nanoprobe accepts only the newest session of a sender, so everything this
+/// node sends under its wire host id must share one session and one sequence.
+pub type SharedSealer = Arc<std::sync::Mutex<Sealer>>;
+
+/// Seals `body` with the shared sealer (a poisoned lock still holds a usable sealer).
+pub fn seal_shared(
+    sealer: &SharedSealer,
+    body: &Body,
+    out: &mut Vec<u8>,
+) -> Result<u64, proto::SealError> {
+    match sealer.lock() {
+        Ok(mut s) => s.seal_into(body, out),
+        Err(poisoned) => poisoned.into_inner().seal_into(body, out),
+    }
 }
 
 impl Commander {
@@ -96,18 +114,30 @@ impl Commander {
         let socket = UdpSocket::bind(bind).await?;
         let local = socket.local_addr()?;
         let (tx, rx) = mpsc::channel(1024);
-        let sealer = Sealer::new(keys.clone(), sender, SessionId::from_clock());
+        let session = SessionId::from_clock();
+        let sealer = Arc::new(std::sync::Mutex::new(Sealer::new(
+            keys.clone(),
+            sender,
+            session,
+        )));
         let verifier = Verifier::new(keys, proto::replay::DEFAULT_MAX_SENDERS);
         tokio::spawn(run(
             socket,
-            sealer,
+            sealer.clone(),
+            session,
             verifier,
             Outbox::new(config),
             rx,
             metrics,
             settled,
         ));
-        Ok(Commander { tx, local })
+        Ok(Commander { tx, local, sealer })
+    }
+
+    /// The sealer the commands are sealed with, for other datagrams this node sends to
+    /// nanoprobes.
+    pub fn sealer(&self) -> SharedSealer {
+        self.sealer.clone()
     }
 
     /// The socket's address (where ACKs come back).
@@ -138,7 +168,8 @@ impl Commander {
 
 async fn run(
     socket: UdpSocket,
-    mut sealer: Sealer,
+    sealer: SharedSealer,
+    session: SessionId,
     mut verifier: Verifier,
     mut outbox: Outbox,
     mut rx: mpsc::Receiver<CommanderRequest>,
@@ -176,7 +207,7 @@ async fn run(
                 };
                 match verifier.verify(&buf[..len]) {
                     Ok(v) => match v.body {
-                        Body::Ack(ack) if ack.session == sealer.session() => {
+                        Body::Ack(ack) if ack.session == session => {
                             if let Some(s) = outbox.ack(ack.id) {
                                 metrics.acked.inc();
                                 let _ = settled.send(s);
@@ -200,7 +231,7 @@ async fn run(
         let (due, gave_up) = outbox.due(epoch.elapsed());
         for outbound in due {
             let body = Body::Command(outbound.command.clone());
-            match sealer.seal_into(&body, &mut out) {
+            match seal_shared(&sealer, &body, &mut out) {
                 Ok(_) => {
                     if let Err(e) = socket.send_to(&out, outbound.addr).await {
                         tracing::debug!(to = %outbound.addr, error = %e, "command send failed");

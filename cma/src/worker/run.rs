@@ -94,6 +94,7 @@ pub struct Worker {
     settled: mpsc::UnboundedReceiver<Settled>,
     sinks: Sinks,
     metrics: WorkerMetrics,
+    keys: Arc<KeyRing>,
 }
 
 impl Worker {
@@ -108,7 +109,7 @@ impl Worker {
         let (settled_tx, settled) = mpsc::unbounded_channel();
         let commander = Commander::start(
             config.command_listen,
-            keys,
+            keys.clone(),
             HostId(config.wire_host_id(node.id())),
             config.outbox,
             metrics.commander.clone(),
@@ -118,6 +119,7 @@ impl Worker {
         let sinks = Sinks::start(&config.sinks, metrics.sinks.clone())?;
         tracing::info!(command_socket = %commander.local_addr(), "worker ready");
         Ok(Worker {
+            keys,
             node,
             config,
             settings,
@@ -126,6 +128,15 @@ impl Worker {
             sinks,
             metrics,
         })
+    }
+
+    /// What `POST /v1/probe` needs: the key ring and the command sealer (so a probe does
+    /// not start a new session that makes nanoprobes refuse this node's commands).
+    pub fn probe_context(&self) -> super::api::ProbeContext {
+        super::api::ProbeContext {
+            keys: self.keys.clone(),
+            sealer: self.commander.sealer(),
+        }
     }
 
     /// Runs forever: leads while this node is the Raft leader, waits otherwise.
