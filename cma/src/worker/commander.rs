@@ -124,7 +124,6 @@ impl Commander {
         tokio::spawn(run(
             socket,
             sealer.clone(),
-            session,
             verifier,
             Outbox::new(config),
             rx,
@@ -169,13 +168,16 @@ impl Commander {
 async fn run(
     socket: UdpSocket,
     sealer: SharedSealer,
-    session: SessionId,
     mut verifier: Verifier,
     mut outbox: Outbox,
     mut rx: mpsc::Receiver<CommanderRequest>,
     metrics: CommanderMetrics,
     settled: mpsc::UnboundedSender<Settled>,
 ) {
+    let session = match sealer.lock() {
+        Ok(s) => s.session(),
+        Err(poisoned) => poisoned.into_inner().session(),
+    };
     let epoch = Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
