@@ -122,7 +122,7 @@ pub struct DetectionConfig {
     /// How long to send echo requests to a silent peer before reporting `HbDead`
     /// (default 500 ms); 0 reports `HbDead` at deadtime without confirmation.
     pub confirm_ms: u32,
-    /// Time between two echo requests while confirming (default 100 ms).
+    /// Time between two echo requests while confirming (default 50 ms).
     pub confirm_interval_ms: u32,
 }
 
@@ -130,7 +130,7 @@ impl Default for DetectionConfig {
     fn default() -> Self {
         DetectionConfig {
             confirm_ms: 500,
-            confirm_interval_ms: 100,
+            confirm_interval_ms: 50,
         }
     }
 }
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(c.reports.queue_bound, 256);
         assert!(c.metrics_listen.is_none());
         assert_eq!(c.detection.confirm_ms, 500);
-        assert_eq!(c.detection.confirm_interval_ms, 100);
+        assert_eq!(c.detection.confirm_interval_ms, 50);
     }
 
     #[test]

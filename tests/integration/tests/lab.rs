@@ -234,6 +234,6 @@ fn lab_ten_percent_loss_gives_no_verdict() {
     rw.topo.clear_loss();
     settle();
     let all = rw.failures();
-    assert!(all.is_empty(), "verdicts under 10% loss: {all:#?}");
+    assert!(all.is_empty(), "verdicts under 10% loss: {:#?}\n{all}", kinds(&all), all = serde_json::Value::Array(all.clone()));
     println!("lab: 10% loss for 60 s -> {} verdicts", all.len());
 }
