@@ -7,7 +7,7 @@
 //! - A **router** is a namespace with forwarding on, one interface per switch
 //!   (`198.18.<k>.1`) and one on the core segment (`198.18.0.<r>`).
 //! - The **core** is a bridge namespace joining the routers and the **cma** namespace, where
-//!   the CMA nodes (`198.18.0.11..`) and the packet-reader (`198.18.0.20`) run.
+//!   the CMA nodes (`198.18.0.11..`) and the packet-readers (`198.18.0.20`, `.21`) run.
 //!
 //! Only 198.18.0.0/15 is used, and only inside the lab's own namespaces: nothing is added
 //! to the machine's own network namespace, so labs of tests running in parallel can reuse
@@ -258,8 +258,13 @@ pub fn cma_addr(i: u64) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
 
-/// Address of the packet-reader on the core segment.
-pub const READER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+/// Number of packet-reader addresses on the core segment.
+pub const READERS: u8 = 2;
+
+/// Address of packet-reader `n` (1-based) on the core segment.
+pub fn reader_addr(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 19 + n)
+}
 
 impl Topology {
     /// Builds the lab: core bridge, `cma` namespace, routers, switches, hosts.
@@ -276,8 +281,10 @@ impl Topology {
             let a = format!("{}/24", cma_addr(i));
             lab.ip_in(&cma_ns, &["addr", "add", &a, "dev", "eth0"])?;
         }
-        let reader = format!("{READER_ADDR}/24");
-        lab.ip_in(&cma_ns, &["addr", "add", &reader, "dev", "eth0"])?;
+        for n in 1..=READERS {
+            let reader = format!("{}/24", reader_addr(n));
+            lab.ip_in(&cma_ns, &["addr", "add", &reader, "dev", "eth0"])?;
+        }
 
         let mut topo = Topology {
             lab,

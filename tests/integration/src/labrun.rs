@@ -2,7 +2,7 @@
 //! `cma` namespace, one `nanoprobe` in each host namespace, all real binaries, queried
 //! with the real `cmactl`.
 
-use crate::lab::{cma_addr, Topology, READER_ADDR};
+use crate::lab::{cma_addr, reader_addr, Topology};
 use crate::procs::{binary, wait_until, ProcGuard};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -25,7 +25,8 @@ pub struct Ringwatch {
     pub dir: tempfile::TempDir,
     /// CMA node id -> its process (None once killed).
     pub cma: BTreeMap<u64, Option<ProcGuard>>,
-    pub reader: Option<ProcGuard>,
+    /// Packet-reader n (1-based) -> its process (None once killed).
+    pub readers: BTreeMap<u8, Option<ProcGuard>>,
     /// Host id -> its nanoprobe (None once killed).
     pub probes: BTreeMap<u64, Option<ProcGuard>>,
 }
@@ -43,9 +44,20 @@ pub fn now_us() -> u64 {
 }
 
 impl Ringwatch {
-    /// Starts 3 CMA nodes (formed into one Raft cluster), the packet-reader and every
+    /// Starts 3 CMA nodes (formed into one Raft cluster), one packet-reader and every
     /// host's nanoprobe, and waits until every host is in its rings with its watchers.
     pub fn start(topo: Topology) -> Ringwatch {
+        Ringwatch::start_with_readers(topo, 1)
+    }
+
+    /// As [`Ringwatch::start`], with `readers` packet-readers (at most
+    /// [`crate::lab::READERS`]); every nanoprobe is given all of them.
+    pub fn start_with_readers(topo: Topology, readers: u8) -> Ringwatch {
+        assert!(
+            (1..=crate::lab::READERS).contains(&readers),
+            "readers: 1..={}",
+            crate::lab::READERS
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("keys.toml");
         proto::KeyRing::write_new_key_file(&key_file, proto::KeyId(1)).expect("key file");
@@ -55,7 +67,7 @@ impl Ringwatch {
             topo,
             dir,
             cma: BTreeMap::new(),
-            reader: None,
+            readers: BTreeMap::new(),
             probes: BTreeMap::new(),
         };
         for id in 1..=3 {
@@ -80,57 +92,60 @@ impl Ringwatch {
             rw.start_cma(id);
         }
         rw.form_cluster();
-        let reader_config = rw.dir.path().join("reader.toml");
         let nodes: Vec<String> = (1..=3)
             .map(|i| format!("\"{}:7400\"", cma_addr(i)))
             .collect();
-        std::fs::write(
-            &reader_config,
-            format!(
-                "host_id = 900001\nlisten = \"{READER_ADDR}:7300\"\nkey_file = \"{}\"\n\
-                 cma_nodes = [{}]\ncluster_secret_file = \"{}\"\n\
-                 metrics_listen = \"127.0.0.1:7381\"\n",
-                key_file.display(),
-                nodes.join(", "),
-                secret.display()
-            ),
-        )
-        .expect("reader config");
-        let reader_config = reader_config.display().to_string();
-        rw.reader = Some(
-            rw.topo
+        for n in 1..=readers {
+            let config = rw.dir.path().join(format!("reader{n}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "host_id = {}\nlisten = \"{}:7300\"\nkey_file = \"{}\"\n\
+                     cma_nodes = [{}]\ncluster_secret_file = \"{}\"\n",
+                    900_000 + u64::from(n),
+                    reader_addr(n),
+                    key_file.display(),
+                    nodes.join(", "),
+                    secret.display()
+                ),
+            )
+            .expect("reader config");
+            let config = config.display().to_string();
+            let proc = rw
+                .topo
                 .lab
                 .spawn(
                     &rw.topo.cma_ns,
                     &binary("packet-reader"),
-                    &["--config", &reader_config],
+                    &["--config", &config],
                     &[("RUST_LOG", "info")],
-                    &rw.dir.path().join("reader.log"),
+                    &rw.dir.path().join(format!("reader{n}.log")),
                 )
-                .expect("spawn packet-reader"),
-        );
+                .expect("spawn packet-reader");
+            rw.readers.insert(n, Some(proc));
+        }
+        let reader_args: Vec<String> = (1..=readers)
+            .flat_map(|n| {
+                [
+                    "--packet-reader".to_string(),
+                    format!("{}:7300", reader_addr(n)),
+                ]
+            })
+            .collect();
         let hosts: Vec<u64> = rw.topo.hosts.keys().copied().collect();
         for h in &hosts {
             let place = &rw.topo.hosts[h];
             let bind = format!("{}:7500", place.addr);
-            let reader = format!("{READER_ADDR}:7300");
             let (host_s, keys) = (h.to_string(), key_file.display().to_string());
+            let mut args = vec!["--host-id", &host_s, "--bind", &bind, "--key-file", &keys];
+            args.extend(reader_args.iter().map(String::as_str));
             let proc = rw
                 .topo
                 .lab
                 .spawn(
                     &place.ns,
                     &binary("nanoprobe"),
-                    &[
-                        "--host-id",
-                        &host_s,
-                        "--bind",
-                        &bind,
-                        "--packet-reader",
-                        &reader,
-                        "--key-file",
-                        &keys,
-                    ],
+                    &args,
                     &[("RUST_LOG", "info")],
                     &rw.dir.path().join(format!("nanoprobe{h}.log")),
                 )
@@ -300,6 +315,13 @@ impl Ringwatch {
         }
     }
 
+    /// SIGKILLs packet-reader `n`.
+    pub fn kill_reader(&mut self, n: u8) {
+        if let Some(mut p) = self.readers.get_mut(&n).and_then(Option::take) {
+            p.kill();
+        }
+    }
+
     /// SIGKILLs a host's nanoprobe; returns when (µs since the epoch).
     pub fn kill_host(&mut self, host: u64) -> u64 {
         let at = now_us();
@@ -337,7 +359,11 @@ impl Ringwatch {
         let mut files: Vec<PathBuf> = (1..=3)
             .map(|i| self.dir.path().join(format!("cma{i}.log")))
             .collect();
-        files.push(self.dir.path().join("reader.log"));
+        files.extend(
+            self.readers
+                .keys()
+                .map(|n| self.dir.path().join(format!("reader{n}.log"))),
+        );
         for f in files {
             let body = std::fs::read_to_string(&f).unwrap_or_default();
             let lines: Vec<&str> = body.lines().rev().take(15).collect();

@@ -6,7 +6,7 @@
 //! Tests skip with a message without root or `ip`; `.ci/run` sets `RINGWATCH_LAB_REQUIRED`
 //! so that a skip fails there.
 
-use integration::lab::{RouterSpec, SwitchSpec, Topology};
+use integration::lab::{reader_addr, RouterSpec, SwitchSpec, Topology};
 use integration::labrun::{
     detection_secs, hosts_of, now_us, reporters, Ringwatch, DEADTIME_MS, PROBE_TIMEOUT_MS,
 };
@@ -234,6 +234,69 @@ fn lab_ten_percent_loss_gives_no_verdict() {
     rw.topo.clear_loss();
     settle();
     let all = rw.failures();
-    assert!(all.is_empty(), "verdicts under 10% loss: {:#?}\n{all}", kinds(&all), all = serde_json::Value::Array(all.clone()));
+    assert!(
+        all.is_empty(),
+        "verdicts under 10% loss: {:#?}\n{all}",
+        kinds(&all),
+        all = serde_json::Value::Array(all.clone())
+    );
     println!("lab: 10% loss for 60 s -> {} verdicts", all.len());
+}
+
+#[test]
+fn lab_packet_reader_killed_reports_fail_over() {
+    require_lab!();
+    let topo = Topology::build(
+        "rk",
+        &[RouterSpec {
+            name: "r1".into(),
+            switches: vec![
+                switch("sw1", &[11, 12, 13, 14]),
+                switch("sw2", &[21, 22, 23, 24]),
+            ],
+        }],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut rw = Ringwatch::start_with_readers(topo, 2);
+    // Every nanoprobe knows both readers; each prefers one by rendezvous hash. SIGKILL
+    // reader 1, then a host: the watchers that sent to reader 1 must fail over to reader 2.
+    // The victims' watchers must include hosts that prefer reader 1, or this would test
+    // nothing: the ranking is a pure function of host id and reader addresses.
+    let readers: Vec<std::net::SocketAddr> = (1..=2)
+        .map(|n| std::net::SocketAddr::from((reader_addr(n), 7300)))
+        .collect();
+    let prefers_1 = |h: u64| {
+        nanoprobe::reports::rank_readers(proto::HostId(h), &readers).first() == Some(&readers[0])
+    };
+    let victims = [(14u64, [11u64, 13]), (24, [21, 23])];
+    let failing_over: Vec<u64> = victims
+        .iter()
+        .flat_map(|(_, w)| w.iter().copied())
+        .filter(|h| prefers_1(*h))
+        .collect();
+    assert!(!failing_over.is_empty(), "no watcher prefers reader 1");
+    println!("lab: watchers that must fail over from reader 1: {failing_over:?}");
+    rw.kill_reader(1);
+    let mut times = Vec::new();
+    for (victim, watchers) in victims {
+        let killed = rw.kill_host(victim);
+        let subject = victim.to_string();
+        let dead = rw.wait_failure(
+            &format!("dead verdict about {victim}"),
+            Duration::from_secs(60),
+            |f| f["kind"] == "dead" && f["subject"] == subject.as_str(),
+        );
+        let secs = detection_secs(&dead, killed);
+        println!("lab: packet-reader 1 dead, host {victim} killed -> dead verdict in {secs:.2} s");
+        times.push(secs);
+        assert_eq!(reporters(&dead), watchers.to_vec(), "evidence: {dead:#}");
+    }
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        2,
+        "expected only the two dead verdicts: {:#?}",
+        kinds(&all)
+    );
 }
