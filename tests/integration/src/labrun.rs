@@ -19,16 +19,17 @@ pub const PROBE_TIMEOUT_MS: u64 = 1000;
 
 const ADMIN_PORT_BASE: u16 = 7480;
 
-/// The running system in a lab.
+/// The running system in a lab. Fields drop in order: the processes (SIGKILLed by PID)
+/// before their scratch directory and the namespaces they run in.
 pub struct Ringwatch {
-    pub topo: Topology,
-    pub dir: tempfile::TempDir,
     /// CMA node id -> its process (None once killed).
     pub cma: BTreeMap<u64, Option<ProcGuard>>,
     /// Packet-reader n (1-based) -> its process (None once killed).
     pub readers: BTreeMap<u8, Option<ProcGuard>>,
     /// Host id -> its nanoprobe (None once killed).
     pub probes: BTreeMap<u64, Option<ProcGuard>>,
+    pub dir: tempfile::TempDir,
+    pub topo: Topology,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -64,11 +65,11 @@ impl Ringwatch {
         let secret = dir.path().join("cluster.key");
         std::fs::write(&secret, hex(&[0x5a; 32])).expect("cluster secret");
         let mut rw = Ringwatch {
-            topo,
-            dir,
             cma: BTreeMap::new(),
             readers: BTreeMap::new(),
             probes: BTreeMap::new(),
+            dir,
+            topo,
         };
         for id in 1..=3 {
             let config = rw.dir.path().join(format!("cma{id}.toml"));
