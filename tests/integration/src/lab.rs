@@ -87,7 +87,7 @@ fn run(program: &str, args: &[&str]) -> Result<Output, String> {
 }
 
 /// Network namespaces whose names start with `prefix`.
-fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
     let Ok(out) = run("ip", &["netns", "list"]) else {
         return Vec::new();
     };

@@ -21,9 +21,13 @@ fn switch(name: &str, hosts: &[u64]) -> SwitchSpec {
     }
 }
 
-/// Router r1 with switches sw1 (hosts 11-14) and sw2 (hosts 21-24).
+/// Router r1 with switches sw1 (hosts 11-14) and sw2 (hosts 21-24), one packet-reader.
 fn two_switches(tag: &str) -> Ringwatch {
-    let topo = Topology::build(
+    Ringwatch::start(two_switch_topology(tag))
+}
+
+fn two_switch_topology(tag: &str) -> Topology {
+    Topology::build(
         tag,
         &[RouterSpec {
             name: "r1".into(),
@@ -33,8 +37,7 @@ fn two_switches(tag: &str) -> Ringwatch {
             ],
         }],
     )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    Ringwatch::start(topo)
+    .unwrap_or_else(|e| panic!("building the lab: {e}"))
 }
 
 /// Long enough for any late, duplicate or replayed verdict to show up.
@@ -246,17 +249,7 @@ fn lab_ten_percent_loss_gives_no_verdict() {
 #[test]
 fn lab_packet_reader_killed_reports_fail_over() {
     require_lab!();
-    let topo = Topology::build(
-        "rk",
-        &[RouterSpec {
-            name: "r1".into(),
-            switches: vec![
-                switch("sw1", &[11, 12, 13, 14]),
-                switch("sw2", &[21, 22, 23, 24]),
-            ],
-        }],
-    )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let topo = two_switch_topology("rk");
     let mut rw = Ringwatch::start_with_readers(topo, 2);
     // Every nanoprobe knows both readers; each prefers one by rendezvous hash. SIGKILL
     // reader 1, then a host: the watchers that sent to reader 1 must fail over to reader 2.

@@ -2,21 +2,10 @@
 //! routers route between switches), faults take effect, and nothing is left behind, also
 //! when an earlier run was killed before it could clean up.
 
-use integration::lab::{ip, Lab, RouterSpec, SwitchSpec, Topology};
+use integration::lab::{
+    ip, namespaces_with_prefix as lab_namespaces, Lab, RouterSpec, SwitchSpec, Topology,
+};
 use integration::require_lab;
-
-fn lab_namespaces(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
 
 /// One ICMP echo from namespace `ns` to `addr`, 1 s timeout.
 fn ping(topo: &Topology, ns: &str, addr: &str) -> bool {
