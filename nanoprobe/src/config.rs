@@ -127,10 +127,12 @@ pub struct DetectionConfig {
 }
 
 impl Default for DetectionConfig {
+    /// The engine's defaults ([`Detection::default`]).
     fn default() -> Self {
+        let d = Detection::default();
         DetectionConfig {
-            confirm_ms: 500,
-            confirm_interval_ms: 50,
+            confirm_ms: u32::try_from(d.confirm.as_millis()).unwrap_or(u32::MAX),
+            confirm_interval_ms: u32::try_from(d.confirm_interval.as_millis()).unwrap_or(u32::MAX),
         }
     }
 }

@@ -61,7 +61,7 @@ impl Default for Detection {
     fn default() -> Self {
         Detection {
             confirm: Duration::from_millis(500),
-            confirm_interval: Duration::from_millis(100),
+            confirm_interval: Duration::from_millis(50),
         }
     }
 }
@@ -435,25 +435,15 @@ impl HeartbeatEngine {
                         && state.status != PeerStatus::Dead
                         && !self.detection.confirm.is_zero()
                     {
-                        // Last chance: echo requests now and every confirm_interval.
+                        // Last chance: echo requests now (the Echo timer below, handled
+                        // in this same poll) and every confirm_interval.
                         let until = now + self.detection.confirm;
-                        let first_nonce = self.next_nonce;
-                        self.next_nonce = self.next_nonce.wrapping_add(1);
-                        actions.push(Action::SendEcho {
-                            peer: host,
-                            to: state.addr,
-                            nonce: first_nonce,
-                        });
-                        let next_echo = Some(now + self.detection.confirm_interval)
-                            .filter(|next| *next < until);
-                        if let Some(next) = next_echo {
-                            self.timers.insert((next, host, TimerKind::Echo));
-                        }
+                        self.timers.insert((now, host, TimerKind::Echo));
                         state.status = PeerStatus::Confirming;
                         state.confirming = Some(Confirmation {
                             until,
-                            next_echo,
-                            first_nonce,
+                            next_echo: Some(now),
+                            first_nonce: self.next_nonce,
                         });
                         next_check = Some(until);
                     } else if silence >= dead && state.status != PeerStatus::Dead {
@@ -519,10 +509,15 @@ mod tests {
         )
     }
 
-    /// An engine with the default confirmation (500 ms, an echo every 100 ms), nonces from
-    /// 1000.
+    /// An engine with confirmation over 500 ms, an echo every 100 ms, nonces from 1000.
     fn confirming() -> HeartbeatEngine {
-        HeartbeatEngine::new(T, Duration::from_secs(10)).with_detection(Detection::default(), 1000)
+        HeartbeatEngine::new(T, Duration::from_secs(10)).with_detection(
+            Detection {
+                confirm: Duration::from_millis(500),
+                confirm_interval: Duration::from_millis(100),
+            },
+            1000,
+        )
     }
 
     fn echoes(actions: &[Action]) -> Vec<(HostId, u64)> {

@@ -334,27 +334,46 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn udp_echo_gets_an_authenticated_reply_or_times_out() {
-        use proto::{HostId, KeyId, Sealer, SessionId, Verified};
-        let keys = Arc::new(KeyRing::generate(KeyId(1)));
-        let responder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = responder.local_addr().unwrap();
-        let k = keys.clone();
-        tokio::spawn(async move {
-            let mut verifier = Verifier::new(k.clone(), 4);
-            let mut sealer = Sealer::new(k, HostId(2), SessionId(1));
+    /// A fake nanoprobe on loopback that loses the first `lose` echo requests, answers the
+    /// next one and stops; yields the nonces it saw.
+    async fn fake_nanoprobe(
+        keys: Arc<KeyRing>,
+        lose: usize,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u64>>) {
+        use proto::{HostId, Sealer, SessionId, Verified};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut verifier = Verifier::new(keys.clone(), 4);
+            let mut sealer = Sealer::new(keys, HostId(2), SessionId(1));
             let mut buf = [0u8; 2048];
-            let (n, from) = responder.recv_from(&mut buf).await.unwrap();
-            if let Ok(Verified {
-                body: Body::EchoRequest { nonce },
-                ..
-            }) = verifier.verify(&buf[..n])
-            {
-                let reply = sealer.seal(&Body::EchoReply { nonce }).unwrap();
-                responder.send_to(&reply, from).await.unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+                // Every resend passes the replay window: a distinct sealed datagram.
+                if let Ok(Verified {
+                    body: Body::EchoRequest { nonce },
+                    ..
+                }) = verifier.verify(&buf[..n])
+                {
+                    seen.push(nonce);
+                    if seen.len() <= lose {
+                        continue;
+                    }
+                    let reply = sealer.seal(&Body::EchoReply { nonce }).unwrap();
+                    socket.send_to(&reply, from).await.unwrap();
+                    return seen;
+                }
             }
         });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn udp_echo_gets_an_authenticated_reply_or_times_out() {
+        use proto::{HostId, KeyId, Sealer, SessionId};
+        let keys = Arc::new(KeyRing::generate(KeyId(1)));
+        let (addr, _) = fake_nanoprobe(keys.clone(), 0).await;
         let mut sealer = Sealer::new(keys.clone(), HostId(1), SessionId(1));
         let setup = |sealer: &mut Sealer, nonce| EchoSetup {
             requests: vec![(nonce, sealer.seal(&Body::EchoRequest { nonce }).unwrap())],
@@ -388,35 +407,9 @@ mod tests {
 
     #[tokio::test]
     async fn udp_echo_retries_past_two_lost_requests() {
-        use proto::{HostId, KeyId, Sealer, SessionId, Verified};
+        use proto::{HostId, KeyId, Sealer, SessionId};
         let keys = Arc::new(KeyRing::generate(KeyId(1)));
-        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = peer.local_addr().unwrap();
-        let k = keys.clone();
-        // A fake nanoprobe that loses the first two requests and answers the rest.
-        let fake = tokio::spawn(async move {
-            let mut verifier = Verifier::new(k.clone(), 4);
-            let mut sealer = Sealer::new(k, HostId(2), SessionId(1));
-            let mut buf = [0u8; 2048];
-            let mut seen = Vec::new();
-            loop {
-                let (n, from) = peer.recv_from(&mut buf).await.unwrap();
-                // Every resend passes the replay window: a distinct sealed datagram.
-                if let Ok(Verified {
-                    body: Body::EchoRequest { nonce },
-                    ..
-                }) = verifier.verify(&buf[..n])
-                {
-                    seen.push(nonce);
-                    if seen.len() <= 2 {
-                        continue;
-                    }
-                    let reply = sealer.seal(&Body::EchoReply { nonce }).unwrap();
-                    peer.send_to(&reply, from).await.unwrap();
-                    return seen;
-                }
-            }
-        });
+        let (addr, fake) = fake_nanoprobe(keys.clone(), 2).await;
         let timeout = Duration::from_millis(1000);
         let attempts = echo_attempts(timeout);
         assert_eq!(attempts, 5);
