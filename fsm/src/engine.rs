@@ -49,6 +49,15 @@ struct GroupCase {
     router_up: bool,
 }
 
+impl GroupCase {
+    /// Another switch case joins this router case: it is no longer a lone check.
+    fn join_switch(&mut self, switch: &SwitchId) {
+        if self.switches.insert(switch.clone()) {
+            self.lone = false;
+        }
+    }
+}
+
 /// The failure-disambiguation engine. Pure and deterministic: the same events give the
 /// same actions, also after a serde round trip of the engine in the middle.
 #[derive(Serialize, Deserialize)]
@@ -434,6 +443,48 @@ impl Engine {
         probe_id
     }
 
+    /// Opens a switch or router case: asks `from` to probe `target` (deadline one probe
+    /// timeout from `at`). The caller fills in what the case is about and stores it.
+    fn start_case(
+        &mut self,
+        owner: Owner,
+        target: ProbeTarget,
+        from: HostId,
+        at: u64,
+        out: &mut Vec<Action>,
+    ) -> GroupCase {
+        let deadline = at + self.config.probe_timeout_us;
+        let probe_id = self.new_probe(owner, from, target, deadline, out);
+        GroupCase {
+            opened: at,
+            hosts: BTreeSet::new(),
+            switches: BTreeSet::new(),
+            probe_id,
+            probe_from: from,
+            deadline,
+            parked: None,
+            evidence: Vec::new(),
+            lone: false,
+            router_up: false,
+        }
+    }
+
+    /// The first `HbDead` report of each suspicion, as group evidence.
+    fn suspicion_reports(&self, hosts: &[HostId]) -> Vec<Evidence> {
+        hosts
+            .iter()
+            .filter_map(|h| {
+                let s = self.hosts.get(h)?.inner();
+                Some(Evidence::Report {
+                    at: s.since,
+                    reporter: s.reporter,
+                    about: *h,
+                    kind: ReportKind::Dead,
+                })
+            })
+            .collect()
+    }
+
     fn record_group_probe(&mut self, owner: Owner, reachable: Option<bool>) {
         let (case, target) = match &owner {
             Owner::Switch(s) => (self.switch_cases.get_mut(s), ProbeTarget::Switch(s.clone())),
@@ -487,41 +538,18 @@ impl Engine {
         let Some(from) = self.outside_helper(|s| s == Some(&switch)) else {
             return;
         };
-        let deadline = at + self.config.probe_timeout_us;
-        let probe_id = self.new_probe(
-            Owner::Switch(switch.clone()),
-            from,
-            ProbeTarget::Switch(switch.clone()),
-            deadline,
-            out,
-        );
-        let mut evidence = Vec::new();
-        for h in &suspects {
-            if let Some(m) = self.hosts.get(h) {
-                let s = m.inner();
-                evidence.push(Evidence::Report {
-                    at: s.since,
-                    reporter: s.reporter,
-                    about: *h,
-                    kind: ReportKind::Dead,
-                });
-            }
-        }
-        self.switch_cases.insert(
-            switch.clone(),
-            GroupCase {
-                opened: at,
-                hosts: suspects.iter().copied().collect(),
-                switches: BTreeSet::new(),
-                probe_id,
-                probe_from: from,
-                deadline,
-                parked: None,
-                evidence,
-                lone: false,
-                router_up: false,
-            },
-        );
+        let case = GroupCase {
+            hosts: suspects.iter().copied().collect(),
+            evidence: self.suspicion_reports(&suspects),
+            ..self.start_case(
+                Owner::Switch(switch.clone()),
+                ProbeTarget::Switch(switch.clone()),
+                from,
+                at,
+                out,
+            )
+        };
+        self.switch_cases.insert(switch.clone(), case);
         for h in suspects {
             self.dispatch(h, Input::Claim { lone: false }, out);
         }
@@ -576,42 +604,19 @@ impl Engine {
         at: u64,
         out: &mut Vec<Action>,
     ) {
-        let deadline = at + self.config.probe_timeout_us;
-        let probe_id = self.new_probe(
-            Owner::Switch(switch.clone()),
-            from,
-            ProbeTarget::Switch(switch.clone()),
-            deadline,
-            out,
-        );
-        let evidence = self
-            .hosts
-            .get(&host)
-            .map(|m| {
-                let s = m.inner();
-                vec![Evidence::Report {
-                    at: s.since,
-                    reporter: s.reporter,
-                    about: host,
-                    kind: ReportKind::Dead,
-                }]
-            })
-            .unwrap_or_default();
-        self.switch_cases.insert(
-            switch.clone(),
-            GroupCase {
-                opened: at,
-                hosts: BTreeSet::from([host]),
-                switches: BTreeSet::new(),
-                probe_id,
-                probe_from: from,
-                deadline,
-                parked: None,
-                evidence,
-                lone: true,
-                router_up: false,
-            },
-        );
+        let case = GroupCase {
+            hosts: BTreeSet::from([host]),
+            evidence: self.suspicion_reports(&[host]),
+            lone: true,
+            ..self.start_case(
+                Owner::Switch(switch.clone()),
+                ProbeTarget::Switch(switch.clone()),
+                from,
+                at,
+                out,
+            )
+        };
+        self.switch_cases.insert(switch.clone(), case);
         self.dispatch(host, Input::Claim { lone: true }, out);
         self.correlate_router(&switch, at, out);
     }
@@ -621,9 +626,7 @@ impl Engine {
             return;
         };
         if let Some(case) = self.router_cases.get_mut(&router) {
-            if case.switches.insert(switch.clone()) {
-                case.lone = false;
-            }
+            case.join_switch(switch);
             return;
         }
         let window = self.config.correlation_window_us;
@@ -642,34 +645,23 @@ impl Engine {
         else {
             return;
         };
-        let deadline = at + self.config.probe_timeout_us;
-        let probe_id = self.new_probe(
-            Owner::Router(router.clone()),
-            from,
-            ProbeTarget::Router(router.clone()),
-            deadline,
-            out,
-        );
         let evidence = switches
             .iter()
             .filter_map(|s| self.switch_cases.get(s))
             .flat_map(|c| c.evidence.iter().cloned())
             .collect();
-        self.router_cases.insert(
-            router,
-            GroupCase {
-                opened: at,
-                hosts: BTreeSet::new(),
-                switches,
-                probe_id,
-                probe_from: from,
-                deadline,
-                parked: None,
-                evidence,
-                lone: false,
-                router_up: false,
-            },
-        );
+        let case = GroupCase {
+            switches,
+            evidence,
+            ..self.start_case(
+                Owner::Router(router.clone()),
+                ProbeTarget::Router(router.clone()),
+                from,
+                at,
+                out,
+            )
+        };
+        self.router_cases.insert(router, case);
     }
 
     /// Row G4: a lone switch check found the switch unreachable; probe its router before
@@ -679,9 +671,7 @@ impl Engine {
             return false;
         };
         if let Some(case) = self.router_cases.get_mut(&router) {
-            if case.switches.insert(switch.clone()) {
-                case.lone = false;
-            }
+            case.join_switch(switch);
         } else {
             let topology = &self.topology;
             let Some(from) =
@@ -689,34 +679,24 @@ impl Engine {
             else {
                 return false;
             };
-            let deadline = at + self.config.probe_timeout_us;
-            let probe_id = self.new_probe(
-                Owner::Router(router.clone()),
-                from,
-                ProbeTarget::Router(router.clone()),
-                deadline,
-                out,
-            );
             let evidence = self
                 .switch_cases
                 .get(switch)
                 .map(|c| c.evidence.clone())
                 .unwrap_or_default();
-            self.router_cases.insert(
-                router,
-                GroupCase {
-                    opened: at,
-                    hosts: BTreeSet::new(),
-                    switches: BTreeSet::from([switch.clone()]),
-                    probe_id,
-                    probe_from: from,
-                    deadline,
-                    parked: None,
-                    evidence,
-                    lone: true,
-                    router_up: false,
-                },
-            );
+            let case = GroupCase {
+                switches: BTreeSet::from([switch.clone()]),
+                evidence,
+                lone: true,
+                ..self.start_case(
+                    Owner::Router(router.clone()),
+                    ProbeTarget::Router(router.clone()),
+                    from,
+                    at,
+                    out,
+                )
+            };
+            self.router_cases.insert(router, case);
         }
         if let Some(case) = self.switch_cases.get_mut(switch) {
             case.parked = Some(false);
