@@ -112,17 +112,13 @@ impl Ringwatch {
             )
             .expect("reader config");
             let config = config.display().to_string();
-            let proc = rw
-                .topo
-                .lab
-                .spawn(
-                    &rw.topo.cma_ns,
-                    &binary("packet-reader"),
-                    &["--config", &config],
-                    &[("RUST_LOG", "info")],
-                    &rw.dir.path().join(format!("reader{n}.log")),
-                )
-                .expect("spawn packet-reader");
+            let proc = rw.spawn(
+                &rw.topo.cma_ns,
+                "packet-reader",
+                &["--config", &config],
+                "info",
+                &format!("reader{n}"),
+            );
             rw.readers.insert(n, Some(proc));
         }
         let reader_args: Vec<String> = (1..=readers)
@@ -140,17 +136,13 @@ impl Ringwatch {
             let (host_s, keys) = (h.to_string(), key_file.display().to_string());
             let mut args = vec!["--host-id", &host_s, "--bind", &bind, "--key-file", &keys];
             args.extend(reader_args.iter().map(String::as_str));
-            let proc = rw
-                .topo
-                .lab
-                .spawn(
-                    &place.ns,
-                    &binary("nanoprobe"),
-                    &args,
-                    &[("RUST_LOG", "info")],
-                    &rw.dir.path().join(format!("nanoprobe{h}.log")),
-                )
-                .expect("spawn nanoprobe");
+            let proc = rw.spawn(
+                &place.ns,
+                "nanoprobe",
+                &args,
+                "info",
+                &format!("nanoprobe{h}"),
+            );
             rw.probes.insert(*h, Some(proc));
         }
         let n = hosts.len();
@@ -176,20 +168,33 @@ impl Ringwatch {
         rw
     }
 
+    /// Starts the workspace binary `program` in namespace `ns` with `RUST_LOG=rust_log`,
+    /// its output in `<log>.log` in the scratch directory.
+    fn spawn(
+        &self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        rust_log: &str,
+        log: &str,
+    ) -> ProcGuard {
+        let log = self.dir.path().join(format!("{log}.log"));
+        self.topo
+            .lab
+            .spawn(ns, &binary(program), args, &[("RUST_LOG", rust_log)], &log)
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+    }
+
     fn start_cma(&mut self, id: u64) {
         let config = self.dir.path().join(format!("cma{id}.toml"));
         let config = config.display().to_string();
-        let proc = self
-            .topo
-            .lab
-            .spawn(
-                &self.topo.cma_ns,
-                &binary("cma"),
-                &["--config", &config],
-                &[("RUST_LOG", "info,openraft=warn")],
-                &self.dir.path().join(format!("cma{id}.log")),
-            )
-            .expect("spawn cma");
+        let proc = self.spawn(
+            &self.topo.cma_ns,
+            "cma",
+            &["--config", &config],
+            "info,openraft=warn",
+            &format!("cma{id}"),
+        );
         self.cma.insert(id, Some(proc));
         let up = wait_until(Duration::from_secs(30), || {
             self.cmactl(id, &["--json", "cluster", "status"]).is_ok()
@@ -376,35 +381,4 @@ impl Ringwatch {
         }
         text
     }
-}
-
-/// Seconds from `since_us` to the verdict's `at_us`.
-pub fn detection_secs(failure: &Value, since_us: u64) -> f64 {
-    let at = failure["at_us"].as_u64().unwrap_or(0);
-    at.saturating_sub(since_us) as f64 / 1e6
-}
-
-/// Host ids that reported the failure (the `Report` evidence).
-pub fn reporters(failure: &Value) -> Vec<u64> {
-    let mut r: Vec<u64> = failure["evidence"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .filter_map(|x| x["Report"]["reporter"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default();
-    r.sort_unstable();
-    r.dedup();
-    r
-}
-
-/// The failure's `hosts`, sorted.
-pub fn hosts_of(failure: &Value) -> Vec<u64> {
-    let mut h: Vec<u64> = failure["hosts"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    h.sort_unstable();
-    h
 }

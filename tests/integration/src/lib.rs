@@ -3,3 +3,4 @@
 pub mod lab;
 pub mod labrun;
 pub mod procs;
+pub mod verdicts;

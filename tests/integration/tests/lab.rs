@@ -7,10 +7,9 @@
 //! so that a skip fails there.
 
 use integration::lab::{reader_addr, RouterSpec, SwitchSpec, Topology};
-use integration::labrun::{
-    detection_secs, hosts_of, now_us, reporters, Ringwatch, DEADTIME_MS, PROBE_TIMEOUT_MS,
-};
+use integration::labrun::{now_us, Ringwatch, DEADTIME_MS, PROBE_TIMEOUT_MS};
 use integration::require_lab;
+use integration::verdicts::{detection_secs, hosts_of, reporters};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -47,6 +46,23 @@ fn settle() {
     ));
 }
 
+/// SIGKILLs `victim`'s nanoprobe, waits for its `dead` verdict and checks that exactly
+/// `watchers` reported it; returns the detection time in seconds.
+fn kill_and_expect_dead(
+    rw: &mut Ringwatch,
+    victim: u64,
+    watchers: [u64; 2],
+    within: Duration,
+) -> f64 {
+    let killed = rw.kill_host(victim);
+    let subject = victim.to_string();
+    let dead = rw.wait_failure(&format!("dead verdict about {victim}"), within, |f| {
+        f["kind"] == "dead" && f["subject"] == subject.as_str()
+    });
+    assert_eq!(reporters(&dead), watchers.to_vec(), "evidence: {dead:#}");
+    detection_secs(&dead, killed)
+}
+
 fn kinds(all: &[Value]) -> Vec<String> {
     all.iter()
         .map(|f| format!("{} {}", f["kind"], f["subject"]))
@@ -67,17 +83,9 @@ fn lab_host_killed_is_dead_with_both_watchers() {
     ];
     let mut times = Vec::new();
     for (victim, watchers) in victims {
-        let killed = rw.kill_host(victim);
-        let subject = victim.to_string();
-        let dead = rw.wait_failure(
-            &format!("dead verdict about {victim}"),
-            Duration::from_secs(30),
-            |f| f["kind"] == "dead" && f["subject"] == subject.as_str(),
-        );
-        let secs = detection_secs(&dead, killed);
+        let secs = kill_and_expect_dead(&mut rw, victim, watchers, Duration::from_secs(30));
         println!("lab: host {victim} killed -> dead verdict in {secs:.2} s");
         times.push(secs);
-        assert_eq!(reporters(&dead), watchers.to_vec(), "evidence: {dead:#}");
         // Let the ring re-form around the dead host before the next kill.
         std::thread::sleep(Duration::from_millis(2 * DEADTIME_MS));
     }
@@ -270,19 +278,9 @@ fn lab_packet_reader_killed_reports_fail_over() {
     assert!(!failing_over.is_empty(), "no watcher prefers reader 1");
     println!("lab: watchers that must fail over from reader 1: {failing_over:?}");
     rw.kill_reader(1);
-    let mut times = Vec::new();
     for (victim, watchers) in victims {
-        let killed = rw.kill_host(victim);
-        let subject = victim.to_string();
-        let dead = rw.wait_failure(
-            &format!("dead verdict about {victim}"),
-            Duration::from_secs(60),
-            |f| f["kind"] == "dead" && f["subject"] == subject.as_str(),
-        );
-        let secs = detection_secs(&dead, killed);
+        let secs = kill_and_expect_dead(&mut rw, victim, watchers, Duration::from_secs(60));
         println!("lab: packet-reader 1 dead, host {victim} killed -> dead verdict in {secs:.2} s");
-        times.push(secs);
-        assert_eq!(reporters(&dead), watchers.to_vec(), "evidence: {dead:#}");
     }
     settle();
     let all = rw.failures();

@@ -11,6 +11,7 @@ mod queue_support;
 mod reader_support;
 
 use integration::procs::{binary, spawn, wait_until, ProcGuard};
+use integration::verdicts::reporters;
 use proto::{KeyId, KeyRing};
 use queue_support::{Cluster, TEST_RAFT};
 use reader_support::ReaderProc;
@@ -69,20 +70,6 @@ fn failures(cluster: &Cluster) -> Vec<Value> {
 
 fn failures_about<'a>(all: &'a [Value], subject: &str) -> Vec<&'a Value> {
     all.iter().filter(|f| f["subject"] == subject).collect()
-}
-
-fn reporters(failure: &Value) -> Vec<u64> {
-    let mut r: Vec<u64> = failure["evidence"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .filter_map(|x| x["Report"]["reporter"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default();
-    r.sort_unstable();
-    r.dedup();
-    r
 }
 
 /// Waits for a verdict of `kind` about `subject`; returns the time it took.
