@@ -52,7 +52,7 @@ pub enum ConfigError {
     Invalid(String),
     /// The cluster secret could not be loaded.
     #[error(transparent)]
-    Secret(#[from] crate::queue::client::SecretError),
+    Secret(#[from] queue::SecretError),
 }
 
 /// Default admin HTTP address: localhost only (see DESIGN.md section 9).
@@ -251,7 +251,7 @@ impl Config {
 
     /// Node settings (loads the cluster secret).
     pub fn node_settings(&self) -> Result<NodeSettings, ConfigError> {
-        let secret = crate::queue::client::load_cluster_secret(&self.cluster_secret_file)?;
+        let secret = queue::load_cluster_secret(&self.cluster_secret_file)?;
         let r = &self.raft;
         let raft = openraft::Config {
             cluster_name: "ringwatch-cma".into(),
