@@ -11,11 +11,14 @@
 pub mod api;
 pub mod commander;
 pub mod config;
+#[cfg(test)]
+mod harness;
 pub mod outbox;
 pub mod probe_limit;
 pub mod rings;
 pub mod run;
 pub mod state;
+pub mod tables;
 pub mod views;
 
 /// The worker's consumer name in the queue (its committed offset).
