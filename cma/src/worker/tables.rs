@@ -198,3 +198,216 @@ pub fn pending_commands(queue: &QueueState) -> Vec<Outbound> {
         None => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The JSON of every row type, pinned: the admin API serves these bytes and
+    //! `cmactl --json` prints them, so a change here breaks operators' scripts.
+    use super::*;
+    use crate::worker::state::{EventData, EventKind};
+    use crate::worker::views::{FailureKind, FailureState, HostStatus, RingKind, WorkerStatus};
+    use fsm::{Evidence, ProbeId, ProbeTarget, ReportKind, SwitchId};
+    use proto::HostId;
+
+    fn stored(change: &Change) -> String {
+        String::from_utf8(encode(change).unwrap().value.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn host_row_json_is_pinned() {
+        let row = HostRow {
+            id: 3,
+            hostname: "h3".into(),
+            addr: "10.0.0.3:7500".parse().unwrap(),
+            switch: Some("sw1".into()),
+            status: HostStatus::Dead,
+            since_us: 5,
+            watchers: vec![2, 4],
+            version: "0.1.0".into(),
+        };
+        let json = r#"{"id":3,"hostname":"h3","addr":"10.0.0.3:7500","switch":"sw1","status":"dead","since_us":5,"watchers":[2,4],"version":"0.1.0"}"#;
+        assert_eq!(stored(&Change::Host(row.clone())), json);
+        assert_eq!(serde_json::from_str::<HostRow>(json).unwrap(), row);
+        for (status, name) in [
+            (HostStatus::Up, "up"),
+            (HostStatus::Suspect, "suspect"),
+            (HostStatus::Dead, "dead"),
+            (HostStatus::Left, "left"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{name}\"")
+            );
+            assert_eq!(status.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn ring_row_json_is_pinned() {
+        for (kind, name) in [
+            (RingKind::Switch, "switch"),
+            (RingKind::Top, "top"),
+            (RingKind::Flat, "flat"),
+        ] {
+            let row = RingRow {
+                name: "r".into(),
+                kind,
+                members: vec![1, 2],
+            };
+            let json = format!(r#"{{"name":"r","kind":"{name}","members":[1,2]}}"#);
+            assert_eq!(stored(&Change::Ring("r".into(), Some(row.clone()))), json);
+            assert_eq!(serde_json::from_str::<RingRow>(&json).unwrap(), row);
+        }
+    }
+
+    #[test]
+    fn failure_row_json_is_pinned() {
+        let row = FailureRow {
+            id: 7,
+            kind: FailureKind::SwitchDown,
+            subject: "sw1".into(),
+            hosts: vec![1, 2],
+            state: FailureState::Open,
+            at_us: 9,
+            closed_us: None,
+            summary: "switch sw1 is down (2 hosts)".into(),
+            evidence: vec![
+                Evidence::Report {
+                    at: 8,
+                    reporter: HostId(4),
+                    about: HostId(2),
+                    kind: ReportKind::Dead,
+                },
+                Evidence::Probe {
+                    probe_id: ProbeId(1),
+                    from: HostId(5),
+                    target: ProbeTarget::Switch(SwitchId("sw1".into())),
+                    reachable: Some(false),
+                },
+            ],
+        };
+        let json = concat!(
+            r#"{"id":7,"kind":"switch_down","subject":"sw1","hosts":[1,2],"state":"open","#,
+            r#""at_us":9,"closed_us":null,"summary":"switch sw1 is down (2 hosts)","#,
+            r#""evidence":[{"Report":{"at":8,"reporter":4,"about":2,"kind":"Dead"}},"#,
+            r#"{"Probe":{"probe_id":1,"from":5,"target":{"Switch":"sw1"},"reachable":false}}]}"#
+        );
+        assert_eq!(stored(&Change::Failure(row.clone())), json);
+        assert_eq!(serde_json::from_str::<FailureRow>(json).unwrap(), row);
+        // Rows written before evidence was typed (a JSON value, keys sorted) still read.
+        let old = json.replace(
+            r#"{"at":8,"reporter":4,"about":2,"kind":"Dead"}"#,
+            r#"{"about":2,"at":8,"kind":"Dead","reporter":4}"#,
+        );
+        assert_eq!(serde_json::from_str::<FailureRow>(&old).unwrap(), row);
+        for (kind, name) in [
+            (FailureKind::Dead, "dead"),
+            (FailureKind::LinkFault, "link_fault"),
+            (FailureKind::ReporterIsolated, "reporter_isolated"),
+            (FailureKind::SwitchDown, "switch_down"),
+            (FailureKind::RouterDown, "router_down"),
+            (FailureKind::FalseAlarm, "false_alarm"),
+            (FailureKind::Recovered, "recovered"),
+            (FailureKind::Left, "left"),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                EventKind::Verdict(kind).to_string(),
+                format!("verdict.{name}")
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&FailureState::Closed).unwrap(),
+            "\"closed\""
+        );
+    }
+
+    #[test]
+    fn event_json_is_pinned() {
+        let verdict = WorkerEvent {
+            id: 12,
+            at_us: 9,
+            kind: EventKind::Verdict(FailureKind::Dead),
+            summary: "host 3 is dead".into(),
+            data: EventData::Verdict {
+                failure: 1,
+                hosts: vec![3],
+                evidence: vec![Evidence::Report {
+                    at: 8,
+                    reporter: HostId(2),
+                    about: HostId(3),
+                    kind: ReportKind::Dead,
+                }],
+            },
+        };
+        // `data` is an object with sorted keys, as `serde_json::json!` produced it.
+        assert_eq!(
+            stored(&Change::Event(verdict)),
+            concat!(
+                r#"{"id":12,"at_us":9,"kind":"verdict.dead","summary":"host 3 is dead","#,
+                r#""data":{"evidence":[{"Report":{"about":3,"at":8,"kind":"Dead","reporter":2}}],"#,
+                r#""failure":1,"hosts":[3]}}"#
+            )
+        );
+        let joined = WorkerEvent {
+            id: 1,
+            at_us: 2,
+            kind: EventKind::HostJoined,
+            summary: "s".into(),
+            data: EventData::HostStarted {
+                host: 3,
+                hostname: "h3".into(),
+                addr: "10.0.0.3:7500".parse().unwrap(),
+                switch: None,
+            },
+        };
+        assert_eq!(
+            stored(&Change::Event(joined)),
+            concat!(
+                r#"{"id":1,"at_us":2,"kind":"host.joined","summary":"s","#,
+                r#""data":{"addr":"10.0.0.3:7500","host":3,"hostname":"h3","switch":null}}"#
+            )
+        );
+        let closed = EventData::FailureClosed { failure: 4 };
+        assert_eq!(serde_json::to_string(&closed).unwrap(), r#"{"failure":4}"#);
+        assert_eq!(EventKind::FailureClosed.to_string(), "failure.closed");
+        assert_eq!(EventKind::HostRestarted.to_string(), "host.restarted");
+        assert_eq!(EventKind::HostDiscovery.to_string(), "host.discovery");
+    }
+
+    #[test]
+    fn worker_status_json_is_pinned() {
+        let status = WorkerStatus {
+            offset: 1,
+            queue_next: 2,
+            backlog: 1,
+            hosts_up: 3,
+            hosts_dead: 1,
+            hosts_left: 0,
+            open_failures: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"offset":1,"queue_next":2,"backlog":1,"hosts_up":3,"hosts_dead":1,"hosts_left":0,"open_failures":1}"#
+        );
+    }
+
+    #[test]
+    fn deletions_and_commands_use_their_keys() {
+        let w = encode(&Change::Ring("flat".into(), None)).unwrap();
+        assert_eq!(
+            (w.table.as_str(), w.key, w.value),
+            (RINGS, b"flat".to_vec(), None)
+        );
+        let w = encode(&Change::EventExpired(3)).unwrap();
+        assert_eq!(
+            (w.table.as_str(), w.key, w.value),
+            (EVENTS, id_key(3), None)
+        );
+        let w = encode(&Change::CommandSettled(5)).unwrap();
+        assert_eq!(
+            (w.table.as_str(), w.key, w.value),
+            (COMMANDS, id_key(5), None)
+        );
+    }
+}
