@@ -64,7 +64,7 @@ impl Harness {
     /// An empty queue and a worker with these settings, at time 1 000 s.
     pub fn new(settings: WorkerSettings, config: fsm::Config) -> Harness {
         let queue = QueueState::new(DedupLimits::default());
-        let leader = Leader::load(&queue, config.clone());
+        let leader = Leader::load(&queue, config);
         Harness {
             queue,
             log: Vec::new(),
@@ -106,7 +106,7 @@ impl Harness {
     /// as the run loop does, hands the events committed after `published_upto` to the
     /// sinks again.
     pub fn elect(&mut self) {
-        self.leader = Leader::load(&self.queue, self.config.clone());
+        self.leader = Leader::load(&self.queue, self.config);
         let from = self.leader.state.published_upto + 1;
         for e in tables::events_from(&self.queue, from, usize::MAX) {
             self.leader.state.published_upto = self.leader.state.published_upto.max(e.id);
@@ -434,7 +434,7 @@ mod tests {
                         targets,
                         kind,
                         ..
-                    } => Some((c.to.0, *probe_id, targets[0].clone(), kind.clone())),
+                    } => Some((c.to.0, *probe_id, targets[0].clone(), *kind)),
                     _ => None,
                 })
                 .collect();
