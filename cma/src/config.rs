@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use daemon::ConfigError;
 
-/// Default admin HTTP address: localhost only (see DESIGN.md section 9).
+/// Default admin HTTP address: localhost only (see docs/design.md §9).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7480";
 
 fn default_admin_listen() -> SocketAddr {

@@ -59,7 +59,7 @@ impl Default for Config {
     }
 }
 
-/// Default heartbeat timings (DESIGN.md section 3).
+/// Default heartbeat timings (docs/design.md §3).
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingsConfig {
