@@ -4,7 +4,6 @@
 use super::log_store::LogStore;
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
-use super::server;
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
@@ -19,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Everything needed to start a node (built from the TOML config by `crate::config`).
@@ -149,9 +147,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage, starts Raft and serves peers and queue clients on `settings.listen`.
-    /// Does not initialise a cluster: see [`Node::initialize`].
-    pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+    /// Opens storage and starts Raft; `local_addr` is where the caller's listener (see
+    /// [`super::start`]) serves peers and queue clients. Does not initialise a cluster:
+    /// see [`Node::initialize`].
+    pub(super) async fn open(
+        settings: NodeSettings,
+        local_addr: SocketAddr,
+    ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
         let db = sled::Config::new()
@@ -180,18 +182,7 @@ impl Node {
         let raft = Raft::new(settings.id, config, network, log_store, state_machine)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-        let node = Node {
+        Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
                 raft,
@@ -200,9 +191,7 @@ impl Node {
                 metrics,
                 local_addr,
             }),
-        };
-        tokio::spawn(server::serve(listener, node.clone()));
-        Ok(node)
+        })
     }
 
     /// This node's id.
