@@ -58,13 +58,13 @@ pub enum NodeError {
     },
     /// Storage failed while starting.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[from] openraft::StorageError<NodeId>),
     /// openraft rejected the configuration.
     #[error("raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     /// openraft failed to start.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] openraft::error::Fatal<NodeId>),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -167,11 +167,9 @@ impl Node {
                 path: settings.data_dir.clone(),
                 source,
             })?;
-        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())?;
         let state_machine =
-            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
+            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(
@@ -179,9 +177,7 @@ impl Node {
             settings.connect_timeout,
             settings.peer_retry_backoff,
         );
-        let raft = Raft::new(settings.id, config, network, log_store, state_machine)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
         Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
