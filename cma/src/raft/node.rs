@@ -4,7 +4,6 @@
 use super::log_store::LogStore;
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
-use super::server;
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
@@ -19,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Everything needed to start a node (built from the TOML config by `crate::config`).
@@ -60,13 +58,13 @@ pub enum NodeError {
     },
     /// Storage failed while starting.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[from] openraft::StorageError<NodeId>),
     /// openraft rejected the configuration.
     #[error("raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     /// openraft failed to start.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] openraft::error::Fatal<NodeId>),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -149,9 +147,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage, starts Raft and serves peers and queue clients on `settings.listen`.
-    /// Does not initialise a cluster: see [`Node::initialize`].
-    pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+    /// Opens storage and starts Raft; `local_addr` is where the caller's listener (see
+    /// [`super::start`]) serves peers and queue clients. Does not initialise a cluster:
+    /// see [`Node::initialize`].
+    pub(super) async fn open(
+        settings: NodeSettings,
+        local_addr: SocketAddr,
+    ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
         let db = sled::Config::new()
@@ -165,11 +167,9 @@ impl Node {
                 path: settings.data_dir.clone(),
                 source,
             })?;
-        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())?;
         let state_machine =
-            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
+            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(
@@ -177,21 +177,8 @@ impl Node {
             settings.connect_timeout,
             settings.peer_retry_backoff,
         );
-        let raft = Raft::new(settings.id, config, network, log_store, state_machine)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-        let node = Node {
+        let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
+        Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
                 raft,
@@ -200,9 +187,7 @@ impl Node {
                 metrics,
                 local_addr,
             }),
-        };
-        tokio::spawn(server::serve(listener, node.clone()));
-        Ok(node)
+        })
     }
 
     /// This node's id.
