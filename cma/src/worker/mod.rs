@@ -6,7 +6,10 @@
 //! - [`run`]: the I/O shell (leadership, Raft proposals, commands, sinks).
 //! - [`commander`] / [`outbox`]: reliable command delivery.
 //! - [`probe_limit`]: probe budget and rate limit.
-//! - [`views`] / [`api`]: the replicated tables operators read, and their HTTP routes.
+//! - [`views`] / [`api`]: the rows operators read, and their HTTP routes.
+//! - [`tables`]: table names, keys and encodings of those rows (the edge; nothing else
+//!   chooses them).
+//! - `harness` (tests only): the queue state and the worker loop in memory.
 
 pub mod api;
 pub mod commander;
