@@ -11,17 +11,19 @@
 //!   chooses them).
 //! - `harness` (tests only): the queue state and the worker loop in memory.
 
+// The public surface is what the binaries and tests use: the HTTP routes and their types,
+// the run loop's entry points, the operator rows and the worker's config section.
 pub mod api;
-pub mod commander;
+pub(crate) mod commander;
 pub mod config;
 #[cfg(test)]
 mod harness;
-pub mod outbox;
-pub mod probe_limit;
+pub(crate) mod outbox;
+pub(crate) mod probe_limit;
 pub mod rings;
 pub mod run;
-pub mod state;
-pub mod tables;
+pub(crate) mod state;
+pub(crate) mod tables;
 pub mod views;
 
 /// The worker's consumer name in the queue (its committed offset).
