@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-/// Exit code: success, and no open failure (for the commands that report failures).
+/// Exit code: success (and, for `status` and `watch`, no open failure).
 pub const EXIT_OK: u8 = 0;
 /// Exit code: an error (a node refused the request, a probe got no answer, bad input).
 pub const EXIT_ERROR: u8 = 1;
@@ -20,17 +20,17 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: no node given with `--api` answered.
 pub const EXIT_UNREACHABLE: u8 = 3;
-/// Exit code: the cluster answered and at least one failure is open (`status`,
-/// `failures`, `watch`).
+/// Exit code: the cluster answered and at least one failure is open (`status` and
+/// `watch`, the health checks; `failures` lists and exits 0).
 pub const EXIT_OPEN_FAILURES: u8 = 4;
 
 const EXIT_CODES_HELP: &str = "\
 Exit status:
-  0  success (status, failures, watch: and no open failure)
+  0  success (status, watch: and no failure is open)
   1  error: a node refused the request, a probe got no answer, bad input
   2  bad command line
   3  no admin API node answered (unreachable)
-  4  status, failures, watch: the cluster answered and failures are open
+  4  status, watch: the cluster answered and at least one failure is open
 
 Colours are used only when standard output is a terminal and NO_COLOR is not set.
 Times are shown in the local time zone (TZ) with their age; --json prints the same

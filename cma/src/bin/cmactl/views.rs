@@ -7,7 +7,7 @@ use chrono::TimeZone;
 use cma::admin::ClusterStatus;
 use cma::sinks::Event;
 use cma::worker::api::Answer;
-use cma::worker::views::{FailureRow, HostRow, RingRow, WorkerStatus};
+use cma::worker::views::{evidence_brief, FailureRow, HostRow, RingRow, WorkerStatus};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -131,58 +131,6 @@ pub fn status_view(
 /// Host ids as `1,2,3`.
 pub fn id_list(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-}
-
-/// The evidence of a verdict in one line: who reported, and what the probes found, e.g.
-/// `reported dead by 4,6; probe 4 -> 5: no answer`.
-pub fn evidence_brief(evidence: &serde_json::Value) -> String {
-    let Ok(items) = serde_json::from_value::<Vec<fsm::Evidence>>(evidence.clone()) else {
-        return String::new();
-    };
-    let mut by_kind: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
-    let mut probes = Vec::new();
-    for item in &items {
-        match item {
-            fsm::Evidence::Report { reporter, kind, .. } => {
-                let kind = match kind {
-                    fsm::ReportKind::Dead => "dead",
-                    fsm::ReportKind::Alive => "alive",
-                    fsm::ReportKind::Shutdown => "shutdown",
-                };
-                let list = by_kind.entry(kind).or_default();
-                if !list.contains(&reporter.0) {
-                    list.push(reporter.0);
-                }
-            }
-            fsm::Evidence::Probe {
-                from,
-                target,
-                reachable,
-                ..
-            } => {
-                let target = match target {
-                    fsm::ProbeTarget::Host(h) => format!("host {h}"),
-                    fsm::ProbeTarget::Switch(s) => format!("switch {s}"),
-                    fsm::ProbeTarget::Router(r) => format!("router {r}"),
-                };
-                let outcome = match reachable {
-                    Some(true) => "reachable",
-                    Some(false) => "unreachable",
-                    None => "no answer",
-                };
-                probes.push(format!("probe {from} -> {target}: {outcome}"));
-            }
-        }
-    }
-    let mut parts: Vec<String> = by_kind
-        .into_iter()
-        .map(|(kind, mut who)| {
-            who.sort_unstable();
-            format!("reported {kind} by {}", id_list(&who))
-        })
-        .collect();
-    parts.extend(probes);
-    parts.join("; ")
 }
 
 fn state_tone(state: &str) -> Tone {

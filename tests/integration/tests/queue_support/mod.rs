@@ -209,6 +209,25 @@ impl Cluster {
         }
     }
 
+    /// Runs `cmactl` against one node with extra environment; its exit code and stdout.
+    pub fn cmactl_exit(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+        let admin = self.node(id).admin;
+        let mut cmd = Command::new(bin_dir().join("cmactl"));
+        cmd.arg("--api")
+            .arg(format!("http://{admin}"))
+            .arg("--timeout")
+            .arg("60")
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("running cmactl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// A node's `cluster status --json`, if it answers.
     pub fn status(&self, id: u64) -> Option<serde_json::Value> {
         let out = self.cmactl(id, &["--json", "cluster", "status"]).ok()?;
