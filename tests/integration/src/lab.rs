@@ -1,4 +1,4 @@
-//! The network lab (DESIGN.md section 10): topologies built from Linux network namespaces,
+//! The network lab (docs/design.md §10): topologies built from Linux network namespaces,
 //! veth pairs and bridges, with the real Ringwatch binaries running inside them.
 //!
 //! - A **host** is a namespace with one interface `eth0` on its switch's subnet.
