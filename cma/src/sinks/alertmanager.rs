@@ -444,4 +444,140 @@ mod tests {
         assert!(!alerts[0].labels.contains_key("switch"));
         assert_eq!(alerts[0].labels["severity"], "warning");
     }
+
+    /// Tables held in memory, standing in for a node's replica; leadership switchable.
+    #[derive(Default)]
+    struct Tables {
+        leader: std::sync::atomic::AtomicBool,
+        failures: std::sync::Mutex<Vec<FailureRow>>,
+    }
+
+    impl AlertSource for Tables {
+        fn is_leader(&self) -> bool {
+            self.leader.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn failures(&self) -> Vec<FailureRow> {
+            self.failures.lock().unwrap().clone()
+        }
+        fn hosts(&self) -> Vec<HostRow> {
+            Vec::new()
+        }
+    }
+
+    /// An HTTP receiver that refuses the first `refuse` posts with 500, then stores them.
+    async fn receiver(refuse: usize) -> (String, Arc<std::sync::Mutex<Vec<Vec<PostableAlert>>>>) {
+        use axum::{routing::post, Json, Router};
+        let posts: Arc<std::sync::Mutex<Vec<Vec<PostableAlert>>>> = Arc::default();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let store = posts.clone();
+        let app = Router::new().route(
+            "/api/v2/alerts",
+            post(move |Json(alerts): Json<Vec<PostableAlert>>| {
+                let store = store.clone();
+                let seen = seen.clone();
+                async move {
+                    if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    store.lock().unwrap().push(alerts);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), posts)
+    }
+
+    fn start(
+        url: &str,
+        max_alerts: usize,
+        source: Arc<Tables>,
+        metrics: &SinkMetrics,
+    ) -> mpsc::Sender<super::super::Event> {
+        let (tx, rx) = mpsc::channel(4);
+        let settings = AlertmanagerSettings {
+            url: url.to_string(),
+            resend: Duration::from_secs(60),
+            max_alerts,
+            labels: BTreeMap::new(),
+        };
+        tokio::spawn(run(
+            settings,
+            reqwest::Client::new(),
+            source,
+            rx,
+            metrics.clone(),
+            SinkLabel { sink: "am".into() },
+        ));
+        tx
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_posts_and_refused_posts_are_retried() {
+        let (url, posts) = receiver(2).await;
+        let tables = Arc::new(Tables::default());
+        tables
+            .failures
+            .lock()
+            .unwrap()
+            .push(row(1, "dead", "5", &[5], None));
+        let metrics = SinkMetrics::default();
+        let label = SinkLabel { sink: "am".into() };
+        let _tx = start(&url, 10, tables.clone(), &metrics);
+        // A follower: nothing is posted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(metrics.failures.get_or_create(&label).get(), 0);
+        assert!(posts.lock().unwrap().is_empty());
+        // Leader within the next poll: two refusals, retried with back-off, then stored.
+        tables
+            .leader
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        wait_for("a stored post", || !posts.lock().unwrap().is_empty()).await;
+        assert_eq!(metrics.failures.get_or_create(&label).get(), 2);
+        assert_eq!(metrics.delivered.get_or_create(&label).get(), 1);
+        assert_eq!(posts.lock().unwrap()[0][0].labels["subject"], "5");
+    }
+
+    #[tokio::test]
+    async fn a_verdict_event_syncs_at_once_and_excess_alerts_are_counted() {
+        let (url, posts) = receiver(0).await;
+        let tables = Arc::new(Tables::default());
+        tables
+            .leader
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let metrics = SinkMetrics::default();
+        let label = SinkLabel { sink: "am".into() };
+        let tx = start(&url, 1, tables.clone(), &metrics);
+        // Nothing open: nothing posted, and the next re-send is a minute away.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(posts.lock().unwrap().is_empty());
+        tables.failures.lock().unwrap().extend([
+            row(1, "dead", "5", &[5], None),
+            row(2, "dead", "6", &[6], None),
+        ]);
+        let event = super::super::Event {
+            id: 1,
+            at_us: NOW,
+            kind: "verdict.dead".into(),
+            summary: String::new(),
+            data: serde_json::Value::Null,
+        };
+        tx.send(event).await.unwrap();
+        wait_for("a post after the event", || {
+            !posts.lock().unwrap().is_empty()
+        })
+        .await;
+        assert_eq!(posts.lock().unwrap()[0].len(), 1);
+        assert_eq!(metrics.dropped.get_or_create(&label).get(), 1);
+    }
 }
