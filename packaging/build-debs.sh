@@ -30,6 +30,7 @@ echo "== packages"
 mkdir -p "$out"
 rm -f "$out"/ringwatch-*.deb
 for crate in nanoprobe packet-reader cma; do
-    cargo deb --no-build --locked -p "$crate" --output "$out/"
+    # Stripped: the release profile keeps line tables for profiling, packages need not.
+    cargo deb --no-build --locked --strip -p "$crate" --output "$out/"
 done
 ls -l "$out"/ringwatch-*.deb
