@@ -425,7 +425,7 @@ where
     // Fixed widths: events stream with --follow, so columns cannot be measured first.
     let kind = format!("{:<18}", e.kind);
     format!(
-        "{:>6}  {}  {} {}",
+        "{:>6}  {:<32}  {} {}",
         e.id,
         when(e.at_us, now_us, tz),
         paint(style, tone, &kind),
@@ -563,6 +563,21 @@ mod tests {
                 open_failures: 1,
             },
         }
+    }
+
+    #[test]
+    fn event_lines_keep_their_columns_whatever_the_age() {
+        let event = |id: u64, at_us: u64| Event {
+            id,
+            at_us,
+            kind: "verdict.dead".into(),
+            summary: "host 5 is dead".into(),
+            data: serde_json::Value::Null,
+        };
+        let a = render_event(&event(9, NOW - 5_000_000), NOW, &Utc, Style::default());
+        let b = render_event(&event(10, NOW - 15_000_000), NOW, &Utc, Style::default());
+        assert_eq!(a.find("verdict.dead"), b.find("verdict.dead"), "{a}\n{b}");
+        assert!(a.ends_with("host 5 is dead"));
     }
 
     #[test]
