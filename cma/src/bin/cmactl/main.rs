@@ -39,7 +39,7 @@ fields with times in microseconds since the Unix epoch.";
 /// Ringwatch CMA control: cluster status, hosts, rings, failures and events from the
 /// admin API of any CMA node.
 #[derive(Parser)]
-#[command(name = "cmactl", version, about, after_long_help = EXIT_CODES_HELP)]
+#[command(name = "cmactl", version, after_long_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Admin API base URL of a CMA node; repeat for several (the first that answers is
     /// used, and leader redirects are followed).
@@ -252,6 +252,7 @@ mod tests {
             .unwrap();
         let page = String::from_utf8(page).unwrap();
         assert!(page.contains(".TH cmactl 1"));
+        assert!(page.contains("Ringwatch CMA control"), "{page}");
         assert!(page.contains("no admin API node answered"));
         let mut bash = Vec::new();
         clap_complete::generate(
