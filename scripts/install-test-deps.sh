@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Ringwatch's tests and CI need, beyond a Rust toolchain:
-# the network lab (iproute2, ping, nftables), systemd-analyze for the units, and the Rust
-# test tools (cargo-nextest, cargo-fuzz). README's set-up command and .ci/run both run
+# the network lab (iproute2, ping, nftables), systemd-analyze for the units, a real
+# Alertmanager for the sink's test, dpkg-dev and lintian for the packages, and the Rust
+# tools (cargo-nextest, cargo-fuzz, cargo-deb). README's set-up command and .ci/run both run
 # this script; run it as root or with sudo available.
 set -euo pipefail
 
-PACKAGES=(iproute2 iputils-ping nftables systemd)
+PACKAGES=(iproute2 iputils-ping nftables systemd prometheus-alertmanager dpkg-dev lintian)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -21,3 +22,4 @@ fi
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked

@@ -5,6 +5,11 @@
 //! full, the event is dropped for that sink and counted. Delivery is at least once across
 //! leader changes (a new leader may deliver again the events the old one was delivering);
 //! every event carries a stable id for receivers to deduplicate.
+//!
+//! The Alertmanager sink ([`alertmanager`]) is different: it reconciles the failures
+//! table into Alertmanager's alerts rather than forwarding events one by one.
+
+pub mod alertmanager;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +63,15 @@ fn default_timeout_ms() -> u64 {
 fn default_attempts() -> u32 {
     DEFAULT_WEBHOOK_ATTEMPTS
 }
+fn default_alert_events() -> Vec<String> {
+    vec!["verdict".into(), "failure".into()]
+}
+fn default_resend_ms() -> u64 {
+    alertmanager::DEFAULT_RESEND_MS
+}
+fn default_max_alerts() -> usize {
+    alertmanager::DEFAULT_MAX_ALERTS
+}
 
 /// A sink as written in the CMA config (`[[sinks]]` tables).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +102,31 @@ pub enum SinkConfig {
         #[serde(default = "default_attempts")]
         attempts: u32,
     },
+    /// Keep Prometheus Alertmanager's alerts in step with the failures table: open
+    /// failures fire, closed ones resolve (see [`alertmanager`]). Only the leader posts.
+    Alertmanager {
+        /// Base URL of Alertmanager, e.g. `http://127.0.0.1:9093`.
+        url: String,
+        /// Events that trigger a sync at once (default: verdicts and closed failures).
+        #[serde(default = "default_alert_events")]
+        events: Vec<String>,
+        /// Bound of the wake-up queue.
+        #[serde(default = "default_queue")]
+        queue: usize,
+        /// Timeout of one post in ms.
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// Interval between re-sends of the firing alerts, in ms (at least 1000; default
+        /// 60000). Firing alerts carry `endsAt` = now + 4 × this.
+        #[serde(default = "default_resend_ms")]
+        resend_ms: u64,
+        /// Most alerts in one post; the rest are dropped and counted.
+        #[serde(default = "default_max_alerts")]
+        max_alerts: usize,
+        /// Labels added to every alert, e.g. `{ cluster = "prod" }`.
+        #[serde(default)]
+        labels: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl SinkConfig {
@@ -96,6 +135,7 @@ impl SinkConfig {
             SinkConfig::Log { .. } => "log".into(),
             SinkConfig::Jsonl { path, .. } => format!("jsonl:{}", path.display()),
             SinkConfig::Webhook { url, .. } => format!("webhook:{url}"),
+            SinkConfig::Alertmanager { url, .. } => format!("alertmanager:{url}"),
         }
     }
 
@@ -103,14 +143,17 @@ impl SinkConfig {
         match self {
             SinkConfig::Log { events }
             | SinkConfig::Jsonl { events, .. }
-            | SinkConfig::Webhook { events, .. } => events,
+            | SinkConfig::Webhook { events, .. }
+            | SinkConfig::Alertmanager { events, .. } => events,
         }
     }
 
     fn queue(&self) -> usize {
         match self {
             SinkConfig::Log { .. } => DEFAULT_SINK_QUEUE,
-            SinkConfig::Jsonl { queue, .. } | SinkConfig::Webhook { queue, .. } => (*queue).max(1),
+            SinkConfig::Jsonl { queue, .. }
+            | SinkConfig::Webhook { queue, .. }
+            | SinkConfig::Alertmanager { queue, .. } => (*queue).max(1),
         }
     }
 }
@@ -173,8 +216,13 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Starts one task per configured sink (needs a tokio runtime).
-    pub fn start(configs: &[SinkConfig], metrics: SinkMetrics) -> Result<Sinks, SinkError> {
+    /// Starts one task per configured sink (needs a tokio runtime). `source` gives the
+    /// Alertmanager sink the replicated tables; without it that sink type is refused.
+    pub fn start(
+        configs: &[SinkConfig],
+        metrics: SinkMetrics,
+        source: Option<std::sync::Arc<dyn alertmanager::AlertSource>>,
+    ) -> Result<Sinks, SinkError> {
         let mut sinks = Vec::with_capacity(configs.len());
         for config in configs {
             let label = SinkLabel {
@@ -213,6 +261,43 @@ impl Sinks {
                         client,
                         url,
                         attempts.max(1),
+                        rx,
+                        task_metrics,
+                        task_label,
+                    ));
+                }
+                SinkConfig::Alertmanager {
+                    url,
+                    timeout_ms,
+                    resend_ms,
+                    max_alerts,
+                    labels,
+                    ..
+                } => {
+                    let refuse = |reason: String| SinkError::Config {
+                        sink: label.sink.clone(),
+                        reason,
+                    };
+                    if !url.starts_with("http://") && !url.starts_with("https://") {
+                        return Err(refuse("url must start with http:// or https://".into()));
+                    }
+                    let Some(source) = source.clone() else {
+                        return Err(refuse("needs the worker's tables".into()));
+                    };
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_millis(timeout_ms.max(1)))
+                        .build()
+                        .map_err(|e| refuse(e.to_string()))?;
+                    let settings = alertmanager::AlertmanagerSettings {
+                        url,
+                        resend: Duration::from_millis(resend_ms.max(1000)),
+                        max_alerts: max_alerts.max(1),
+                        labels,
+                    };
+                    tokio::spawn(alertmanager::run(
+                        settings,
+                        client,
+                        source,
                         rx,
                         task_metrics,
                         task_label,
@@ -376,10 +461,33 @@ mod tests {
             [[sinks]]
             type = "webhook"
             url = "http://127.0.0.1:1/hook"
+            [[sinks]]
+            type = "alertmanager"
+            url = "http://127.0.0.1:9093"
+            resend_ms = 5000
+            labels = { cluster = "lab" }
             "#,
         )
         .unwrap();
-        assert_eq!(ok.sinks.len(), 3);
+        assert_eq!(ok.sinks.len(), 4);
+        match &ok.sinks[3] {
+            SinkConfig::Alertmanager {
+                events, max_alerts, ..
+            } => {
+                assert_eq!(events, &["verdict".to_string(), "failure".to_string()]);
+                assert_eq!(*max_alerts, alertmanager::DEFAULT_MAX_ALERTS);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the worker's tables the Alertmanager sink cannot run.
+        let refused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                Sinks::start(&ok.sinks[3..], SinkMetrics::default(), None).is_err()
+            });
+        assert!(refused);
         let bad = toml::from_str::<File>("[[sinks]]\ntype = \"log\"\ncolour = 1\n");
         assert!(bad.is_err());
         let bad = toml::from_str::<File>("[[sinks]]\ntype = \"carrier-pigeon\"\n");
@@ -398,6 +506,7 @@ mod tests {
                 queue: 16,
             }],
             metrics.clone(),
+            None,
         )
         .unwrap();
         sinks.publish(&event(1, "verdict.dead"));
@@ -432,6 +541,7 @@ mod tests {
                 attempts: 2,
             }],
             metrics.clone(),
+            None,
         )
         .unwrap();
         let started = std::time::Instant::now();
@@ -474,6 +584,7 @@ mod tests {
                 attempts: 3,
             }],
             SinkMetrics::default(),
+            None,
         )
         .unwrap();
         sinks.publish(&event(7, "verdict.dead"));

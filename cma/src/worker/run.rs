@@ -231,7 +231,11 @@ impl Worker {
         )
         .await
         .map_err(WorkerError::CommandSocket)?;
-        let sinks = Sinks::start(&config.sinks, metrics.sinks.clone())?;
+        let sinks = Sinks::start(
+            &config.sinks,
+            metrics.sinks.clone(),
+            Some(Arc::new(node.clone()) as Arc<dyn crate::sinks::alertmanager::AlertSource>),
+        )?;
         tracing::info!(command_socket = %commander.local_addr(), "worker ready");
         Ok(Worker {
             keys,

@@ -204,3 +204,77 @@ pub struct WorkerStatus {
     /// Open failures.
     pub open_failures: usize,
 }
+
+/// The evidence of a verdict in one line: who reported, and what the probes found, e.g.
+/// `reported dead by 4,6; probe 4 -> 5: no answer`.
+pub fn evidence_brief(items: &[Evidence]) -> String {
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    let mut probes = Vec::new();
+    for item in items {
+        match item {
+            fsm::Evidence::Report { reporter, kind, .. } => {
+                let kind = match kind {
+                    fsm::ReportKind::Dead => "dead",
+                    fsm::ReportKind::Alive => "alive",
+                    fsm::ReportKind::Shutdown => "shutdown",
+                };
+                let list = by_kind.entry(kind).or_default();
+                if !list.contains(&reporter.0) {
+                    list.push(reporter.0);
+                }
+            }
+            fsm::Evidence::Probe {
+                from,
+                target,
+                reachable,
+                ..
+            } => {
+                let target = match target {
+                    fsm::ProbeTarget::Host(h) => format!("host {h}"),
+                    fsm::ProbeTarget::Switch(s) => format!("switch {s}"),
+                    fsm::ProbeTarget::Router(r) => format!("router {r}"),
+                };
+                let outcome = match reachable {
+                    Some(true) => "reachable",
+                    Some(false) => "unreachable",
+                    None => "no answer",
+                };
+                probes.push(format!("probe {from} -> {target}: {outcome}"));
+            }
+        }
+    }
+    let mut parts: Vec<String> = by_kind
+        .into_iter()
+        .map(|(kind, mut who)| {
+            who.sort_unstable();
+            format!(
+                "reported {kind} by {}",
+                who.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            )
+        })
+        .collect();
+    parts.extend(probes);
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_reads_as_one_line() {
+        let evidence = serde_json::json!([
+            { "Report": { "about": 5, "at": 1, "kind": "Dead", "reporter": 6 } },
+            { "Report": { "about": 5, "at": 2, "kind": "Dead", "reporter": 4 } },
+            { "Report": { "about": 5, "at": 3, "kind": "Dead", "reporter": 4 } },
+            { "Probe": { "probe_id": 3, "from": 4, "target": { "Switch": "sw1" }, "reachable": false } },
+            { "Probe": { "probe_id": 4, "from": 4, "target": { "Host": 5 }, "reachable": null } }
+        ]);
+        let evidence: Vec<Evidence> = serde_json::from_value(evidence).unwrap();
+        assert_eq!(
+            evidence_brief(&evidence),
+            "reported dead by 4,6; probe 4 -> switch sw1: unreachable; probe 4 -> host 5: no answer"
+        );
+        assert_eq!(evidence_brief(&[]), "");
+    }
+}

@@ -250,6 +250,24 @@ impl Cluster {
         self.node(id).proc.as_ref().map(ProcGuard::pid)
     }
 
+    /// Runs `cmactl` against one node with extra environment; its exit code and stdout.
+    pub fn cmactl_exit(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+        let admin = self.node(id).admin;
+        let mut cmd = Command::new(binary("cmactl"));
+        cmd.arg("--api")
+            .arg(format!("http://{admin}"))
+            .args(["--timeout", "60"])
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("running cmactl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Starts every node, bootstraps on the first and adds the others as voters.
     pub fn form(&mut self) {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();

@@ -5,7 +5,10 @@
 //! - `cmactl probe` reaches a live nanoprobe and fails on a dead one;
 //! - SIGTERM another: it shows as `left`, and no `dead` verdict for it;
 //! - SIGKILL the CMA leader while a suspicion is open: the new leader finishes it with one
-//!   verdict, not two.
+//!   verdict, not two;
+//! - `cmactl`'s documented exit codes: `status` 0 while all is well, 4 with an open
+//!   failure, 3 when no node answers, 2 for a bad command line; its screens carry ages and
+//!   no colour codes when stdout is not a terminal.
 
 use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
 use integration::procs::{binary, spawn, wait_until, ProcGuard};
@@ -14,6 +17,7 @@ use integration::verdicts::reporters;
 use proto::{KeyId, KeyRing};
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NET: u8 = 73;
@@ -117,6 +121,29 @@ fn rings_verdicts_and_leader_failover() {
         .expect("probe of host 3 answered");
     assert_eq!(probe3["outcome"], "reachable", "{probe3:#}");
 
+    // `cmactl status` as a health check: 0 while nothing is open; no colour codes on a
+    // pipe even with a colour-loving TERM.
+    let any = cluster.running()[0];
+    let (code, screen) = cluster.cmactl_exit(any, &["status"], &[("TERM", "xterm-256color")]);
+    assert_eq!(code, 0, "status before any failure: {screen}");
+    assert!(screen.contains("No open failures."), "{screen}");
+    assert!(screen.contains("3/3 members answering"), "{screen}");
+    assert!(
+        !screen.contains('\x1b'),
+        "colour codes on a pipe: {screen:?}"
+    );
+    // Nothing listens on port 1 of this loopback address: unreachable is exit 3.
+    let unreachable = Command::new(binary("cmactl"))
+        .args(["--api", &format!("http://127.{NET}.9.9:1"), "status"])
+        .output()
+        .expect("cmactl");
+    assert_eq!(unreachable.status.code(), Some(3), "{unreachable:?}");
+    let usage = Command::new(binary("cmactl"))
+        .args(["status", "--no-such-flag"])
+        .output()
+        .expect("cmactl");
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+
     // SIGKILL host 5: dead, with its two ring neighbours (4 and 6) as evidence.
     probes[4].take().expect("host 5").kill();
     let took = wait_verdict(&cluster, "dead", "5", Duration::from_secs(60));
@@ -138,6 +165,32 @@ fn rings_verdicts_and_leader_failover() {
         took < Duration::from_millis(DEADTIME + 8000),
         "verdict took {took:?}"
     );
+
+    // An open failure: `status` exits 4 and shows it with its root cause and age; the
+    // JSON form carries the same fields; `failures` lists it and exits 0.
+    let (code, screen) = cluster.cmactl_exit(any, &["status"], &[]);
+    assert_eq!(code, 4, "status with host 5 dead: {screen}");
+    assert!(screen.contains("Open failures: 1"), "{screen}");
+    assert!(screen.contains("host 5 is dead"), "{screen}");
+    assert!(screen.contains(" ago)"), "{screen}");
+    println!("cmactl status with host 5 dead (exit {code}):\n{screen}");
+    let (code, json) = cluster.cmactl_exit(any, &["--json", "status"], &[]);
+    assert_eq!(code, 4);
+    let json: Value = serde_json::from_str(&json).expect("status --json");
+    assert_eq!(json["open_failures"][0]["subject"], "5", "{json:#}");
+    assert_eq!(
+        json["members"].as_array().map(Vec::len),
+        Some(3),
+        "{json:#}"
+    );
+    let (code, listing) = cluster.cmactl_exit(any, &["failures"], &[("NO_COLOR", "1")]);
+    assert_eq!(code, 0, "{listing}");
+    assert!(listing.contains("reported dead by 4,6"), "{listing}");
+    // Live mode: two refreshes; on a pipe a frame is printed only when the data changed.
+    let (code, live) = cluster.cmactl_exit(any, &["watch", "--interval", "1", "--count", "2"], &[]);
+    assert_eq!(code, 4, "{live}");
+    let frames = live.matches("Open failures: 1").count();
+    assert!((1..=2).contains(&frames), "{live}");
 
     // SIGTERM host 2: left, no alarm.
     let mut two = probes[1].take().expect("host 2");

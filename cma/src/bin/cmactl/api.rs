@@ -9,6 +9,12 @@ use std::time::Duration;
 /// Redirects followed per request before giving up.
 const MAX_REDIRECTS: usize = 3;
 
+/// No node given with `--api` answered at all (connection refused, timeout, not HTTP):
+/// `cmactl` exits with [`super::EXIT_UNREACHABLE`].
+#[derive(Debug, thiserror::Error)]
+#[error("no admin API reachable: {0}")]
+pub struct Unreachable(pub String);
+
 /// The admin API client.
 pub struct Api {
     bases: Vec<String>,
@@ -77,7 +83,31 @@ impl Api {
                 }
             }
         }
-        Err(anyhow!("no admin API reachable: {}", errors.join("; ")))
+        Err(Unreachable(errors.join("; ")).into())
+    }
+
+    /// GET from one node only (no fail-over, no redirects): the status screen asks every
+    /// member for its own view.
+    pub async fn get_at<T: DeserializeOwned>(&self, base: &str, path: &str) -> anyhow::Result<T> {
+        let base = base.trim_end_matches('/');
+        match self
+            .once::<()>(&reqwest::Method::GET, base, path, None)
+            .await?
+        {
+            Outcome::Done(value) => serde_json::from_value(value)
+                .with_context(|| format!("unexpected answer from {base}{path}")),
+            Outcome::Redirect(_) => Err(anyhow!("{base}{path}: redirected")),
+            Outcome::Failed(e) => Err(e),
+        }
+    }
+
+    /// The scheme of the `--api` URLs (`http` or `https`), to reach members by their
+    /// advertised admin address.
+    pub fn scheme(&self) -> &str {
+        match self.bases.first() {
+            Some(b) if b.starts_with("https://") => "https",
+            _ => "http",
+        }
     }
 
     async fn once<B: Serialize>(

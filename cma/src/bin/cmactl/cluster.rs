@@ -1,6 +1,7 @@
 //! `cmactl cluster ...`: bootstrap, membership changes and status.
 
 use super::api::Api;
+use super::monitor::Output;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use cma::admin::{ClusterStatus, IdRequest, InitRequest, MemberSpec};
@@ -60,7 +61,8 @@ fn parse_member(text: &str) -> anyhow::Result<MemberSpec> {
 }
 
 /// Runs one `cluster` subcommand.
-pub async fn run(api: &Api, command: &ClusterCommand, json: bool) -> anyhow::Result<()> {
+pub async fn run(api: &Api, command: &ClusterCommand, out: Output) -> anyhow::Result<()> {
+    let json = out.json;
     let answer: serde_json::Value = match command {
         ClusterCommand::Init { members } => {
             let members = members
@@ -88,7 +90,7 @@ pub async fn run(api: &Api, command: &ClusterCommand, json: bool) -> anyhow::Res
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&status);
+                print!("{}", super::views::render_cluster(&status, out.style));
             }
             return Ok(());
         }
@@ -101,42 +103,4 @@ pub async fn run(api: &Api, command: &ClusterCommand, json: bool) -> anyhow::Res
         bail!("unexpected answer {answer}");
     }
     Ok(())
-}
-
-fn print_status(s: &ClusterStatus) {
-    let leader = s
-        .leader_id
-        .map(|l| l.to_string())
-        .unwrap_or_else(|| "none".into());
-    println!(
-        "node {} is {} in term {}, leader {}",
-        s.node_id, s.state, s.term, leader
-    );
-    println!(
-        "log: last {} applied {} snapshot {} purged {}",
-        s.last_log_index, s.applied_index, s.snapshot_index, s.purged_index
-    );
-    println!(
-        "queue: offsets {}..{} depth {} consumers {}",
-        s.queue.first_offset,
-        s.queue.next_offset,
-        s.queue.depth,
-        s.queue.consumers.len()
-    );
-    println!("{:<6} {:<8} {:<24} ADMIN", "ID", "ROLE", "RAFT");
-    for (id, addr) in &s.nodes {
-        let role = if s.voters.contains(id) {
-            "voter"
-        } else {
-            "learner"
-        };
-        let mark = if Some(*id) == s.leader_id { "*" } else { "" };
-        println!(
-            "{:<6} {:<8} {:<24} {}",
-            format!("{id}{mark}"),
-            role,
-            addr.raft,
-            addr.admin
-        );
-    }
 }
