@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod limits;
 pub mod queue;
 pub mod raft;
 pub mod sinks;

@@ -30,6 +30,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Writes a secret file (cluster secret, admin token) with mode 0600: the daemons refuse
+/// secret files other users could read.
+pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// A spawned child process, SIGKILLed by PID when dropped unless it was already reaped.
 #[derive(Debug)]
 pub struct ProcGuard {

@@ -91,7 +91,8 @@ impl Cluster {
     pub fn new(net: u8, n: u64, extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = [net; 32];
-        std::fs::write(dir.path().join("cluster.key"), hex(&secret)).expect("key file");
+        integration::procs::write_secret(&dir.path().join("cluster.key"), &hex(&secret))
+            .expect("key file");
         let mut cluster = Cluster {
             dir,
             net,
