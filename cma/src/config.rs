@@ -59,7 +59,7 @@ pub enum ConfigError {
     Invalid(String),
     /// The cluster secret could not be loaded.
     #[error(transparent)]
-    Secret(#[from] crate::queue::client::SecretError),
+    Secret(#[from] queue::SecretError),
     /// A secret file (the admin token) could not be read or has a loose mode.
     #[error(transparent)]
     SecretFile(#[from] proto::SecretFileError),
@@ -268,7 +268,7 @@ impl Config {
     /// Node settings (loads the cluster secret); `budget` is this process's descriptor
     /// budget ([`LimitsConfig::budget`]).
     pub fn node_settings(&self, budget: DescriptorBudget) -> Result<NodeSettings, ConfigError> {
-        let secret = crate::queue::client::load_cluster_secret(&self.cluster_secret_file)?;
+        let secret = queue::load_cluster_secret(&self.cluster_secret_file)?;
         let r = &self.raft;
         let raft = openraft::Config {
             cluster_name: "ringwatch-cma".into(),

@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod config;
 pub mod limits;
-pub mod queue;
 pub mod raft;
 pub mod sinks;
 pub mod worker;

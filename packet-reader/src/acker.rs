@@ -9,8 +9,8 @@
 
 use crate::batcher::Accepted;
 use crate::metrics::{Metrics, Reason};
-use cma::queue::{ClientError, QueueClient};
 use proto::{Ack, Body, Sealer, SessionId};
+use queue::{ClientError, QueueClient};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;

@@ -4,8 +4,8 @@
 
 use crate::batcher::Accepted;
 use crate::metrics::{Metrics, Reason};
-use cma::queue::QueuedPacket;
 use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
+use queue::QueuedPacket;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use cma::queue::{ClientConfig, QueueClient, QueuedPacket};
+use queue::{ClientConfig, QueueClient, QueuedPacket};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

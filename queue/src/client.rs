@@ -7,15 +7,18 @@
 //! timed out may still have committed: retrying it is safe because the queue stores a
 //! (sender, session, seq) once.
 
-use crate::raft::rpc::{CallError, Connection, Reply, Request};
+use crate::rpc::{CallError, ClientConnection, NoPeer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use crate::queue::record::QueuedPacket;
-pub use crate::raft::command::AppendResult;
+pub use crate::command::AppendResult;
+pub use crate::record::QueuedPacket;
+
+type Request = crate::rpc::Request<NoPeer>;
+type Reply = crate::rpc::Reply<NoPeer>;
 
 /// Default overall time a call may take, retries included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,7 +140,7 @@ struct Inner {
     config: ClientConfig,
     /// Where the next call goes first: a leader hint or the last node that answered.
     preferred: Mutex<Option<SocketAddr>>,
-    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
+    connections: Mutex<HashMap<SocketAddr, Arc<ClientConnection>>>,
 }
 
 /// A queue client. Cheap to clone; usable from many tasks at once (calls are multiplexed
@@ -208,14 +211,14 @@ impl QueueClient {
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<Arc<Connection>, CallError> {
+    async fn connection(&self, addr: SocketAddr) -> Result<Arc<ClientConnection>, CallError> {
         if let Some(c) = lock(&self.inner.connections).get(&addr) {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
         }
         let c = Arc::new(
-            Connection::open(
+            ClientConnection::open(
                 addr,
                 &self.inner.config.cluster_secret,
                 self.inner.config.connect_timeout,
