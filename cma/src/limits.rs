@@ -166,8 +166,6 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
 pub enum Refusal {
     /// Every connection slot of the port is taken.
     ConnectionLimit,
-    /// Too many connections are in the handshake.
-    UnauthenticatedLimit,
     /// Too many connections from this source address are in the handshake.
     PerSourceLimit,
 }
@@ -177,22 +175,34 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::ConnectionLimit => "connection_limit",
-            Refusal::UnauthenticatedLimit => "unauthenticated_limit",
             Refusal::PerSourceLimit => "per_source_limit",
         }
     }
 }
 
+/// The connections in the handshake, oldest first.
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    /// id -> (source, the sender whose drop evicts the connection).
+    by_age: std::collections::BTreeMap<u64, (IpAddr, tokio::sync::oneshot::Sender<()>)>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
 struct GateInner {
     total: Arc<Semaphore>,
     total_max: usize,
-    unauthenticated: Arc<Semaphore>,
     unauthenticated_max: usize,
     per_ip_max: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pending: Mutex<Pending>,
 }
 
 /// Admission control of the Raft/queue port. Cheap to clone.
+///
+/// When every place in the handshake is taken, a new connection evicts the *oldest* one
+/// still in the handshake instead of being refused: a genuine peer finishes its handshake
+/// within a round trip, so an attacker holding idle or slow connections cannot keep it
+/// out, only make its own connections shorter-lived.
 #[derive(Clone)]
 pub struct ConnectionGate {
     inner: Arc<GateInner>,
@@ -207,21 +217,34 @@ pub struct ConnectionSlot {
 /// (either way).
 pub struct HandshakeSlot {
     gate: Arc<GateInner>,
+    id: u64,
     ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
+    /// Resolves when a newer connection evicted this one.
+    pub evicted: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.gate.per_ip.lock() {
-            if let Some(n) = map.get_mut(&self.ip) {
+        if let Ok(mut pending) = self.gate.pending.lock() {
+            pending.by_age.remove(&self.id);
+            if let Some(n) = pending.per_ip.get_mut(&self.ip) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(&self.ip);
+                    pending.per_ip.remove(&self.ip);
                 }
             }
         }
     }
+}
+
+/// What admitting a connection did.
+pub struct Admitted {
+    /// The connection's slot on the port.
+    pub slot: ConnectionSlot,
+    /// Its place in the handshake.
+    pub handshake: HandshakeSlot,
+    /// True when an older connection in the handshake was evicted to make room.
+    pub evicted_older: bool,
 }
 
 impl ConnectionGate {
@@ -231,48 +254,52 @@ impl ConnectionGate {
             inner: Arc::new(GateInner {
                 total: Arc::new(Semaphore::new(budget.queue_connections)),
                 total_max: budget.queue_connections,
-                unauthenticated: Arc::new(Semaphore::new(budget.unauthenticated)),
                 unauthenticated_max: budget.unauthenticated,
                 per_ip_max: budget.unauthenticated_per_ip,
-                per_ip: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Pending::default()),
             }),
         }
     }
 
     /// Admits a new connection from `ip`, or says why not. Never waits.
-    pub fn admit(&self, ip: IpAddr) -> Result<(ConnectionSlot, HandshakeSlot), Refusal> {
+    pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
         let total = self
             .inner
             .total
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::ConnectionLimit)?;
-        let pending = self
+        let mut pending = self
             .inner
-            .unauthenticated
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::UnauthenticatedLimit)?;
-        {
-            let mut map = self
-                .inner
-                .per_ip
-                .lock()
-                .map_err(|_| Refusal::UnauthenticatedLimit)?;
-            let n = map.entry(ip).or_insert(0);
-            if *n >= self.inner.per_ip_max {
-                return Err(Refusal::PerSourceLimit);
-            }
-            *n += 1;
+            .pending
+            .lock()
+            .map_err(|_| Refusal::ConnectionLimit)?;
+        let from_ip = pending.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.inner.per_ip_max {
+            return Err(Refusal::PerSourceLimit);
         }
-        Ok((
-            ConnectionSlot { _permit: total },
-            HandshakeSlot {
+        let mut evicted_older = false;
+        if pending.by_age.len() >= self.inner.unauthenticated_max {
+            // Dropping the sender wakes the oldest connection's task, which closes it;
+            // its slot then frees its per-source count.
+            pending.by_age.pop_first();
+            evicted_older = true;
+        }
+        let id = pending.next_id;
+        pending.next_id += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pending.by_age.insert(id, (ip, tx));
+        *pending.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(Admitted {
+            slot: ConnectionSlot { _permit: total },
+            handshake: HandshakeSlot {
                 gate: self.inner.clone(),
+                id,
                 ip,
-                _permit: pending,
+                evicted: rx,
             },
-        ))
+            evicted_older,
+        })
     }
 
     /// Connections currently open on the port.
@@ -282,7 +309,11 @@ impl ConnectionGate {
 
     /// Connections currently in the handshake.
     pub fn in_handshake(&self) -> usize {
-        self.inner.unauthenticated_max - self.inner.unauthenticated.available_permits()
+        self.inner
+            .pending
+            .lock()
+            .map(|p| p.by_age.len())
+            .unwrap_or(0)
     }
 }
 
@@ -348,11 +379,11 @@ mod tests {
     }
 
     #[test]
-    fn gate_refuses_by_reason_and_frees_slots() {
+    fn gate_refuses_by_reason_evicts_the_oldest_handshake_and_frees_slots() {
         let budget = DescriptorBudget {
             nofile: 1024,
             reserve: 256,
-            queue_connections: 4,
+            queue_connections: 5,
             unauthenticated: 3,
             unauthenticated_per_ip: 2,
             admin_connections: 1,
@@ -360,20 +391,36 @@ mod tests {
         let gate = ConnectionGate::new(&budget);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let (c1, h1) = gate.admit(a).unwrap();
-        let (_c2, _h2) = gate.admit(a).unwrap();
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        let mut first = gate.admit(a).unwrap();
+        let second = gate.admit(a).unwrap();
         assert_eq!(gate.admit(a).err(), Some(Refusal::PerSourceLimit));
-        let (_c3, h3) = gate.admit(b).unwrap();
-        assert_eq!(gate.admit(b).err(), Some(Refusal::UnauthenticatedLimit));
+        let mut third = gate.admit(b).unwrap();
+        assert!(!third.evicted_older);
         assert_eq!(gate.in_handshake(), 3);
-        // Handshakes done: the connections keep their slots, the handshake places free up.
-        drop(h1);
-        drop(h3);
-        let (_c4, _h4) = gate.admit(a).unwrap();
+        // Full: the next one evicts the oldest (first), whose task sees `evicted`.
+        let fourth = gate.admit(c).unwrap();
+        assert!(fourth.evicted_older);
+        assert_eq!(
+            first.handshake.evicted.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
+        assert_eq!(
+            third.handshake.evicted.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        );
+        assert_eq!(gate.in_handshake(), 3);
+        drop(first);
+        // Source a has one connection left in the handshake, so it may open another.
+        drop(second.handshake);
+        drop(third.handshake);
+        let fifth = gate.admit(a).unwrap();
         assert_eq!(gate.open(), 4);
-        assert_eq!(gate.admit(b).err(), Some(Refusal::ConnectionLimit));
-        drop(c1);
-        assert!(gate.admit(b).is_ok());
+        let _sixth = gate.admit(b).unwrap();
+        assert_eq!(gate.admit(c).err(), Some(Refusal::ConnectionLimit));
+        drop(fifth);
+        assert!(gate.admit(c).is_ok());
+        drop(fourth);
     }
 
     #[test]

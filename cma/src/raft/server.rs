@@ -2,16 +2,19 @@
 //! answers their requests concurrently.
 //!
 //! Every accepted connection first passes the node's [`ConnectionGate`]: a slot on the port
-//! (the descriptor budget), a place among the connections in the handshake, and one among
-//! those of its source address. A connection turned away is closed at once and counted in
+//! (the descriptor budget), a place among those of its source address still in the
+//! handshake, and a place among all connections in the handshake (when they are all taken
+//! the oldest is evicted). A connection turned away is closed at once and counted in
 //! `cma_connections_refused{reason}`; running out of descriptors in `accept` is counted
 //! and waited out, never fatal.
+//!
+//! [`ConnectionGate`]: crate::limits::ConnectionGate
 
 use super::node::{Node, ProposeError, ReasonLabel};
 use super::peer::{NodeReply as Reply, NodeRequest as Request, PeerReply, PeerRequest};
 use queue::rpc::{ReplyFrame, RequestFrame};
 use queue::wire;
-use crate::limits::{ConnectionSlot, HandshakeSlot, WarnEvery};
+use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot, WarnEvery};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,7 +29,7 @@ pub async fn serve(listener: TcpListener, node: Node) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let (slot, handshake) = match node.gate().admit(peer.ip()) {
+                let admitted = match node.gate().admit(peer.ip()) {
                     Ok(admitted) => admitted,
                     Err(refusal) => {
                         node.metrics()
@@ -48,8 +51,19 @@ pub async fn serve(listener: TcpListener, node: Node) {
                         continue;
                     }
                 };
+                if admitted.evicted_older {
+                    node.metrics()
+                        .connections_refused
+                        .get_or_create(&ReasonLabel {
+                            reason: "evicted_oldest_handshake".to_string(),
+                        })
+                        .inc();
+                }
                 let node = node.clone();
                 tokio::spawn(async move {
+                    let Admitted {
+                        slot, handshake, ..
+                    } = admitted;
                     if let Err(e) = handle(stream, node.clone(), slot, handshake).await {
                         node.metrics()
                             .connection_errors
@@ -86,7 +100,12 @@ async fn handle(
     handshake: HandshakeSlot,
 ) -> Result<(), wire::WireError> {
     let timeout = node.settings().handshake_timeout;
-    let accepted = wire::accept(stream, node.secret(), timeout).await;
+    let mut handshake = handshake;
+    let accepted = tokio::select! {
+        accepted = wire::accept(stream, node.secret(), timeout) => accepted,
+        // A newer connection took this one's place in the handshake (see ConnectionGate).
+        _ = &mut handshake.evicted => return Ok(()),
+    };
     drop(handshake);
     let (mut reader, mut writer) = accepted?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
