@@ -83,6 +83,8 @@ pub struct Cluster {
     pub secret: [u8; 32],
     pub nodes: Vec<TestNode>,
     extra_config: String,
+    /// RLIMIT_NOFILE (soft and hard) the nodes are started with; `None`: inherited.
+    pub nofile: Option<u64>,
 }
 
 impl Cluster {
@@ -99,6 +101,7 @@ impl Cluster {
             secret,
             nodes: Vec::new(),
             extra_config: extra_config.to_string(),
+            nofile: None,
         };
         for id in 1..=n {
             cluster.add_node(id);
@@ -151,6 +154,7 @@ impl Cluster {
     /// Starts (or restarts) a node's process and waits for its admin API.
     pub fn start(&mut self, id: u64) {
         let bin = bin_dir().join("cma");
+        let nofile = self.nofile;
         let node = self.node_mut(id);
         assert!(node.proc.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new()
@@ -158,14 +162,23 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let child = Command::new(&bin)
-            .arg("--config")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config")
             .arg(&node.config)
             .env("RUST_LOG", "info,openraft=info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn cma");
+            .stderr(log);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn cma");
         node.proc = Some(Proc { child });
         let admin = node.admin;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -175,6 +188,19 @@ impl Cluster {
                 "node {id} admin API {admin} never came up"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).proc.as_ref().map(|p| p.child.id())
+    }
+
+    /// True while the node's process has not exited.
+    pub fn alive(&mut self, id: u64) -> bool {
+        match self.node_mut(id).proc.as_mut() {
+            Some(p) => matches!(p.child.try_wait(), Ok(None)),
+            None => false,
         }
     }
 
