@@ -1,5 +1,6 @@
 //! Shared helpers for Ringwatch's whole-binary integration tests.
 
+pub mod attack;
 pub mod lab;
 pub mod labrun;
 pub mod procs;
