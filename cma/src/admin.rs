@@ -20,7 +20,9 @@
 //! budget), header-read time, request time, concurrent requests and body size; every
 //! refusal is counted in `cma_admin_refused{reason}` (docs/security.md).
 
+use crate::limits::WarnEvery;
 use crate::raft::node::NodeMetrics;
+use crate::raft::node::ReasonLabel;
 use crate::raft::{Node, NodeAddr, NodeId, StateSummary};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -30,8 +32,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use crate::limits::WarnEvery;
-use crate::raft::node::ReasonLabel;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

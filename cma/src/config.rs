@@ -26,9 +26,9 @@
 //! An `admin_listen` that is not a loopback address needs `admin_token_file`; secret files
 //! with loose modes are refused ([`proto::secret_file`]).
 
+use crate::limits::{DescriptorBudget, LimitsConfig};
 use crate::raft::node::NodeSettings;
 use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
-use crate::limits::{DescriptorBudget, LimitsConfig};
 use crate::raft::NodeAddr;
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -370,12 +370,18 @@ mod tests {
         assert_eq!(small.admin_connections, 96);
         assert_eq!(small.queue_connections, 1024 - 256 - 96);
         assert!(small.unauthenticated <= small.queue_connections / 2);
-        assert!(limits.budget(300).unwrap_err().contains("RLIMIT_NOFILE 300"));
+        assert!(limits
+            .budget(300)
+            .unwrap_err()
+            .contains("RLIMIT_NOFILE 300"));
         let capped = LimitsConfig {
             max_queue_connections: 1_000_000,
             ..LimitsConfig::default()
         };
-        assert_eq!(capped.budget(2048).unwrap().queue_connections, 2048 - 256 - 128);
+        assert_eq!(
+            capped.budget(2048).unwrap().queue_connections,
+            2048 - 256 - 128
+        );
     }
 
     #[test]

@@ -114,7 +114,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for mode in [0o600, 0o640, 0o400, 0o440, 0o700] {
             let path = file_with_mode(dir.path(), mode);
-            assert_eq!(read_secret_file(&path).unwrap(), "s3cret\n", "mode {mode:o}");
+            assert_eq!(
+                read_secret_file(&path).unwrap(),
+                "s3cret\n",
+                "mode {mode:o}"
+            );
         }
     }
 

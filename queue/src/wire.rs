@@ -341,7 +341,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            accept(s, &[7u8; 32], Duration::from_secs(5)).await.map(|_| ())
+            accept(s, &[7u8; 32], Duration::from_secs(5))
+                .await
+                .map(|_| ())
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         // Announce a 64 MiB hello and send only its header: the server must not wait for
@@ -369,7 +371,10 @@ mod tests {
         let key = [9u8; 32];
         let mut frame = b"payload".to_vec();
         frame.extend_from_slice(&tag(&key, CLIENT_TO_SERVER, 4, b"payload"));
-        assert_eq!(open_frame(&key, CLIENT_TO_SERVER, 4, &frame).unwrap(), b"payload");
+        assert_eq!(
+            open_frame(&key, CLIENT_TO_SERVER, 4, &frame).unwrap(),
+            b"payload"
+        );
         assert!(open_frame(&key, CLIENT_TO_SERVER, 5, &frame).is_err());
         assert!(open_frame(&key, SERVER_TO_CLIENT, 4, &frame).is_err());
         assert!(open_frame(&key, CLIENT_TO_SERVER, 4, &frame[..10]).is_err());

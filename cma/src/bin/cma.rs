@@ -88,10 +88,7 @@ async fn run() -> anyhow::Result<()> {
         max_body_bytes: l.admin_max_body_bytes,
     };
     let state = AdminState::new(node.clone(), registry, token, admin_limits);
-    let app = admin::router_with(
-        state.clone(),
-        cma::worker::api::router(node.clone(), probe),
-    );
+    let app = admin::router_with(state.clone(), cma::worker::api::router(node.clone(), probe));
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, app));
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 

@@ -12,9 +12,9 @@
 
 use super::node::{Node, ProposeError, ReasonLabel};
 use super::peer::{NodeReply as Reply, NodeRequest as Request, PeerReply, PeerRequest};
+use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot, WarnEvery};
 use queue::rpc::{ReplyFrame, RequestFrame};
 use queue::wire;
-use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot, WarnEvery};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -112,8 +112,7 @@ async fn hold(stream: TcpStream, class: Class, until: Instant) -> bool {
                 }
             }
             Class::SlowHttp => {
-                if w
-                    .write_all(b"GET /cluster/status HTTP/1.1\r\nHost: x\r\n")
+                if w.write_all(b"GET /cluster/status HTTP/1.1\r\nHost: x\r\n")
                     .await
                     .is_err()
                 {
@@ -148,7 +147,9 @@ async fn hold(stream: TcpStream, class: Class, until: Instant) -> bool {
 
 /// `count` source addresses 127.`net`.100.1, .2, ...
 pub fn sources(net: u8, count: u8) -> Vec<Ipv4Addr> {
-    (1..=count).map(|i| Ipv4Addr::new(127, net, 100, i)).collect()
+    (1..=count)
+        .map(|i| Ipv4Addr::new(127, net, 100, i))
+        .collect()
 }
 
 /// Resident set size of a process in bytes, from /proc/<pid>/status.

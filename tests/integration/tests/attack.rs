@@ -35,7 +35,10 @@ fn scrape(admin: std::net::SocketAddr) -> String {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text
@@ -45,8 +48,7 @@ fn scrape(admin: std::net::SocketAddr) -> String {
 fn refusal_lines(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| {
-            !l.starts_with('#')
-                && (l.contains("refused") || l.contains("connection_errors"))
+            !l.starts_with('#') && (l.contains("refused") || l.contains("connection_errors"))
         })
         .map(str::to_string)
         .collect()
@@ -143,7 +145,9 @@ fn run(plan: Plan) {
         t.abort();
     }
     let connected = stats.connected.load(std::sync::atomic::Ordering::Relaxed);
-    let admin_connected = admin_stats.connected.load(std::sync::atomic::Ordering::Relaxed);
+    let admin_connected = admin_stats
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "attack: {} s, per node {:?} + {} slow admin, nodes' RLIMIT_NOFILE {nofile} \
          (wanted {}); attacker connects: queue port {connected}, admin {admin_connected}",
@@ -197,10 +201,16 @@ fn run(plan: Plan) {
         if applied.len() == ids.len() && applied.iter().all(|a| *a == applied[0]) {
             break;
         }
-        assert!(Instant::now() < deadline, "nodes did not converge: {applied:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge: {applied:?}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let all: String = ids.iter().map(|&id| scrape(cluster.node(id).admin)).collect();
+    let all: String = ids
+        .iter()
+        .map(|&id| scrape(cluster.node(id).admin))
+        .collect();
     // Idle and slow connections end by the handshake timeout or by eviction when the
     // handshake table is full; oversized ones at their first frame header.
     assert!(
@@ -229,7 +239,11 @@ fn every_node_survives_2000_unauthenticated_connections_each() {
         net: 66,
         nofile: 65536,
         attack: Duration::from_secs(20),
-        queue: &[(Class::Idle, 700), (Class::Slow, 600), (Class::Oversized, 700)],
+        queue: &[
+            (Class::Idle, 700),
+            (Class::Slow, 600),
+            (Class::Oversized, 700),
+        ],
         admin: 300,
     });
 }

@@ -110,7 +110,10 @@ fn daemons_refuse_secret_files_other_users_can_read() {
         chmod(&secret, mode);
         let m = format!("{mode:04o}");
         assert_refused(&run_bounded(&cma, &cma_args), &[&secret_s, &m, "0640"]);
-        assert_refused(&run_bounded(&reader, &reader_args), &[&secret_s, &m, "0640"]);
+        assert_refused(
+            &run_bounded(&reader, &reader_args),
+            &[&secret_s, &m, "0640"],
+        );
     }
     chmod(&secret, 0o600);
 
@@ -119,8 +122,14 @@ fn daemons_refuse_secret_files_other_users_can_read() {
     chmod(&token, 0o640);
 
     chmod(&keys, 0o644);
-    assert_refused(&run_bounded(&reader, &reader_args), &[&keys_s, "0644", "0640"]);
-    assert_refused(&run_bounded(&nanoprobe, &probe_args), &[&keys_s, "0644", "0640"]);
+    assert_refused(
+        &run_bounded(&reader, &reader_args),
+        &[&keys_s, "0644", "0640"],
+    );
+    assert_refused(
+        &run_bounded(&nanoprobe, &probe_args),
+        &[&keys_s, "0644", "0640"],
+    );
 }
 
 #[test]
@@ -149,7 +158,8 @@ fn cma_refuses_an_open_admin_bind_without_a_token() {
 /// One HTTP/1.1 request over a fresh connection; returns the status code.
 fn http_status(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
@@ -175,10 +185,22 @@ fn admin_api_answers_4xx_to_nonsense_and_bounds_bodies() {
         .expect("cluster init");
     cluster.wait_leader(Duration::from_secs(30));
     let admin = cluster.node(1).admin;
-    assert_eq!(http_status(admin, "POST", "/cluster/remove", r#"{"id":42}"#), 404);
-    assert_eq!(http_status(admin, "POST", "/cluster/promote", r#"{"id":42}"#), 404);
-    assert_eq!(http_status(admin, "POST", "/cluster/promote", r#"{"id":1}"#), 409);
-    assert_eq!(http_status(admin, "POST", "/cluster/remove", "not json"), 400);
+    assert_eq!(
+        http_status(admin, "POST", "/cluster/remove", r#"{"id":42}"#),
+        404
+    );
+    assert_eq!(
+        http_status(admin, "POST", "/cluster/promote", r#"{"id":42}"#),
+        404
+    );
+    assert_eq!(
+        http_status(admin, "POST", "/cluster/promote", r#"{"id":1}"#),
+        409
+    );
+    assert_eq!(
+        http_status(admin, "POST", "/cluster/remove", "not json"),
+        400
+    );
     let big = format!(r#"{{"id":1,"pad":"{}"}}"#, "x".repeat(100_000));
     assert_eq!(http_status(admin, "POST", "/cluster/remove", &big), 413);
     // cmactl reports the refusal and exits non-zero.
@@ -191,7 +213,11 @@ fn admin_api_answers_4xx_to_nonsense_and_bounds_bodies() {
     assert_eq!(status["voters"], serde_json::json!([1]));
     let metrics = {
         let mut s = std::net::TcpStream::connect(admin).expect("connect");
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
         text
