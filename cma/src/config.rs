@@ -35,37 +35,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        source: toml::de::Error,
-    },
-    /// A value is out of range.
-    #[error("config: {0}")]
-    Invalid(String),
-    /// The cluster secret could not be loaded.
-    #[error(transparent)]
-    Secret(#[from] queue::SecretError),
-    /// A secret file (the admin token) could not be read or has a loose mode.
-    #[error(transparent)]
-    SecretFile(#[from] proto::SecretFileError),
-}
+pub use daemon::ConfigError;
 
-/// Default admin HTTP address: localhost only (see DESIGN.md section 9).
+/// Default admin HTTP address: localhost only (see docs/design.md §9).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7480";
 
 fn default_admin_listen() -> SocketAddr {
@@ -179,17 +151,9 @@ impl Default for QueueConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => other,
-        })
+        let config: Config = daemon::load_toml(path)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates config text.
@@ -255,7 +219,10 @@ impl Config {
         let Some(path) = &self.admin_token_file else {
             return Ok(None);
         };
-        let token = proto::read_secret_file(path)?.trim().to_string();
+        let token = proto::read_secret_file(path)
+            .map_err(ConfigError::secret)?
+            .trim()
+            .to_string();
         if token.is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "admin token file {} is empty",
@@ -268,7 +235,8 @@ impl Config {
     /// Node settings (loads the cluster secret); `budget` is this process's descriptor
     /// budget ([`LimitsConfig::budget`]).
     pub fn node_settings(&self, budget: DescriptorBudget) -> Result<NodeSettings, ConfigError> {
-        let secret = queue::load_cluster_secret(&self.cluster_secret_file)?;
+        let secret =
+            queue::load_cluster_secret(&self.cluster_secret_file).map_err(ConfigError::secret)?;
         let r = &self.raft;
         let raft = openraft::Config {
             cluster_name: "ringwatch-cma".into(),

@@ -1,5 +1,5 @@
 //! Ringwatch failure disambiguation: a pure, deterministic state machine that turns
-//! heartbeat reports and probe outcomes into verdicts (DESIGN.md section 5).
+//! heartbeat reports and probe outcomes into verdicts (docs/design.md §5).
 //!
 //! Entry point: [`Engine::handle`] takes one [`Event`] (timestamps in µs from the queue
 //! entry) and returns [`Action`]s. No I/O, no clock reads: ids of probes and verdicts are
@@ -17,6 +17,6 @@ pub mod topology;
 
 pub use action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 pub use config::Config;
-pub use engine::Engine;
+pub use engine::{Engine, HostState};
 pub use event::Event;
 pub use topology::{HostFacts, RouterId, SwitchId, Topology};

@@ -7,7 +7,7 @@
 //! sealer: envelope sequence numbers then leave in increasing order, which keeps the
 //! receivers' replay windows happy even when several batches commit at once.
 
-use crate::batcher::Accepted;
+use crate::accepted::Accepted;
 use crate::metrics::{Metrics, Reason};
 use proto::{Ack, Body, Sealer, SessionId};
 use queue::{ClientError, QueueClient};
@@ -79,7 +79,7 @@ pub async fn submit(s: &Submitter, items: Vec<Accepted>, opened: Instant) {
         .commit_latency
         .observe(opened.elapsed().as_secs_f64());
     s.metrics.duplicates.inc_by(result.duplicates as u64);
-    let now_us = crate::ingest::now_us();
+    let now_us = daemon::clock::wall_clock_us();
     for item in &items {
         let waited_us = now_us.saturating_sub(item.packet.received_at_us);
         s.metrics.report_latency.observe(waited_us as f64 / 1e6);

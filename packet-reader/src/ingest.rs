@@ -2,7 +2,7 @@
 //! socket. Each loop owns its verifier: the kernel spreads senders over the sockets by
 //! their address, so a sender's replay window always lives in the same loop.
 
-use crate::batcher::Accepted;
+use crate::accepted::Accepted;
 use crate::metrics::{Metrics, Reason};
 use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
 use queue::QueuedPacket;
@@ -38,14 +38,6 @@ pub fn bind_sockets(
         sockets.push(Arc::new(UdpSocket::from_std(std_socket)?));
     }
     Ok(sockets)
-}
-
-/// Wall-clock time in µs since the Unix epoch (the queue's `received_at_us`).
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// Receives, verifies and forwards reports until `shutdown` turns true.
@@ -185,7 +177,7 @@ fn handle(
             sender: verified.header.sender.0,
             session: verified.header.session.0,
             seq: report_id,
-            received_at_us: now_us(),
+            received_at_us: daemon::clock::wall_clock_us(),
             source: from,
             datagram: datagram.to_vec(),
         },

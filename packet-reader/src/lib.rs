@@ -2,11 +2,13 @@
 //! verifies them, appends them in batches to the Raft-replicated queue of the CMA nodes,
 //! and acknowledges each report only once its batch is committed.
 //!
+//! - [`accepted`]: the verified report on its way from ingest to ACK.
 //! - [`ingest`]: sockets and receive loops (verification, filtering).
 //! - [`batcher`]: batching by count, bytes and time, with bounded in-flight appends.
 //! - [`acker`]: append with retry, then ACK.
 //! - [`config`], [`metrics`].
 
+pub mod accepted;
 pub mod acker;
 pub mod batcher;
 pub mod config;
@@ -96,15 +98,18 @@ impl Reader {
         }
         let metrics = Metrics::default();
         if let Some(addr) = config.metrics_listen {
-            let registry = metrics.registry();
+            let mut registry = metrics.registry();
+            let stats = daemon::metrics::ListenerStats::default();
+            stats.register(&mut registry);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve(listener, registry).await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            });
+            tokio::spawn(daemon::metrics::serve(
+                listener,
+                daemon::metrics::Limits::default(),
+                stats,
+                move || daemon::metrics::render(&registry),
+            ));
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(config.batch.pending_limit);

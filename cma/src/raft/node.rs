@@ -4,7 +4,6 @@
 use super::log_store::LogStore;
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
-use super::server;
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use crate::limits::ConnectionGate;
@@ -20,7 +19,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Everything needed to start a node (built from the TOML config by `crate::config`).
@@ -65,13 +63,13 @@ pub enum NodeError {
     },
     /// Storage failed while starting.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[from] openraft::StorageError<NodeId>),
     /// openraft rejected the configuration.
     #[error("raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     /// openraft failed to start.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] openraft::error::Fatal<NodeId>),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -159,9 +157,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage, starts Raft and serves peers and queue clients on `settings.listen`.
-    /// Does not initialise a cluster: see [`Node::initialize`].
-    pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+    /// Opens storage and starts Raft; `local_addr` is where the caller's listener (see
+    /// [`super::start`]) serves peers and queue clients. Does not initialise a cluster:
+    /// see [`Node::initialize`].
+    pub(super) async fn open(
+        settings: NodeSettings,
+        local_addr: SocketAddr,
+    ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
         let db = sled::Config::new()
@@ -175,11 +177,9 @@ impl Node {
                 path: settings.data_dir.clone(),
                 source,
             })?;
-        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())?;
         let state_machine =
-            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
+            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(
@@ -187,22 +187,9 @@ impl Node {
             settings.connect_timeout,
             settings.peer_retry_backoff,
         );
-        let raft = Raft::new(settings.id, config, network, log_store, state_machine)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
         let settings_budget = settings.budget;
-        let node = Node {
+        let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
+        Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
                 raft,
@@ -212,9 +199,7 @@ impl Node {
                 local_addr,
                 gate: ConnectionGate::new(&settings_budget),
             }),
-        };
-        tokio::spawn(server::serve(listener, node.clone()));
-        Ok(node)
+        })
     }
 
     /// This node's id.

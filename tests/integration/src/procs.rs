@@ -7,24 +7,26 @@ use nix::unistd::Pid;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The path of the workspace binary `name`, built next to the running test executable.
 ///
 /// A test executable lives in `target/<profile>/deps/`; binaries of the same build are in
-/// `target/<profile>/`. Panics with a hint when the binary has not been built, because
-/// cargo does not build other crates' binaries for an integration test.
+/// `target/<profile>/`. The first call in a test process runs `cargo build --workspace
+/// --bins` with the same target directory and profile (a no-op when the README's
+/// `cargo build --workspace --bins` already ran), so a test never runs a stale binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running test executable");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable is not under target/<profile>/deps");
+    build_workspace_binaries(profile_dir);
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
-        "binary {} not found; run cargo build --workspace --bins first (with the same \
-         CARGO_TARGET_DIR and profile as the tests)",
+        "binary {} not found after cargo build --workspace --bins",
         path.display()
     );
     path
@@ -36,6 +38,25 @@ pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+fn build_workspace_binaries(profile_dir: &Path) {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = profile_dir.parent().expect("target directory");
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--workspace", "--bins", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build --workspace --bins");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
 }
 
 /// A spawned child process, SIGKILLed by PID when dropped unless it was already reaped.
@@ -55,6 +76,18 @@ pub fn spawn(
     env: &[(&str, &str)],
     log: &Path,
 ) -> std::io::Result<ProcGuard> {
+    spawn_limited(program, args, env, log, None)
+}
+
+/// Like [`spawn`], with the child's RLIMIT_NOFILE (soft and hard) set to `nofile` when
+/// given (as systemd's `LimitNOFILE` would).
+pub fn spawn_limited(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+    nofile: Option<u64>,
+) -> std::io::Result<ProcGuard> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
@@ -64,6 +97,16 @@ pub fn spawn(
         .stderr(Stdio::from(err));
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     let child = cmd.spawn()?;
     Ok(ProcGuard {
@@ -144,6 +187,17 @@ impl Drop for ProcGuard {
             let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Runs `command` to completion: its stdout when it succeeds, its stderr (or why it could
+/// not start) when not.
+pub fn output_of(command: &mut Command) -> Result<String, String> {
+    let out = command.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

@@ -9,10 +9,8 @@
 //! the attack. `cargo test --release -p integration --test attack -- --nocapture` gives
 //! the figures quoted in docs/security.md.
 
-mod queue_support;
-
 use integration::attack::{self, Class, Stats};
-use queue_support::{packet, Cluster, TEST_RAFT};
+use integration::cluster::{packet, Cluster, CmaCluster, TEST_RAFT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,10 +3,8 @@
 //! API on a non-loopback address without a token. And the admin API answers 4xx to
 //! membership changes that make no sense.
 
-mod queue_support;
-
+use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
 use integration::procs::{binary, write_secret};
-use queue_support::{bin_dir, Cluster, TEST_RAFT};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -87,7 +85,7 @@ fn daemons_refuse_secret_files_other_users_can_read() {
         ),
     )
     .expect("reader config");
-    let cma = bin_dir().join("cma");
+    let cma = binary("cma");
     let reader = binary("packet-reader");
     let nanoprobe = binary("nanoprobe");
     let secret_s = secret.display().to_string();
@@ -149,7 +147,7 @@ fn cma_refuses_an_open_admin_bind_without_a_token() {
     )
     .expect("config");
     let out = run_bounded(
-        &bin_dir().join("cma"),
+        &binary("cma"),
         &["--config", config.to_str().expect("utf-8")],
     );
     assert_refused(&out, &["admin_token_file", "0.0.0.0:7481"]);
