@@ -170,7 +170,7 @@ fn run(rate: u64, seconds: u64, sources: u8, pid: u32, keys: Arc<KeyRing>) -> an
         }
         genuine.send_to(&datagram, target())?;
         echoes += 1;
-        if echoes % ECHO_RATE == 0 {
+        if echoes.is_multiple_of(ECHO_RATE) {
             let (_, rss) = proc_stats(pid).ok_or_else(|| anyhow::anyhow!("nanoprobe died"))?;
             peak_rss = peak_rss.max(rss);
         }
