@@ -19,6 +19,7 @@ cleanup() {
 trap cleanup EXIT
 NET=127.0.79
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/cluster.key"
+chmod 600 "$WORK/cluster.key"   # the daemons refuse secrets other users can read
 "$BIN/nanoprobe" keygen --out "$WORK/keys.toml" >/dev/null
 
 echo "== starting 3 CMA nodes"

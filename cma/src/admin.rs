@@ -12,11 +12,19 @@
 //!
 //! Membership changes must reach the leader: another node answers `409` with
 //! `leader_admin`, which `cmactl` follows. When a token is configured, every request but
-//! `/metrics` needs `Authorization: Bearer <token>`.
+//! `/metrics` needs `Authorization: Bearer <token>` (a non-loopback `admin_listen` without
+//! one is refused by the configuration). Requests that make no sense answer 4xx: removing
+//! a node that is not a member or promoting an unknown id `404`, promoting a voter `409`.
+//!
+//! [`serve`] bounds what a client can make the API spend: connections (the descriptor
+//! budget), header-read time, request time, concurrent requests and body size; every
+//! refusal is counted in `cma_admin_refused{reason}` (docs/security.md).
 
+use crate::limits::WarnEvery;
 use crate::raft::node::NodeMetrics;
+use crate::raft::node::ReasonLabel;
 use crate::raft::{Node, NodeAddr, NodeId, StateSummary};
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,11 +32,44 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// What the admin API lets one client spend (from `[limits]` and the descriptor budget).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    /// Most open connections; more are closed on accept.
+    pub max_connections: usize,
+    /// Most requests handled at once; more are answered 503.
+    pub max_concurrent_requests: usize,
+    /// Time to send a request's headers (also while a kept-alive connection idles).
+    pub header_read_timeout: Duration,
+    /// Time a request may take, body included; answered 408 when exceeded.
+    pub request_timeout: Duration,
+    /// Largest request body; larger ones are answered 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        let l = crate::limits::LimitsConfig::default();
+        AdminLimits {
+            max_connections: l.admin_max_connections,
+            max_concurrent_requests: l.admin_max_concurrent_requests,
+            header_read_timeout: Duration::from_millis(l.admin_header_read_timeout_ms),
+            request_timeout: Duration::from_millis(l.admin_request_timeout_ms),
+            max_body_bytes: l.admin_max_body_bytes,
+        }
+    }
+}
 
 /// Gauges refreshed from the node at every scrape.
 #[derive(Default)]
@@ -42,6 +83,8 @@ struct Gauges {
     queue_depth: Gauge,
     queue_next_offset: Gauge,
     snapshots_installed: Gauge,
+    connections_open: Gauge,
+    connections_in_handshake: Gauge,
 }
 
 /// Shared state of the admin handlers.
@@ -51,20 +94,45 @@ pub struct AdminState {
     registry: Arc<Registry>,
     gauges: Arc<Gauges>,
     token: Option<Arc<str>>,
+    limits: AdminLimits,
+    busy: Arc<Semaphore>,
+    refused: Family<ReasonLabel, Counter>,
 }
 
 impl AdminState {
     /// Builds the state; registers the node's metrics in `registry` (other components may
     /// have registered theirs before).
-    pub fn new(node: Node, mut registry: Registry, token: Option<String>) -> AdminState {
+    pub fn new(
+        node: Node,
+        mut registry: Registry,
+        token: Option<String>,
+        limits: AdminLimits,
+    ) -> AdminState {
         let gauges = Gauges::default();
         register_node_metrics(&mut registry, node.metrics(), &gauges);
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.sub_registry_with_prefix("cma").register(
+            "admin_refused",
+            "Admin API connections and requests refused, by reason",
+            refused.clone(),
+        );
         AdminState {
             node,
             registry: Arc::new(registry),
             gauges: Arc::new(gauges),
             token: token.map(Arc::from),
+            limits,
+            busy: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            refused,
         }
+    }
+
+    fn count_refusal(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The node served.
@@ -143,13 +211,32 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
     );
     r.register(
         "connection_errors",
-        "Peer/client connections refused or dropped, by reason",
+        "Peer/client connections that failed the handshake or ended in error, by reason",
         m.connection_errors.clone(),
+    );
+    r.register(
+        "connections_refused",
+        "Raft/queue connections turned away before the handshake, and failed accepts, by reason",
+        m.connections_refused.clone(),
+    );
+    r.register(
+        "connections_open",
+        "Connections open on the Raft/queue port",
+        g.connections_open.clone(),
+    );
+    r.register(
+        "connections_in_handshake",
+        "Connections on the Raft/queue port that have not finished the handshake",
+        g.connections_in_handshake.clone(),
     );
 }
 
-/// The cluster routes and `/metrics`. Other components merge their routes into it.
+/// The cluster routes and `/metrics`, with the request limits.
 pub fn router(state: AdminState) -> Router {
+    guarded(state.clone(), cluster_routes(state))
+}
+
+fn cluster_routes(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/cluster/status", get(status))
@@ -168,7 +255,86 @@ pub fn router(state: AdminState) -> Router {
 /// same token check). `extra` must hold at least one route.
 pub fn router_with(state: AdminState, extra: Router) -> Router {
     let auth = axum::middleware::from_fn_with_state(state.clone(), authorize);
-    router(state).merge(extra.route_layer(auth))
+    guarded(
+        state.clone(),
+        cluster_routes(state).merge(extra.route_layer(auth)),
+    )
+}
+
+/// Adds the body limit, the concurrency limit and the request timeout to every route.
+fn guarded(state: AdminState, routes: Router) -> Router {
+    routes
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
+}
+
+async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.busy.clone().try_acquire_owned() else {
+        state.count_refusal("busy");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many admin requests at once",
+        );
+    };
+    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        Ok(response) => {
+            match response.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => state.count_refusal("body_too_large"),
+                StatusCode::UNAUTHORIZED => state.count_refusal("unauthorized"),
+                _ => {}
+            }
+            response
+        }
+        Err(_) => {
+            state.count_refusal("request_timeout");
+            error(StatusCode::REQUEST_TIMEOUT, "request took too long")
+        }
+    }
+}
+
+/// Serves `app` on `listener` with the connection limit and header-read timeout of
+/// `state`'s limits; returns only if the listener fails for good (it does not: failed
+/// accepts are counted and retried after a pause).
+pub async fn serve(listener: TcpListener, state: AdminState, app: Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    let refused_log = WarnEvery::new(Duration::from_secs(10));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                state.count_refusal("accept_error");
+                if let Some(suppressed) = refused_log.check() {
+                    tracing::warn!(error = %e, suppressed, "admin accept failed; retrying in 100 ms");
+                }
+                tokio::time::sleep(crate::raft::server::ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state.count_refusal("connection_limit");
+            if let Some(suppressed) = refused_log.check() {
+                tracing::warn!(%peer, suppressed, "admin connection refused: connection limit");
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    state.count_refusal("header_timeout");
+                }
+                tracing::debug!(%peer, error = %e, "admin connection ended");
+            }
+            drop(permit);
+        });
+    }
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -246,6 +412,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             .set(m.snapshot.map(|s| s.index as i64).unwrap_or(0));
     }
     g.applied_index.set(node.applied_index() as i64);
+    g.connections_open.set(node.gate().open() as i64);
+    g.connections_in_handshake
+        .set(node.gate().in_handshake() as i64);
     g.snapshots_installed.set(node.snapshots_installed() as i64);
     let summary = node.state().summary();
     g.queue_depth.set(summary.depth as i64);
@@ -402,7 +571,42 @@ async fn add_learner(State(state): State<AdminState>, Json(spec): Json<MemberSpe
     }
 }
 
+/// Where an id stands in the current membership.
+enum Standing {
+    Voter,
+    Learner,
+    Unknown,
+}
+
+fn standing(node: &Node, id: NodeId) -> Standing {
+    let metrics = node.raft_metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.voter_ids().any(|v| v == id) {
+        Standing::Voter
+    } else if membership.learner_ids().any(|l| l == id) {
+        Standing::Learner
+    } else {
+        Standing::Unknown
+    }
+}
+
 async fn promote(State(state): State<AdminState>, Json(body): Json<IdRequest>) -> Response {
+    match standing(&state.node, body.id) {
+        Standing::Learner => {}
+        Standing::Voter => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("node {} is already a voter", body.id),
+            )
+        }
+        Standing::Unknown => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("node {} is not a learner of this cluster", body.id),
+            )
+        }
+    }
     let change = ChangeMembers::AddVoterIds(BTreeSet::from([body.id]));
     match state.node.raft().change_membership(change, false).await {
         Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),
@@ -411,19 +615,16 @@ async fn promote(State(state): State<AdminState>, Json(body): Json<IdRequest>) -
 }
 
 async fn remove(State(state): State<AdminState>, Json(body): Json<IdRequest>) -> Response {
-    let is_voter = state
-        .node
-        .raft_metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|id| id == body.id);
     // A voter is demoted and dropped in one change; a learner is simply dropped.
-    let change = if is_voter {
-        ChangeMembers::RemoveVoters(BTreeSet::from([body.id]))
-    } else {
-        ChangeMembers::RemoveNodes(BTreeSet::from([body.id]))
+    let change = match standing(&state.node, body.id) {
+        Standing::Voter => ChangeMembers::RemoveVoters(BTreeSet::from([body.id])),
+        Standing::Learner => ChangeMembers::RemoveNodes(BTreeSet::from([body.id])),
+        Standing::Unknown => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("node {} is not a member of this cluster", body.id),
+            )
+        }
     };
     match state.node.raft().change_membership(change, false).await {
         Ok(r) => Json(serde_json::json!({"log_index": r.log_id.index})).into_response(),

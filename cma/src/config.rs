@@ -18,8 +18,15 @@
 //!
 //! [queue]
 //! dedup_window = 1024
+//!
+//! [limits]                              # docs/security.md: every limit and its default
+//! max_unauthenticated = 512
 //! ```
+//!
+//! An `admin_listen` that is not a loopback address needs `admin_token_file`; secret files
+//! with loose modes are refused ([`proto::secret_file`]).
 
+use crate::limits::{DescriptorBudget, LimitsConfig};
 use crate::raft::node::NodeSettings;
 use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
 use crate::raft::NodeAddr;
@@ -72,6 +79,9 @@ pub struct Config {
     /// The monitoring worker (active on the leader); absent: this node only runs the queue.
     #[serde(default)]
     pub worker: Option<crate::worker::config::WorkerSection>,
+    /// Connection, handshake and admin API limits (docs/security.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// `[raft]`: timings and compaction.
@@ -181,6 +191,15 @@ impl Config {
                 "queue.dedup_window, dedup_sessions and max_read must be > 0".into(),
             ));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if !self.admin_listen.ip().is_loopback() && self.admin_token_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "admin_listen = \"{}\" is not a loopback address, so admin_token_file must be \
+                 set (anyone who can reach the admin API could change the cluster's \
+                 membership); set admin_token_file or bind admin_listen to 127.0.0.1",
+                self.admin_listen
+            )));
+        }
         Ok(())
     }
 
@@ -200,11 +219,8 @@ impl Config {
         let Some(path) = &self.admin_token_file else {
             return Ok(None);
         };
-        let token = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io {
-                path: path.clone(),
-                source,
-            })?
+        let token = proto::read_secret_file(path)
+            .map_err(ConfigError::secret)?
             .trim()
             .to_string();
         if token.is_empty() {
@@ -216,8 +232,9 @@ impl Config {
         Ok(Some(token))
     }
 
-    /// Node settings (loads the cluster secret).
-    pub fn node_settings(&self) -> Result<NodeSettings, ConfigError> {
+    /// Node settings (loads the cluster secret); `budget` is this process's descriptor
+    /// budget ([`LimitsConfig::budget`]).
+    pub fn node_settings(&self, budget: DescriptorBudget) -> Result<NodeSettings, ConfigError> {
         let secret =
             queue::load_cluster_secret(&self.cluster_secret_file).map_err(ConfigError::secret)?;
         let r = &self.raft;
@@ -246,6 +263,8 @@ impl Config {
             connect_timeout: Duration::from_millis(r.connect_timeout_ms),
             peer_retry_backoff: Duration::from_millis(r.peer_retry_backoff_ms),
             max_read: self.queue.max_read,
+            budget,
+            handshake_timeout: self.limits.handshake_timeout(),
         })
     }
 }
@@ -282,5 +301,23 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(Config::parse("node_id = \"x\"").is_err());
+        assert!(matches!(
+            Config::parse(&format!("{MINIMAL}\n[limits]\nmax_unauthenticated = 0\n")),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn open_admin_bind_needs_a_token() {
+        for bind in ["0.0.0.0:7480", "10.1.2.3:7480", "[::]:7480"] {
+            let text = format!("admin_listen = \"{bind}\"\n{MINIMAL}");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("admin_token_file"), "{err}");
+            let with_token = format!("{text}admin_token_file = \"/etc/t\"\n");
+            assert!(Config::parse(&with_token).is_ok());
+        }
+        for bind in ["127.0.0.1:7480", "127.0.9.9:7480", "[::1]:7480"] {
+            assert!(Config::parse(&format!("admin_listen = \"{bind}\"\n{MINIMAL}")).is_ok());
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod limits;
 pub mod raft;
 pub mod sinks;
 pub mod worker;

@@ -155,7 +155,9 @@ impl Default for ReportsConfig {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SocketConfig {
-    /// Receive buffer size in bytes (default 262144).
+    /// Receive buffer size in bytes (default 4194304, so a garbage flood does not crowd
+    /// genuine datagrams out of the queue; the kernel caps it at `net.core.rmem_max`, and a
+    /// lower effective size is logged at start).
     pub recv_buffer: usize,
     /// Send buffer size in bytes (default 262144).
     pub send_buffer: usize,
@@ -167,7 +169,7 @@ pub struct SocketConfig {
 impl Default for SocketConfig {
     fn default() -> Self {
         SocketConfig {
-            recv_buffer: 256 * 1024,
+            recv_buffer: 4 * 1024 * 1024,
             send_buffer: 256 * 1024,
             dscp: 46,
         }

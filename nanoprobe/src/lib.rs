@@ -7,6 +7,7 @@
 //!   bounded queue).
 //! - [`commands`]: idempotent command application.
 //! - [`probes`]: ICMP echo, TCP connect and UDP echo probes.
+//! - [`guard`]: per-source failure budget and rate-limited warnings (flood resistance).
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
 //! - [`socket`]: the UDP socket and its options.
 //! - [`metrics`]: counters and the optional Prometheus listener.
@@ -15,6 +16,7 @@
 pub mod commands;
 pub mod config;
 pub mod discovery;
+pub mod guard;
 pub mod heartbeat;
 pub mod metrics;
 pub mod node;

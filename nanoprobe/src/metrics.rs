@@ -129,6 +129,9 @@ impl Metrics {
             m.reports_pending.clone(),
         );
         registry.register("peers", "Peers on the heartbeat lists", m.peers.clone());
+        let _ = m.rejected.get_or_create(&Label {
+            name: "rate_limited",
+        });
         m.listener.register(&mut registry);
         for reason in proto::Rejection::REASONS {
             let _ = m.rejected.get_or_create(&Label { name: reason });

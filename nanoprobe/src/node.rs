@@ -3,6 +3,7 @@
 
 use crate::commands::CommandMemory;
 use crate::config::Config;
+use crate::guard::{RateLimited, SourceGuard};
 use crate::heartbeat::{Action, HeartbeatEngine};
 use crate::metrics::Metrics;
 use crate::probes::{run_probe, EchoSetup};
@@ -22,6 +23,13 @@ use tokio::sync::mpsc;
 const MAX_PROBE_TARGETS: usize = 64;
 /// Most senders whose replay state is tracked.
 const MAX_SENDERS: usize = 4096;
+/// Most datagrams read from the socket in one go before timers are looked at: under a
+/// flood the loop drains the socket instead of paying the timer work per datagram.
+const DRAIN_BATCH: usize = 256;
+/// A report unacknowledged for this long gets a warning (rate-limited).
+const UNACKED_WARN_AFTER: Duration = Duration::from_secs(10);
+/// Least time between two warnings of one kind.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,9 @@ struct Node {
     probe_tx: mpsc::Sender<ProbeResult>,
     out: Vec<u8>,
     next_nonce: u64,
+    guard: SourceGuard,
+    bad_mac_warning: RateLimited,
+    unacked_warning: RateLimited,
 }
 
 /// Runs the nanoprobe until SIGTERM or SIGINT, then stops gracefully.
@@ -109,6 +120,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         probe_tx,
         out: Vec::with_capacity(proto::MAX_DATAGRAM),
         next_nonce: session.0,
+        guard: SourceGuard::default(),
+        bad_mac_warning: RateLimited::new(WARN_EVERY),
+        unacked_warning: RateLimited::new(WARN_EVERY),
     };
     let startup = Startup {
         hostname: discovery::hostname(),
@@ -140,7 +154,17 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             received = node.socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => node.on_datagram(&buf[..n], from, Instant::now()).await,
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    node.on_datagram(&buf[..n], from, now).await;
+                    // Drain what else is queued before looking at timers.
+                    for _ in 1..DRAIN_BATCH {
+                        match node.socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => node.on_datagram(&buf[..n], from, now).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "recv error"),
             },
             Some(result) = probe_rx.recv() => {
@@ -195,6 +219,20 @@ impl Node {
             self.act(action, now).await;
         }
         self.send_due_reports(now).await;
+        if let Some(age) = self.reports.oldest_unacked(now) {
+            if age >= UNACKED_WARN_AFTER {
+                if let Some(suppressed) = self.unacked_warning.check(now) {
+                    tracing::warn!(
+                        waited_s = age.as_secs(),
+                        reader = ?self.reports.current_reader(),
+                        key_id = self.keys.primary().0 .0,
+                        suppressed,
+                        "reports are not acknowledged: the packet-readers are unreachable, or \
+                         they do not hold this host's key (check packet_readers and key_file)"
+                    );
+                }
+            }
+        }
         self.metrics
             .reports_pending
             .set(self.reports.pending_len() as i64);
@@ -237,14 +275,33 @@ impl Node {
     }
 
     async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        if !self.guard.admits(from.ip(), now) {
+            // This source's failure budget is spent: not even the MAC is computed.
+            Metrics::inc(&self.metrics.rejected, "rate_limited");
+            return;
+        }
         let verified = match self.verifier.verify(datagram) {
             Ok(v) => v,
             Err(r) => {
+                self.guard.failed(from.ip(), now);
                 Metrics::inc(&self.metrics.rejected, r.reason());
                 tracing::debug!(%from, reason = r.reason(), "datagram rejected");
+                if matches!(r.reason(), "bad_mac" | "unknown_key") {
+                    if let Some(suppressed) = self.bad_mac_warning.check(now) {
+                        tracing::warn!(
+                            %from,
+                            reason = r.reason(),
+                            key_id = self.keys.primary().0 .0,
+                            suppressed,
+                            "datagram failed authentication: the sender uses another key \
+                             (every host needs the same key file) or the traffic is forged"
+                        );
+                    }
+                }
                 return;
             }
         };
+        self.guard.authentic(from.ip(), now);
         let sender = verified.header.sender;
         match verified.body {
             Body::Heartbeat(hb) => {

@@ -18,6 +18,7 @@ struct Pending {
     next_at: Instant,
     backoff: Duration,
     sent_once: bool,
+    enqueued_at: Instant,
 }
 
 /// A report dropped because the outbound queue was full.
@@ -150,6 +151,7 @@ impl ReportSender {
             next_at: now,
             backoff: Duration::from_millis(self.config.retry_initial_ms),
             sent_once: false,
+            enqueued_at: now,
         });
         (id, dropped)
     }
@@ -164,6 +166,15 @@ impl ReportSender {
             }
             None => false,
         }
+    }
+
+    /// How long the oldest report already sent has waited for its ACK.
+    pub fn oldest_unacked(&self, now: Instant) -> Option<Duration> {
+        self.pending
+            .iter()
+            .filter(|p| p.sent_once)
+            .map(|p| now.saturating_duration_since(p.enqueued_at))
+            .max()
     }
 
     /// The next time something is due.

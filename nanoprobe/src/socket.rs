@@ -13,6 +13,17 @@ pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std:
     if let Err(e) = socket.set_recv_buffer_size(config.recv_buffer) {
         tracing::warn!(error = %e, "cannot set receive buffer size");
     }
+    // Linux reports twice the usable size; a smaller figure means net.core.rmem_max capped
+    // the request.
+    match socket.recv_buffer_size() {
+        Ok(got) if got < config.recv_buffer => tracing::warn!(
+            asked = config.recv_buffer,
+            got,
+            "receive buffer capped by the kernel: raise net.core.rmem_max for flood resistance"
+        ),
+        Ok(got) => tracing::debug!(got, "receive buffer"),
+        Err(e) => tracing::debug!(error = %e, "cannot read receive buffer size"),
+    }
     if let Err(e) = socket.set_send_buffer_size(config.send_buffer) {
         tracing::warn!(error = %e, "cannot set send buffer size");
     }

@@ -52,6 +52,7 @@ pub async fn receive_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut verifier = Verifier::new(keys, max_senders);
+    let mut auth_warning = AuthWarning::default();
     // One byte more than the largest datagram so oversized ones are seen as such.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
@@ -65,12 +66,55 @@ pub async fn receive_loop(
             },
             _ = shutdown.changed() => return,
         };
-        handle(index, &buf[..len], from, &mut verifier, &tx, &metrics);
+        handle(
+            index,
+            &buf[..len],
+            from,
+            &mut verifier,
+            &tx,
+            &metrics,
+            &mut auth_warning,
+        );
         // Drain what is already queued in the socket without going back to the reactor.
         for _ in 0..64 {
             match socket.try_recv_from(&mut buf) {
-                Ok((len, from)) => handle(index, &buf[..len], from, &mut verifier, &tx, &metrics),
+                Ok((len, from)) => handle(
+                    index,
+                    &buf[..len],
+                    from,
+                    &mut verifier,
+                    &tx,
+                    &metrics,
+                    &mut auth_warning,
+                ),
                 Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Least time between two warnings about datagrams failing authentication.
+pub const AUTH_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Rate limit of the warning about datagrams that fail authentication, which names the
+/// source so an operator finds a host with the wrong key (or the origin of a flood).
+#[derive(Default)]
+pub struct AuthWarning {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl AuthWarning {
+    /// `Some(suppressed since the last warning)` when a warning should be logged now.
+    pub fn check(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < AUTH_WARN_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
             }
         }
     }
@@ -83,6 +127,7 @@ fn handle(
     verifier: &mut Verifier,
     tx: &mpsc::Sender<Accepted>,
     metrics: &Metrics,
+    auth_warning: &mut AuthWarning,
 ) {
     metrics.received.inc();
     let verified = match verifier.verify(datagram) {
@@ -93,6 +138,17 @@ fn handle(
                 .rejected
                 .get_or_create(&Reason::of(rejection.reason()))
                 .inc();
+            if matches!(rejection.reason(), "bad_mac" | "unknown_key") {
+                if let Some(suppressed) = auth_warning.check(std::time::Instant::now()) {
+                    tracing::warn!(
+                        %from,
+                        reason = rejection.reason(),
+                        suppressed,
+                        "datagram failed authentication: the sender has another key file \
+                         (or the traffic is forged)"
+                    );
+                }
+            }
             return;
         }
     };
@@ -156,6 +212,15 @@ mod tests {
     }
 
     #[test]
+    fn auth_warnings_are_spaced() {
+        let mut w = AuthWarning::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(w.check(t0), Some(0));
+        assert_eq!(w.check(t0), None);
+        assert_eq!(w.check(t0 + AUTH_WARN_EVERY), Some(1));
+    }
+
+    #[test]
     fn reports_are_forwarded_others_counted() {
         let keys = Arc::new(KeyRing::generate(KeyId(1)));
         let mut sealer = Sealer::new(keys.clone(), HostId(5), SessionId(77));
@@ -163,12 +228,13 @@ mod tests {
         let metrics = Metrics::default();
         let (tx, mut rx) = mpsc::channel(1);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut warn = AuthWarning::default();
         let report = Body::Report(Report {
             id: 42,
             body: ReportBody::HbShutdown,
         });
         let genuine = sealer.seal(&report).unwrap();
-        handle(3, &genuine, from, &mut verifier, &tx, &metrics);
+        handle(3, &genuine, from, &mut verifier, &tx, &metrics, &mut warn);
         let accepted = rx.try_recv().unwrap();
         assert_eq!(
             (accepted.report_id, accepted.socket, accepted.reply_to),
@@ -179,7 +245,7 @@ mod tests {
         assert_eq!(p.datagram, genuine);
 
         // Replay, heartbeat, and a report beyond the channel bound.
-        handle(3, &genuine, from, &mut verifier, &tx, &metrics);
+        handle(3, &genuine, from, &mut verifier, &tx, &metrics, &mut warn);
         assert_eq!(sample(&metrics, "rejected", "replay_duplicate"), 1);
         let hb = sealer
             .seal(&Body::Heartbeat(proto::Heartbeat {
@@ -187,11 +253,11 @@ mod tests {
                 leaving: false,
             }))
             .unwrap();
-        handle(3, &hb, from, &mut verifier, &tx, &metrics);
+        handle(3, &hb, from, &mut verifier, &tx, &metrics, &mut warn);
         assert_eq!(sample(&metrics, "dropped", "heartbeat"), 1);
         for _ in 0..2 {
             let again = sealer.seal(&report).unwrap();
-            handle(3, &again, from, &mut verifier, &tx, &metrics);
+            handle(3, &again, from, &mut verifier, &tx, &metrics, &mut warn);
         }
         assert_eq!(sample(&metrics, "dropped", "overload"), 1);
         assert_eq!(metrics.received.get(), 5);

@@ -2,7 +2,8 @@
 //!
 //! # Key file format
 //!
-//! A TOML file, readable only by the daemons (mode 0600):
+//! A TOML file, readable only by the daemons (mode 0640 root:ringwatch, or 0600; any looser
+//! mode is refused, see [`crate::secret_file`]):
 //!
 //! ```toml
 //! # Key used to seal outgoing datagrams.
@@ -33,11 +34,8 @@ pub const KEY_LEN: usize = 32;
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("key file: {0}")]
+    Read(#[from] crate::secret_file::SecretFileError),
     #[error("cannot write key file {path}: {source}")]
     Write {
         path: String,
@@ -138,12 +136,10 @@ impl KeyRing {
         KeyRing::new(KeyId(file.primary), keys)
     }
 
-    /// Reads and parses a key file.
+    /// Reads and parses a key file; refuses one with loose permission bits
+    /// ([`crate::secret_file::read_secret_file`]).
     pub fn load(path: &Path) -> Result<KeyRing, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::secret_file::read_secret_file(path)?;
         KeyRing::from_toml_str(&text)
     }
 
@@ -282,5 +278,19 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(KeyRing::write_new_key_file(&path, KeyId(3)).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_key_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        KeyRing::write_new_key_file(&path, KeyId(1)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyRing::load(&path).unwrap_err();
+        assert!(err.to_string().contains("0644"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(KeyRing::load(&path).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 //!   verification pipeline (length, magic/version, key, MAC, replay window, decode).
 //! - [`keys`]: the key ring and its file format (several keys for rotation).
 //! - [`replay`]: the per-sender sliding replay window.
+//! - [`secret_file`]: reading secret files, refusing loose permission bits.
 //!
 //! No I/O beyond reading and writing key files; nothing here panics on any input.
 
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod keys;
 pub mod messages;
 pub mod replay;
+pub mod secret_file;
 
 pub use envelope::{
     authenticate, decode_verified, Header, Rejection, SealError, Sealer, Verified, Verifier,
@@ -22,3 +24,4 @@ pub use ids::{HostId, KeyId, SessionId};
 pub use keys::{KeyFileError, KeyRing};
 pub use messages::*;
 pub use replay::{ReplayError, ReplayGuard};
+pub use secret_file::{read_secret_file, SecretFileError};

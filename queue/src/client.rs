@@ -90,14 +90,9 @@ pub enum ClientError {
 /// Why the cluster secret file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// The file could not be read.
-    #[error("cluster secret {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What failed.
-        source: std::io::Error,
-    },
+    /// The file could not be read, or other users could read it or the group write it.
+    #[error("cluster secret: {0}")]
+    File(#[from] proto::SecretFileError),
     /// The file does not hold exactly 64 hex digits.
     #[error("cluster secret {path}: {reason}")]
     Format {
@@ -109,12 +104,10 @@ pub enum SecretError {
 }
 
 /// Reads a cluster secret file: 64 hex digits (32 bytes); whitespace and lines starting
-/// with `#` are ignored.
+/// with `#` are ignored. A file other users can read, or the group can write, is refused
+/// ([`proto::read_secret_file`]).
 pub fn load_cluster_secret(path: &Path) -> Result<[u8; 32], SecretError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = proto::read_secret_file(path)?;
     parse_cluster_secret(&text).map_err(|reason| SecretError::Format {
         path: path.display().to_string(),
         reason,
@@ -311,6 +304,19 @@ mod tests {
         assert_eq!(secret[1], 0x11);
         assert!(parse_cluster_secret("abcd").is_err());
         assert!(parse_cluster_secret(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn secret_file_with_loose_mode_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.secret");
+        std::fs::write(&path, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_cluster_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("0644") && err.contains("0640"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(load_cluster_secret(&path).unwrap(), [0xab; 32]);
     }
 
     #[test]

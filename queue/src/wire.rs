@@ -11,6 +11,11 @@
 //! Both sides then derive a session key from both nonces, and every later frame carries a
 //! 16-byte keyed-BLAKE3 tag over (direction, frame counter, payload): frames cannot be
 //! forged, replayed, reordered or moved between connections without the secret.
+//!
+//! Until the handshake is done a frame may be at most [`HANDSHAKE_MAX_FRAME`] bytes (the
+//! largest handshake message is 64): a peer that does not hold the secret cannot make the
+//! other side buffer more than that. The large [`MAX_FRAME_BYTES`] applies only to
+//! authenticated connections.
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -19,8 +24,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-/// Largest frame accepted (a snapshot chunk or a batch of log entries).
+/// Largest frame accepted on an authenticated connection (a snapshot chunk or a batch of
+/// log entries).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Largest frame accepted before the handshake completed: the challenge (64 bytes) is the
+/// longest handshake message.
+pub const HANDSHAKE_MAX_FRAME: usize = 64;
 const MAGIC: &[u8; 4] = b"RWQ1";
 const TAG_LEN: usize = 16;
 const OK: &[u8] = b"OK";
@@ -43,6 +52,10 @@ pub enum WireError {
     /// A frame's tag did not verify.
     #[error("frame tag mismatch (forged, replayed or corrupted frame)")]
     BadTag,
+    /// A frame announced more bytes than allowed ([`HANDSHAKE_MAX_FRAME`] before the
+    /// handshake completed, [`MAX_FRAME_BYTES`] after).
+    #[error("frame larger than allowed")]
+    Oversized,
 }
 
 impl WireError {
@@ -54,14 +67,61 @@ impl WireError {
             WireError::HandshakeTimeout => "handshake_timeout",
             WireError::Auth(_) => "auth",
             WireError::BadTag => "bad_tag",
+            WireError::Oversized => "oversized_frame",
         }
     }
 }
 
-fn codec() -> LengthDelimitedCodec {
+/// Maps a framing error: the length-delimited codec reports a too-long frame as
+/// `InvalidData`, and nothing else it does is.
+fn framing_error(e: std::io::Error) -> WireError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        WireError::Oversized
+    } else {
+        WireError::Io(e)
+    }
+}
+
+/// The framing of authenticated connections.
+pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec()
+}
+
+/// The framing during the handshake: at most [`HANDSHAKE_MAX_FRAME`] bytes a frame.
+pub fn handshake_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(HANDSHAKE_MAX_FRAME)
+        .new_codec()
+}
+
+/// Checks a client hello (`RWQ1` + 32-byte nonce) and returns the client's nonce.
+pub fn parse_hello(frame: &[u8]) -> Result<[u8; 32], WireError> {
+    if frame.len() != 36 || &frame[..4] != MAGIC {
+        return Err(WireError::Auth("bad hello"));
+    }
+    let mut nc = [0u8; 32];
+    nc.copy_from_slice(&frame[4..]);
+    Ok(nc)
+}
+
+/// Verifies a received frame's tag for `direction` and `counter` and returns its payload.
+pub fn open_frame<'a>(
+    key: &[u8; 32],
+    direction: u8,
+    counter: u64,
+    frame: &'a [u8],
+) -> Result<&'a [u8], WireError> {
+    if frame.len() < TAG_LEN {
+        return Err(WireError::BadTag);
+    }
+    let (payload, got) = frame.split_at(frame.len() - TAG_LEN);
+    let want = tag(key, direction, counter, payload);
+    if !same(got, &want) {
+        return Err(WireError::BadTag);
+    }
+    Ok(payload)
 }
 
 fn proof(secret: &[u8; 32], label: &[u8], nc: &[u8; 32], ns: &[u8; 32]) -> blake3::Hash {
@@ -121,23 +181,18 @@ impl FrameReader {
     pub async fn recv(&mut self) -> Result<Vec<u8>, WireError> {
         let frame = match self.inner.next().await {
             None => return Err(WireError::Closed),
-            Some(frame) => frame?,
+            Some(frame) => frame.map_err(framing_error)?,
         };
-        if frame.len() < TAG_LEN {
-            return Err(WireError::BadTag);
-        }
-        let (payload, got) = frame.split_at(frame.len() - TAG_LEN);
-        let want = tag(&self.key, self.direction, self.counter, payload);
-        if !same(got, &want) {
-            return Err(WireError::BadTag);
-        }
+        let payload = open_frame(&self.key, self.direction, self.counter, &frame)?;
         self.counter += 1;
         Ok(payload.to_vec())
     }
 }
 
-const CLIENT_TO_SERVER: u8 = 1;
-const SERVER_TO_CLIENT: u8 = 2;
+/// Direction byte of the tags on frames from the client to the server.
+pub const CLIENT_TO_SERVER: u8 = 1;
+/// Direction byte of the tags on frames from the server to the client.
+pub const SERVER_TO_CLIENT: u8 = 2;
 
 fn split(
     stream: TcpStream,
@@ -167,7 +222,7 @@ async fn next_raw(
 ) -> Result<Vec<u8>, WireError> {
     match framed.next().await {
         None => Err(WireError::Closed),
-        Some(frame) => Ok(frame?.to_vec()),
+        Some(frame) => Ok(frame.map_err(framing_error)?.to_vec()),
     }
 }
 
@@ -180,7 +235,7 @@ pub async fn connect(
     let work = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let mut framed = tokio_util::codec::Framed::new(stream, codec());
+        let mut framed = tokio_util::codec::Framed::new(stream, handshake_codec());
         let nc: [u8; 32] = rand::random();
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&nc);
@@ -227,13 +282,8 @@ pub async fn accept(
 ) -> Result<(FrameReader, FrameWriter), WireError> {
     let work = async {
         stream.set_nodelay(true)?;
-        let mut framed = tokio_util::codec::Framed::new(stream, codec());
-        let hello = next_raw(&mut framed).await?;
-        if hello.len() != 36 || &hello[..4] != MAGIC {
-            return Err(WireError::Auth("bad hello"));
-        }
-        let mut nc = [0u8; 32];
-        nc.copy_from_slice(&hello[4..]);
+        let mut framed = tokio_util::codec::Framed::new(stream, handshake_codec());
+        let nc = parse_hello(&next_raw(&mut framed).await?)?;
         let ns: [u8; 32] = rand::random();
         let mut challenge = ns.to_vec();
         challenge.extend_from_slice(proof(secret, b"server", &nc, &ns).as_bytes());
@@ -282,5 +332,51 @@ mod tests {
         let wrong = connect(addr, &[8u8; 32], Duration::from_secs(5)).await;
         assert!(matches!(wrong, Err(WireError::Auth(_))));
         assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_before_the_handshake_is_refused_at_its_header() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            accept(s, &[7u8; 32], Duration::from_secs(5))
+                .await
+                .map(|_| ())
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // Announce a 64 MiB hello and send only its header: the server must not wait for
+        // (or reserve room for) the payload.
+        client
+            .write_all(&(MAX_FRAME_BYTES as u32).to_be_bytes())
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("refused before the handshake timeout")
+            .unwrap();
+        assert!(matches!(refused, Err(WireError::Oversized)), "{refused:?}");
+        assert_eq!(WireError::Oversized.reason(), "oversized_frame");
+    }
+
+    #[test]
+    fn hello_and_tags_are_checked() {
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&[3u8; 32]);
+        assert_eq!(parse_hello(&hello).unwrap(), [3u8; 32]);
+        assert!(parse_hello(&hello[..35]).is_err());
+        hello[0] = b'X';
+        assert!(parse_hello(&hello).is_err());
+        let key = [9u8; 32];
+        let mut frame = b"payload".to_vec();
+        frame.extend_from_slice(&tag(&key, CLIENT_TO_SERVER, 4, b"payload"));
+        assert_eq!(
+            open_frame(&key, CLIENT_TO_SERVER, 4, &frame).unwrap(),
+            b"payload"
+        );
+        assert!(open_frame(&key, CLIENT_TO_SERVER, 5, &frame).is_err());
+        assert!(open_frame(&key, SERVER_TO_CLIENT, 4, &frame).is_err());
+        assert!(open_frame(&key, CLIENT_TO_SERVER, 4, &frame[..10]).is_err());
     }
 }

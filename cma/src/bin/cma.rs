@@ -5,6 +5,7 @@ use clap::Parser;
 use cma::admin::{self, AdminState};
 use cma::config::Config;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Ringwatch central manager node.
 #[derive(Parser)]
@@ -35,7 +36,25 @@ async fn run() -> anyhow::Result<()> {
     let mut stop = daemon::signals::StopSignals::install().context("signal handlers")?;
     let config = Config::load(&args.config)?;
     let token = config.admin_token()?;
-    let settings = config.node_settings()?;
+    // Size every connection limit from the descriptor limit, so storage keeps its reserve
+    // whatever clients do (docs/security.md).
+    let (nofile, nofile_hard) =
+        cma::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
+    let budget = config
+        .limits
+        .budget(nofile)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(
+        nofile,
+        nofile_hard,
+        reserve = budget.reserve,
+        queue_connections = budget.queue_connections,
+        unauthenticated = budget.unauthenticated,
+        unauthenticated_per_ip = budget.unauthenticated_per_ip,
+        admin_connections = budget.admin_connections,
+        "descriptor budget"
+    );
+    let settings = config.node_settings(budget)?;
     let node = cma::raft::start(settings)
         .await
         .context("starting the raft node")?;
@@ -55,16 +74,23 @@ async fn run() -> anyhow::Result<()> {
         probe = Some(worker.probe_context());
         tokio::spawn(worker.run());
     }
-    let state = AdminState::new(node.clone(), registry, token);
-    let app = admin::router_with(state, cma::worker::api::router(node.clone(), probe));
-    let admin_task = tokio::spawn(async move { axum::serve(admin_listener, app).await });
+    let l = &config.limits;
+    let admin_limits = admin::AdminLimits {
+        max_connections: budget.admin_connections,
+        max_concurrent_requests: l.admin_max_concurrent_requests,
+        header_read_timeout: Duration::from_millis(l.admin_header_read_timeout_ms),
+        request_timeout: Duration::from_millis(l.admin_request_timeout_ms),
+        max_body_bytes: l.admin_max_body_bytes,
+    };
+    let state = AdminState::new(node.clone(), registry, token, admin_limits);
+    let app = admin::router_with(state.clone(), cma::worker::api::router(node.clone(), probe));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state, app));
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 
     daemon::systemd::notify_ready_with_watchdog_task();
     let result = tokio::select! {
         r = admin_task => match r {
-            Ok(Ok(())) => Err(anyhow::anyhow!("admin API stopped")),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("admin API failed")),
+            Ok(()) => Err(anyhow::anyhow!("admin API stopped")),
             Err(e) => Err(anyhow::Error::new(e).context("admin API task")),
         },
         reason = node.fatal() => Err(anyhow::anyhow!("raft stopped: {reason}")),

@@ -132,6 +132,11 @@ async fn spawn_cluster(n: u8) -> anyhow::Result<(Cluster, Vec<SocketAddr>, [u8; 
     let secret: [u8; 32] = rand::random();
     let key = dir.path().join("cluster.key");
     std::fs::write(&key, hex::encode(secret))?;
+    {
+        // The nodes refuse a cluster secret other users could read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
     let mut children = Vec::new();
     let mut nodes = Vec::new();
     for i in 1..=n {

@@ -6,6 +6,7 @@ use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
+use crate::limits::ConnectionGate;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,6 +44,10 @@ pub struct NodeSettings {
     pub peer_retry_backoff: Duration,
     /// Most packets returned by one read.
     pub max_read: usize,
+    /// Connection limits of the Raft/queue port (derived from the descriptor limit).
+    pub budget: crate::limits::DescriptorBudget,
+    /// Time a connection has to finish the handshake.
+    pub handshake_timeout: Duration,
 }
 
 /// Why a node could not start.
@@ -116,6 +121,9 @@ pub struct NodeMetrics {
     pub commit_seconds: Histogram,
     /// Connections refused or dropped, by reason.
     pub connection_errors: Family<ReasonLabel, Counter>,
+    /// Connections turned away before the handshake (limits) and failed accepts, by
+    /// reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -127,6 +135,7 @@ impl Default for NodeMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             connection_errors: Family::default(),
+            connections_refused: Family::default(),
         }
     }
 }
@@ -138,6 +147,7 @@ struct Inner {
     settings: NodeSettings,
     metrics: NodeMetrics,
     local_addr: SocketAddr,
+    gate: ConnectionGate,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -177,6 +187,7 @@ impl Node {
             settings.connect_timeout,
             settings.peer_retry_backoff,
         );
+        let settings_budget = settings.budget;
         let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
         Ok(Node {
             inner: Arc::new(Inner {
@@ -186,6 +197,7 @@ impl Node {
                 settings,
                 metrics,
                 local_addr,
+                gate: ConnectionGate::new(&settings_budget),
             }),
         })
     }
@@ -213,6 +225,11 @@ impl Node {
     /// The openraft handle, for membership changes and metrics.
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// Admission control of the Raft/queue port.
+    pub fn gate(&self) -> &ConnectionGate {
+        &self.inner.gate
     }
 
     /// Counters and histograms (registered by the admin API).

@@ -1,25 +1,70 @@
 //! The TCP server of a node: accepts peers and queue clients, authenticates them, and
 //! answers their requests concurrently.
+//!
+//! Every accepted connection first passes the node's [`ConnectionGate`]: a slot on the port
+//! (the descriptor budget), a place among those of its source address still in the
+//! handshake, and a place among all connections in the handshake (when they are all taken
+//! the oldest is evicted). A connection turned away is closed at once and counted in
+//! `cma_connections_refused{reason}`; running out of descriptors in `accept` is counted
+//! and waited out, never fatal.
+//!
+//! [`ConnectionGate`]: crate::limits::ConnectionGate
 
 use super::node::{Node, ProposeError, ReasonLabel};
 use super::peer::{NodeReply as Reply, NodeRequest as Request, PeerReply, PeerRequest};
+use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot, WarnEvery};
 use queue::rpc::{ReplyFrame, RequestFrame};
 use queue::wire;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Time allowed for a connecting peer to finish the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (typically `EMFILE`), so the loop does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until the listener fails.
+/// Accepts connections; never returns.
 pub async fn serve(listener: TcpListener, node: Node) {
+    let refused_log = WarnEvery::new(Duration::from_secs(10));
+    let accept_log = WarnEvery::new(Duration::from_secs(10));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let admitted = match node.gate().admit(peer.ip()) {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        node.metrics()
+                            .connections_refused
+                            .get_or_create(&ReasonLabel {
+                                reason: refusal.reason().to_string(),
+                            })
+                            .inc();
+                        if let Some(suppressed) = refused_log.check() {
+                            tracing::warn!(
+                                %peer,
+                                reason = refusal.reason(),
+                                suppressed,
+                                "connection refused before the handshake (limits in \
+                                 docs/security.md)"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                if admitted.evicted_older {
+                    node.metrics()
+                        .connections_refused
+                        .get_or_create(&ReasonLabel {
+                            reason: "evicted_oldest_handshake".to_string(),
+                        })
+                        .inc();
+                }
                 let node = node.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, node.clone()).await {
+                    let Admitted {
+                        slot, handshake, ..
+                    } = admitted;
+                    if let Err(e) = handle(stream, node.clone(), slot, handshake).await {
                         node.metrics()
                             .connection_errors
                             .get_or_create(&ReasonLabel {
@@ -32,15 +77,37 @@ pub async fn serve(listener: TcpListener, node: Node) {
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                node.metrics()
+                    .connections_refused
+                    .get_or_create(&ReasonLabel {
+                        reason: "accept_error".to_string(),
+                    })
+                    .inc();
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::warn!(error = %e, suppressed, "accept failed; retrying in 100 ms");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
-async fn handle(stream: TcpStream, node: Node) -> Result<(), wire::WireError> {
-    let (mut reader, mut writer) = wire::accept(stream, node.secret(), HANDSHAKE_TIMEOUT).await?;
+async fn handle(
+    stream: TcpStream,
+    node: Node,
+    // Held until the connection ends: its place in the descriptor budget.
+    _slot: ConnectionSlot,
+    handshake: HandshakeSlot,
+) -> Result<(), wire::WireError> {
+    let timeout = node.settings().handshake_timeout;
+    let mut handshake = handshake;
+    let accepted = tokio::select! {
+        accepted = wire::accept(stream, node.secret(), timeout) => accepted,
+        // A newer connection took this one's place in the handshake (see ConnectionGate).
+        _ = &mut handshake.evicted => return Ok(()),
+    };
+    drop(handshake);
+    let (mut reader, mut writer) = accepted?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer_task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {

@@ -7,7 +7,7 @@
 //! Every loopback test passes its own `net` byte: its nodes live on 127.<net>.0.<id>, so
 //! tests running in parallel never share an address.
 
-use crate::procs::{binary, output_of, spawn, wait_until, ProcGuard};
+use crate::procs::{binary, output_of, spawn_limited, wait_until, ProcGuard};
 use queue::{ClientConfig, QueueClient, QueuedPacket};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -146,6 +146,8 @@ pub struct Cluster {
     pub secret: [u8; 32],
     pub nodes: Vec<TestNode>,
     extra_config: String,
+    /// RLIMIT_NOFILE (soft and hard) the nodes are started with; `None`: inherited.
+    pub nofile: Option<u64>,
 }
 
 impl Cluster {
@@ -154,13 +156,15 @@ impl Cluster {
     pub fn new(net: u8, n: u64, extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = [net; 32];
-        std::fs::write(dir.path().join("cluster.key"), hex(&secret)).expect("key file");
+        crate::procs::write_secret(&dir.path().join("cluster.key"), &hex(&secret))
+            .expect("key file");
         let mut cluster = Cluster {
             dir,
             net,
             secret,
             nodes: Vec::new(),
             extra_config: extra_config.to_string(),
+            nofile: None,
         };
         for id in 1..=n {
             cluster.add_node(id);
@@ -213,14 +217,16 @@ impl Cluster {
     /// Starts (or restarts) a node's process and waits for its admin API.
     pub fn start(&mut self, id: u64) {
         let bin = binary("cma");
+        let nofile = self.nofile;
         let node = self.node_mut(id);
         assert!(node.proc.is_none(), "node {id} already running");
         let config = node.config.display().to_string();
-        let proc = spawn(
+        let proc = spawn_limited(
             &bin,
             &["--config", &config],
             &[("RUST_LOG", "info,openraft=info")],
             &node.log,
+            nofile,
         )
         .expect("spawn cma");
         node.proc = Some(proc);
@@ -229,6 +235,14 @@ impl Cluster {
             wait_until(Duration::from_secs(30), || self.status(id).is_some()),
             "node {id} admin API {admin} never came up"
         );
+    }
+
+    /// True while the node's process has not exited.
+    pub fn alive(&mut self, id: u64) -> bool {
+        match self.node_mut(id).proc.as_mut() {
+            Some(p) => p.wait_timeout(Duration::ZERO).is_none(),
+            None => false,
+        }
     }
 
     /// SIGKILLs a node's process (by PID) and waits for it to be gone.

@@ -55,7 +55,7 @@ impl Ringwatch {
         let key_file = dir.path().join("keys.toml");
         proto::KeyRing::write_new_key_file(&key_file, proto::KeyId(1)).expect("key file");
         let secret = dir.path().join("cluster.key");
-        std::fs::write(&secret, hex(&[0x5a; 32])).expect("cluster secret");
+        crate::procs::write_secret(&secret, &hex(&[0x5a; 32])).expect("cluster secret");
         let mut rw = Ringwatch {
             cma: BTreeMap::new(),
             readers: BTreeMap::new(),

@@ -9,6 +9,7 @@
 //! - [`lab`], [`labrun`]: the network-namespace lab;
 //! - [`verdicts`]: reading `cmactl --json failures` rows.
 
+pub mod attack;
 pub mod cluster;
 pub mod lab;
 pub mod labrun;

@@ -32,6 +32,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Writes a secret file (cluster secret, admin token) with mode 0600: the daemons refuse
+/// secret files other users could read.
+pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 fn build_workspace_binaries(profile_dir: &Path) {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -68,6 +76,18 @@ pub fn spawn(
     env: &[(&str, &str)],
     log: &Path,
 ) -> std::io::Result<ProcGuard> {
+    spawn_limited(program, args, env, log, None)
+}
+
+/// Like [`spawn`], with the child's RLIMIT_NOFILE (soft and hard) set to `nofile` when
+/// given (as systemd's `LimitNOFILE` would).
+pub fn spawn_limited(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+    nofile: Option<u64>,
+) -> std::io::Result<ProcGuard> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
@@ -77,6 +97,16 @@ pub fn spawn(
         .stderr(Stdio::from(err));
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     let child = cmd.spawn()?;
     Ok(ProcGuard {
