@@ -28,34 +28,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        source: toml::de::Error,
-    },
-    /// A value is out of range.
-    #[error("config: {0}")]
-    Invalid(String),
-    /// The cluster secret could not be loaded.
-    #[error(transparent)]
-    Secret(#[from] crate::queue::client::SecretError),
-}
+pub use daemon::ConfigError;
 
-/// Default admin HTTP address: localhost only (see DESIGN.md section 9).
+/// Default admin HTTP address: localhost only (see docs/design.md §9).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7480";
 
 fn default_admin_listen() -> SocketAddr {
@@ -183,17 +158,9 @@ impl Default for QueueConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => other,
-        })
+        let config: Config = daemon::load_toml(path)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates config text.
@@ -268,7 +235,8 @@ impl Config {
 
     /// Node settings (loads the cluster secret).
     pub fn node_settings(&self) -> Result<NodeSettings, ConfigError> {
-        let secret = crate::queue::client::load_cluster_secret(&self.cluster_secret_file)?;
+        let secret =
+            queue::load_cluster_secret(&self.cluster_secret_file).map_err(ConfigError::secret)?;
         let r = &self.raft;
         let raft = openraft::Config {
             cluster_name: "ringwatch-cma".into(),

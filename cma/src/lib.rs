@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod config;
-pub mod queue;
 pub mod raft;
 pub mod sinks;
 pub mod worker;

@@ -8,7 +8,7 @@ pub struct Config {
     /// Heartbeat interval used for hosts whose ring timing is unknown. Default 1 s.
     pub default_hb_interval_us: u64,
     /// How many heartbeat intervals the second watcher has to corroborate a `HbDead`
-    /// before the fsm investigates with probes. Default 2 (DESIGN.md section 5).
+    /// before the fsm investigates with probes. Default 2 (docs/design.md §5).
     pub corroboration_intervals: u64,
     /// How long a probe may take before it counts as failed. Default 3 s.
     pub probe_timeout_us: u64,

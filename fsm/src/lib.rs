@@ -1,5 +1,5 @@
 //! Ringwatch failure disambiguation: a pure, deterministic state machine that turns
-//! heartbeat reports and probe outcomes into verdicts (DESIGN.md section 5).
+//! heartbeat reports and probe outcomes into verdicts (docs/design.md §5).
 //!
 //! Entry point: [`Engine::handle`] takes one [`Event`] (timestamps in µs from the queue
 //! entry) and returns [`Action`]s. No I/O, no clock reads: ids of probes and verdicts are

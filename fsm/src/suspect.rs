@@ -195,7 +195,7 @@ impl Suspect {
         self.since + ctx.corroboration_intervals * ctx.hb_interval_us
     }
 
-    /// Orders the probes of an investigation (DESIGN.md section 5).
+    /// Orders the probes of an investigation (docs/design.md §5).
     fn start_probes(&mut self, ctx: &mut Ctx, now: u64) {
         let deadline = now + ctx.probe_timeout_us;
         self.probe_deadline = deadline;

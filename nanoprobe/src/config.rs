@@ -8,29 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why the configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown or mistyped fields.
-    #[error("invalid config file {path}: {message}")]
-    Syntax {
-        /// The file.
-        path: String,
-        /// The parser's message.
-        message: String,
-    },
-    /// A value is out of range or a required value is missing.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use daemon::ConfigError;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -81,7 +59,7 @@ impl Default for Config {
     }
 }
 
-/// Default heartbeat timings (DESIGN.md section 3).
+/// Default heartbeat timings (docs/design.md §3).
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingsConfig {
@@ -199,24 +177,14 @@ impl Default for SocketConfig {
 impl Config {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_toml_str(&text).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        daemon::load_toml(path)
     }
 
     /// Parses config text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<text>".into(),
-            message: e.to_string(),
+            source,
         })
     }
 
@@ -315,11 +283,11 @@ mod tests {
         // Unknown keys remain errors, in [detection] too, and the settings are not timings.
         assert!(matches!(
             Config::from_toml_str(&format!("{base}[detection]\nconfirm = 1\n")),
-            Err(ConfigError::Syntax { .. })
+            Err(ConfigError::Parse { .. })
         ));
         assert!(matches!(
             Config::from_toml_str(&format!("{base}[timings]\nconfirm_ms = 1\n")),
-            Err(ConfigError::Syntax { .. })
+            Err(ConfigError::Parse { .. })
         ));
     }
 
@@ -327,11 +295,11 @@ mod tests {
     fn rejects_garbage_and_unknown_fields() {
         assert!(matches!(
             Config::from_toml_str("colour = 1"),
-            Err(ConfigError::Syntax { .. })
+            Err(ConfigError::Parse { .. })
         ));
         assert!(matches!(
             Config::from_toml_str("\u{0}{{"),
-            Err(ConfigError::Syntax { .. })
+            Err(ConfigError::Parse { .. })
         ));
         let c = Config::from_toml_str("packet_readers = [\"127.0.0.1:9000\"]").unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))));

@@ -1,4 +1,4 @@
-//! The Ringwatch nanoprobe: the agent on every monitored host (DESIGN.md sections 3-4).
+//! The Ringwatch nanoprobe: the agent on every monitored host (docs/design.md §3-4).
 //!
 //! - [`config`]: TOML configuration with documented defaults.
 //! - [`heartbeat`]: the pure heartbeat engine (send/expect lists, late/dead/back-alive,

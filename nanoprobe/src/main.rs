@@ -100,13 +100,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    daemon::logging::init("info");
     let cli = Cli::parse();
     if let Some(Cmd::Keygen { out, key_id }) = &cli.command {
         return match proto::KeyRing::write_new_key_file(out, proto::KeyId(*key_id)) {

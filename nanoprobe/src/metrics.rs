@@ -6,8 +6,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// A `reason` or `kind` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +45,8 @@ pub struct Metrics {
     pub reports_pending: Gauge,
     /// Peers on the send/expect lists.
     pub peers: Gauge,
+    /// Refusals of the `/metrics` listener.
+    pub listener: daemon::metrics::ListenerStats,
 }
 
 impl Default for Metrics {
@@ -73,6 +73,7 @@ impl Metrics {
             dead_averted: Counter::default(),
             confirm_echoes_sent: Counter::default(),
             reports_pending: Gauge::default(),
+            listener: daemon::metrics::ListenerStats::default(),
             peers: Gauge::default(),
         };
         registry.register(
@@ -128,6 +129,7 @@ impl Metrics {
             m.reports_pending.clone(),
         );
         registry.register("peers", "Peers on the heartbeat lists", m.peers.clone());
+        m.listener.register(&mut registry);
         for reason in proto::Rejection::REASONS {
             let _ = m.rejected.get_or_create(&Label { name: reason });
         }
@@ -147,27 +149,6 @@ impl Metrics {
         }
         out
     }
-}
-
-/// Serves `GET /metrics` on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
 }
 
 #[cfg(test)]

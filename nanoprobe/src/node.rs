@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Most targets probed for one `DoProbe`, so a command cannot spawn unbounded work.
@@ -48,12 +47,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+use daemon::clock::wall_clock_us as wall_us;
 
 /// The running nanoprobe.
 struct Node {
@@ -83,15 +77,18 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let session = SessionId::from_clock();
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_err(format!("binding metrics listener {addr}")))?;
         let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m).await {
-                tracing::error!(%addr, error = %e, "metrics listener failed");
-            }
-        });
+        tokio::spawn(daemon::metrics::serve(
+            listener,
+            daemon::metrics::Limits::default(),
+            metrics.listener.clone(),
+            move || m.render(),
+        ));
     }
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+    let mut stop = daemon::signals::StopSignals::install().map_err(io_err("signal handlers"))?;
     let (probe_tx, mut probe_rx) = mpsc::channel(MAX_PROBE_TARGETS);
     let mut node = Node {
         host,
@@ -126,10 +123,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     node.report(ReportBody::Startup(startup), Instant::now());
     node.tick(Instant::now()).await;
     tracing::info!(%host, %session, %local, "nanoprobe started; waiting for SendExpectHb");
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::debug!(error = %e, "sd_notify READY failed");
-    }
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    // The watchdog is pinged from this loop, so a stuck loop gets the daemon restarted.
+    let watchdog = daemon::systemd::notify_ready();
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
     loop {
@@ -152,13 +147,15 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
                 node.report(ReportBody::ProbeResult(result), Instant::now());
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            signal = stop.recv() => {
+                tracing::info!(signal, "stopping");
+                break;
+            }
         }
         let now = Instant::now();
         if let (Some(at), Some(every)) = (next_watchdog, watchdog) {
             if now >= at {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                daemon::systemd::ping_watchdog();
                 next_watchdog = Some(now + every);
             }
         }

@@ -9,8 +9,8 @@
 
 use crate::batcher::Accepted;
 use crate::metrics::{Metrics, Reason};
-use cma::queue::{ClientError, QueueClient};
 use proto::{Ack, Body, Sealer, SessionId};
+use queue::{ClientError, QueueClient};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -80,7 +80,7 @@ pub async fn submit(s: &Submitter, items: Vec<Accepted>, opened: Instant) {
         .commit_latency
         .observe(opened.elapsed().as_secs_f64());
     s.metrics.duplicates.inc_by(result.duplicates as u64);
-    let now_us = crate::ingest::now_us();
+    let now_us = daemon::clock::wall_clock_us();
     for item in &items {
         let waited_us = now_us.saturating_sub(item.packet.received_at_us);
         s.metrics.report_latency.observe(waited_us as f64 / 1e6);

@@ -6,7 +6,7 @@
 
 use crate::acker::{submit, Submitter};
 use crate::config::BatchConfig;
-use cma::queue::QueuedPacket;
+use queue::QueuedPacket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};

@@ -26,29 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for [`Config`] (syntax, types, unknown keys).
-    #[error("config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with its position.
-        source: toml::de::Error,
-    },
-    /// A value parses but makes no sense.
-    #[error("config: {0}")]
-    Invalid(String),
-}
+pub use daemon::ConfigError;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -165,15 +143,7 @@ fn default_max_senders() -> usize {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(config)
+        daemon::load_toml(path)
     }
 
     /// Checks values that parse but make no sense.

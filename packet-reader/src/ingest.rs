@@ -4,8 +4,8 @@
 
 use crate::batcher::Accepted;
 use crate::metrics::{Metrics, Reason};
-use cma::queue::QueuedPacket;
 use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
+use queue::QueuedPacket;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,14 +38,6 @@ pub fn bind_sockets(
         sockets.push(Arc::new(UdpSocket::from_std(std_socket)?));
     }
     Ok(sockets)
-}
-
-/// Wall-clock time in µs since the Unix epoch (the queue's `received_at_us`).
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// Receives, verifies and forwards reports until `shutdown` turns true.
@@ -129,7 +121,7 @@ fn handle(
             sender: verified.header.sender.0,
             session: verified.header.session.0,
             seq: report_id,
-            received_at_us: now_us(),
+            received_at_us: daemon::clock::wall_clock_us(),
             source: from,
             datagram: datagram.to_vec(),
         },

@@ -16,9 +16,9 @@ pub mod metrics;
 use crate::acker::Submitter;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use cma::queue::client::SecretError;
-use cma::queue::{load_cluster_secret, ClientConfig, ClientError, QueueClient};
 use proto::{HostId, KeyFileError, KeyRing, Sealer, SessionId};
+use queue::SecretError;
+use queue::{load_cluster_secret, ClientConfig, ClientError, QueueClient};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -96,15 +96,18 @@ impl Reader {
         }
         let metrics = Metrics::default();
         if let Some(addr) = config.metrics_listen {
-            let registry = metrics.registry();
+            let mut registry = metrics.registry();
+            let stats = daemon::metrics::ListenerStats::default();
+            stats.register(&mut registry);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve(listener, registry).await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            });
+            tokio::spawn(daemon::metrics::serve(
+                listener,
+                daemon::metrics::Limits::default(),
+                stats,
+                move || daemon::metrics::render(&registry),
+            ));
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(config.batch.pending_limit);

@@ -6,7 +6,6 @@ use packet_reader::config::Config;
 use packet_reader::Reader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Receives nanoprobe reports, commits them to the CMA queue, ACKs them after commit.
 #[derive(Parser, Debug)]
@@ -91,13 +90,7 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    daemon::logging::init("info");
     let args = Args::parse();
     let mut config = Config::load(&args.config)?;
     args.apply(&mut config);
@@ -110,38 +103,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let mut stop = daemon::signals::StopSignals::install().context("signal handlers")?;
     let reader = Reader::start(&config).await?;
-    notify_ready();
-    wait_for_stop().await?;
-    tracing::info!("stopping: finishing in-flight batches");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon::systemd::notify_ready_with_watchdog_task();
+    let signal = stop.recv().await;
+    tracing::info!(signal, "stopping: finishing in-flight batches");
+    daemon::systemd::notify_stopping();
     reader.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
-    }
-    Ok(())
-}
-
-/// Tells systemd we are ready and, if it asked for one, pings its watchdog.
-fn notify_ready() {
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::debug!(error = %e, "sd_notify ready");
-    }
-    if let Some(timeout) = sd_notify::watchdog_enabled() {
-        let period = (timeout / 2).max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        });
-    }
 }

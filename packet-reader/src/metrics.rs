@@ -6,7 +6,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 
 /// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,35 +138,4 @@ impl Metrics {
         );
         registry
     }
-}
-
-/// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> std::io::Result<()> {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
-    let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut text = String::new();
-                match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                    Ok(()) => (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
-                        .into_response(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode metrics");
-                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                    }
-                }
-            }
-        }),
-    );
-    axum::serve(listener, app).await
 }

@@ -1,6 +1,6 @@
 //! Ringwatch wire protocol.
 //!
-//! - [`messages`]: every message of DESIGN.md section 3 (heartbeats, reports, commands, acks).
+//! - [`messages`]: every message of docs/design.md §3 (heartbeats, reports, commands, acks).
 //! - [`envelope`]: the authenticated envelope around every datagram, sealing, and the
 //!   verification pipeline (length, magic/version, key, MAC, replay window, decode).
 //! - [`keys`]: the key ring and its file format (several keys for rotation).

@@ -1,4 +1,4 @@
-//! Every message that crosses the wire (DESIGN.md section 3).
+//! Every message that crosses the wire (docs/design.md §3).
 //!
 //! A datagram carries exactly one [`Body`] inside an authenticated envelope
 //! (see [`crate::envelope`]). The envelope already names the sender host, its session and a
@@ -200,7 +200,7 @@ pub struct HbTimings {
 }
 
 impl Default for HbTimings {
-    /// DESIGN.md defaults: interval 1 s, warntime 2 s, deadtime 3 s.
+    /// Defaults of docs/design.md §3: interval 1 s, warntime 2 s, deadtime 3 s.
     fn default() -> Self {
         HbTimings {
             interval_ms: 1000,

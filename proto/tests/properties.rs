@@ -146,7 +146,7 @@ fn command_body() -> impl Strategy<Value = CommandBody> {
     ]
 }
 
-/// Every message of DESIGN.md section 3.
+/// Every message of docs/design.md §3.
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (any::<u64>(), any::<bool>()).prop_map(|(sent_at_us, leaving)| Body::Heartbeat(

@@ -6,7 +6,6 @@ use cma::admin::{self, AdminState};
 use cma::config::Config;
 use cma::raft::Node;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Ringwatch central manager node.
 #[derive(Parser)]
@@ -32,13 +31,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
-        )
-        .init();
+    daemon::logging::init("info,openraft=warn,sled=warn");
     let args = Args::parse();
+    let mut stop = daemon::signals::StopSignals::install().context("signal handlers")?;
     let config = Config::load(&args.config)?;
     let token = config.admin_token()?;
     let settings = config.node_settings()?;
@@ -66,7 +61,7 @@ async fn run() -> anyhow::Result<()> {
     let admin_task = tokio::spawn(async move { axum::serve(admin_listener, app).await });
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 
-    notify_ready();
+    daemon::systemd::notify_ready_with_watchdog_task();
     let result = tokio::select! {
         r = admin_task => match r {
             Ok(Ok(())) => Err(anyhow::anyhow!("admin API stopped")),
@@ -74,37 +69,12 @@ async fn run() -> anyhow::Result<()> {
             Err(e) => Err(anyhow::Error::new(e).context("admin API task")),
         },
         reason = node.fatal() => Err(anyhow::anyhow!("raft stopped: {reason}")),
-        s = shutdown_signal() => s.map(|name| tracing::info!(signal = name, "stopping")),
+        signal = stop.recv() => {
+            tracing::info!(signal, "stopping");
+            Ok(())
+        }
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon::systemd::notify_stopping();
     node.shutdown().await;
     result
-}
-
-/// Tells systemd we are ready and, if it asked for one, starts the watchdog pings.
-fn notify_ready() {
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::debug!(error = %e, "sd_notify ready");
-    }
-    if let Some(timeout) = sd_notify::watchdog_enabled() {
-        // Ping at half the timeout so one late tick does not get us killed.
-        let period = (timeout / 2).max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        });
-    }
-}
-
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
 }

@@ -15,7 +15,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use cma::queue::{ClientConfig, QueueClient, QueuedPacket};
+use queue::{ClientConfig, QueueClient, QueuedPacket};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -593,11 +593,7 @@ async fn main() -> anyhow::Result<()> {
                 .secret_file
                 .as_ref()
                 .context("--secret-file is required without --spawn")?;
-            (
-                None,
-                args.node.clone(),
-                cma::queue::load_cluster_secret(file)?,
-            )
+            (None, args.node.clone(), queue::load_cluster_secret(file)?)
         }
     };
     let client = QueueClient::new(ClientConfig::new(nodes, secret))?;

@@ -451,7 +451,7 @@ fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::command::Command;
+    use queue::Command;
     use crate::raft::network::Network;
     use crate::raft::queue_state::DedupLimits;
     use crate::raft::state_machine::StateMachineStore;

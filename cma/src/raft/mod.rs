@@ -4,29 +4,27 @@
 //! - [`log_store`]: the durable Raft log (group-committed sled flushes).
 //! - [`queue_state`]: the replicated queue, consumer offsets, dedup window and tables.
 //! - [`state_machine`]: openraft's state machine over it, with snapshot files.
-//! - [`wire`]: framing and authentication of every TCP connection.
-//! - [`rpc`]: the messages carried on those connections (Raft RPCs and client requests).
+//! - [`peer`]: the node-to-node messages, carried on the queue crate's authenticated
+//!   connections beside the client requests.
 //! - [`network`]: openraft's view of the transport.
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
 
-pub mod command;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod queue_state;
-pub mod rpc;
 pub mod server;
 pub mod state_machine;
-pub mod wire;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Cursor;
 use std::net::SocketAddr;
 
-pub use command::{Command, CommandResult, TableWrite};
 pub use node::{Node, NodeError, ProposeError};
+pub use queue::{Command, CommandResult, TableWrite};
 pub use queue_state::{DedupLimits, QueueState, StateSummary};
 
 /// Identifier of a Raft node (configured, unique in the cluster).

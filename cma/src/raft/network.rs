@@ -1,7 +1,6 @@
 //! openraft's network: one lazily (re)connected [`Connection`] per target node.
 
-use super::command::Command;
-use super::rpc::{CallError, Connection, Reply, Request};
+use super::peer::{NodeReply, NodeRequest, PeerConnection, PeerReply, PeerRequest};
 use super::{NodeAddr, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -13,6 +12,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::EntryPayload;
+use queue::rpc::CallError;
+use queue::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub struct PeerClient {
     target: NodeId,
     node: NodeAddr,
     network: Network,
-    connection: Option<Arc<Connection>>,
+    connection: Option<Arc<PeerConnection>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +103,9 @@ struct UnexpectedReply(String);
 impl PeerClient {
     async fn call<E: std::error::Error>(
         &mut self,
-        request: Request,
+        request: PeerRequest,
         option: &RPCOption,
-    ) -> Result<Reply, RPCError<NodeId, NodeAddr, E>> {
+    ) -> Result<PeerReply, RPCError<NodeId, NodeAddr, E>> {
         let connection = match &self.connection {
             Some(c) if !c.is_closed() => c.clone(),
             _ => {
@@ -114,16 +115,23 @@ impl PeerClient {
                         self.target, self.node.raft
                     ))))
                 })?;
-                let c = Connection::open(addr, &self.network.secret, self.network.connect_timeout)
-                    .await
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                let c =
+                    PeerConnection::open(addr, &self.network.secret, self.network.connect_timeout)
+                        .await
+                        .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
                 let c = Arc::new(c);
                 self.connection = Some(c.clone());
                 c
             }
         };
-        match connection.call(request, option.hard_ttl()).await {
-            Ok(reply) => Ok(reply),
+        match connection
+            .call(NodeRequest::Peer(request), option.hard_ttl())
+            .await
+        {
+            Ok(NodeReply::Peer(reply)) => Ok(reply),
+            Ok(other) => Err(RPCError::Network(NetworkError::new(&UnexpectedReply(
+                format!("{other:?}"),
+            )))),
             // A late reply to a timed-out call is discarded by id, so the connection
             // stays usable; only a broken connection is dropped.
             Err(e @ CallError::Timeout(_)) => Err(RPCError::Network(NetworkError::new(&e))),
@@ -139,7 +147,7 @@ impl PeerClient {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self, reply: Reply) -> RPCError<NodeId, NodeAddr, E> {
+    fn unexpected<E: std::error::Error>(&self, reply: PeerReply) -> RPCError<NodeId, NodeAddr, E> {
         RPCError::Network(NetworkError::new(&UnexpectedReply(format!("{reply:?}"))))
     }
 }
@@ -156,13 +164,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 PayloadTooLarge::new_entries_hint(fit as u64),
             ));
         }
-        match self.call(Request::AppendEntries(rpc), &option).await? {
-            Reply::AppendEntries(Ok(r)) => Ok(r),
-            Reply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))),
+        match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerReply::AppendEntries(Ok(r)) => Ok(r),
+            PeerReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(
+                RemoteError::new_with_node(self.target, self.node.clone(), e),
+            )),
             other => Err(self.unexpected(other)),
         }
     }
@@ -175,9 +181,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Reply::InstallSnapshot(Ok(r)) => Ok(r),
-            Reply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(
+        match self
+            .call(PeerRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            PeerReply::InstallSnapshot(Ok(r)) => Ok(r),
+            PeerReply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(
                 RemoteError::new_with_node(self.target, self.node.clone(), e),
             )),
             other => Err(self.unexpected(other)),
@@ -189,9 +198,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        match self.call(Request::Vote(rpc), &option).await? {
-            Reply::Vote(Ok(r)) => Ok(r),
-            Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+        match self.call(PeerRequest::Vote(rpc), &option).await? {
+            PeerReply::Vote(Ok(r)) => Ok(r),
+            PeerReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
                 self.node.clone(),
                 e,
@@ -208,8 +217,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::record::QueuedPacket;
     use openraft::{CommittedLeaderId, LogId};
+    use queue::QueuedPacket;
 
     fn entry(index: u64, packets: usize) -> openraft::Entry<TypeConfig> {
         let packet = QueuedPacket {

@@ -1,20 +1,20 @@
 //! The in-process handle on a running Raft node: start it, propose entries, read the
 //! applied state, watch progress. The worker (same process) and the TCP server use it.
 
-use super::command::{AppendResult, Command, CommandResult, TableWrite};
 use super::log_store::{LogStore, StoreMetrics};
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
 use super::server;
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
-use crate::queue::record::QueuedPacket;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use queue::QueuedPacket;
+use queue::{AppendResult, Command, CommandResult, TableWrite};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};

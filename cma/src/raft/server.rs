@@ -2,8 +2,9 @@
 //! answers their requests concurrently.
 
 use super::node::{Node, ProposeError, ReasonLabel};
-use super::rpc::{Reply, ReplyFrame, Request, RequestFrame};
-use super::wire;
+use super::peer::{NodeReply as Reply, NodeRequest as Request, PeerReply, PeerRequest};
+use queue::rpc::{ReplyFrame, RequestFrame};
+use queue::wire;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -54,7 +55,7 @@ async fn handle(stream: TcpStream, node: Node) -> Result<(), wire::WireError> {
             Err(wire::WireError::Closed) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let frame: RequestFrame = match postcard::from_bytes(&bytes) {
+        let frame: RequestFrame<PeerRequest> = match postcard::from_bytes(&bytes) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable request; closing connection");
@@ -102,11 +103,15 @@ fn not_leader(e: ProposeError) -> Reply {
 
 async fn answer(node: &Node, request: Request) -> Reply {
     match request {
-        Request::AppendEntries(rpc) => Reply::AppendEntries(node.raft().append_entries(rpc).await),
-        Request::Vote(rpc) => Reply::Vote(node.raft().vote(rpc).await),
-        Request::InstallSnapshot(rpc) => {
-            Reply::InstallSnapshot(node.raft().install_snapshot(rpc).await)
+        Request::Peer(PeerRequest::AppendEntries(rpc)) => Reply::Peer(PeerReply::AppendEntries(
+            node.raft().append_entries(rpc).await,
+        )),
+        Request::Peer(PeerRequest::Vote(rpc)) => {
+            Reply::Peer(PeerReply::Vote(node.raft().vote(rpc).await))
         }
+        Request::Peer(PeerRequest::InstallSnapshot(rpc)) => Reply::Peer(
+            PeerReply::InstallSnapshot(node.raft().install_snapshot(rpc).await),
+        ),
         Request::Append(batch) => match node.append(batch).await {
             Ok(result) => Reply::Appended(result),
             Err(e) => not_leader(e),

@@ -10,7 +10,6 @@
 // its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use super::command::CommandResult;
 use super::queue_state::{DedupLimits, QueueState};
 use super::{NodeAddr, NodeId, TypeConfig};
 use openraft::storage::RaftStateMachine;
@@ -18,6 +17,7 @@ use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
+use queue::CommandResult;
 use serde::{Deserialize, Serialize};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ struct SnapshotBody {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeAddr>,
-    #[serde(with = "crate::queue::record::byte_string")]
+    #[serde(with = "queue::record::byte_string")]
     data: Vec<u8>,
 }
 
@@ -327,8 +327,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::record::QueuedPacket;
-    use crate::raft::command::Command;
+    use queue::Command;
+    use queue::QueuedPacket;
 
     #[test]
     fn snapshot_file_round_trips() {

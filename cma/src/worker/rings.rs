@@ -1,6 +1,6 @@
 //! Topology (which switch a host sits behind) and the ring plan, both pure.
 //!
-//! Rings (DESIGN.md section 4): the hosts behind one switch form a switch ring, ordered by
+//! Rings (docs/design.md §4): the hosts behind one switch form a switch ring, ordered by
 //! host id, where each host sends heartbeats to and expects them from its predecessor and
 //! successor, so each is watched by two peers on its own switch (one in a 2-host ring,
 //! none alone). The two lowest-id hosts of each switch ring (its representatives) also join

@@ -78,12 +78,7 @@ impl WorkerMetrics {
     }
 }
 
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+use daemon::clock::wall_clock_us as wall_us;
 
 /// Everything the worker needs, prepared by the `cma` binary.
 pub struct Worker {

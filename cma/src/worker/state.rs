@@ -9,11 +9,11 @@
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
 use super::views::{id_key, FailureRow, HostRow, RingRow, EVENTS, FAILURES, HOSTS, RINGS};
-use crate::queue::QueuedPacket;
 use crate::raft::TableWrite;
 use crate::sinks::Event;
 use fsm::{Action, Evidence, VerdictKind};
 use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
+use queue::QueuedPacket;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The network lab (DESIGN.md section 10): topologies built from Linux network namespaces,
+//! The network lab (docs/design.md §10): topologies built from Linux network namespaces,
 //! veth pairs and bridges, with the real Ringwatch binaries running inside them.
 //!
 //! - A **host** is a namespace with one interface `eth0` on its switch's subnet.
@@ -32,9 +32,19 @@ fn check_lab() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("the network lab needs root (network namespaces)".into());
     }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Some("the network lab needs `ip` (iproute2)".into()),
+    // `ip` builds the lab, `ping` checks it, `nft` emulates loss where the kernel has no
+    // netem. All come with README's set-up command.
+    for (tool, args, package) in [
+        ("ip", &["-V"][..], "iproute2"),
+        ("ping", &["-V"][..], "iputils-ping"),
+        ("nft", &["--version"][..], "nftables"),
+    ] {
+        match Command::new(tool).args(args).output() {
+            Ok(o) if o.status.success() => {}
+            _ => return Some(format!(
+                "the network lab needs `{tool}` (Debian: {package}; see README's set-up command)"
+            )),
+        }
     }
     let probe = format!("rwlprobe-{}", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {

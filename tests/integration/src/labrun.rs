@@ -2,13 +2,14 @@
 //! `cma` namespace, one `nanoprobe` in each host namespace, all real binaries, queried
 //! with the real `cmactl`.
 
+use crate::cluster::{hex, CmaCluster};
 use crate::lab::{cma_addr, reader_addr, Topology};
 use crate::procs::{binary, wait_until, ProcGuard};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Heartbeat timings of the lab (ms): the targets are for 1 s / 3 s.
 pub const INTERVAL_MS: u64 = 1000;
@@ -32,17 +33,8 @@ pub struct Ringwatch {
     pub topo: Topology,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Microseconds since the Unix epoch (the clock verdicts are stamped with).
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use daemon::clock::wall_clock_us as now_us;
 
 impl Ringwatch {
     /// Starts 3 CMA nodes (formed into one Raft cluster), one packet-reader and every
@@ -92,7 +84,7 @@ impl Ringwatch {
             std::fs::write(&config, text).expect("cma config");
             rw.start_cma(id);
         }
-        rw.form_cluster();
+        rw.form_cluster(1, &[2, 3]);
         let nodes: Vec<String> = (1..=3)
             .map(|i| format!("\"{}:7400\"", cma_addr(i)))
             .collect();
@@ -206,64 +198,6 @@ impl Ringwatch {
         );
     }
 
-    fn retry(&self, id: u64, args: &[&str]) {
-        let mut last = String::new();
-        let ok = wait_until(Duration::from_secs(60), || match self.cmactl(id, args) {
-            Ok(_) => true,
-            Err(e) => {
-                last = e;
-                std::thread::sleep(Duration::from_millis(300));
-                false
-            }
-        });
-        assert!(ok, "cmactl {args:?} kept failing: {last}");
-    }
-
-    fn form_cluster(&self) {
-        self.retry(1, &["cluster", "init"]);
-        for id in 2..=3u64 {
-            let leader = self.wait_leader(Duration::from_secs(30));
-            let (id_s, raft, admin) = (
-                id.to_string(),
-                format!("{}:7400", cma_addr(id)),
-                format!("127.0.0.1:{}", ADMIN_PORT_BASE + id as u16),
-            );
-            self.retry(
-                leader,
-                &[
-                    "cluster",
-                    "add-learner",
-                    "--id",
-                    &id_s,
-                    "--raft",
-                    &raft,
-                    "--admin",
-                    &admin,
-                ],
-            );
-            let leader = self.wait_leader(Duration::from_secs(30));
-            self.retry(leader, &["cluster", "promote", "--id", &id_s]);
-        }
-    }
-
-    /// `cmactl ARGS` (run inside the cma namespace) against node `id`; stdout on success.
-    pub fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
-        let api = format!("http://127.0.0.1:{}", ADMIN_PORT_BASE + id as u16);
-        let bin = binary("cmactl").display().to_string();
-        let mut full = vec!["netns", "exec", &self.topo.cma_ns, &bin, "--api", &api];
-        full.extend_from_slice(&["--timeout", "20"]);
-        full.extend_from_slice(args);
-        let out = Command::new("ip")
-            .args(&full)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
     /// Ids of the CMA nodes whose process runs.
     pub fn running_cma(&self) -> Vec<u64> {
         self.cma
@@ -271,47 +205,6 @@ impl Ringwatch {
             .filter(|(_, p)| p.is_some())
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    /// `cmactl --json ARGS` on the first running node that answers.
-    pub fn json(&self, args: &[&str]) -> Option<Value> {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        self.running_cma().into_iter().find_map(|id| {
-            self.cmactl(id, &full)
-                .ok()
-                .and_then(|out| serde_json::from_str(&out).ok())
-        })
-    }
-
-    /// Every failure row, open and closed (`cmactl --json failures --all`).
-    pub fn failures(&self) -> Vec<Value> {
-        self.json(&["failures", "--all"])
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// The running node that reports itself Raft leader.
-    pub fn wait_leader(&self, within: Duration) -> u64 {
-        let mut leader = None;
-        let found = wait_until(within, || {
-            leader = self.running_cma().into_iter().find(|id| {
-                self.cmactl(*id, &["--json", "cluster", "status"])
-                    .ok()
-                    .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-                    .is_some_and(|s| s["state"] == "Leader")
-            });
-            if leader.is_none() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            leader.is_some()
-        });
-        assert!(
-            found,
-            "no CMA leader within {within:?}\n{}",
-            self.logs_tail()
-        );
-        leader.unwrap_or_default()
     }
 
     /// SIGKILLs a CMA node.
@@ -380,5 +273,40 @@ impl Ringwatch {
             }
         }
         text
+    }
+}
+
+impl CmaCluster for Ringwatch {
+    /// `cmactl ARGS` (run inside the cma namespace) against node `id`; stdout on success.
+    fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
+        let api = format!("http://127.0.0.1:{}", ADMIN_PORT_BASE + id as u16);
+        let bin = binary("cmactl").display().to_string();
+        let mut full = vec!["netns", "exec", &self.topo.cma_ns, &bin, "--api", &api];
+        full.extend_from_slice(&["--timeout", "20"]);
+        full.extend_from_slice(args);
+        let out = Command::new("ip")
+            .args(&full)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.running_cma()
+    }
+
+    fn addresses(&self, id: u64) -> (String, String) {
+        (
+            format!("{}:7400", cma_addr(id)),
+            format!("127.0.0.1:{}", ADMIN_PORT_BASE + id as u16),
+        )
+    }
+
+    fn diagnostics(&self) -> String {
+        self.logs_tail()
     }
 }

@@ -7,27 +7,48 @@ use nix::unistd::Pid;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The path of the workspace binary `name`, built next to the running test executable.
 ///
 /// A test executable lives in `target/<profile>/deps/`; binaries of the same build are in
-/// `target/<profile>/`. Panics with a hint when the binary has not been built, because
-/// cargo does not build other crates' binaries for an integration test.
+/// `target/<profile>/`. The first call in a test process runs `cargo build --workspace
+/// --bins` with the same target directory and profile (a no-op when the README's
+/// `cargo build --workspace --bins` already ran), so a test never runs a stale binary.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running test executable");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable is not under target/<profile>/deps");
+    build_workspace_binaries(profile_dir);
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
-        "binary {} not found; run cargo build --workspace --bins first (with the same \
-         CARGO_TARGET_DIR and profile as the tests)",
+        "binary {} not found after cargo build --workspace --bins",
         path.display()
     );
     path
+}
+
+fn build_workspace_binaries(profile_dir: &Path) {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = profile_dir.parent().expect("target directory");
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--workspace", "--bins", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build --workspace --bins");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
 }
 
 /// A spawned child process, SIGKILLed by PID when dropped unless it was already reaped.

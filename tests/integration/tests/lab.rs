@@ -6,6 +6,7 @@
 //! Tests skip with a message without root or `ip`; `.ci/run` sets `RINGWATCH_LAB_REQUIRED`
 //! so that a skip fails there.
 
+use integration::cluster::CmaCluster;
 use integration::lab::{reader_addr, RouterSpec, SwitchSpec, Topology};
 use integration::labrun::{now_us, Ringwatch, DEADTIME_MS, PROBE_TIMEOUT_MS};
 use integration::require_lab;

@@ -1,9 +1,7 @@
 //! Must show (a): 10,000 appended batches while the leader is SIGKILLed twice; every batch
 //! whose append returned success is read back exactly once, in order, from the new leader.
 
-mod queue_support;
-
-use queue_support::{check_exactly_once, packet, read_all, Cluster, TEST_RAFT};
+use integration::cluster::{check_exactly_once, packet, read_all, Cluster, CmaCluster, TEST_RAFT};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! Must show (c): a 4th node is added and the leader removed while appends go on; no
 //! acknowledged append is lost and the new membership serves.
 
-mod queue_support;
-
-use queue_support::{check_exactly_once, packet, read_all, Cluster, TEST_RAFT};
+use integration::cluster::{check_exactly_once, packet, read_all, Cluster, CmaCluster, TEST_RAFT};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! is still there (restored from the snapshot file plus the replayed log), and the
 //! consumer offsets and tables survive too.
 
-mod queue_support;
-
-use queue_support::{check_exactly_once, packet, read_all, Cluster, TEST_RAFT};
+use integration::cluster::{check_exactly_once, packet, read_all, Cluster, CmaCluster, TEST_RAFT};
 use std::time::Duration;
 
 const SESSION: u64 = 4;

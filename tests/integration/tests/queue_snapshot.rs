@@ -1,9 +1,7 @@
 //! Must show (b): a node whose data directory is wiped rejoins by installing a snapshot
 //! (its peers have purged the log it would need) and then serves as a full voter.
 
-mod queue_support;
-
-use queue_support::{check_exactly_once, packet, read_all, Cluster, TEST_RAFT};
+use integration::cluster::{check_exactly_once, packet, read_all, Cluster, CmaCluster, TEST_RAFT};
 use std::time::{Duration, Instant};
 
 const SESSION: u64 = 2;

@@ -3,13 +3,10 @@
 //! and one packet-reader is restarted, every report any simulated nanoprobe saw ACKed is in
 //! the queue exactly once.
 
-mod queue_support;
-mod reader_support;
-
+use integration::cluster::{read_all, Cluster, CmaCluster, TEST_RAFT};
 use integration::procs::{spawn, wait_until};
+use integration::reader::{sample, ReaderProc};
 use proto::{Body, KeyId, KeyRing};
-use queue_support::{read_all, Cluster, TEST_RAFT};
-use reader_support::{reader_bin_dir, sample, ReaderProc};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -21,7 +18,7 @@ const LOAD_SECS: u64 = 24;
 fn total_acks(readers: &[ReaderProc]) -> f64 {
     readers
         .iter()
-        .filter_map(|r| reader_support::scrape(r.metrics))
+        .filter_map(|r| integration::reader::scrape(r.metrics))
         .map(|t| sample(&t, "ringwatch_reader_acks_total"))
         .sum()
 }
@@ -66,8 +63,13 @@ fn acked_reports_survive_leader_kill_and_reader_restart() {
         "2".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut loadgen =
-        spawn(&reader_bin_dir().join("loadgen"), &args, &[], &loadgen_log).expect("spawn loadgen");
+    let mut loadgen = spawn(
+        &integration::procs::binary("loadgen"),
+        &args,
+        &[],
+        &loadgen_log,
+    )
+    .expect("spawn loadgen");
     let started = Instant::now();
 
     // Reports flow through both readers before anything is broken.

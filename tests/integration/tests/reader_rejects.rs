@@ -2,15 +2,12 @@
 //! packet-reader are rejected, counted by reason on `/metrics`, and never reach the queue;
 //! genuine reports around them are committed and ACKed.
 
-mod queue_support;
-mod reader_support;
-
+use integration::cluster::{read_all, Cluster, TEST_RAFT};
+use integration::reader::{sample, ReaderProc};
 use proto::{
     Ack, Body, Heartbeat, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId, Verifier,
     MAX_DATAGRAM,
 };
-use queue_support::{read_all, Cluster, TEST_RAFT};
-use reader_support::{sample, ReaderProc};
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,14 +7,11 @@
 //! - SIGKILL the CMA leader while a suspicion is open: the new leader finishes it with one
 //!   verdict, not two.
 
-mod queue_support;
-mod reader_support;
-
+use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
 use integration::procs::{binary, spawn, wait_until, ProcGuard};
+use integration::reader::ReaderProc;
 use integration::verdicts::reporters;
 use proto::{KeyId, KeyRing};
-use queue_support::{Cluster, TEST_RAFT};
-use reader_support::ReaderProc;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,26 +45,6 @@ fn nanoprobe(dir: &Path, host: u64, key_file: &Path, reader: &str) -> ProcGuard 
     .expect("spawn nanoprobe")
 }
 
-/// `cmactl --json ARGS` on the first running node that answers.
-fn cmactl_json(cluster: &Cluster, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    for id in cluster.running() {
-        if let Ok(out) = cluster.cmactl(id, &full) {
-            if let Ok(v) = serde_json::from_str(&out) {
-                return Some(v);
-            }
-        }
-    }
-    None
-}
-
-fn failures(cluster: &Cluster) -> Vec<Value> {
-    cmactl_json(cluster, &["failures", "--all"])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
 fn failures_about<'a>(all: &'a [Value], subject: &str) -> Vec<&'a Value> {
     all.iter().filter(|f| f["subject"] == subject).collect()
 }
@@ -76,14 +53,14 @@ fn failures_about<'a>(all: &'a [Value], subject: &str) -> Vec<&'a Value> {
 fn wait_verdict(cluster: &Cluster, kind: &str, subject: &str, within: Duration) -> Duration {
     let started = Instant::now();
     let found = wait_until(within, || {
-        failures_about(&failures(cluster), subject)
+        failures_about(&cluster.failures(), subject)
             .iter()
             .any(|f| f["kind"] == kind)
     });
     assert!(
         found,
         "no {kind} verdict about {subject} within {within:?}; failures: {:#?}",
-        failures(cluster)
+        cluster.failures()
     );
     started.elapsed()
 }
@@ -118,7 +95,8 @@ fn rings_verdicts_and_leader_failover() {
 
     // Rings: every host known and watched by two peers.
     let formed = wait_until(Duration::from_secs(60), || {
-        cmactl_json(&cluster, &["hosts"])
+        cluster
+            .json(&["hosts"])
             .and_then(|v| v.as_array().cloned())
             .is_some_and(|hosts| {
                 hosts.len() == HOSTS as usize
@@ -127,18 +105,16 @@ fn rings_verdicts_and_leader_failover() {
                         .all(|h| h["watchers"].as_array().is_some_and(|w| w.len() == 2))
             })
     });
-    assert!(
-        formed,
-        "rings not formed: {:#?}",
-        cmactl_json(&cluster, &["hosts"])
-    );
-    let rings = cmactl_json(&cluster, &["rings"]).expect("rings");
+    assert!(formed, "rings not formed: {:#?}", cluster.json(&["hosts"]));
+    let rings = cluster.json(&["rings"]).expect("rings");
     let members = rings[0]["members"].as_array().expect("ring members").len();
     assert_eq!(members, HOSTS as usize, "rings: {rings:#}");
     // Let the SendExpectHb commands reach every nanoprobe and heartbeats start.
     std::thread::sleep(Duration::from_millis(3 * INTERVAL));
     // `cmactl probe`: a live nanoprobe answers.
-    let probe3 = cmactl_json(&cluster, &["probe", "3"]).expect("probe of host 3 answered");
+    let probe3 = cluster
+        .json(&["probe", "3"])
+        .expect("probe of host 3 answered");
     assert_eq!(probe3["outcome"], "reachable", "{probe3:#}");
 
     // SIGKILL host 5: dead, with its two ring neighbours (4 and 6) as evidence.
@@ -154,7 +130,7 @@ fn rings_verdicts_and_leader_failover() {
     assert!(cluster
         .cmactl(leader_now, &["probe", "5", "--timeout-ms", "500"])
         .is_err());
-    let all = failures(&cluster);
+    let all = cluster.failures();
     let dead5 = failures_about(&all, "5");
     assert_eq!(dead5.len(), 1, "{dead5:#?}");
     assert_eq!(reporters(dead5[0]), vec![4, 6], "evidence: {:#}", dead5[0]);
@@ -169,7 +145,7 @@ fn rings_verdicts_and_leader_failover() {
     assert!(two.wait_timeout(Duration::from_secs(10)).is_some());
     wait_verdict(&cluster, "left", "2", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(2 * DEADTIME));
-    let all = failures(&cluster);
+    let all = cluster.failures();
     let about2 = failures_about(&all, "2");
     assert!(
         about2
@@ -191,7 +167,7 @@ fn rings_verdicts_and_leader_failover() {
     );
     // Let any duplicate a replay might produce show up before counting.
     std::thread::sleep(Duration::from_secs(3));
-    let all = failures(&cluster);
+    let all = cluster.failures();
     let about8 = failures_about(&all, "8");
     assert_eq!(about8.len(), 1, "expected one verdict about 8: {about8:#?}");
     // No verdict of any kind about a live host: not even a closed false alarm. (A

@@ -1,6 +1,6 @@
 //! The entries proposed through Raft and what applying them returns.
 
-use crate::queue::record::QueuedPacket;
+use crate::record::QueuedPacket;
 use serde::{Deserialize, Serialize};
 
 /// One write to a generic replicated table (the worker's state), applied atomically with

@@ -10,15 +10,18 @@
 //! may still have committed: retrying it is safe because the queue stores a
 //! (sender, session, seq) once.
 
-use crate::raft::rpc::{CallError, Connection, Reply, Request};
+use crate::rpc::{CallError, ClientConnection, NoPeer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use crate::queue::record::QueuedPacket;
-pub use crate::raft::command::AppendResult;
+pub use crate::command::AppendResult;
+pub use crate::record::QueuedPacket;
+
+type Request = crate::rpc::Request<NoPeer>;
+type Reply = crate::rpc::Reply<NoPeer>;
 
 /// Default overall time a call may take, retries included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,7 +153,7 @@ struct Inner {
     config: ClientConfig,
     /// Where the next call goes first: a leader hint or the last node that answered.
     preferred: Mutex<Option<SocketAddr>>,
-    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
+    connections: Mutex<HashMap<SocketAddr, Arc<ClientConnection>>>,
     /// When each node last failed to answer: followers keep naming a dead leader until
     /// they elect a new one, and such a hint is not followed for [`DEAD_HINT`].
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -228,14 +231,14 @@ impl QueueClient {
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<Arc<Connection>, CallError> {
+    async fn connection(&self, addr: SocketAddr) -> Result<Arc<ClientConnection>, CallError> {
         if let Some(c) = lock(&self.inner.connections).get(&addr) {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
         }
         let c = Arc::new(
-            Connection::open(
+            ClientConnection::open(
                 addr,
                 &self.inner.config.cluster_secret,
                 self.inner.config.connect_timeout,

@@ -1,67 +1,130 @@
-//! Helpers shared by the queue tests: build the `cma` binaries, run a loopback cluster of
-//! real `cma` processes, kill and restart nodes by PID, and query them with `cmactl`.
+//! The one way tests form and query a CMA cluster: [`CmaCluster`] holds the `cmactl`
+//! choreography (init, add-learner, promote, wait for a leader) for any set of running
+//! `cma` nodes, whether on loopback ([`Cluster`]) or in the lab's namespaces
+//! (`labrun::Ringwatch`). Also the queue tests' helpers (test packets, reading
+//! everything back, the exactly-once check).
 //!
-//! Every test passes its own `net` byte: its nodes live on 127.<net>.0.<id>, so tests
-//! running in parallel never share an address.
+//! Every loopback test passes its own `net` byte: its nodes live on 127.<net>.0.<id>, so
+//! tests running in parallel never share an address.
 
-#![allow(dead_code)]
-
-use cma::queue::{ClientConfig, QueueClient, QueuedPacket};
+use crate::procs::{binary, spawn, wait_until, ProcGuard};
+use queue::{ClientConfig, QueueClient, QueuedPacket};
+use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 /// Raft timings for tests: quick failover, but tolerant of a loaded 2-core machine.
 pub const TEST_RAFT: &str = "[raft]\nheartbeat_interval_ms = 250\nelection_timeout_min_ms = 1200\nelection_timeout_max_ms = 2400\n";
 
-/// Directory holding freshly built `cma` and `cmactl`.
-pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/<test binary>
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile> directory")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target directory");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "-p",
-                "cma",
-                "--bin",
-                "cma",
-                "--bin",
-                "cmactl",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+/// A set of `cma` nodes that `cmactl` can reach; the provided methods form and query the
+/// cluster the same way for every kind of test.
+pub trait CmaCluster {
+    /// Runs `cmactl ARGS` against node `id`: stdout on success, stderr on failure.
+    fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String>;
+    /// Ids of the nodes whose process runs.
+    fn running(&self) -> Vec<u64>;
+    /// The Raft and admin addresses node `id` is reached at.
+    fn addresses(&self, id: u64) -> (String, String);
+    /// What to print when a wait fails (log tails).
+    fn diagnostics(&self) -> String {
+        String::new()
+    }
+
+    /// Node `id`'s `cluster status --json`, if it answers.
+    fn status(&self, id: u64) -> Option<Value> {
+        let out = self.cmactl(id, &["--json", "cluster", "status"]).ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    /// `cmactl --json ARGS` on the first running node that answers.
+    fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        self.running().into_iter().find_map(|id| {
+            self.cmactl(id, &full)
+                .ok()
+                .and_then(|out| serde_json::from_str(&out).ok())
+        })
+    }
+
+    /// Every failure row, open and closed (`cmactl --json failures --all`).
+    fn failures(&self) -> Vec<Value> {
+        self.json(&["failures", "--all"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Retries `cmactl ARGS` on `id` until it succeeds; panics after `within`.
+    fn cmactl_retry(&self, id: u64, args: &[&str], within: Duration) {
+        let mut last = String::new();
+        let ok = wait_until(within, || match self.cmactl(id, args) {
+            Ok(_) => true,
+            Err(e) => {
+                last = e;
+                std::thread::sleep(Duration::from_millis(300));
+                false
+            }
+        });
+        assert!(
+            ok,
+            "cmactl {args:?} kept failing: {last}\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// Waits until a running node reports itself leader; returns its id.
+    fn wait_leader(&self, within: Duration) -> u64 {
+        let mut leader = None;
+        let found = wait_until(within, || {
+            leader = self
+                .running()
+                .into_iter()
+                .find(|id| self.status(*id).is_some_and(|s| s["state"] == "Leader"));
+            if leader.is_none() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            leader.is_some()
+        });
+        assert!(found, "no leader within {within:?}\n{}", self.diagnostics());
+        leader.unwrap_or_default()
+    }
+
+    /// Adds running node `id` as a learner, then promotes it to voter.
+    fn join(&self, id: u64) {
+        let (raft, admin) = self.addresses(id);
+        let id_s = id.to_string();
+        let leader = self.wait_leader(Duration::from_secs(30));
+        self.cmactl_retry(
+            leader,
+            &[
+                "cluster",
+                "add-learner",
+                "--id",
+                &id_s,
+                "--raft",
+                &raft,
+                "--admin",
+                &admin,
+            ],
+            Duration::from_secs(60),
+        );
+        let leader = self.wait_leader(Duration::from_secs(30));
+        self.cmactl_retry(
+            leader,
+            &["cluster", "promote", "--id", &id_s],
+            Duration::from_secs(60),
+        );
+    }
+
+    /// Bootstraps the cluster on `first` (running) and joins `others` (running) as voters.
+    fn form_cluster(&self, first: u64, others: &[u64]) {
+        self.cmactl_retry(first, &["cluster", "init"], Duration::from_secs(60));
+        self.wait_leader(Duration::from_secs(30));
+        for &id in others {
+            self.join(id);
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the cma binaries");
-        assert!(status.success(), "building cma binaries failed");
-        profile_dir
-    })
-}
-
-/// One `cma` process; SIGKILLed when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -73,7 +136,7 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
-    proc: Option<Proc>,
+    proc: Option<ProcGuard>,
 }
 
 /// A loopback cluster of real `cma` processes in a scratch directory.
@@ -149,32 +212,23 @@ impl Cluster {
 
     /// Starts (or restarts) a node's process and waits for its admin API.
     pub fn start(&mut self, id: u64) {
-        let bin = bin_dir().join("cma");
+        let bin = binary("cma");
         let node = self.node_mut(id);
         assert!(node.proc.is_none(), "node {id} already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log file");
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn cma");
-        node.proc = Some(Proc { child });
+        let config = node.config.display().to_string();
+        let proc = spawn(
+            &bin,
+            &["--config", &config],
+            &[("RUST_LOG", "info,openraft=info")],
+            &node.log,
+        )
+        .expect("spawn cma");
+        node.proc = Some(proc);
         let admin = node.admin;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.status(id).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "node {id} admin API {admin} never came up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            wait_until(Duration::from_secs(30), || self.status(id).is_some()),
+            "node {id} admin API {admin} never came up"
+        );
     }
 
     /// SIGKILLs a node's process (by PID) and waits for it to be gone.
@@ -191,10 +245,38 @@ impl Cluster {
         std::fs::remove_dir_all(&node.data_dir).expect("removing data dir");
     }
 
-    /// Runs `cmactl` against one node; returns stdout on success.
-    pub fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
+    /// The pid of node `id`'s process, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).proc.as_ref().map(ProcGuard::pid)
+    }
+
+    /// Starts every node, bootstraps on the first and adds the others as voters.
+    pub fn form(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for &id in &ids {
+            self.start(id);
+        }
+        self.form_cluster(ids[0], &ids[1..]);
+    }
+
+    /// Raft addresses of the given nodes.
+    pub fn raft_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.raft).collect()
+    }
+
+    /// A queue client on every configured node, with generous timeouts.
+    pub fn client(&self) -> QueueClient {
+        let mut config = ClientConfig::new(self.raft_addrs(), self.secret);
+        config.request_timeout = Duration::from_secs(30);
+        config.attempt_timeout = Duration::from_secs(5);
+        QueueClient::new(config).expect("client")
+    }
+}
+
+impl CmaCluster for Cluster {
+    fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
         let admin = self.node(id).admin;
-        let out = Command::new(bin_dir().join("cmactl"))
+        let out = Command::new(binary("cmactl"))
             .arg("--api")
             .arg(format!("http://{admin}"))
             .arg("--timeout")
@@ -209,75 +291,7 @@ impl Cluster {
         }
     }
 
-    /// A node's `cluster status --json`, if it answers.
-    pub fn status(&self, id: u64) -> Option<serde_json::Value> {
-        let out = self.cmactl(id, &["--json", "cluster", "status"]).ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    /// Retries a `cmactl` command on `id` until it succeeds (bounded).
-    pub fn cmactl_retry(&self, id: u64, args: &[&str], within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.cmactl(id, args) {
-                Ok(_) => return,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cmactl {args:?} kept failing: {e}"
-                    );
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-            }
-        }
-    }
-
-    /// Starts nodes 1..=n, bootstraps on node 1 and adds the others as voters.
-    pub fn form(&mut self) {
-        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
-        for &id in &ids {
-            self.start(id);
-        }
-        self.cmactl_retry(1, &["cluster", "init"], Duration::from_secs(30));
-        self.wait_leader(Duration::from_secs(30));
-        for &id in &ids[1..] {
-            self.join(id);
-        }
-    }
-
-    /// Adds a running node as learner, then promotes it.
-    pub fn join(&self, id: u64) {
-        let node = self.node(id);
-        let (raft, admin, id_s) = (
-            node.raft.to_string(),
-            node.admin.to_string(),
-            id.to_string(),
-        );
-        let leader = self.wait_leader(Duration::from_secs(30));
-        self.cmactl_retry(
-            leader,
-            &[
-                "cluster",
-                "add-learner",
-                "--id",
-                &id_s,
-                "--raft",
-                &raft,
-                "--admin",
-                &admin,
-            ],
-            Duration::from_secs(60),
-        );
-        let leader = self.wait_leader(Duration::from_secs(30));
-        self.cmactl_retry(
-            leader,
-            &["cluster", "promote", "--id", &id_s],
-            Duration::from_secs(60),
-        );
-    }
-
-    /// Ids of nodes whose process runs.
-    pub fn running(&self) -> Vec<u64> {
+    fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
             .filter(|n| n.proc.is_some())
@@ -285,33 +299,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Waits until a running node reports itself leader; returns its id.
-    pub fn wait_leader(&self, within: Duration) -> u64 {
-        let deadline = Instant::now() + within;
-        loop {
-            for id in self.running() {
-                if let Some(s) = self.status(id) {
-                    if s["state"] == "Leader" {
-                        return id;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within {within:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Raft addresses of the given nodes.
-    pub fn raft_addrs(&self) -> Vec<SocketAddr> {
-        self.nodes.iter().map(|n| n.raft).collect()
-    }
-
-    /// A queue client on every configured node, with generous timeouts.
-    pub fn client(&self) -> QueueClient {
-        let mut config = ClientConfig::new(self.raft_addrs(), self.secret);
-        config.request_timeout = Duration::from_secs(30);
-        config.attempt_timeout = Duration::from_secs(5);
-        QueueClient::new(config).expect("client")
+    fn addresses(&self, id: u64) -> (String, String) {
+        let node = self.node(id);
+        (node.raft.to_string(), node.admin.to_string())
     }
 }
 
@@ -335,7 +325,8 @@ impl Drop for Cluster {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (cluster secret files).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -34,7 +34,7 @@ impl QueuedPacket {
 /// Encodes a byte vector as one byte string instead of a sequence of numbers: postcard
 /// then copies it in one go, which matters at 100k packets/s through several encodings
 /// (client, log store, replication, snapshot).
-pub(crate) mod byte_string {
+pub mod byte_string {
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
     use serde::Serializer;
     use std::fmt;

@@ -1,15 +1,16 @@
 //! Messages carried on authenticated connections, and the multiplexed client side of a
 //! connection (many requests in flight, matched to replies by id).
+//!
+//! Node-to-node (Raft) messages travel in the `Peer` variants. Their type is a parameter,
+//! defined by `cma` (which links openraft); queue clients use [`NoPeer`], which cannot be
+//! constructed, so a client never sends or expects one. The encoding of every other
+//! variant does not depend on the parameter (postcard writes the variant index, then the
+//! fields), so a client's `Request<NoPeer>` is read by a node as its `Request<P>`.
 
-use super::command::AppendResult;
-use super::wire::{self, FrameReader, FrameWriter, WireError};
-use super::{NodeId, TypeConfig};
-use crate::queue::record::QueuedPacket;
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use crate::command::AppendResult;
+use crate::record::QueuedPacket;
+use crate::wire::{self, FrameReader, FrameWriter, WireError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,15 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// A request on a connection.
+/// The peer payload of a queue client's connection: none (an empty enum).
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
-    /// Raft AppendEntries from the leader.
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    /// Raft RequestVote from a candidate.
-    Vote(VoteRequest<NodeId>),
-    /// One chunk of a snapshot from the leader.
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+pub enum NoPeer {}
+
+/// A request on a connection; `P` is the node-to-node request type.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request<P> {
+    /// A node-to-node (Raft) request.
+    Peer(P),
     /// Queue client: append a batch and wait for commit.
     Append(Vec<QueuedPacket>),
     /// Queue client: read committed packets from an offset.
@@ -45,17 +46,11 @@ pub enum Request {
     },
 }
 
-/// A reply on a connection.
+/// A reply on a connection; `P` is the node-to-node reply type.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
-    /// Answer to `AppendEntries`.
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    /// Answer to `Vote`.
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    /// Answer to `InstallSnapshot`.
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
+pub enum Reply<P> {
+    /// Answer to a `Peer` request.
+    Peer(P),
     /// Answer to `Append`.
     Appended(AppendResult),
     /// Answer to `Read`.
@@ -80,20 +75,20 @@ pub enum Reply {
 
 /// Request frame.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RequestFrame {
+pub struct RequestFrame<P> {
     /// Matches the reply.
     pub id: u64,
     /// The request.
-    pub request: Request,
+    pub request: Request<P>,
 }
 
 /// Reply frame.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ReplyFrame {
+pub struct ReplyFrame<P> {
     /// Id of the request answered.
     pub id: u64,
     /// The reply.
-    pub reply: Reply,
+    pub reply: Reply<P>,
 }
 
 /// Why a call failed.
@@ -110,26 +105,31 @@ pub enum CallError {
     Codec(#[from] postcard::Error),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+type Pending<R> = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply<R>>>>>;
 
-/// The client side of one authenticated connection; calls may run concurrently.
-pub struct Connection {
+/// The client side of one authenticated connection; calls may run concurrently. `Q` and
+/// `R` are the peer request and reply types ([`NoPeer`] for queue clients).
+pub struct Connection<Q, R> {
     next_id: AtomicU64,
-    pending: Pending,
+    pending: Pending<R>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
     closed: Arc<AtomicBool>,
     addr: SocketAddr,
+    _request: std::marker::PhantomData<fn(Q)>,
 }
 
-impl Connection {
+/// A queue client's connection.
+pub type ClientConnection = Connection<NoPeer, NoPeer>;
+
+impl<Q: Serialize, R: DeserializeOwned + Send + 'static> Connection<Q, R> {
     /// Connects and authenticates.
     pub async fn open(
         addr: SocketAddr,
         secret: &[u8; 32],
         connect_timeout: Duration,
-    ) -> Result<Connection, CallError> {
+    ) -> Result<Self, CallError> {
         let (reader, writer) = wire::connect(addr, secret, connect_timeout).await?;
-        let pending: Pending = Arc::default();
+        let pending: Pending<R> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (outbox, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(writer, rx, closed.clone()));
@@ -140,6 +140,7 @@ impl Connection {
             outbox,
             closed,
             addr,
+            _request: std::marker::PhantomData,
         })
     }
 
@@ -154,7 +155,11 @@ impl Connection {
     }
 
     /// Sends a request and waits for its reply.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Reply, CallError> {
+    pub async fn call(
+        &self,
+        request: Request<Q>,
+        timeout: Duration,
+    ) -> Result<Reply<R>, CallError> {
         if self.is_closed() {
             return Err(WireError::Closed.into());
         }
@@ -177,7 +182,7 @@ impl Connection {
     }
 }
 
-impl Drop for Connection {
+impl<Q, R> Drop for Connection<Q, R> {
     fn drop(&mut self) {
         // Stops the write loop (channel closed) which shuts the socket down.
         self.closed.store(true, Ordering::Relaxed);
@@ -201,7 +206,11 @@ async fn write_loop(
     closed.store(true, Ordering::Relaxed);
 }
 
-async fn read_loop(mut reader: FrameReader, pending: Pending, closed: Arc<AtomicBool>) {
+async fn read_loop<R: DeserializeOwned>(
+    mut reader: FrameReader,
+    pending: Pending<R>,
+    closed: Arc<AtomicBool>,
+) {
     loop {
         let bytes = match reader.recv().await {
             Ok(bytes) => bytes,
@@ -210,7 +219,7 @@ async fn read_loop(mut reader: FrameReader, pending: Pending, closed: Arc<Atomic
                 break;
             }
         };
-        match postcard::from_bytes::<ReplyFrame>(&bytes) {
+        match postcard::from_bytes::<ReplyFrame<R>>(&bytes) {
             Ok(frame) => {
                 if let Some(tx) = lock(&pending).remove(&frame.id) {
                     let _ = tx.send(frame.reply);

@@ -1,59 +1,16 @@
-//! Helpers shared by the packet-reader tests: build the `packet-reader` and `loadgen`
-//! binaries, run packet-reader processes in front of a `cma` test cluster (see
-//! `queue_support`), and scrape their `/metrics`.
+//! Packet-reader processes in front of a `cma` test cluster (see [`crate::cluster`]), and
+//! scraping any daemon's `/metrics`.
 //!
 //! Addresses: a test with network byte `net` has its CMA nodes on 127.<net>.0.<id>
-//! (`queue_support`), its packet-readers on 127.<net>.1.<n> and its senders on
+//! ([`crate::cluster`]), its packet-readers on 127.<net>.1.<n> and its senders on
 //! 127.<net>.2.x, so tests running in parallel never collide.
 
-#![allow(dead_code)]
-
-use integration::procs::{spawn, wait_until, ProcGuard};
+use crate::procs::{binary, spawn, wait_until, ProcGuard};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
-
-/// Directory holding freshly built `packet-reader` and `loadgen` (and, through
-/// `queue_support`, `cma`).
-pub fn reader_bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/<test binary>
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile> directory")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target directory");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "-p",
-                "packet-reader",
-                "--bin",
-                "packet-reader",
-                "--bin",
-                "loadgen",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the packet-reader binaries");
-        assert!(status.success(), "building packet-reader binaries failed");
-        profile_dir
-    })
-}
 
 /// A packet-reader process (may be stopped and started again on the same addresses).
 pub struct ReaderProc {
@@ -104,7 +61,7 @@ impl ReaderProc {
     /// Starts the process and waits until its `/metrics` answers.
     pub fn start(&mut self) {
         assert!(self.proc.is_none(), "reader already running");
-        let bin = reader_bin_dir().join("packet-reader");
+        let bin = binary("packet-reader");
         let config = self.config.display().to_string();
         let proc = spawn(
             &bin,

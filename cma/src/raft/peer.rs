@@ -1,0 +1,42 @@
+//! The node-to-node (Raft) messages, carried in the `Peer` variants of the queue crate's
+//! [`queue::rpc::Request`] and [`queue::rpc::Reply`] on the same authenticated connections
+//! as queue clients.
+
+use super::{NodeId, TypeConfig};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+/// A Raft RPC from another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Raft AppendEntries from the leader.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote from a candidate.
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot from the leader.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// Answer to `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `InstallSnapshot`.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+}
+
+/// Any request a node serves: a peer's Raft RPC or a queue client's call.
+pub type NodeRequest = queue::rpc::Request<PeerRequest>;
+/// Any reply a node sends.
+pub type NodeReply = queue::rpc::Reply<PeerReply>;
+/// A node's connection to another node.
+pub type PeerConnection = queue::rpc::Connection<PeerRequest, PeerReply>;

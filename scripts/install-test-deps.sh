@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Ringwatch's tests and CI need, beyond a Rust toolchain:
+# the network lab (iproute2, ping, nftables), systemd-analyze for the units, and the Rust
+# test tools (cargo-nextest, cargo-fuzz). README's set-up command and .ci/run both run
+# this script; run it as root or with sudo available.
+set -euo pipefail
+
+PACKAGES=(iproute2 iputils-ping nftables systemd)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
