@@ -30,7 +30,7 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default TCP connect + handshake timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default pause before retrying after no leader or an unreachable node.
-pub const DEFAULT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub const DEFAULT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -157,6 +157,8 @@ struct Inner {
     /// When each node last failed to answer: followers keep naming a dead leader until
     /// they elect a new one, and such a hint is not followed for [`DEAD_HINT`].
     failed: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Held while connecting to a node.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How long a node that failed to answer is not followed as a leader hint.
@@ -187,6 +189,7 @@ impl QueueClient {
                 preferred: Mutex::new(None),
                 connections: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
                 config,
             }),
         })
@@ -232,6 +235,18 @@ impl QueueClient {
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<Arc<ClientConnection>, CallError> {
+        if let Some(c) = lock(&self.inner.connections).get(&addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        // One connect at a time per node: thousands of calls failing over at once must
+        // share one new connection, not open one each (and run out of descriptors).
+        let gate = lock(&self.inner.connecting)
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
         if let Some(c) = lock(&self.inner.connections).get(&addr) {
             if !c.is_closed() {
                 return Ok(c.clone());
