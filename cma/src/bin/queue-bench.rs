@@ -90,12 +90,26 @@ struct Cluster {
 
 impl Cluster {
     fn start(&mut self, index: usize) -> anyhow::Result<()> {
+        // QUEUE_BENCH_LOGS=DIR keeps each node's log (RUST_LOG applies) in DIR/nI.log.
+        let stderr = match std::env::var_os("QUEUE_BENCH_LOGS") {
+            Some(dir) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(PathBuf::from(dir).join(format!("n{}.log", index + 1)))
+                    .context("opening the node log")?,
+            ),
+            None => Stdio::null(),
+        };
         let child = Command::new(&self.exe)
             .arg("--config")
             .arg(&self.confs[index])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("starting cma")?;
         self.children[index] = Some(child);
