@@ -451,11 +451,11 @@ fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use queue::Command;
     use crate::raft::network::Network;
     use crate::raft::queue_state::DedupLimits;
     use crate::raft::state_machine::StateMachineStore;
     use crate::raft::{NodeAddr, Raft};
+    use queue::Command;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
