@@ -200,7 +200,7 @@ impl LogStore {
     ) -> Result<Self, StorageError<NodeId>> {
         let logs = db.open_tree("log").map_err(read_err)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
-        let files = DurableFiles::open(dir).map_err(|e| write_err(e))?;
+        let files = DurableFiles::open(dir).map_err(write_err)?;
         let syncer = Arc::new(Syncer {
             db: db.clone(),
             files: Mutex::new(files),
@@ -461,7 +461,7 @@ mod tests {
 
     fn metrics() -> StoreMetrics {
         StoreMetrics {
-            flush_seconds: Histogram::new([0.001].into_iter()),
+            flush_seconds: Histogram::new([0.001]),
             syncs: Counter::default(),
         }
     }
