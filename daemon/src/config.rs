@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config {path}: {source}")]
+    #[error("cannot read config file {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -16,7 +16,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for the daemon's schema (syntax, types, unknown keys).
-    #[error("config {path}: {source}")]
+    #[error("invalid config file {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     /// A value parses but makes no sense (out of range, missing, contradictory).
-    #[error("config: {0}")]
+    #[error("invalid configuration: {0}")]
     Invalid(String),
     /// A file the configuration names (key file, cluster secret, token) is unusable.
     #[error(transparent)]
@@ -68,12 +68,14 @@ mod tests {
         let e = load_toml::<Sample>(&missing).unwrap_err();
         assert!(matches!(e, ConfigError::Io { .. }));
         assert!(e.to_string().contains("missing.toml"), "{e}");
+        assert!(e.to_string().starts_with("cannot read config file"), "{e}");
 
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "port = 1\nextra = 2\n").unwrap();
         let e = load_toml::<Sample>(&bad).unwrap_err();
         assert!(matches!(e, ConfigError::Parse { .. }));
         assert!(e.to_string().contains("extra"), "{e}");
+        assert!(e.to_string().starts_with("invalid config file"), "{e}");
 
         let good = dir.path().join("good.toml");
         std::fs::write(&good, "port = 7\n").unwrap();

@@ -58,6 +58,46 @@ impl GroupCase {
     }
 }
 
+/// Where one host's machine stands (the states of TRANSITIONS.md), for operators and
+/// tests. Serialized and displayed in lowercase (`watching`, `suspected`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Heard from, or never reported on.
+    Watching,
+    /// One watcher reported it dead; waiting for corroboration.
+    Suspected,
+    /// A probe is out.
+    Investigating,
+    /// Taken over by a switch or router case.
+    Grouped,
+    /// Declared dead.
+    Down,
+    /// Shut down gracefully.
+    Left,
+}
+
+impl HostState {
+    /// The lowercase name (`watching`, `suspected`, `investigating`, `grouped`, `down`,
+    /// `left`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Watching => "watching",
+            HostState::Suspected => "suspected",
+            HostState::Investigating => "investigating",
+            HostState::Grouped => "grouped",
+            HostState::Down => "down",
+            HostState::Left => "left",
+        }
+    }
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The failure-disambiguation engine. Pure and deterministic: the same events give the
 /// same actions, also after a serde round trip of the engine in the middle.
 #[derive(Serialize, Deserialize)]
@@ -112,16 +152,15 @@ impl Engine {
         &self.topology
     }
 
-    /// Name of the state of `host` (`watching`, `suspected`, `investigating`, `grouped`,
-    /// `down`, `left`), for operators and tests.
-    pub fn host_state(&self, host: HostId) -> &'static str {
+    /// The state of `host`'s machine (a host never reported on is `Watching`).
+    pub fn host_state(&self, host: HostId) -> HostState {
         match self.hosts.get(&host).map(|m| m.state()) {
-            None | Some(State::Watching {}) => "watching",
-            Some(State::Suspected {}) => "suspected",
-            Some(State::Investigating {}) => "investigating",
-            Some(State::Grouped {}) => "grouped",
-            Some(State::Down {}) => "down",
-            Some(State::Left {}) => "left",
+            None | Some(State::Watching {}) => HostState::Watching,
+            Some(State::Suspected {}) => HostState::Suspected,
+            Some(State::Investigating {}) => HostState::Investigating,
+            Some(State::Grouped {}) => HostState::Grouped,
+            Some(State::Down {}) => HostState::Down,
+            Some(State::Left {}) => HostState::Left,
         }
     }
 
@@ -146,7 +185,7 @@ impl Engine {
                         self.open_lone_case(peer, switch, from, at, &mut out);
                     }
                     self.dispatch(peer, Input::Dead { at, reporter }, &mut out);
-                    if !was_open && self.host_state(peer) == "suspected" {
+                    if !was_open && self.host_state(peer) == HostState::Suspected {
                         self.correlate(peer, at, &mut out);
                     }
                 }
@@ -391,7 +430,7 @@ impl Engine {
     }
 
     fn ungroup(&mut self, host: HostId) {
-        if self.host_state(host) == "grouped" {
+        if self.host_state(host) == HostState::Grouped {
             return;
         }
         for case in self.switch_cases.values_mut() {

@@ -17,6 +17,6 @@ pub mod topology;
 
 pub use action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 pub use config::Config;
-pub use engine::Engine;
+pub use engine::{Engine, HostState};
 pub use event::Event;
 pub use topology::{HostFacts, RouterId, SwitchId, Topology};

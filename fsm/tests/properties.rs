@@ -1,6 +1,6 @@
 //! Property tests over random event sequences on random topologies (issue 6).
 
-use fsm::{Action, Engine, Event, Evidence, HostFacts, RouterId, SwitchId, VerdictKind};
+use fsm::{Action, Engine, Event, Evidence, HostFacts, HostState, RouterId, SwitchId, VerdictKind};
 use proptest::prelude::*;
 use proto::HostId;
 use std::collections::BTreeSet;
@@ -251,7 +251,7 @@ fn engine_round_trips_through_json_too() {
     });
     let json = serde_json::to_string(&e).unwrap();
     let back: Engine = serde_json::from_str(&json).unwrap();
-    assert_eq!(back.host_state(HostId(2)), "suspected");
+    assert_eq!(back.host_state(HostId(2)), HostState::Suspected);
 }
 
 /// The worst case of the lone path (rows S3a, G3, G2b): the switch check of host 1 times
@@ -284,7 +284,7 @@ fn lone_suspect_worst_case_meets_the_switch_check_bound() {
     };
     e.handle(dead(0, 7, 1));
     e.handle(Event::Tick { now: 2 * hb });
-    assert_eq!(e.host_state(HostId(1)), "grouped");
+    assert_eq!(e.host_state(HostId(1)), HostState::Grouped);
     e.handle(dead(p, 7, 4));
     let out = e.handle(Event::Tick { now: 2 * hb + p });
     let router = out
@@ -303,7 +303,7 @@ fn lone_suspect_worst_case_meets_the_switch_check_bound() {
         probe_id: router,
         reachable: true,
     });
-    assert_eq!(e.host_state(HostId(1)), "investigating");
+    assert_eq!(e.host_state(HostId(1)), HostState::Investigating);
     let before = e.handle(Event::Tick { now: bound - 1 });
     assert!(!before.iter().any(
         |a| matches!(a, Action::Verdict { kind: VerdictKind::Dead(h), .. } if *h == HostId(1))

@@ -1,8 +1,8 @@
 //! One test per row of the transition table in `fsm/TRANSITIONS.md`.
 
 use fsm::{
-    Action, Config, Engine, Event, Evidence, HostFacts, ProbeId, ProbeTarget, RouterId, SwitchId,
-    VerdictKind,
+    Action, Config, Engine, Event, Evidence, HostFacts, HostState, ProbeId, ProbeTarget, RouterId,
+    SwitchId, VerdictKind,
 };
 use proto::HostId;
 
@@ -121,7 +121,7 @@ fn investigating() -> (Engine, Vec<(ProbeId, HostId, ProbeTarget)>) {
     assert_eq!(check.len(), 1);
     assert_eq!(check[0].2, ProbeTarget::Switch(sw("sw1")));
     let out = answer(&mut e, 3000, check[0].0, true);
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
     (e, probes(&out))
 }
 
@@ -143,7 +143,7 @@ fn w1_dead_report_suspects() {
     let mut e = engine();
     let out = e.handle(dead(1000, 2, 3));
     assert!(out.is_empty());
-    assert_eq!(e.host_state(h(3)), "suspected");
+    assert_eq!(e.host_state(h(3)), HostState::Suspected);
 }
 
 #[test]
@@ -155,14 +155,14 @@ fn w2_late_is_only_a_warning() {
         peer: h(3),
     });
     assert!(out.is_empty());
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
 fn w3_alive_while_watching_does_nothing() {
     let mut e = engine();
     assert!(e.handle(alive(1000, 2, 3)).is_empty());
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn w4_shutdown_is_left_without_alarm() {
         host: h(3),
     });
     assert_eq!(verdicts(&out), vec![VerdictKind::Left(h(3))]);
-    assert_eq!(e.host_state(h(3)), "left");
+    assert_eq!(e.host_state(h(3)), HostState::Left);
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn w5_stale_dead_report_is_ignored() {
     let mut e = engine();
     e.handle(alive(2000, 2, 3));
     assert!(e.handle(dead(1500, 2, 3)).is_empty());
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn s1_corroboration_within_two_intervals_is_dead() {
     e.handle(dead(1000, 2, 3));
     let out = e.handle(dead(2900, 4, 3));
     assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
-    assert_eq!(e.host_state(h(3)), "down");
+    assert_eq!(e.host_state(h(3)), HostState::Down);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn s1_late_corroboration_is_not_enough() {
     let out = e.handle(dead(3500, 4, 3));
     assert!(verdicts(&out).is_empty());
     // The window is over: the switch is checked first (S3a), then the host (G2b).
-    assert_eq!(e.host_state(h(3)), "grouped");
+    assert_eq!(e.host_state(h(3)), HostState::Grouped);
     assert_eq!(probes(&out)[0].2, ProbeTarget::Switch(sw("sw1")));
 }
 
@@ -209,7 +209,7 @@ fn s2_same_reporter_twice_is_not_corroboration() {
     let mut e = engine();
     e.handle(dead(1000, 2, 3));
     assert!(e.handle(dead(1200, 2, 3)).is_empty());
-    assert_eq!(e.host_state(h(3)), "suspected");
+    assert_eq!(e.host_state(h(3)), HostState::Suspected);
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn s3_no_prober_off_the_switch_falls_back_to_host_probes() {
     });
     e.handle(dead(1000, 2, 3));
     let out = e.handle(tick(3000));
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
     let ps = probes(&out);
     assert!(!ps.is_empty());
     assert!(ps.iter().all(|p| matches!(p.2, ProbeTarget::Host(_))));
@@ -269,8 +269,8 @@ fn s3_open_switch_case_falls_back_to_host_probes() {
     e.handle(dead(1000, 2, 3));
     let out = e.handle(tick(3000));
     // 1 checks sw1 (S3a); 3 finds that case open and probes on its own (S3).
-    assert_eq!(e.host_state(h(1)), "grouped");
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(1)), HostState::Grouped);
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
     let ps = probes(&out);
     assert_eq!(ps[0].2, ProbeTarget::Switch(sw("sw1")));
     assert_eq!(ps.len(), 1 + 4);
@@ -284,7 +284,7 @@ fn s3_switch_checked_once_per_suspicion() {
     let ps = probes(&e.handle(dead(1100, 13, 2)));
     answer(&mut e, 1200, ps[0].0, true);
     let out = e.handle(tick(3200));
-    assert_eq!(e.host_state(h(1)), "investigating");
+    assert_eq!(e.host_state(h(1)), HostState::Investigating);
     assert!(probes(&out)
         .iter()
         .all(|p| matches!(p.2, ProbeTarget::Host(_))));
@@ -302,7 +302,7 @@ fn s3a_lone_suspect_checks_its_switch_first() {
     assert_eq!(ps[0].2, ProbeTarget::Switch(sw("sw1")));
     assert_eq!(ps[0].1, h(13));
     assert!(matches!(out[0], Action::RequestProbe { deadline, .. } if deadline == 6000 * MS));
-    assert_eq!(e.host_state(h(3)), "grouped");
+    assert_eq!(e.host_state(h(3)), HostState::Grouped);
     assert!(verdicts(&out).is_empty());
     // Duplicates of the tick and of the first report change nothing.
     assert!(e.handle(tick(3000)).is_empty());
@@ -316,7 +316,7 @@ fn s3a_late_report_ends_the_window_too() {
     let out = e.handle(dead(3100, 2, 3));
     assert_eq!(probes(&out).len(), 1);
     assert_eq!(probes(&out)[0].2, ProbeTarget::Switch(sw("sw1")));
-    assert_eq!(e.host_state(h(3)), "grouped");
+    assert_eq!(e.host_state(h(3)), HostState::Grouped);
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn s4_alive_while_open_is_false_alarm() {
     let (mut e, _) = investigating();
     let out = e.handle(alive(3500, 4, 3));
     assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn s5_shutdown_while_open_is_left() {
         host: h(3),
     });
     assert_eq!(verdicts(&out), vec![VerdictKind::Left(h(3))]);
-    assert_eq!(e.host_state(h(3)), "left");
+    assert_eq!(e.host_state(h(3)), HostState::Left);
 }
 
 #[test]
@@ -373,11 +373,11 @@ fn s6_two_suspects_behind_one_switch_are_grouped() {
     assert_eq!(ps.len(), 1);
     assert_eq!(ps[0].2, ProbeTarget::Switch(SwitchId("sw1".into())));
     assert_ne!(ps[0].1, h(1));
-    assert_eq!(e.host_state(h(1)), "grouped");
-    assert_eq!(e.host_state(h(2)), "grouped");
+    assert_eq!(e.host_state(h(1)), HostState::Grouped);
+    assert_eq!(e.host_state(h(2)), HostState::Grouped);
     // A third suspect joins the open case.
     e.handle(dead(1200, 13, 4));
-    assert_eq!(e.host_state(h(4)), "grouped");
+    assert_eq!(e.host_state(h(4)), HostState::Grouped);
 }
 
 #[test]
@@ -392,7 +392,7 @@ fn c2_reporter_reaches_suspect_is_false_alarm() {
     let (mut e, ps) = investigating();
     let out = conclude(&mut e, &ps, |_, _| true);
     assert_eq!(verdicts(&out), vec![VerdictKind::FalseAlarm(h(3))]);
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -409,7 +409,7 @@ fn c4_only_the_pair_is_cut_is_link_fault() {
     let (mut e, ps) = investigating();
     let out = conclude(&mut e, &ps, |from, _| from != h(2));
     assert_eq!(verdicts(&out), vec![VerdictKind::LinkFault(h(2), h(3))]);
-    assert_eq!(e.host_state(h(3)), "down");
+    assert_eq!(e.host_state(h(3)), HostState::Down);
 }
 
 #[test]
@@ -429,7 +429,7 @@ fn i3_unknown_and_duplicate_results_change_nothing() {
     assert!(answer(&mut e, 3100, ProbeId(9999), true).is_empty());
     assert!(answer(&mut e, 3100, ps[0].0, true).is_empty());
     assert!(answer(&mut e, 3100, ps[0].0, false).is_empty());
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
 }
 
 #[test]
@@ -444,7 +444,7 @@ fn g1_switch_probe_fails_one_switch_down_verdict() {
         vec![VerdictKind::SwitchDown(SwitchId("sw1".into()), hosts)]
     );
     for n in 1..=6 {
-        assert_eq!(e.host_state(h(n)), "down");
+        assert_eq!(e.host_state(h(n)), HostState::Down);
     }
     // Later reports about hosts behind it raise nothing.
     assert!(verdicts(&e.handle(dead(1300, 13, 5))).is_empty());
@@ -466,9 +466,9 @@ fn g2_switch_answers_hosts_investigate_alone() {
     e.handle(dead(1000, 13, 1));
     let ps = probes(&e.handle(dead(1100, 13, 2)));
     assert!(answer(&mut e, 1200, ps[0].0, true).is_empty());
-    assert_eq!(e.host_state(h(1)), "suspected");
+    assert_eq!(e.host_state(h(1)), HostState::Suspected);
     let out = e.handle(tick(3200));
-    assert_eq!(e.host_state(h(1)), "investigating");
+    assert_eq!(e.host_state(h(1)), HostState::Investigating);
     assert_eq!(probes(&out).len(), 8);
 }
 
@@ -478,7 +478,7 @@ fn g2b_switch_answers_host_probes_start_at_once() {
     e.handle(dead(1000, 2, 3));
     let check = probes(&e.handle(tick(3000)));
     let out = answer(&mut e, 3050, check[0].0, true);
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
     // The probes of S3, at once, with their deadline from the release.
     let ps = probes(&out);
     assert_eq!(ps.len(), 4);
@@ -517,7 +517,7 @@ fn g2b_switch_probe_timeout_releases_too() {
     e.handle(tick(3000));
     let out = e.handle(tick(6000));
     assert!(verdicts(&out).is_empty());
-    assert_eq!(e.host_state(h(3)), "investigating");
+    assert_eq!(e.host_state(h(3)), HostState::Investigating);
     assert_eq!(probes(&out).len(), 4);
     assert_eq!(
         verdicts(&e.handle(tick(9000))),
@@ -543,7 +543,7 @@ fn g4_unreachable_switch_checks_its_router() {
         verdicts(&out),
         vec![VerdictKind::SwitchDown(sw("sw1"), hosts)]
     );
-    assert_eq!(e.host_state(h(1)), "down");
+    assert_eq!(e.host_state(h(1)), HostState::Down);
     assert!(!e.has_open_suspicions());
 }
 
@@ -668,7 +668,7 @@ fn d1_recovery_clears_the_alarm() {
     let out = e.handle(alive(9000, 2, 3));
     assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(3))]);
     assert_eq!(clears(&out), 1);
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -713,9 +713,9 @@ fn l1_l2_left_host_returns_silently() {
         host: h(3),
     });
     assert!(e.handle(dead(2000, 2, 3)).is_empty());
-    assert_eq!(e.host_state(h(3)), "left");
+    assert_eq!(e.host_state(h(3)), HostState::Left);
     assert!(e.handle(alive(3000, 2, 3)).is_empty());
-    assert_eq!(e.host_state(h(3)), "watching");
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
 }
 
 #[test]
@@ -728,7 +728,7 @@ fn l3_left_host_behind_a_down_switch_is_covered() {
     e.handle(dead(1000, 13, 1));
     e.handle(dead(1100, 13, 2));
     e.handle(tick(4100));
-    assert_eq!(e.host_state(h(6)), "down");
+    assert_eq!(e.host_state(h(6)), HostState::Down);
     let out = e.handle(alive(9000, 13, 6));
     assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(6))]);
 }

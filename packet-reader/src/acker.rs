@@ -7,7 +7,7 @@
 //! sealer: envelope sequence numbers then leave in increasing order, which keeps the
 //! receivers' replay windows happy even when several batches commit at once.
 
-use crate::batcher::Accepted;
+use crate::accepted::Accepted;
 use crate::metrics::{Metrics, Reason};
 use proto::{Ack, Body, Sealer, SessionId};
 use queue::{ClientError, QueueClient};

@@ -4,26 +4,13 @@
 //! busy the batcher stops taking reports, the bounded channel in front of it fills, and the
 //! receive loops drop new reports (counted) instead of growing memory.
 
+use crate::accepted::Accepted;
 use crate::acker::{submit, Submitter};
 use crate::config::BatchConfig;
-use queue::QueuedPacket;
-use std::net::SocketAddr;
+
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 use tokio::time::Instant;
-
-/// A verified report waiting for its batch, with what is needed to ACK it.
-#[derive(Clone, Debug)]
-pub struct Accepted {
-    /// What goes into the queue.
-    pub packet: QueuedPacket,
-    /// The report id to acknowledge.
-    pub report_id: u64,
-    /// Where the ACK goes (the datagram's source).
-    pub reply_to: SocketAddr,
-    /// Index of the socket that received it (the ACK leaves from the same socket).
-    pub socket: usize,
-}
 
 /// The batch being filled (pure: time is passed in).
 #[derive(Debug, Default)]
@@ -165,6 +152,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use queue::QueuedPacket;
     use std::time::Duration;
 
     fn item(len: usize) -> Accepted {

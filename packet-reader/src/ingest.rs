@@ -2,7 +2,7 @@
 //! socket. Each loop owns its verifier: the kernel spreads senders over the sockets by
 //! their address, so a sender's replay window always lives in the same loop.
 
-use crate::batcher::Accepted;
+use crate::accepted::Accepted;
 use crate::metrics::{Metrics, Reason};
 use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
 use queue::QueuedPacket;

@@ -2,11 +2,13 @@
 //! verifies them, appends them in batches to the Raft-replicated queue of the CMA nodes,
 //! and acknowledges each report only once its batch is committed.
 //!
+//! - [`accepted`]: the verified report on its way from ingest to ACK.
 //! - [`ingest`]: sockets and receive loops (verification, filtering).
 //! - [`batcher`]: batching by count, bytes and time, with bounded in-flight appends.
 //! - [`acker`]: append with retry, then ACK.
 //! - [`config`], [`metrics`].
 
+pub mod accepted;
 pub mod acker;
 pub mod batcher;
 pub mod config;

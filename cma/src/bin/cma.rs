@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::Parser;
 use cma::admin::{self, AdminState};
 use cma::config::Config;
-use cma::raft::Node;
 use std::path::PathBuf;
 
 /// Ringwatch central manager node.
@@ -37,7 +36,7 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let token = config.admin_token()?;
     let settings = config.node_settings()?;
-    let node = Node::start(settings)
+    let node = cma::raft::start(settings)
         .await
         .context("starting the raft node")?;
     tracing::info!(id = node.id(), listen = %node.local_addr(), "raft node serving");

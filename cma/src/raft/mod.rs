@@ -10,13 +10,13 @@
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
 
-pub mod log_store;
-pub mod network;
+pub(crate) mod log_store;
+pub(crate) mod network;
 pub mod node;
-pub mod peer;
-pub mod queue_state;
-pub mod server;
-pub mod state_machine;
+pub(crate) mod peer;
+pub(crate) mod queue_state;
+pub(crate) mod server;
+pub(crate) mod state_machine;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -26,6 +26,23 @@ use std::net::SocketAddr;
 pub use node::{Node, NodeError, ProposeError};
 pub use queue::{Command, CommandResult, TableWrite};
 pub use queue_state::{DedupLimits, QueueState, StateSummary};
+
+/// Binds `settings.listen`, opens the node (storage, Raft) and serves peers and queue
+/// clients on the listener. Does not initialise a cluster: see [`Node::initialize`].
+pub async fn start(settings: node::NodeSettings) -> Result<Node, NodeError> {
+    let listen = settings.listen;
+    let listen_error = |source| NodeError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(listen_error)?;
+    let local_addr = listener.local_addr().map_err(listen_error)?;
+    let node = Node::open(settings, local_addr).await?;
+    tokio::spawn(server::serve(listener, node.clone()));
+    Ok(node)
+}
 
 /// Identifier of a Raft node (configured, unique in the cluster).
 pub type NodeId = u64;

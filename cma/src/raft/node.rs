@@ -4,7 +4,6 @@
 use super::log_store::{LogStore, StoreMetrics};
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
-use super::server;
 use super::state_machine::{SharedState, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use openraft::error::{ClientWriteError, RaftError};
@@ -19,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// sled's page cache for the Raft log.
@@ -66,13 +64,13 @@ pub enum NodeError {
     },
     /// Storage failed while starting.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[from] openraft::StorageError<NodeId>),
     /// openraft rejected the configuration.
     #[error("raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     /// openraft failed to start.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] openraft::error::Fatal<NodeId>),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -169,9 +167,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage, starts Raft and serves peers and queue clients on `settings.listen`.
-    /// Does not initialise a cluster: see [`Node::initialize`].
-    pub async fn start(settings: NodeSettings) -> Result<Node, NodeError> {
+    /// Opens storage and starts Raft; `local_addr` is where the caller's listener (see
+    /// [`super::start`]) serves peers and queue clients. Does not initialise a cluster:
+    /// see [`Node::initialize`].
+    pub(super) async fn open(
+        settings: NodeSettings,
+        local_addr: SocketAddr,
+    ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
         let log_dir = settings.data_dir.join("log");
@@ -193,14 +195,12 @@ impl Node {
             flush_seconds: metrics.flush_seconds.clone(),
             syncs: metrics.syncs.clone(),
         };
-        let log_store = LogStore::open(&db, &log_dir, store_metrics, None)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log_store = LogStore::open(&db, &log_dir, store_metrics, None)?;
         let state_machine = StateMachineStore::open(
             &settings.data_dir.join("snapshot"),
             settings.dedup,
             settings.max_queue_bytes,
-        )
-        .map_err(|e| NodeError::Storage(e.to_string()))?;
+        )?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(
@@ -208,21 +208,8 @@ impl Node {
             settings.connect_timeout,
             settings.peer_retry_backoff,
         );
-        let raft = Raft::new(settings.id, config, network, log_store, state_machine)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-        let node = Node {
+        let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
+        Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
                 raft,
@@ -231,9 +218,7 @@ impl Node {
                 metrics,
                 local_addr,
             }),
-        };
-        tokio::spawn(server::serve(listener, node.clone()));
-        Ok(node)
+        })
     }
 
     /// This node's id.

@@ -4,7 +4,8 @@
 //! each answer says which node answered, whether it leads, and its applied index, so an
 //! operator sees how far a follower lags.
 
-use super::views::{FailureRow, HostRow, RingRow, WorkerStatus, EVENTS, FAILURES, HOSTS, RINGS};
+use super::tables;
+use super::views::{FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
 use crate::raft::Node;
 use crate::sinks::Event;
 use axum::extract::{Query, State};
@@ -35,17 +36,6 @@ fn answer<T>(node: &Node, data: T) -> Json<Answer<T>> {
         applied_index: node.applied_index(),
         data,
     })
-}
-
-fn rows<T: for<'de> Deserialize<'de>>(node: &Node, table: &str) -> Vec<T> {
-    let state = node.state();
-    match state.table(table) {
-        Some(t) => t
-            .values()
-            .filter_map(|v| serde_json::from_slice(v).ok())
-            .collect(),
-        None => Vec::new(),
-    }
 }
 
 /// What `POST /v1/probe` needs to seal an echo request.
@@ -113,13 +103,7 @@ async fn probe_host(
             "this node runs no worker ([worker] section missing)".into(),
         ));
     };
-    let addr = {
-        let state = api.node.state();
-        state
-            .table_get(HOSTS, &super::views::id_key(request.host))
-            .and_then(|v| serde_json::from_slice::<HostRow>(v).ok())
-            .map(|h| h.addr)
-    };
+    let addr = tables::host(&api.node.state(), request.host).map(|h| h.addr);
     let Some(addr) = addr else {
         return Err((
             StatusCode::NOT_FOUND,
@@ -184,35 +168,38 @@ async fn echo(
 }
 
 async fn status(State(node): State<Node>) -> Json<Answer<WorkerStatus>> {
-    let hosts: Vec<HostRow> = rows(&node, HOSTS);
-    let failures: Vec<FailureRow> = rows(&node, FAILURES);
-    let (offset, queue_next) = {
+    let (hosts, failures, offset, queue_next) = {
         let state = node.state();
         (
+            tables::hosts(&state),
+            tables::failures(&state),
             state.consumer_offset(super::CONSUMER).unwrap_or(0),
             state.next_offset(),
         )
     };
-    let count = |s: &str| hosts.iter().filter(|h| h.status == s).count();
+    let count = |s: HostStatus| hosts.iter().filter(|h| h.status == s).count();
     let status = WorkerStatus {
         offset,
         queue_next,
         backlog: queue_next.saturating_sub(offset),
-        hosts_up: count("up") + count("suspect"),
-        hosts_dead: count("dead"),
-        hosts_left: count("left"),
-        open_failures: failures.iter().filter(|f| f.state == "open").count(),
+        hosts_up: count(HostStatus::Up) + count(HostStatus::Suspect),
+        hosts_dead: count(HostStatus::Dead),
+        hosts_left: count(HostStatus::Left),
+        open_failures: failures
+            .iter()
+            .filter(|f| f.state == FailureState::Open)
+            .count(),
     };
     answer(&node, status)
 }
 
 async fn hosts(State(node): State<Node>) -> Json<Answer<Vec<HostRow>>> {
-    let data = rows(&node, HOSTS);
+    let data = tables::hosts(&node.state());
     answer(&node, data)
 }
 
 async fn rings(State(node): State<Node>) -> Json<Answer<Vec<RingRow>>> {
-    let data = rows(&node, RINGS);
+    let data = tables::rings(&node.state());
     answer(&node, data)
 }
 
@@ -227,12 +214,15 @@ async fn failures(
     State(node): State<Node>,
     Query(q): Query<FailureQuery>,
 ) -> Json<Answer<Vec<FailureRow>>> {
-    let mut data: Vec<FailureRow> = rows(&node, FAILURES);
+    let mut data: Vec<FailureRow> = tables::failures(&node.state());
     if !q.all {
-        let closed = data.iter().filter(|f| f.state != "open").count();
+        let closed = data
+            .iter()
+            .filter(|f| f.state != FailureState::Open)
+            .count();
         let mut skip = closed.saturating_sub(100);
         data.retain(|f| {
-            if f.state == "open" {
+            if f.state == FailureState::Open {
                 return true;
             }
             if skip > 0 {
@@ -255,16 +245,6 @@ struct EventQuery {
 async fn events(State(node): State<Node>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let data: Vec<Event> = {
-        let state = node.state();
-        match state.table(EVENTS) {
-            Some(t) => t
-                .range(super::views::id_key(since.saturating_add(1))..)
-                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                .take(limit)
-                .collect(),
-            None => Vec::new(),
-        }
-    };
+    let data: Vec<Event> = tables::events_from(&node.state(), since.saturating_add(1), limit);
     answer(&node, data)
 }

@@ -72,8 +72,6 @@ impl CommanderMetrics {
 pub enum CommanderRequest {
     /// Deliver these commands (already committed through Raft).
     Send(Vec<Outbound>),
-    /// Stop retransmitting to this host.
-    ForgetHost(HostId),
 }
 
 /// A handle to the running commander task.
@@ -158,11 +156,6 @@ impl Commander {
             tracing::error!("commander task is gone; commands not sent");
         }
     }
-
-    /// Stops retransmitting to a host.
-    pub async fn forget_host(&self, host: HostId) {
-        let _ = self.tx.send(CommanderRequest::ForgetHost(host)).await;
-    }
 }
 
 async fn run(
@@ -196,7 +189,6 @@ async fn run(
                         }
                     }
                 }
-                Some(CommanderRequest::ForgetHost(host)) => outbox.forget_host(host),
                 None => return,
             },
             received = socket.recv_from(&mut buf) => {

@@ -33,7 +33,7 @@
 
 use super::outbox::OutboxConfig;
 use super::probe_limit::ProbeLimitConfig;
-use super::rings::{RouterConfig, SwitchConfig, SwitchMap};
+use super::rings::{RouterConfig, SwitchConfig, SwitchMap, TopologyError};
 use super::state::WorkerSettings;
 use crate::sinks::SinkConfig;
 use proto::HbTimings;
@@ -55,6 +55,17 @@ fn default_batch() -> usize {
 }
 fn default_command_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// A `[worker]` section that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `[worker.timings]` is inconsistent (the check says why; it has no source error).
+    #[error("worker.timings: {0}")]
+    Timings(String),
+    /// The declared switches and routers.
+    #[error("worker topology")]
+    Topology(#[from] TopologyError),
 }
 
 /// `[worker]`.
@@ -118,12 +129,9 @@ impl WorkerSection {
     }
 
     /// Checks the section and resolves it into the worker's settings.
-    pub fn settings(&self) -> anyhow::Result<WorkerSettings> {
-        self.timings
-            .validate()
-            .map_err(|e| anyhow::anyhow!("worker.timings: {e}"))?;
-        let switches = SwitchMap::new(self.switches.clone(), self.routers.clone())
-            .map_err(|e| anyhow::anyhow!("worker topology: {e}"))?;
+    pub fn settings(&self) -> Result<WorkerSettings, SettingsError> {
+        self.timings.validate().map_err(SettingsError::Timings)?;
+        let switches = SwitchMap::new(self.switches.clone(), self.routers.clone())?;
         Ok(WorkerSettings {
             timings: self.timings,
             switches,

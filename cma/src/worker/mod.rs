@@ -6,16 +6,24 @@
 //! - [`run`]: the I/O shell (leadership, Raft proposals, commands, sinks).
 //! - [`commander`] / [`outbox`]: reliable command delivery.
 //! - [`probe_limit`]: probe budget and rate limit.
-//! - [`views`] / [`api`]: the replicated tables operators read, and their HTTP routes.
+//! - [`views`] / [`api`]: the rows operators read, and their HTTP routes.
+//! - [`tables`]: table names, keys and encodings of those rows (the edge; nothing else
+//!   chooses them).
+//! - `harness` (tests only): the queue state and the worker loop in memory.
 
+// The public surface is what the binaries and tests use: the HTTP routes and their types,
+// the run loop's entry points, the operator rows and the worker's config section.
 pub mod api;
-pub mod commander;
+pub(crate) mod commander;
 pub mod config;
-pub mod outbox;
-pub mod probe_limit;
+#[cfg(test)]
+mod harness;
+pub(crate) mod outbox;
+pub(crate) mod probe_limit;
 pub mod rings;
 pub mod run;
-pub mod state;
+pub(crate) mod state;
+pub(crate) mod tables;
 pub mod views;
 
 /// The worker's consumer name in the queue (its committed offset).

@@ -176,23 +176,9 @@ impl Outbox {
     }
 
     /// True when nothing waits for an ACK.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
-    }
-
-    /// Drops every pending command to `host` (it left or was declared dead).
-    pub fn forget_host(&mut self, host: HostId) {
-        let ids: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.outbound.to == host)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.pending.remove(&id);
-        }
-        let pending = &self.pending;
-        self.schedule.retain(|(_, id), _| pending.contains_key(id));
     }
 }
 
@@ -265,16 +251,5 @@ mod tests {
             }]
         );
         assert!(outbox.is_empty());
-    }
-
-    #[test]
-    fn forgets_a_host() {
-        let mut outbox = Outbox::new(OutboxConfig::default());
-        outbox.push(cmd(1, 5), ms(0)).unwrap();
-        outbox.push(cmd(2, 6), ms(0)).unwrap();
-        outbox.forget_host(HostId(5));
-        let (send, _) = outbox.due(ms(0));
-        assert_eq!(send.len(), 1);
-        assert_eq!(send[0].to, HostId(6));
     }
 }

@@ -1,5 +1,6 @@
 //! Limits on active probes, so a large outage cannot start a probe storm: a budget of probe
-//! commands per investigation and a global token bucket over all investigations.
+//! commands per investigation (per target, renewed after `budget_window_ms`, so a host that
+//! fails again later is probed again) and a global token bucket over all investigations.
 //!
 //! Pure: the caller supplies the time. A probe refused here is reported back to the fsm as a
 //! failed probe (`ProbeOutcome::Failed("rate limited")`), so the investigation still ends
@@ -19,6 +20,9 @@ pub struct ProbeLimitConfig {
     pub per_second: f64,
     /// Burst size of the global bucket.
     pub burst: u32,
+    /// How long one investigation's budget lasts, from its first probe (ms): after that a
+    /// new failure of the same target gets a new budget.
+    pub budget_window_ms: u64,
 }
 
 impl Default for ProbeLimitConfig {
@@ -27,6 +31,7 @@ impl Default for ProbeLimitConfig {
             per_investigation: 8,
             per_second: 50.0,
             burst: 200,
+            budget_window_ms: 60_000,
         }
     }
 }
@@ -40,24 +45,18 @@ pub enum ProbeRefused {
     Rate,
 }
 
-impl ProbeRefused {
-    /// Metric label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProbeRefused::Budget => "budget",
-            ProbeRefused::Rate => "rate",
-        }
-    }
-}
-
 /// The limiter state.
 #[derive(Debug)]
 pub struct ProbeLimiter {
     config: ProbeLimitConfig,
     tokens: f64,
     last: Option<Duration>,
-    spent: HashMap<String, u32>,
+    /// Probes spent per investigation, and when its budget window opened.
+    spent: HashMap<String, (u32, Duration)>,
 }
+
+/// Budgets kept before expired ones are swept (so the map stays bounded).
+const SWEEP_AT: usize = 4096;
 
 impl ProbeLimiter {
     /// A limiter with a full bucket.
@@ -79,7 +78,15 @@ impl ProbeLimiter {
                 (self.tokens + elapsed * self.config.per_second).min(self.config.burst as f64);
         }
         self.last = Some(now);
-        let spent = self.spent.get(investigation).copied().unwrap_or(0);
+        let window = Duration::from_millis(self.config.budget_window_ms);
+        if self.spent.len() >= SWEEP_AT {
+            self.spent
+                .retain(|_, (_, since)| now.saturating_sub(*since) < window);
+        }
+        let (spent, since) = match self.spent.get(investigation) {
+            Some(&(spent, since)) if now.saturating_sub(since) < window => (spent, since),
+            _ => (0, now),
+        };
         if spent >= self.config.per_investigation {
             return Err(ProbeRefused::Budget);
         }
@@ -87,13 +94,9 @@ impl ProbeLimiter {
             return Err(ProbeRefused::Rate);
         }
         self.tokens -= 1.0;
-        self.spent.insert(investigation.to_string(), spent + 1);
+        self.spent
+            .insert(investigation.to_string(), (spent + 1, since));
         Ok(())
-    }
-
-    /// Forgets an investigation's budget once it reached its verdict.
-    pub fn finish(&mut self, investigation: &str) {
-        self.spent.remove(investigation);
     }
 }
 
@@ -107,14 +110,37 @@ mod tests {
             per_investigation: 2,
             per_second: 1000.0,
             burst: 1000,
+            budget_window_ms: 60_000,
         });
         let t = Duration::ZERO;
         assert_eq!(l.allow("a", t), Ok(()));
         assert_eq!(l.allow("a", t), Ok(()));
         assert_eq!(l.allow("a", t), Err(ProbeRefused::Budget));
         assert_eq!(l.allow("b", t), Ok(()));
-        l.finish("a");
-        assert_eq!(l.allow("a", t), Ok(()));
+        // Still within the window: refused.
+        let later = Duration::from_secs(59);
+        assert_eq!(l.allow("a", later), Err(ProbeRefused::Budget));
+        // The same target failing again after the window gets a new budget.
+        let next_failure = Duration::from_secs(61);
+        assert_eq!(l.allow("a", next_failure), Ok(()));
+        assert_eq!(l.allow("a", next_failure), Ok(()));
+        assert_eq!(l.allow("a", next_failure), Err(ProbeRefused::Budget));
+    }
+
+    #[test]
+    fn expired_budgets_are_swept() {
+        let mut l = ProbeLimiter::new(ProbeLimitConfig {
+            per_investigation: 1,
+            per_second: 1e9,
+            burst: u32::MAX,
+            budget_window_ms: 1_000,
+        });
+        for i in 0..SWEEP_AT {
+            let _ = l.allow(&format!("host:{i}"), Duration::ZERO);
+        }
+        assert_eq!(l.spent.len(), SWEEP_AT);
+        let _ = l.allow("host:new", Duration::from_secs(2));
+        assert_eq!(l.spent.len(), 1, "expired budgets must go");
     }
 
     #[test]
@@ -123,6 +149,7 @@ mod tests {
             per_investigation: 1,
             per_second: 10.0,
             burst: 5,
+            budget_window_ms: 60_000,
         });
         let t0 = Duration::from_secs(100);
         let allowed = (0..20)

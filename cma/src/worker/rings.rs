@@ -55,15 +55,69 @@ pub struct SwitchMap {
     routers: Vec<RouterConfig>,
 }
 
-fn parse_subnet(text: &str) -> Result<(IpAddr, u8), String> {
+/// A declared topology that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// Two switches with one name.
+    #[error("switch {0:?} declared twice")]
+    DuplicateSwitch(String),
+    /// A switch names a router that is not declared.
+    #[error("switch {switch:?}: unknown router {router:?}")]
+    UnknownRouter {
+        /// The switch.
+        switch: String,
+        /// The router it names.
+        router: String,
+    },
+    /// A subnet without `/`.
+    #[error("subnet {0:?}: expected address/prefix-length")]
+    SubnetSyntax(String),
+    /// A subnet whose address does not parse.
+    #[error("subnet {subnet:?}: bad address")]
+    SubnetAddr {
+        /// The subnet as written.
+        subnet: String,
+        /// Why the address was refused.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// A subnet whose prefix length does not parse.
+    #[error("subnet {subnet:?}: bad prefix length")]
+    SubnetLen {
+        /// The subnet as written.
+        subnet: String,
+        /// Why the length was refused.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A prefix longer than the address.
+    #[error("subnet {subnet:?}: prefix length over {max}")]
+    SubnetTooLong {
+        /// The subnet as written.
+        subnet: String,
+        /// 32 or 128.
+        max: u8,
+    },
+}
+
+fn parse_subnet(text: &str) -> Result<(IpAddr, u8), TopologyError> {
     let (addr, len) = text
         .split_once('/')
-        .ok_or_else(|| format!("subnet {text:?}: expected address/prefix-length"))?;
-    let addr: IpAddr = addr.parse().map_err(|e| format!("subnet {text:?}: {e}"))?;
-    let len: u8 = len.parse().map_err(|e| format!("subnet {text:?}: {e}"))?;
+        .ok_or_else(|| TopologyError::SubnetSyntax(text.to_string()))?;
+    let addr: IpAddr = addr.parse().map_err(|source| TopologyError::SubnetAddr {
+        subnet: text.to_string(),
+        source,
+    })?;
+    let len: u8 = len.parse().map_err(|source| TopologyError::SubnetLen {
+        subnet: text.to_string(),
+        source,
+    })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     if len > max {
-        return Err(format!("subnet {text:?}: prefix length over {max}"));
+        return Err(TopologyError::SubnetTooLong {
+            subnet: text.to_string(),
+            max,
+        });
     }
     Ok((addr, len))
 }
@@ -91,16 +145,19 @@ impl SwitchMap {
     pub fn new(
         switches: Vec<SwitchConfig>,
         routers: Vec<RouterConfig>,
-    ) -> Result<SwitchMap, String> {
+    ) -> Result<SwitchMap, TopologyError> {
         let mut names = BTreeSet::new();
         let mut resolved = Vec::new();
         for sw in switches {
             if !names.insert(sw.name.clone()) {
-                return Err(format!("switch {:?} declared twice", sw.name));
+                return Err(TopologyError::DuplicateSwitch(sw.name));
             }
             if let Some(r) = &sw.router {
                 if !routers.iter().any(|x| &x.name == r) {
-                    return Err(format!("switch {:?}: unknown router {r:?}", sw.name));
+                    return Err(TopologyError::UnknownRouter {
+                        switch: sw.name.clone(),
+                        router: r.clone(),
+                    });
                 }
             }
             let subnets = sw
@@ -171,13 +228,43 @@ impl SwitchMap {
     }
 }
 
+/// What a ring spans. Serialized in lowercase (`switch`, `top`, `flat`), as the rings
+/// table and `cmactl rings --json` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingKind {
+    /// The hosts behind one switch.
+    Switch,
+    /// The representatives of every switch ring (and of the flat ring).
+    Top,
+    /// The hosts of unknown topology.
+    Flat,
+}
+
+impl RingKind {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RingKind::Switch => "switch",
+            RingKind::Top => "top",
+            RingKind::Flat => "flat",
+        }
+    }
+}
+
+impl std::fmt::Display for RingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One ring of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     /// `switch:<name>`, `flat` or `top`.
     pub name: String,
-    /// `switch`, `flat` or `top`.
-    pub kind: &'static str,
+    /// What it spans.
+    pub kind: RingKind,
     /// Members in ring order.
     pub members: Vec<u64>,
 }
@@ -198,8 +285,8 @@ pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
         hosts.dedup();
         representatives.extend(hosts.iter().take(REPRESENTATIVES).copied());
         let (name, kind) = match switch {
-            Some(s) => (format!("switch:{s}"), "switch"),
-            None => ("flat".to_string(), "flat"),
+            Some(s) => (format!("switch:{s}"), RingKind::Switch),
+            None => ("flat".to_string(), RingKind::Flat),
         };
         rings.push(Ring {
             name,
@@ -211,7 +298,7 @@ pub fn plan(members: &[(u64, Option<String>)]) -> Vec<Ring> {
     if rings.len() > 1 {
         rings.push(Ring {
             name: "top".into(),
-            kind: "top",
+            kind: RingKind::Top,
             members: representatives,
         });
     }
@@ -358,8 +445,8 @@ mod tests {
             }
             // A whole ring going silent is seen from outside: each of its representatives
             // has a top-ring neighbour in another ring.
-            if let Some(top) = rings.iter().find(|r| r.kind == "top") {
-                let ring_of = |h: u64| rings.iter().position(|r| r.kind != "top" && r.members.contains(&h));
+            if let Some(top) = rings.iter().find(|r| r.kind == RingKind::Top) {
+                let ring_of = |h: u64| rings.iter().position(|r| r.kind != RingKind::Top && r.members.contains(&h));
                 let n = top.members.len();
                 for (i, h) in top.members.iter().enumerate() {
                     let outside = [top.members[(i + 1) % n], top.members[(i + n - 1) % n]]
@@ -370,7 +457,7 @@ mod tests {
             }
             // Every member appears in exactly one non-top ring.
             for (h, _) in &members {
-                let n = rings.iter().filter(|r| r.kind != "top" && r.members.contains(h)).count();
+                let n = rings.iter().filter(|r| r.kind != RingKind::Top && r.members.contains(h)).count();
                 prop_assert_eq!(n, 1);
             }
         }
@@ -385,7 +472,7 @@ mod tests {
             let rest: Vec<_> = members.iter().filter(|(h, _)| *h != gone).cloned().collect();
             let after = peer_sets(&plan(&rest));
             let top = |m: &[(u64, Option<String>)]| -> BTreeSet<u64> {
-                plan(m).iter().filter(|r| r.kind == "top").flat_map(|r| r.members.clone()).collect()
+                plan(m).iter().filter(|r| r.kind == RingKind::Top).flat_map(|r| r.members.clone()).collect()
             };
             let (top_before, top_after) = (top(&members), top(&rest));
             for (h, set) in &after {

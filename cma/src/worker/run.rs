@@ -1,10 +1,11 @@
 //! The worker's I/O shell: waits for leadership, reloads the committed worker state,
-//! processes the queue in order, commits each step's state and effects through one Raft
+//! processes the queue in order, commits each step's changes and state through one Raft
 //! `Apply` entry (with the new consumer offset), and only then sends commands and hands
 //! events to the sinks.
 //!
-//! The state is stored as JSON (its failure rows carry free-form JSON evidence, which
-//! postcard cannot decode).
+//! One turn of the loop ([`turn`]) is pure: entries and a tick time in, the Raft entry and
+//! the effects out. The in-memory harness (`harness.rs`, tests only) drives the same
+//! function against a [`crate::raft::QueueState`], exactly as Raft applies it.
 //!
 //! Failover: a new leader reloads the state committed with the offset, so every queue
 //! entry after it is processed again from the same state, giving the same decisions with
@@ -13,20 +14,138 @@
 //! `published_upto` are handed to the sinks again (sinks see them at least once).
 
 use super::commander::{Commander, CommanderMetrics};
-use super::config::WorkerSection;
+use super::config::{SettingsError, WorkerSection};
 use super::outbox::{Outbound, Settled};
 use super::probe_limit::ProbeLimiter;
-use super::state::{Effects, WorkerSettings, WorkerState};
-use super::views::{id_key, COMMANDS, EVENTS, STATE_KEY, WORKER};
+use super::state::{Change, Effects, WorkerSettings, WorkerState};
+use super::tables::{self, DecodeError, EncodeError};
 use super::CONSUMER;
-use crate::raft::{Command, Node, TableWrite};
-use crate::sinks::{Event, SinkMetrics, Sinks};
+use crate::raft::{Command, Node, ProposeError};
+use crate::sinks::{Event, SinkError, SinkMetrics, Sinks};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use proto::{HostId, KeyRing};
+use proto::{HostId, KeyFileError, KeyRing};
+use queue::QueuedPacket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Why the worker could not start, or stopped leading.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The nanoprobes' key file.
+    #[error("worker key file")]
+    Keys(#[from] KeyFileError),
+    /// The `[worker]` section.
+    #[error("worker settings")]
+    Settings(#[from] SettingsError),
+    /// The command socket could not be bound.
+    #[error("worker command socket")]
+    CommandSocket(#[source] std::io::Error),
+    /// A sink could not be started.
+    #[error("worker sinks")]
+    Sinks(#[from] SinkError),
+    /// The committed worker state does not decode (written by an incompatible version).
+    #[error("loading the worker state")]
+    State(#[from] DecodeError),
+    /// A row could not be encoded.
+    #[error("encoding the worker's rows")]
+    Encode(#[from] EncodeError),
+    /// Raft refused the read barrier or a proposal (lost leadership, shutting down).
+    #[error("raft")]
+    Raft(#[from] ProposeError),
+}
+
+/// What one turn of the loop is given.
+pub(crate) struct TurnInput<'a> {
+    /// Queue entries to process, in order, with their offsets.
+    pub entries: &'a [(u64, QueuedPacket)],
+    /// The time of a tick to run after them, if one is due.
+    pub tick_at_us: Option<u64>,
+    /// Commands acknowledged or abandoned since the last turn.
+    pub settled: Vec<u64>,
+}
+
+/// What one turn decided.
+pub(crate) struct Turn {
+    /// The Raft entry to propose; `None` when nothing worth replicating happened (a tick
+    /// that changed nothing visible: replaying it later on another leader gives the same
+    /// result).
+    pub entry: Option<Command>,
+    /// The encoded state after the turn: the persisted one once `entry` commits.
+    pub encoded: Vec<u8>,
+    /// Commands to send once `entry` commits.
+    pub commands: Vec<Outbound>,
+    /// Events to hand to the sinks once `entry` commits.
+    pub events: Vec<Event>,
+    /// Probe requests the limiter refused.
+    pub probes_refused: u64,
+}
+
+/// One turn of the worker loop, pure: steps `input`'s entries and tick on `state`, lets
+/// probe requests through `allow_probe`, and encodes the changes (and the state, if it is
+/// not `persisted` any more) into one `Apply` entry that moves the consumer offset past
+/// the entries. `offset` is advanced past the entries processed.
+pub(crate) fn turn(
+    state: &mut WorkerState,
+    settings: &WorkerSettings,
+    input: TurnInput<'_>,
+    offset: &mut u64,
+    persisted: &[u8],
+    mut allow_probe: impl FnMut(&str) -> bool,
+) -> Result<Turn, EncodeError> {
+    let mut fx = Effects::default();
+    let had_entries = !input.entries.is_empty();
+    for (entry_offset, packet) in input.entries {
+        state.step_packet(settings, packet, &mut fx);
+        *offset = entry_offset + 1;
+    }
+    if let Some(at) = input.tick_at_us {
+        state.step_tick(settings, at, &mut fx);
+    }
+    fx.changes
+        .extend(input.settled.into_iter().map(Change::CommandSettled));
+    let mut probes_refused = 0;
+    for (investigation, command) in std::mem::take(&mut fx.probes) {
+        if allow_probe(&investigation) {
+            fx.commands.push(command);
+        } else {
+            probes_refused += 1;
+        }
+    }
+    fx.changes
+        .extend(fx.commands.iter().cloned().map(Change::Command));
+    let encoded = tables::encode_state(state)?;
+    let mut turn = Turn {
+        entry: None,
+        commands: Vec::new(),
+        events: Vec::new(),
+        probes_refused,
+        encoded,
+    };
+    if !had_entries && fx.changes.is_empty() {
+        return Ok(turn);
+    }
+    let mut writes = fx
+        .changes
+        .iter()
+        .map(tables::encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    if turn.encoded != persisted {
+        writes.push(tables::state_write(turn.encoded.clone()));
+    }
+    turn.events = fx
+        .events()
+        .map(tables::sink_event)
+        .collect::<Result<Vec<_>, _>>()?;
+    turn.commands = fx.commands;
+    turn.entry = Some(Command::Apply {
+        consumer: CONSUMER.into(),
+        offset: had_entries.then_some(*offset),
+        writes,
+    });
+    Ok(turn)
+}
 
 /// Counters of the worker.
 #[derive(Clone, Default)]
@@ -98,7 +217,7 @@ impl Worker {
         node: Node,
         config: WorkerSection,
         metrics: WorkerMetrics,
-    ) -> anyhow::Result<Worker> {
+    ) -> Result<Worker, WorkerError> {
         let keys = Arc::new(KeyRing::load(&config.key_file)?);
         let settings = config.settings()?;
         let (settled_tx, settled) = mpsc::unbounded_channel();
@@ -110,7 +229,8 @@ impl Worker {
             metrics.commander.clone(),
             settled_tx,
         )
-        .await?;
+        .await
+        .map_err(WorkerError::CommandSocket)?;
         let sinks = Sinks::start(&config.sinks, metrics.sinks.clone())?;
         tracing::info!(command_socket = %commander.local_addr(), "worker ready");
         Ok(Worker {
@@ -148,47 +268,23 @@ impl Worker {
         }
     }
 
-    fn load_state(&self) -> anyhow::Result<WorkerState> {
-        let state = self.node.state();
-        match state.table_get(WORKER, STATE_KEY) {
-            Some(bytes) => Ok(serde_json::from_slice(bytes)?),
-            None => Ok(WorkerState::new(self.config.fsm_config())),
-        }
-    }
-
-    async fn lead(&mut self) -> anyhow::Result<()> {
+    async fn lead(&mut self) -> Result<(), WorkerError> {
         // Everything committed before we became leader is applied locally after this.
         self.node.read_barrier().await?;
-        let mut state = self.load_state()?;
-        let mut persisted = serde_json::to_vec(&state)?;
-        let mut offset = {
-            let s = self.node.state();
-            s.consumer_offset(CONSUMER)
-                .unwrap_or_else(|| s.first_offset())
+        let (mut state, mut offset, pending, unpublished) = {
+            let q = self.node.state();
+            let state = tables::load_state(&q, self.config.fsm_config())?;
+            let offset = q
+                .consumer_offset(CONSUMER)
+                .unwrap_or_else(|| q.first_offset());
+            // Commands committed by an earlier leader and maybe never acknowledged.
+            let pending = tables::pending_commands(&q);
+            // Events committed but maybe never handed to the sinks.
+            let unpublished = tables::events_from(&q, state.published_upto + 1, usize::MAX);
+            (state, offset, pending, unpublished)
         };
-        // Commands committed by an earlier leader and maybe never acknowledged.
-        let pending: Vec<Outbound> = {
-            let s = self.node.state();
-            s.table(COMMANDS)
-                .map(|t| {
-                    t.values()
-                        .filter_map(|v| postcard::from_bytes(v).ok())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let mut persisted = tables::encode_state(&state)?;
         self.commander.send(pending).await;
-        // Events committed but maybe never handed to the sinks.
-        let unpublished: Vec<Event> = {
-            let s = self.node.state();
-            s.table(EVENTS)
-                .map(|t| {
-                    t.range(id_key(state.published_upto + 1)..)
-                        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         for e in &unpublished {
             self.sinks.publish(e);
             state.published_upto = state.published_upto.max(e.id);
@@ -203,75 +299,46 @@ impl Worker {
                 return Ok(());
             }
             let entries = self.node.read_local(offset, self.config.batch.max(1));
-            let mut fx = Effects::default();
             let had_entries = !entries.is_empty();
-            for (entry_offset, packet) in &entries {
-                state.step_packet(&self.settings, packet, &mut fx);
-                offset = entry_offset + 1;
-                self.metrics.entries.inc();
-            }
             let tick_due = last_tick.elapsed() >= tick;
             if tick_due {
                 last_tick = Instant::now();
-                state.step_tick(&self.settings, wall_us(), &mut fx);
             }
             // Acknowledged or abandoned commands leave the table.
-            while let Ok(settled) = self.settled.try_recv() {
-                let id = match settled {
+            let mut settled = Vec::new();
+            while let Ok(s) = self.settled.try_recv() {
+                settled.push(match s {
                     Settled::Acked { id, .. } | Settled::GaveUp { id, .. } => id,
-                };
-                fx.writes.push(TableWrite {
-                    table: COMMANDS.into(),
-                    key: id_key(id),
-                    value: None,
                 });
             }
             let now = started.elapsed();
-            for (investigation, command) in std::mem::take(&mut fx.probes) {
-                if limiter.allow(&investigation, now).is_ok() {
-                    fx.commands.push(command);
-                } else {
-                    self.metrics.probes_refused.inc();
-                }
-            }
-            for command in &fx.commands {
-                if let Ok(bytes) = postcard::to_allocvec(command) {
-                    fx.writes.push(TableWrite {
-                        table: COMMANDS.into(),
-                        key: id_key(command.command.id),
-                        value: Some(bytes),
-                    });
-                }
-            }
-            let blob = serde_json::to_vec(&state)?;
-            let state_changed = blob != persisted;
-            // A tick that changed nothing visible need not be replicated: replaying it
-            // later on another leader gives the same result.
-            let worth_proposing = had_entries || !fx.writes.is_empty() || !fx.commands.is_empty();
-            if worth_proposing {
-                if state_changed {
-                    fx.writes.push(TableWrite {
-                        table: WORKER.into(),
-                        key: STATE_KEY.to_vec(),
-                        value: Some(blob.clone()),
-                    });
-                }
+            let input = TurnInput {
+                entries: &entries,
+                tick_at_us: tick_due.then(wall_us),
+                settled,
+            };
+            let turn = turn(
+                &mut state,
+                &self.settings,
+                input,
+                &mut offset,
+                &persisted,
+                |investigation| limiter.allow(investigation, now).is_ok(),
+            )?;
+            self.metrics.entries.inc_by(entries.len() as u64);
+            self.metrics.probes_refused.inc_by(turn.probes_refused);
+            if let Some(entry) = turn.entry {
                 self.metrics.proposals.inc();
-                let entry = Command::Apply {
-                    consumer: CONSUMER.into(),
-                    offset: had_entries.then_some(offset),
-                    writes: fx.writes,
-                };
                 if let Err(e) = self.node.propose(entry).await {
                     // Not committed: none of this step's effects happen. Whoever leads
                     // next starts again from the committed state.
                     self.metrics.proposal_failures.inc();
                     return Err(e.into());
                 }
-                persisted = blob;
+                persisted = turn.encoded;
                 // Committed: now act.
-                self.commander.send(fx.commands).await;
-                for e in &fx.events {
+                self.commander.send(turn.commands).await;
+                for e in &turn.events {
                     self.sinks.publish(e);
                     // Recorded with the next proposal: a leader change in between hands
                     // these events to the sinks again rather than losing them.

@@ -1,41 +1,148 @@
-//! What the worker publishes in the replicated tables for operators: hosts, rings,
-//! failures and events, as JSON rows. Every node serves them from its own replica (the
-//! admin API), so followers answer too.
+//! The rows the worker publishes for operators: hosts, rings, failures (and events, see
+//! [`crate::sinks::Event`]). Every node serves them from its own replica (the admin API),
+//! so followers answer too. Where they are stored and how they are encoded is
+//! [`super::tables`]' business.
+//!
+//! States and kinds are enums whose serde names are the lowercase strings the admin API
+//! and `cmactl --json` have always shown (`up`, `dead`, `switch_down`, `open`, ...).
 
+pub use super::rings::RingKind;
+use fsm::{Evidence, VerdictKind};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::net::SocketAddr;
 
-/// Table of [`HostRow`], keyed by host id (big-endian u64).
-pub const HOSTS: &str = "hosts";
-/// Table of [`RingRow`], keyed by ring name.
-pub const RINGS: &str = "rings";
-/// Table of [`FailureRow`], keyed by failure id (big-endian u64).
-pub const FAILURES: &str = "failures";
-/// Table of [`crate::sinks::Event`], keyed by event id (big-endian u64).
-pub const EVENTS: &str = "events";
-/// Table of the worker's own state (one row, [`STATE_KEY`]).
-pub const WORKER: &str = "worker";
-/// Key of the worker's state row.
-pub const STATE_KEY: &[u8] = b"state";
-/// Table of commands not yet acknowledged, keyed by command id (big-endian u64).
-pub const COMMANDS: &str = "commands";
+/// Where a monitored host stands, as the worker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostStatus {
+    /// In its rings.
+    Up,
+    /// Under suspicion (counted with `up` by `/v1/status`; the worker does not write it
+    /// today, the fsm keeps suspicions to itself until a verdict).
+    Suspect,
+    /// Declared dead by a verdict.
+    Dead,
+    /// Shut down gracefully.
+    Left,
+}
 
-/// Key of a row addressed by a number: big-endian, so rows sort by number.
-pub fn id_key(id: u64) -> Vec<u8> {
-    id.to_be_bytes().to_vec()
+impl HostStatus {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Up => "up",
+            HostStatus::Suspect => "suspect",
+            HostStatus::Dead => "dead",
+            HostStatus::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for HostStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The kind of a verdict, without its subject (the `kind` column of the failures table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// [`VerdictKind::Dead`].
+    Dead,
+    /// [`VerdictKind::LinkFault`].
+    LinkFault,
+    /// [`VerdictKind::ReporterIsolated`].
+    ReporterIsolated,
+    /// [`VerdictKind::SwitchDown`].
+    SwitchDown,
+    /// [`VerdictKind::RouterDown`].
+    RouterDown,
+    /// [`VerdictKind::FalseAlarm`].
+    FalseAlarm,
+    /// [`VerdictKind::Recovered`].
+    Recovered,
+    /// [`VerdictKind::Left`].
+    Left,
+}
+
+impl FailureKind {
+    /// The snake_case name (`dead`, `link_fault`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Dead => "dead",
+            FailureKind::LinkFault => "link_fault",
+            FailureKind::ReporterIsolated => "reporter_isolated",
+            FailureKind::SwitchDown => "switch_down",
+            FailureKind::RouterDown => "router_down",
+            FailureKind::FalseAlarm => "false_alarm",
+            FailureKind::Recovered => "recovered",
+            FailureKind::Left => "left",
+        }
+    }
+}
+
+impl From<&VerdictKind> for FailureKind {
+    fn from(kind: &VerdictKind) -> FailureKind {
+        match kind {
+            VerdictKind::Dead(_) => FailureKind::Dead,
+            VerdictKind::LinkFault(..) => FailureKind::LinkFault,
+            VerdictKind::ReporterIsolated(_) => FailureKind::ReporterIsolated,
+            VerdictKind::SwitchDown(..) => FailureKind::SwitchDown,
+            VerdictKind::RouterDown(..) => FailureKind::RouterDown,
+            VerdictKind::FalseAlarm(_) => FailureKind::FalseAlarm,
+            VerdictKind::Recovered(_) => FailureKind::Recovered,
+            VerdictKind::Left(_) => FailureKind::Left,
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Whether a failure is still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureState {
+    /// An alarm whose subject has not recovered.
+    Open,
+    /// Recovered, or a verdict that never was an alarm.
+    Closed,
+}
+
+impl FailureState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureState::Open => "open",
+            FailureState::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for FailureState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// What is known of one monitored host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRow {
+    /// Host id.
     pub id: u64,
+    /// Host name it reported at start-up.
     pub hostname: String,
     /// Where its nanoprobe listens.
     pub addr: SocketAddr,
     /// The switch it sits behind, if known.
     pub switch: Option<String>,
     /// `up`, `suspect`, `dead`, `left`.
-    pub status: String,
+    pub status: HostStatus,
     /// When the status last changed (µs since the Unix epoch).
     pub since_us: u64,
     /// Hosts that expect its heartbeats.
@@ -47,26 +154,28 @@ pub struct HostRow {
 /// One heartbeat ring.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingRow {
+    /// `switch:<name>`, `flat` or `top`.
     pub name: String,
     /// `switch`, `top` or `flat`.
-    pub kind: String,
+    pub kind: RingKind,
     /// Members in ring order (each sends to and expects its neighbours).
     pub members: Vec<u64>,
 }
 
 /// One verdict of the failure-disambiguation state machine and its life.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRow {
+    /// The fsm's verdict id.
     pub id: u64,
     /// `dead`, `link_fault`, `reporter_isolated`, `switch_down`, `router_down`,
     /// `false_alarm`, `recovered`, `left`.
-    pub kind: String,
+    pub kind: FailureKind,
     /// What failed: a host id, a switch or router name, or `a-b` for a link.
     pub subject: String,
     /// Hosts affected.
     pub hosts: Vec<u64>,
     /// `open` until the subject recovers, then `closed`.
-    pub state: String,
+    pub state: FailureState,
     /// When the verdict was reached (µs since the Unix epoch).
     pub at_us: u64,
     /// When it was closed, if it was.
@@ -74,7 +183,7 @@ pub struct FailureRow {
     /// One line for humans.
     pub summary: String,
     /// The reports and probe outcomes that led to it.
-    pub evidence: serde_json::Value,
+    pub evidence: Vec<Evidence>,
 }
 
 /// Progress of the worker, for `cmactl status`.
@@ -86,9 +195,11 @@ pub struct WorkerStatus {
     pub queue_next: u64,
     /// Entries waiting in the queue.
     pub backlog: u64,
-    /// Known hosts, by status.
+    /// Known hosts that are up (or suspected).
     pub hosts_up: usize,
+    /// Known hosts declared dead.
     pub hosts_dead: usize,
+    /// Known hosts that left.
     pub hosts_left: usize,
     /// Open failures.
     pub open_failures: usize,

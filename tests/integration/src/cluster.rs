@@ -7,7 +7,7 @@
 //! Every loopback test passes its own `net` byte: its nodes live on 127.<net>.0.<id>, so
 //! tests running in parallel never share an address.
 
-use crate::procs::{binary, spawn, wait_until, ProcGuard};
+use crate::procs::{binary, output_of, spawn, wait_until, ProcGuard};
 use queue::{ClientConfig, QueueClient, QueuedPacket};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -276,19 +276,13 @@ impl Cluster {
 impl CmaCluster for Cluster {
     fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
         let admin = self.node(id).admin;
-        let out = Command::new(binary("cmactl"))
-            .arg("--api")
-            .arg(format!("http://{admin}"))
-            .arg("--timeout")
-            .arg("60")
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output_of(
+            Command::new(binary("cmactl"))
+                .arg("--api")
+                .arg(format!("http://{admin}"))
+                .args(["--timeout", "60"])
+                .args(args),
+        )
     }
 
     fn running(&self) -> Vec<u64> {

@@ -41,9 +41,11 @@ fn check_lab() -> Option<String> {
     ] {
         match Command::new(tool).args(args).output() {
             Ok(o) if o.status.success() => {}
-            _ => return Some(format!(
+            _ => {
+                return Some(format!(
                 "the network lab needs `{tool}` (Debian: {package}; see README's set-up command)"
-            )),
+            ))
+            }
         }
     }
     let probe = format!("rwlprobe-{}", std::process::id());

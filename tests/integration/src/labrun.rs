@@ -4,7 +4,7 @@
 
 use crate::cluster::{hex, CmaCluster};
 use crate::lab::{cma_addr, reader_addr, Topology};
-use crate::procs::{binary, wait_until, ProcGuard};
+use crate::procs::{binary, output_of, wait_until, ProcGuard};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -284,15 +284,7 @@ impl CmaCluster for Ringwatch {
         let mut full = vec!["netns", "exec", &self.topo.cma_ns, &bin, "--api", &api];
         full.extend_from_slice(&["--timeout", "20"]);
         full.extend_from_slice(args);
-        let out = Command::new("ip")
-            .args(&full)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output_of(Command::new("ip").args(&full))
     }
 
     fn running(&self) -> Vec<u64> {

@@ -160,6 +160,17 @@ impl Drop for ProcGuard {
     }
 }
 
+/// Runs `command` to completion: its stdout when it succeeds, its stderr (or why it could
+/// not start) when not.
+pub fn output_of(command: &mut Command) -> Result<String, String> {
+    let out = command.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// Polls `cond` every 20 ms until it returns true or `timeout` passes; whether it did.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,479 @@
+//! In-memory harness (tests only): the queue's replicated state ([`QueueState`]) and the
+//! worker's loop ([`run::turn`]) together, without processes, sockets or Raft. Reports are
+//! real sealed nanoprobe envelopes; time is an injected clock; every entry the worker
+//! would propose is applied through `QueueState::apply` exactly as Raft applies it, and
+//! kept in a log, so a test can replay the log on a fresh replica or elect a new leader
+//! that reloads the committed state.
+
+use super::outbox::Outbound;
+use super::run::{self, TurnInput};
+use super::state::{WorkerSettings, WorkerState};
+use super::tables;
+use super::views::{FailureRow, HostRow, RingRow};
+use crate::raft::queue_state::{DedupLimits, QueueState};
+use crate::sinks::Event;
+use proto::{Body, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId};
+use queue::{Command, QueuedPacket};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The worker as the current leader holds it in memory.
+struct Leader {
+    state: WorkerState,
+    offset: u64,
+    persisted: Vec<u8>,
+}
+
+impl Leader {
+    /// What a node does when it becomes leader: reload the committed state and offset.
+    fn load(queue: &QueueState, config: fsm::Config) -> Leader {
+        let state = tables::load_state(queue, config).unwrap();
+        let persisted = tables::encode_state(&state).unwrap();
+        let offset = queue
+            .consumer_offset(super::CONSUMER)
+            .unwrap_or_else(|| queue.first_offset());
+        Leader {
+            state,
+            offset,
+            persisted,
+        }
+    }
+}
+
+/// A queue replica, a worker leading on it, and simulated nanoprobes.
+pub(crate) struct Harness {
+    /// The replicated state, as every node would hold it.
+    pub queue: QueueState,
+    /// Every entry applied to `queue`, in order (the Raft log).
+    pub log: Vec<Command>,
+    settings: WorkerSettings,
+    config: fsm::Config,
+    leader: Leader,
+    keys: Arc<KeyRing>,
+    /// Per host: its sealer and the id of its next report.
+    probes: BTreeMap<u64, (Sealer, u64)>,
+    /// The injected clock (µs since the Unix epoch).
+    pub now_us: u64,
+    /// Commands the worker sent after their entry committed.
+    pub sent: Vec<Outbound>,
+    /// Events handed to the sinks after their entry committed.
+    pub published: Vec<Event>,
+}
+
+impl Harness {
+    /// An empty queue and a worker with these settings, at time 1 000 s.
+    pub fn new(settings: WorkerSettings, config: fsm::Config) -> Harness {
+        let queue = QueueState::new(DedupLimits::default());
+        let leader = Leader::load(&queue, config);
+        Harness {
+            queue,
+            log: Vec::new(),
+            settings,
+            config,
+            leader,
+            keys: Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [7; 32])]).unwrap()),
+            probes: BTreeMap::new(),
+            now_us: 1_000_000_000,
+            sent: Vec::new(),
+            published: Vec::new(),
+        }
+    }
+
+    /// A fresh replica that applied `entries` (a prefix of another harness' log), with a
+    /// worker that has just become leader on it.
+    pub fn replica(
+        settings: WorkerSettings,
+        config: fsm::Config,
+        entries: &[Command],
+        now_us: u64,
+    ) -> Harness {
+        let mut h = Harness::new(settings, config);
+        for e in entries {
+            h.commit(e.clone());
+        }
+        h.now_us = now_us;
+        h.elect();
+        h
+    }
+
+    /// Commits one entry: applies it to the queue state as Raft would, and logs it.
+    pub fn commit(&mut self, entry: Command) {
+        self.log.push(entry.clone());
+        self.queue.apply(entry);
+    }
+
+    /// A new leader (or the same node after a restart): reloads the committed state and,
+    /// as the run loop does, hands the events committed after `published_upto` to the
+    /// sinks again.
+    pub fn elect(&mut self) {
+        self.leader = Leader::load(&self.queue, self.config);
+        let from = self.leader.state.published_upto + 1;
+        for e in tables::events_from(&self.queue, from, usize::MAX) {
+            self.leader.state.published_upto = self.leader.state.published_upto.max(e.id);
+            self.published.push(e);
+        }
+    }
+
+    /// Lets `ms` milliseconds pass on the injected clock.
+    pub fn advance_ms(&mut self, ms: u64) {
+        self.now_us += ms * 1000;
+    }
+
+    /// Host `host`'s nanoprobe sends `body`: sealed with the test key, as a
+    /// packet-reader would queue it (received now).
+    pub fn report(&mut self, host: u64, body: ReportBody) {
+        let keys = self.keys.clone();
+        let (sealer, next_id) = self
+            .probes
+            .entry(host)
+            .or_insert_with(|| (Sealer::new(keys, HostId(host), SessionId(1)), 1));
+        let id = *next_id;
+        *next_id += 1;
+        let datagram = sealer.seal(&Body::Report(Report { id, body })).unwrap();
+        let packet = QueuedPacket {
+            sender: host,
+            session: 1,
+            seq: id,
+            received_at_us: self.now_us,
+            source: format!("127.0.0.{}:7500", host % 250 + 1).parse().unwrap(),
+            datagram,
+        };
+        self.commit(Command::Append {
+            batch: vec![packet],
+        });
+    }
+
+    /// One turn of the worker loop: the queued entries (at most 256), then a tick at the
+    /// current time if `tick`; the resulting entry is committed, then its commands are
+    /// "sent" and its events published. Returns whether anything was committed.
+    pub fn turn(&mut self, tick: bool) -> bool {
+        let entries = self.queue.read(self.leader.offset, 256);
+        let input = TurnInput {
+            entries: &entries,
+            tick_at_us: tick.then_some(self.now_us),
+            settled: Vec::new(),
+        };
+        let leader = &mut self.leader;
+        let turn = run::turn(
+            &mut leader.state,
+            &self.settings,
+            input,
+            &mut leader.offset,
+            &leader.persisted,
+            |_| true,
+        )
+        .unwrap();
+        let Some(entry) = turn.entry else {
+            return false;
+        };
+        self.commit(entry);
+        self.leader.persisted = turn.encoded;
+        self.sent.extend(turn.commands);
+        for e in turn.events {
+            self.leader.state.published_upto = self.leader.state.published_upto.max(e.id);
+            self.published.push(e);
+        }
+        true
+    }
+
+    /// Processes every queued entry (no tick).
+    pub fn drain(&mut self) {
+        for _ in 0..1000 {
+            if self.queue.read(self.leader.offset, 1).is_empty() {
+                return;
+            }
+            self.turn(false);
+        }
+        panic!("the worker did not drain the queue in 1000 turns");
+    }
+
+    /// Lets `ms` pass in ticks of `tick_ms`, processing the queue before each tick.
+    pub fn run_for(&mut self, ms: u64, tick_ms: u64) {
+        let mut left = ms;
+        while left > 0 {
+            let step = left.min(tick_ms);
+            self.advance_ms(step);
+            left -= step;
+            self.drain();
+            self.turn(true);
+        }
+    }
+
+    /// The host rows, as the admin API reads them.
+    pub fn hosts(&self) -> Vec<HostRow> {
+        tables::hosts(&self.queue)
+    }
+
+    /// One host row.
+    pub fn host(&self, id: u64) -> HostRow {
+        tables::host(&self.queue, id).unwrap()
+    }
+
+    /// The ring rows.
+    pub fn rings(&self) -> Vec<RingRow> {
+        tables::rings(&self.queue)
+    }
+
+    /// The failure rows.
+    pub fn failures(&self) -> Vec<FailureRow> {
+        tables::failures(&self.queue)
+    }
+
+    /// The stored events.
+    pub fn events(&self) -> Vec<Event> {
+        tables::events_from(&self.queue, 0, usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::rings::{SwitchConfig, SwitchMap};
+    use crate::worker::views::{FailureKind, FailureState, HostStatus};
+    use fsm::{Evidence, ReportKind};
+    use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
+
+    const TICK_MS: u64 = 200;
+
+    fn settings(switches: SwitchMap) -> WorkerSettings {
+        WorkerSettings {
+            timings: HbTimings::default(),
+            switches,
+            probe_timeout_ms: 1000,
+        }
+    }
+
+    fn startup(host: u64) -> ReportBody {
+        ReportBody::Startup(Startup {
+            hostname: format!("h{host}"),
+            version: "test".into(),
+            listen: format!("127.0.0.{host}:7500").parse().unwrap(),
+            interfaces: vec![],
+            gateway: None,
+            lldp: None,
+        })
+    }
+
+    fn dead(peer: u64) -> ReportBody {
+        ReportBody::HbDead {
+            peer: HostId(peer),
+            last_seen_us: 0,
+        }
+    }
+
+    /// `n` hosts started, one tick apart, and the rings formed.
+    fn cluster(n: u64, switches: SwitchMap) -> Harness {
+        let mut h = Harness::new(settings(switches), fsm::Config::default());
+        for host in 1..=n {
+            h.report(host, startup(host));
+            h.run_for(TICK_MS, TICK_MS);
+        }
+        h.run_for(1000, TICK_MS);
+        assert!(h.hosts().iter().all(|r| r.status == HostStatus::Up));
+        h
+    }
+
+    fn verdicts(h: &Harness, kind: &str) -> usize {
+        h.published.iter().filter(|e| e.kind == kind).count()
+    }
+
+    /// Reporters named in a failure's evidence, with the report kind.
+    fn reporters(row: &FailureRow) -> Vec<(u64, ReportKind)> {
+        row.evidence
+            .iter()
+            .filter_map(|e| match e {
+                Evidence::Report { reporter, kind, .. } => Some((reporter.0, *kind)),
+                Evidence::Probe { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_death_seen_by_two_watchers_gives_one_dead_verdict_with_both_as_evidence() {
+        let mut h = cluster(5, SwitchMap::default());
+        assert_eq!(h.host(3).watchers, vec![2, 4]);
+        h.sent.clear();
+        // Both neighbours of 3 in the flat ring stop hearing it.
+        h.report(2, dead(3));
+        h.advance_ms(300);
+        h.report(4, dead(3));
+        h.run_for(10_000, TICK_MS);
+
+        let failures = h.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let f = &failures[0];
+        assert_eq!(
+            (f.kind, f.state, f.hosts.clone(), f.subject.as_str()),
+            (FailureKind::Dead, FailureState::Open, vec![3], "3")
+        );
+        let mut who = reporters(f);
+        who.sort_by_key(|(r, _)| *r);
+        assert_eq!(who, vec![(2, ReportKind::Dead), (4, ReportKind::Dead)]);
+        assert_eq!(verdicts(&h, "verdict.dead"), 1);
+        assert_eq!(h.host(3).status, HostStatus::Dead);
+        // The ring healed around it: 2 and 4 now watch each other, and were told so.
+        let flat = &h.rings()[0];
+        assert_eq!(flat.members, vec![1, 2, 4, 5]);
+        assert_eq!(h.host(2).watchers, vec![1, 4]);
+        assert!(h.sent.iter().any(|c| c.to == HostId(2)
+            && matches!(&c.command.body, CommandBody::SendExpectHb { peers, .. }
+                if peers.iter().any(|p| p.host == HostId(4)))));
+        assert!(
+            h.sent.iter().all(|c| c.to != HostId(3)),
+            "no command to the dead"
+        );
+    }
+
+    #[test]
+    fn graceful_shutdown_gives_left_and_no_alarm() {
+        let mut h = cluster(5, SwitchMap::default());
+        h.report(3, ReportBody::HbShutdown);
+        h.run_for(TICK_MS, TICK_MS);
+        // Its watchers may still report its silence before they get their new peers.
+        h.report(2, dead(3));
+        h.report(4, dead(3));
+        h.run_for(20_000, TICK_MS);
+
+        assert_eq!(h.host(3).status, HostStatus::Left);
+        let failures = h.failures();
+        assert!(
+            failures
+                .iter()
+                .all(|f| f.state == FailureState::Closed && f.kind == FailureKind::Left),
+            "{failures:?}"
+        );
+        assert_eq!(verdicts(&h, "verdict.left"), 1);
+        assert!(
+            h.published.iter().all(|e| e.kind != "verdict.dead"),
+            "{:?}",
+            h.published
+        );
+        assert_eq!(h.rings()[0].members, vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn a_new_leader_replaying_the_same_entries_writes_identical_rows() {
+        let mut a = cluster(5, SwitchMap::default());
+        // The leader crashes right after these reports were queued, before it processed
+        // them: the next leader starts from the state committed so far.
+        let committed = a.log.len();
+        let resumed_at = a.now_us;
+        a.report(2, dead(3));
+        a.report(4, dead(3));
+        a.report(1, ReportBody::HbShutdown);
+        let queued: Vec<Command> = a.log[committed..].to_vec();
+        let sent_before = a.sent.len();
+        a.run_for(10_000, TICK_MS);
+
+        let mut b = Harness::replica(
+            a.settings.clone(),
+            fsm::Config::default(),
+            &a.log[..committed],
+            resumed_at,
+        );
+        for e in queued {
+            b.commit(e);
+        }
+        b.run_for(10_000, TICK_MS);
+
+        for table in [
+            tables::HOSTS,
+            tables::RINGS,
+            tables::FAILURES,
+            tables::EVENTS,
+            tables::COMMANDS,
+            tables::WORKER,
+        ] {
+            assert_eq!(a.queue.table(table), b.queue.table(table), "table {table}");
+        }
+        assert_eq!(a.sent[sent_before..], b.sent[..]);
+        assert_eq!(a.events(), b.events());
+        assert_eq!(verdicts(&b, "verdict.dead"), 1);
+        // And a follower that applies the whole log holds the same rows.
+        let follower =
+            Harness::replica(a.settings.clone(), fsm::Config::default(), &a.log, a.now_us);
+        assert_eq!(follower.queue, a.queue);
+    }
+
+    #[test]
+    fn a_declared_switch_going_down_gives_one_switch_down_verdict() {
+        let switch = |name: &str, hosts: Vec<u64>, last: u8| SwitchConfig {
+            name: name.into(),
+            address: Some(format!("10.0.{last}.254").parse().unwrap()),
+            subnets: vec![],
+            hosts,
+            lldp_chassis: None,
+            router: None,
+        };
+        let map = SwitchMap::new(
+            vec![
+                switch("sw1", vec![1, 2, 3], 1),
+                switch("sw2", vec![4, 5, 6], 2),
+            ],
+            vec![],
+        )
+        .unwrap();
+        let mut h = cluster(6, map);
+        let names: Vec<String> = h.rings().iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["switch:sw1", "switch:sw2", "top"]);
+        let top = h.rings().into_iter().find(|r| r.name == "top").unwrap();
+        assert_eq!(top.members, vec![1, 2, 4, 5]);
+        h.sent.clear();
+        // sw1 dies: only its representatives' top-ring neighbours on sw2 can tell.
+        h.report(4, dead(2));
+        h.report(5, dead(1));
+        let mut answered = 0;
+        for _ in 0..100 {
+            h.run_for(TICK_MS, TICK_MS);
+            // Every switch probe the worker asks for finds sw1 unreachable.
+            let probes: Vec<(u64, u64, proto::ProbeTarget, proto::ProbeKind)> = h.sent[answered..]
+                .iter()
+                .filter_map(|c| match &c.command.body {
+                    CommandBody::DoProbe {
+                        probe_id,
+                        targets,
+                        kind,
+                        ..
+                    } => Some((c.to.0, *probe_id, targets[0].clone(), *kind)),
+                    _ => None,
+                })
+                .collect();
+            answered = h.sent.len();
+            for (from, probe_id, target, kind) in probes {
+                assert!(target.host.is_none(), "a host probe: {target:?}");
+                assert!([4, 5, 6].contains(&from), "probed from sw1's side: {from}");
+                h.report(
+                    from,
+                    ReportBody::ProbeResult(proto::ProbeResult {
+                        probe_id,
+                        target,
+                        kind,
+                        outcome: ProbeOutcome::Unreachable,
+                        rtt_us: None,
+                    }),
+                );
+            }
+            if verdicts(&h, "verdict.switch_down") > 0 {
+                break;
+            }
+        }
+        h.run_for(10_000, TICK_MS);
+        let failures = h.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let f = &failures[0];
+        assert_eq!(
+            (f.kind, f.state, f.subject.as_str()),
+            (FailureKind::SwitchDown, FailureState::Open, "sw1")
+        );
+        assert!(f.hosts.contains(&1) && f.hosts.contains(&2), "{f:?}");
+        assert!(f.evidence.iter().any(|e| matches!(
+            e,
+            Evidence::Probe {
+                reachable: Some(false),
+                ..
+            }
+        )));
+        assert_eq!(verdicts(&h, "verdict.switch_down"), 1);
+        assert_eq!(verdicts(&h, "verdict.dead"), 0, "no per-host alarms");
+    }
+}
