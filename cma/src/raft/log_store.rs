@@ -219,12 +219,14 @@ impl LogStore {
         })
     }
 
-    /// Syncs completed since open.
+    /// Syncs completed since open (`cma_raft_log_syncs_total` counts them for operators).
+    #[cfg(test)]
     pub fn syncs(&self) -> u64 {
         self.syncer.syncs.load(Ordering::SeqCst)
     }
 
     /// Highest log index covered by a completed sync (0: none yet).
+    #[cfg(test)]
     pub fn synced_index(&self) -> u64 {
         self.syncer.synced_index.load(Ordering::SeqCst)
     }
