@@ -4,9 +4,12 @@
 #   1. throughput: --rate 0 (as fast as ACKs come back), at most OUTSTANDING reports
 #      awaiting their ACK;
 #   2. latency: --rate 5000 reports/s.
+# After each phase it prints each node's Raft log syncs (fdatasync) per second.
 # Usage: [HOSTS=10000] [DURATION=20] [OUTSTANDING=4000] [PHASES="throughput latency"]
-#        [BUILD=1] packet-reader/bench.sh
+#        [BUILD=1] [STRACE=0] packet-reader/bench.sh
 # BUILD=0 uses the release binaries already in ${CARGO_TARGET_DIR:-target}/release.
+# STRACE=1 counts fsync/fdatasync/sync_file_range calls of a follower (node 3) during the
+# throughput phase with strace -c (needs strace and ptrace rights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTS=${HOSTS:-10000}
@@ -71,17 +74,49 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
+# Raft log syncs of node $1 so far (cma_raft_log_syncs_total).
+syncs_of() {
+    local out
+    out=$(exec 4<>"/dev/tcp/127.0.79.$1/7480" && printf 'GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&4 && cat <&4) || { echo 0; return; }
+    awk '/^cma_raft_log_syncs_total /{print $2; f=1} END{if(!f) print 0}' <<<"$out"
+}
+SYNC_T0=0; declare -A SYNC0
+syncs_mark() { SYNC_T0=$(date +%s.%N); for id in 1 2 3; do SYNC0[$id]=$(syncs_of "$id"); done; }
+syncs_report() {
+    local t1 line="" id n
+    t1=$(date +%s.%N)
+    for id in 1 2 3; do
+        n=$(syncs_of "$id")
+        line+=$(awk -v a="${SYNC0[$id]}" -v b="$n" -v t0="$SYNC_T0" -v t1="$t1" -v id="$id" \
+            'BEGIN{printf " node%s %.0f/s", id, (b-a)/(t1-t0)}')
+    done
+    echo "raft_log_syncs_per_sec$line"
+}
+
 LOADGEN=("$BIN/loadgen" --reader 127.0.79.10:7300 --key-file "$WORK/keys.toml"
     --hosts "$HOSTS" --duration "$DURATION" --bind 127.0.79.20:0 --progress 5)
 echo "== machine: $(nproc) cores, $(uptime | sed 's/.*load/load/')"
 if [[ " $PHASES " == *" throughput "* ]]; then
     echo "== throughput: $HOSTS hosts, as fast as ACKs allow (max $OUTSTANDING awaiting ACK)"
+    syncs_mark
+    if [[ ${STRACE:-0} == 1 ]]; then
+        strace -f -c -e trace=fsync,fdatasync,sync_file_range -p "${PIDS[2]}" -o "$WORK/strace.txt" &
+        STRACE_PID=$!
+    fi
     "${LOADGEN[@]}" --rate 0 --max-outstanding "$OUTSTANDING"
+    syncs_report
+    if [[ -n ${STRACE_PID:-} ]]; then
+        kill -INT "$STRACE_PID"; wait "$STRACE_PID" || true
+        echo "== strace -c of follower node 3 (pid ${PIDS[2]}) during the throughput phase"
+        cat "$WORK/strace.txt"
+    fi
     echo "== machine: $(uptime | sed 's/.*load/load/')"
 fi
 if [[ " $PHASES " == *" latency "* ]]; then
     echo "== latency: $HOSTS hosts, 5,000 reports/s"
+    syncs_mark
     "${LOADGEN[@]}" --rate 5000 --host-base 2000000
+    syncs_report
 fi
 echo "== packet-reader counters"
 exec 3<>/dev/tcp/127.0.79.10/7381

@@ -81,6 +81,8 @@ struct Gauges {
     last_log_index: Gauge,
     snapshot_index: Gauge,
     queue_depth: Gauge,
+    queue_bytes: Gauge,
+    queue_max_bytes: Gauge,
     queue_next_offset: Gauge,
     snapshots_installed: Gauge,
     connections_open: Gauge,
@@ -206,8 +208,28 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
     );
     r.register(
         "raft_log_flush_seconds",
-        "Duration of a group flush of the Raft log",
+        "Duration of a group sync of the Raft log (sled flush + fdatasync)",
         m.flush_seconds.clone(),
+    );
+    r.register(
+        "queue_full_refusals",
+        "Appends through this node refused because the queue held its byte budget",
+        m.queue_full.clone(),
+    );
+    r.register(
+        "queue_bytes",
+        "Bytes the stored packets hold in memory (datagrams + per-packet overhead)",
+        g.queue_bytes.clone(),
+    );
+    r.register(
+        "queue_max_bytes",
+        "Byte budget of the queue (0: unlimited)",
+        g.queue_max_bytes.clone(),
+    );
+    r.register(
+        "raft_log_syncs",
+        "Completed syncs (fdatasync) of the Raft log",
+        m.syncs.clone(),
     );
     r.register(
         "connection_errors",
@@ -418,6 +440,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     g.snapshots_installed.set(node.snapshots_installed() as i64);
     let summary = node.state().summary();
     g.queue_depth.set(summary.depth as i64);
+    g.queue_bytes.set(summary.bytes as i64);
+    g.queue_max_bytes.set(summary.max_bytes as i64);
     g.queue_next_offset.set(summary.next_offset as i64);
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {

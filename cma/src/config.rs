@@ -10,9 +10,9 @@
 //! cluster_secret_file = "/etc/ringwatch/cluster.key"
 //!
 //! [raft]
-//! heartbeat_interval_ms = 250
-//! election_timeout_min_ms = 1000
-//! election_timeout_max_ms = 2000
+//! heartbeat_interval_ms = 100
+//! election_timeout_min_ms = 400
+//! election_timeout_max_ms = 800
 //! snapshot_after_logs = 2000
 //! logs_to_keep_after_snapshot = 500
 //!
@@ -84,15 +84,25 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
+/// Default leader heartbeat interval.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// Default lower bound of the election timeout.
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
+/// Default upper bound of the election timeout.
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 800;
+
 /// `[raft]`: timings and compaction.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftConfig {
-    /// Leader heartbeat interval (default 250 ms).
+    /// Leader heartbeat interval (default 100 ms).
     pub heartbeat_interval_ms: u64,
-    /// Lower bound of the randomised election timeout (default 1000 ms).
+    /// Lower bound of the randomised election timeout (default 400 ms).
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomised election timeout (default 2000 ms).
+    /// Upper bound of the randomised election timeout (default 800 ms). openraft 0.9
+    /// also makes a follower honour its leader's lease, as long as this bound, so a
+    /// follower calls an election `max + its timeout` after the last heartbeat: at most
+    /// 1.6 s with the defaults.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
     /// are cheap while consumers keep the queue short, and they bound the sled log.
@@ -113,9 +123,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_interval_ms: 250,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_MS,
+            election_timeout_min_ms: DEFAULT_ELECTION_MIN_MS,
+            election_timeout_max_ms: DEFAULT_ELECTION_MAX_MS,
             snapshot_after_logs: 2000,
             logs_to_keep_after_snapshot: 500,
             max_payload_entries: 64,
@@ -125,6 +135,9 @@ impl Default for RaftConfig {
         }
     }
 }
+
+/// Default byte budget of the in-memory queue.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// `[queue]`: dedup and read limits. Must be identical on every node.
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +149,9 @@ pub struct QueueConfig {
     pub dedup_sessions: usize,
     /// Most packets returned by one read (default 10000).
     pub max_read: usize,
+    /// Byte budget of the packets held in memory (default 256 MiB; 0: unlimited). Beyond
+    /// it appends are refused with a typed "queue full" reply, so producers back off.
+    pub max_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -144,6 +160,7 @@ impl Default for QueueConfig {
             dedup_window: DEFAULT_DEDUP_WINDOW,
             dedup_sessions: DEFAULT_DEDUP_SESSIONS,
             max_read: 10_000,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
         }
     }
 }
@@ -265,6 +282,7 @@ impl Config {
             max_read: self.queue.max_read,
             budget,
             handshake_timeout: self.limits.handshake_timeout(),
+            max_queue_bytes: self.queue.max_bytes,
         })
     }
 }
@@ -284,7 +302,8 @@ mod tests {
     fn defaults_apply() {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(c.raft.heartbeat_interval_ms, 250);
+        assert_eq!(c.raft.heartbeat_interval_ms, DEFAULT_HEARTBEAT_MS);
+        assert_eq!(c.queue.max_bytes, DEFAULT_QUEUE_MAX_BYTES);
         assert_eq!(c.advertised().raft, "127.0.0.1:7400");
     }
 

@@ -40,6 +40,7 @@ fn error_label(e: &ClientError) -> &'static str {
         ClientError::Timeout => "timeout",
         ClientError::Unreachable(_) => "unreachable",
         ClientError::Rejected(_) => "rejected",
+        ClientError::QueueFull { .. } => "queue_full",
         ClientError::Config(_) => "config",
     }
 }

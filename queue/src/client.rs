@@ -2,9 +2,12 @@
 //! over the authenticated node protocol and follows the leader.
 //!
 //! Every call goes to the node believed to be the leader. A `NotLeader` reply with a hint
-//! redirects the call; without a hint, or when a node is unreachable, the client tries the
-//! configured nodes in turn with a short pause, until the request timeout. An append that
-//! timed out may still have committed: retrying it is safe because the queue stores a
+//! redirects the call. When no leader is known (start, or the leader failed), the call is
+//! sent to every configured node at once: followers answer `NotLeader` (with a hint once
+//! they know the new leader) and only the leader executes it, so the client finds a new
+//! leader as soon as one is elected instead of walking the nodes through timeouts. Between
+//! two rounds it pauses `retry_pause`, until the request timeout. An append that timed out
+//! may still have committed: retrying it is safe because the queue stores a
 //! (sender, session, seq) once.
 
 use crate::rpc::{CallError, ClientConnection, NoPeer};
@@ -82,6 +85,16 @@ pub enum ClientError {
     /// The cluster refused the request.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The queue holds its byte budget: nothing was stored; retry after a pause (the
+    /// consumer frees room). Producers pass the back-pressure on (a packet-reader stops
+    /// acknowledging, so nanoprobes retransmit).
+    #[error("queue full ({held_bytes} of {max_bytes} bytes)")]
+    QueueFull {
+        /// Bytes held.
+        held_bytes: u64,
+        /// The budget.
+        max_bytes: u64,
+    },
     /// Bad client configuration.
     #[error("client config: {0}")]
     Config(String),
@@ -134,7 +147,15 @@ struct Inner {
     /// Where the next call goes first: a leader hint or the last node that answered.
     preferred: Mutex<Option<SocketAddr>>,
     connections: Mutex<HashMap<SocketAddr, Arc<ClientConnection>>>,
+    /// When each node last failed to answer: followers keep naming a dead leader until
+    /// they elect a new one, and such a hint is not followed for [`DEAD_HINT`].
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Held while connecting to a node.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How long a node that failed to answer is not followed as a leader hint.
+const DEAD_HINT: Duration = Duration::from_secs(1);
 
 /// A queue client. Cheap to clone; usable from many tasks at once (calls are multiplexed
 /// on one connection per node).
@@ -160,6 +181,8 @@ impl QueueClient {
             inner: Arc::new(Inner {
                 preferred: Mutex::new(None),
                 connections: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
                 config,
             }),
         })
@@ -210,6 +233,18 @@ impl QueueClient {
                 return Ok(c.clone());
             }
         }
+        // One connect at a time per node: thousands of calls failing over at once must
+        // share one new connection, not open one each (and run out of descriptors).
+        let gate = lock(&self.inner.connecting)
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
+        if let Some(c) = lock(&self.inner.connections).get(&addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
         let c = Arc::new(
             ClientConnection::open(
                 addr,
@@ -226,36 +261,102 @@ impl QueueClient {
         lock(&self.inner.connections).remove(&addr);
     }
 
-    /// Sends a request to the leader, following hints and trying nodes in turn.
+    fn recently_failed(&self, addr: SocketAddr) -> bool {
+        lock(&self.inner.failed)
+            .get(&addr)
+            .is_some_and(|t| t.elapsed() < DEAD_HINT)
+    }
+
+    /// One attempt on one node.
+    async fn attempt(
+        &self,
+        target: SocketAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let outcome = match self.connection(target).await {
+            Ok(c) => c.call(request, timeout).await,
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            self.forget(target);
+            lock(&self.inner.failed).insert(target, Instant::now());
+        } else {
+            lock(&self.inner.failed).remove(&target);
+        }
+        outcome
+    }
+
+    /// Sends the request to every node at once and returns the first decisive answer
+    /// (anything but `NotLeader`/`Error`/a failure), or else a leader hint, or else the
+    /// last failure. Only the leader executes a request, so at most one node acts on it.
+    async fn attempt_all<F: Fn() -> Request>(
+        &self,
+        request: &F,
+        timeout: Duration,
+    ) -> (SocketAddr, Result<Reply, CallError>) {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut calls: FuturesUnordered<_> = self
+            .inner
+            .config
+            .nodes
+            .iter()
+            .map(|&addr| {
+                let req = request();
+                async move { (addr, self.attempt(addr, req, timeout).await) }
+            })
+            .collect();
+        let mut fallback = None;
+        while let Some((addr, outcome)) = calls.next().await {
+            match &outcome {
+                Ok(Reply::NotLeader { leader: Some(hint) })
+                    if !hint
+                        .parse::<SocketAddr>()
+                        .is_ok_and(|h| self.recently_failed(h)) =>
+                {
+                    return (addr, outcome)
+                }
+                Ok(Reply::NotLeader { .. }) | Ok(Reply::Error(_)) | Err(_) => {
+                    // Keep a NotLeader over a failure: it says a node is up.
+                    if !matches!(fallback, Some((_, Ok(_)))) {
+                        fallback = Some((addr, outcome));
+                    }
+                }
+                Ok(_) => return (addr, outcome),
+            }
+        }
+        fallback.unwrap_or_else(|| (self.inner.config.nodes[0], Err(CallError::Timeout(timeout))))
+    }
+
+    /// Sends a request to the leader, following hints, probing every node when no leader
+    /// is known.
     async fn call(&self, request: impl Fn() -> Request) -> Result<Reply, ClientError> {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.request_timeout;
-        let mut next_index = 0usize;
         let mut last_error: Option<ClientError> = None;
         let mut hint: Option<SocketAddr> = *lock(&self.inner.preferred);
+        // Hints followed without a pause; stale hints pointing at each other must not spin.
+        let mut hops = 0usize;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(last_error.unwrap_or(ClientError::Timeout));
             }
-            let target = match hint.take() {
-                Some(addr) => addr,
-                None => {
-                    let addr = config.nodes[next_index % config.nodes.len()];
-                    next_index += 1;
-                    addr
-                }
-            };
             let attempt = config.attempt_timeout.min(deadline - now);
-            let outcome = match self.connection(target).await {
-                Ok(c) => c.call(request(), attempt).await,
-                Err(e) => Err(e),
+            let (target, outcome) = match hint.take() {
+                Some(addr) => (addr, self.attempt(addr, request(), attempt).await),
+                None => self.attempt_all(&request, attempt).await,
             };
             match outcome {
                 Ok(Reply::NotLeader { leader }) => {
                     last_error = Some(ClientError::NoLeader);
                     match leader.and_then(|l| l.parse::<SocketAddr>().ok()) {
-                        Some(leader) if leader != target => {
+                        Some(leader)
+                            if leader != target
+                                && hops <= config.nodes.len()
+                                && !self.recently_failed(leader) =>
+                        {
+                            hops += 1;
                             hint = Some(leader);
                             *lock(&self.inner.preferred) = Some(leader);
                             continue;
@@ -268,22 +369,35 @@ impl QueueClient {
                     // are retried: the call is idempotent.
                     last_error = Some(ClientError::Rejected(message));
                 }
+                Ok(Reply::QueueFull {
+                    held_bytes,
+                    max_bytes,
+                }) => {
+                    *lock(&self.inner.preferred) = Some(target);
+                    return Err(ClientError::QueueFull {
+                        held_bytes,
+                        max_bytes,
+                    });
+                }
                 Ok(reply) => {
                     *lock(&self.inner.preferred) = Some(target);
                     return Ok(reply);
                 }
                 Err(CallError::Timeout(_)) => {
-                    self.forget(target);
                     last_error = Some(ClientError::Timeout);
                 }
                 Err(e) => {
-                    self.forget(target);
                     if !matches!(last_error, Some(ClientError::NoLeader)) {
                         last_error = Some(ClientError::Unreachable(format!("{target}: {e}")));
                     }
                 }
             }
-            *lock(&self.inner.preferred) = None;
+            let was_preferred = lock(&self.inner.preferred).take().is_some();
+            if was_preferred && hops <= config.nodes.len() {
+                hops += 1;
+                // The node we believed to lead did not: probe every node at once now.
+                continue;
+            }
             let pause = config
                 .retry_pause
                 .min(deadline.saturating_duration_since(Instant::now()));

@@ -88,4 +88,12 @@ pub enum CommandResult {
     Appended(AppendResult),
     /// A `CommitOffset`, `Apply` or `RemoveConsumer` was applied.
     Done,
+    /// An `Append` was refused: the queue holds its byte budget (`[queue] max_bytes`).
+    /// Nothing of the batch was stored; retry once the consumer has caught up.
+    QueueFull {
+        /// Bytes held when the append was refused.
+        held_bytes: u64,
+        /// The budget.
+        max_bytes: u64,
+    },
 }

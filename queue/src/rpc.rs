@@ -64,6 +64,13 @@ pub enum Reply<P> {
     },
     /// The request failed on the server.
     Error(String),
+    /// Append refused: the queue holds its byte budget. Back off and retry later.
+    QueueFull {
+        /// Bytes held.
+        held_bytes: u64,
+        /// The budget.
+        max_bytes: u64,
+    },
 }
 
 /// Request frame.

@@ -4,9 +4,14 @@
 //! 127.0.77.x with fresh data directories, forms the cluster, runs, and stops them.
 //! Otherwise it uses the running cluster given by `--node` and `--secret-file`.
 //!
-//! Two phases: `throughput` (closed loop: `--concurrency` appenders sending batches of
-//! `--batch` packets back to back) and `latency` (open loop at `--rate` packets/s in
-//! batches of `--latency-batch`, each append timed from send to commit).
+//! Phases: `throughput` (closed loop: `--concurrency` appenders sending batches of
+//! `--batch` packets back to back), `latency` (open loop at `--rate` packets/s in
+//! batches of `--latency-batch`, each append timed from send to commit), and, with
+//! `--spawn`, `failover` (`--kills` times: SIGKILL the leader under open-loop load and keep
+//! it dead; time to a new leader and to the first ACK of an append sent after the kill;
+//! then restart it). With `--spawn` every phase also prints the Raft log syncs
+//! (fdatasync) per second of each node and the Raft term before and after, so a run of
+//! `--phase latency --duration 600` shows whether any election happened.
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -23,6 +28,7 @@ enum Phase {
     Throughput,
     Latency,
     Both,
+    Failover,
 }
 
 /// Raft queue benchmark.
@@ -65,20 +71,120 @@ struct Args {
     /// Print every append slower than this many ms, with its send time (latency phase).
     #[arg(long)]
     show_slow_ms: Option<u64>,
+    /// Leader kills in the failover phase.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Extra `[raft]` / `[queue]` lines for the spawned nodes' configuration, e.g.
+    /// "[queue]\nmax_bytes = 1000000" (the TOML is appended verbatim).
+    #[arg(long, default_value = "")]
+    node_config: String,
 }
 
 struct Cluster {
-    children: Vec<Child>,
+    /// Node i+1's process (None while killed).
+    children: Vec<Option<Child>>,
+    confs: Vec<PathBuf>,
+    exe: PathBuf,
     _dir: tempfile_dir::Dir,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
+impl Cluster {
+    fn start(&mut self, index: usize) -> anyhow::Result<()> {
+        // QUEUE_BENCH_LOGS=DIR keeps each node's log (RUST_LOG applies) in DIR/nI.log.
+        let stderr = match std::env::var_os("QUEUE_BENCH_LOGS") {
+            Some(dir) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(PathBuf::from(dir).join(format!("n{}.log", index + 1)))
+                    .context("opening the node log")?,
+            ),
+            None => Stdio::null(),
+        };
+        let child = Command::new(&self.exe)
+            .arg("--config")
+            .arg(&self.confs[index])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting cma")?;
+        self.children[index] = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `index` (one of our own children) and reaps it.
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    fn admin(index: usize) -> String {
+        format!("http://127.0.77.{}:7480", index + 1)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// One node's figures from its `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Scrape {
+    term: f64,
+    is_leader: bool,
+    syncs: f64,
+}
+
+async fn scrape(http: &reqwest::Client, admin: &str) -> Option<Scrape> {
+    let text = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    Some(Scrape {
+        term: value("cma_raft_term")?,
+        is_leader: value("cma_raft_is_leader")? == 1.0,
+        syncs: value("cma_raft_log_syncs_total").unwrap_or(0.0),
+    })
+}
+
+async fn scrape_all(http: &reqwest::Client, n: usize) -> Vec<Option<Scrape>> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(scrape(http, &Cluster::admin(i)).await);
+    }
+    out
+}
+
+/// Prints syncs/s per node and the term change between two scrapes `secs` apart.
+fn report_scrapes(phase: &str, before: &[Option<Scrape>], after: &[Option<Scrape>], secs: f64) {
+    let mut syncs = Vec::new();
+    let mut terms = Vec::new();
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+        if let (Some(b), Some(a)) = (b, a) {
+            syncs.push(format!("node{} {:.0}/s", i + 1, (a.syncs - b.syncs) / secs));
+            terms.push(format!("node{} {}->{}", i + 1, b.term, a.term));
+        }
+    }
+    println!("{phase}: raft log syncs (fdatasync) {}", syncs.join(", "));
+    println!("{phase}: raft terms {}", terms.join(", "));
 }
 
 /// A scratch directory removed on drop (no extra dependency for one directory).
@@ -123,7 +229,10 @@ fn cmactl(dir: &std::path::Path, api: &str, args: &[&str]) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn spawn_cluster(n: u8) -> anyhow::Result<(Cluster, Vec<SocketAddr>, [u8; 32])> {
+async fn spawn_cluster(
+    n: u8,
+    extra_config: &str,
+) -> anyhow::Result<(Cluster, Vec<SocketAddr>, [u8; 32])> {
     let exe_dir = std::env::current_exe()?
         .parent()
         .map(|p| p.to_path_buf())
@@ -137,34 +246,32 @@ async fn spawn_cluster(n: u8) -> anyhow::Result<(Cluster, Vec<SocketAddr>, [u8; 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     }
-    let mut children = Vec::new();
     let mut nodes = Vec::new();
+    let mut confs = Vec::new();
     for i in 1..=n {
         let conf = dir.path().join(format!("n{i}.toml"));
         std::fs::write(
             &conf,
             format!(
                 "node_id = {i}\nlisten = \"127.0.77.{i}:7400\"\nadmin_listen = \"127.0.77.{i}:7480\"\n\
-                 data_dir = \"{}\"\ncluster_secret_file = \"{}\"\n",
+                 data_dir = \"{}\"\ncluster_secret_file = \"{}\"\n{}\n",
                 dir.path().join(format!("d{i}")).display(),
-                key.display()
+                key.display(),
+                extra_config.replace("\\n", "\n"),
             ),
         )?;
-        let child = Command::new(exe_dir.join("cma"))
-            .arg("--config")
-            .arg(&conf)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting cma")?;
-        children.push(child);
+        confs.push(conf);
         nodes.push(SocketAddr::from(([127, 0, 77, i], 7400)));
     }
-    let cluster = Cluster {
-        children,
+    let mut cluster = Cluster {
+        children: (0..n).map(|_| None).collect(),
+        confs,
+        exe: exe_dir.join("cma"),
         _dir: dir,
     };
+    for i in 0..n as usize {
+        cluster.start(i)?;
+    }
     let api = "http://127.0.77.1:7480";
     let started = Instant::now();
     while cmactl(&exe_dir, api, &["cluster", "status"]).is_err() {
@@ -359,12 +466,145 @@ async fn latency(
     Ok(())
 }
 
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// The index of the node that reports itself leader, waiting up to `within`.
+async fn wait_leader(
+    http: &reqwest::Client,
+    alive: &[usize],
+    within: Duration,
+) -> Option<(usize, Instant)> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        for &i in alive {
+            if scrape(http, &Cluster::admin(i))
+                .await
+                .is_some_and(|s| s.is_leader)
+            {
+                return Some((i, Instant::now()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Kills the leader `--kills` times under open-loop load (an append of `--latency-batch`
+/// packets every 10 ms) and measures the time to a new leader and to the first ACK of an
+/// append sent after the kill. The killed node stays dead until both are measured, then
+/// is restarted and given time to catch up.
+async fn failover(
+    cluster: &mut Cluster,
+    client: &QueueClient,
+    args: &Args,
+    http: &reqwest::Client,
+    high_water: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let n = cluster.children.len();
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<(Instant, Instant)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = {
+        let (client, acks, stop) = (client.clone(), acks.clone(), stop.clone());
+        let (batch, size) = (args.latency_batch.max(1) as u64, args.packet_size);
+        let session = args_session_base(args) + 2000;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let packets = (seq..seq + batch)
+                    .map(|s| packet(session, s, size))
+                    .collect();
+                seq += batch;
+                let (client, acks, high_water) = (client.clone(), acks.clone(), high_water.clone());
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    if let Ok(r) = client.append(packets).await {
+                        high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+                        acks.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((sent, Instant::now()));
+                    }
+                });
+            }
+        })
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let (mut to_leader, mut to_ack) = (Vec::new(), Vec::new());
+    for k in 1..=args.kills {
+        let Some((leader, _)) = wait_leader(http, &all, Duration::from_secs(30)).await else {
+            bail!("no leader before kill {k}");
+        };
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let alive: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        let new_leader = wait_leader(http, &alive, Duration::from_secs(20)).await;
+        let resumed = {
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                let first = acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|(sent, _)| *sent > killed_at)
+                    .map(|(_, done)| *done)
+                    .min();
+                if first.is_some() || Instant::now() > until {
+                    break first;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let ms = |t: Option<Instant>| t.map(|t| (t - killed_at).as_secs_f64() * 1000.0);
+        let (l, a) = (ms(new_leader.map(|(_, t)| t)), ms(resumed));
+        println!(
+            "kill {k}: node {} killed; new leader {} after {}; ACKs resumed after {}",
+            leader + 1,
+            new_leader.map_or("none".into(), |(i, _)| format!("node {}", i + 1)),
+            l.map_or("-".into(), |v| format!("{v:.0} ms")),
+            a.map_or("-".into(), |v| format!("{v:.0} ms")),
+        );
+        to_leader.push(l.unwrap_or(f64::INFINITY));
+        to_ack.push(a.unwrap_or(f64::INFINITY));
+        cluster.start(leader)?;
+        // Back up, caught up and settled before the next kill.
+        let until = Instant::now() + Duration::from_secs(20);
+        while scrape(http, &Cluster::admin(leader)).await.is_none() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = loader.await;
+    to_leader.sort_by(f64::total_cmp);
+    to_ack.sort_by(f64::total_cmp);
+    println!(
+        "failover over {} kills: new leader p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+         ACKs resumed p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        to_leader.len(),
+        percentile(&to_leader, 0.5),
+        percentile(&to_leader, 0.99),
+        percentile(&to_leader, 1.0),
+        percentile(&to_ack, 0.5),
+        percentile(&to_ack, 0.99),
+        percentile(&to_ack, 1.0),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (_cluster, nodes, secret) = match args.spawn {
+    let (mut cluster, nodes, secret) = match args.spawn {
         Some(n) if n > 0 => {
-            let (c, nodes, secret) = spawn_cluster(n).await?;
+            let (c, nodes, secret) = spawn_cluster(n, &args.node_config).await?;
             (Some(c), nodes, secret)
         }
         _ => {
@@ -393,11 +633,31 @@ async fn main() -> anyhow::Result<()> {
     }
     let high_water = Arc::new(AtomicU64::new(0));
     let consumer = (!args.no_consumer).then(|| spawn_consumer(&client, high_water.clone()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let spawned = cluster.as_ref().map_or(0, |c| c.children.len());
+    let mut scrapes = scrape_all(&http, spawned).await;
+    let mut since = Instant::now();
+    let mut report =
+        |phase: &str, scrapes: &mut Vec<Option<Scrape>>, after: Vec<Option<Scrape>>| {
+            if spawned > 0 {
+                report_scrapes(phase, scrapes, &after, since.elapsed().as_secs_f64());
+            }
+            *scrapes = after;
+            since = Instant::now();
+        };
     if matches!(args.phase, Phase::Throughput | Phase::Both) {
         throughput(&client, &args, high_water.clone()).await?;
+        report("throughput", &mut scrapes, scrape_all(&http, spawned).await);
     }
     if matches!(args.phase, Phase::Latency | Phase::Both) {
         latency(&client, &args, session, high_water.clone()).await?;
+        report("latency", &mut scrapes, scrape_all(&http, spawned).await);
+    }
+    if args.phase == Phase::Failover {
+        let cluster = cluster.as_mut().context("--phase failover needs --spawn")?;
+        failover(cluster, &client, &args, &http, high_water.clone()).await?;
     }
     if let Some(consumer) = consumer {
         consumer.abort();

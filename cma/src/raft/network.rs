@@ -17,10 +17,19 @@ use queue::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Soft bound on the bytes of one AppendEntries. openraft must get each reply within one
-/// heartbeat interval; a bigger request is refused with `PayloadTooLarge` so openraft sends
+/// Soft bound on the bytes of one AppendEntries, so one request's write and fdatasync on the
+/// follower stay short; a bigger request is refused with `PayloadTooLarge` so openraft sends
 /// fewer entries (at least one) per request.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Shortest time a Raft RPC may take. openraft 0.9 gives AppendEntries and Vote one
+/// heartbeat interval (100 ms by default), but the answer to either waits for an fdatasync
+/// on the peer (the appended entries, the vote), which a busy disk can stretch past that;
+/// timing out would only resend the same request to the same slow disk, and a node
+/// catching up after a restart, or a vote, would never get through. Followers reset their
+/// election timer when a request arrives, not when they answer it, so a longer wait does
+/// not cost leadership.
+pub const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Rough encoded size of an entry: packet bytes plus fixed overhead.
 fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
@@ -125,7 +134,10 @@ impl PeerClient {
             }
         };
         match connection
-            .call(NodeRequest::Peer(request), option.hard_ttl())
+            .call(
+                NodeRequest::Peer(request),
+                option.hard_ttl().max(MIN_RPC_TIMEOUT),
+            )
             .await
         {
             Ok(NodeReply::Peer(reply)) => Ok(reply),

@@ -1,7 +1,7 @@
 //! The in-process handle on a running Raft node: start it, propose entries, read the
 //! applied state, watch progress. The worker (same process) and the TCP server use it.
 
-use super::log_store::LogStore;
+use super::log_store::{LogStore, StoreMetrics};
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
 use super::state_machine::{SharedState, StateMachineStore};
@@ -20,6 +20,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// sled's page cache for the Raft log.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Everything needed to start a node (built from the TOML config by `crate::config`).
 #[derive(Clone, Debug)]
@@ -48,6 +51,9 @@ pub struct NodeSettings {
     pub budget: crate::limits::DescriptorBudget,
     /// Time a connection has to finish the handshake.
     pub handshake_timeout: Duration,
+    /// Byte budget of the in-memory queue (0: unlimited); appends beyond it are refused
+    /// with [`ProposeError::QueueFull`].
+    pub max_queue_bytes: u64,
 }
 
 /// Why a node could not start.
@@ -94,6 +100,14 @@ pub enum ProposeError {
     /// Raft failed (shutting down, storage error...).
     #[error("raft: {0}")]
     Raft(String),
+    /// The queue holds its byte budget; nothing of the batch was stored.
+    #[error("queue full ({held_bytes} of {max_bytes} bytes)")]
+    QueueFull {
+        /// Bytes held.
+        held_bytes: u64,
+        /// The budget.
+        max_bytes: u64,
+    },
     /// The entry applied but produced an unexpected result.
     #[error("unexpected result: {0}")]
     Unexpected(String),
@@ -115,8 +129,12 @@ pub struct NodeMetrics {
     pub duplicate_packets: Counter,
     /// Append batches committed through this node.
     pub append_batches: Counter,
-    /// Seconds per group flush of the Raft log.
+    /// Seconds per group sync of the Raft log (sled flush + fdatasync).
     pub flush_seconds: Histogram,
+    /// Completed syncs of the Raft log (fdatasync of its files).
+    pub syncs: Counter,
+    /// Appends refused because the queue held its byte budget.
+    pub queue_full: Counter,
     /// Seconds from propose to applied, for appends proposed on this node.
     pub commit_seconds: Histogram,
     /// Connections refused or dropped, by reason.
@@ -133,6 +151,8 @@ impl Default for NodeMetrics {
             duplicate_packets: Counter::default(),
             append_batches: Counter::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            syncs: Counter::default(),
+            queue_full: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             connection_errors: Family::default(),
             connections_refused: Family::default(),
@@ -166,8 +186,12 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
+        let log_dir = settings.data_dir.join("log");
         let db = sled::Config::new()
-            .path(settings.data_dir.join("log"))
+            .path(&log_dir)
+            // sled caches 1 GiB by default; the log is read back only for replication of
+            // recent entries, which the OS page cache serves as well.
+            .cache_capacity(SLED_CACHE_BYTES)
             // Durability comes from our own group-committed flushes; sled's periodic
             // background flush would only compete with them.
             .flush_every_ms(None)
@@ -177,9 +201,16 @@ impl Node {
                 path: settings.data_dir.clone(),
                 source,
             })?;
-        let log_store = LogStore::open(&db, metrics.flush_seconds.clone())?;
-        let state_machine =
-            StateMachineStore::open(&settings.data_dir.join("snapshot"), settings.dedup)?;
+        let store_metrics = StoreMetrics {
+            flush_seconds: metrics.flush_seconds.clone(),
+            syncs: metrics.syncs.clone(),
+        };
+        let log_store = LogStore::open(&db, &log_dir, store_metrics, None)?;
+        let state_machine = StateMachineStore::open(
+            &settings.data_dir.join("snapshot"),
+            settings.dedup,
+            settings.max_queue_bytes,
+        )?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(
@@ -299,6 +330,16 @@ impl Node {
                 m.appended_packets.inc_by(result.stored as u64);
                 m.duplicate_packets.inc_by(result.duplicates as u64);
                 Ok(result)
+            }
+            CommandResult::QueueFull {
+                held_bytes,
+                max_bytes,
+            } => {
+                self.inner.metrics.queue_full.inc();
+                Err(ProposeError::QueueFull {
+                    held_bytes,
+                    max_bytes,
+                })
             }
             other => Err(ProposeError::Unexpected(format!("{other:?}"))),
         }

@@ -157,6 +157,13 @@ fn not_leader(e: ProposeError) -> Reply {
         ProposeError::NotLeader { leader, .. } => Reply::NotLeader {
             leader: leader.map(|l| l.raft),
         },
+        ProposeError::QueueFull {
+            held_bytes,
+            max_bytes,
+        } => Reply::QueueFull {
+            held_bytes,
+            max_bytes,
+        },
         other => Reply::Error(other.to_string()),
     }
 }

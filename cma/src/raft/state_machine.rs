@@ -138,11 +138,18 @@ async fn blocking<T: Send + 'static>(
 
 impl StateMachineStore {
     /// Opens the state machine in `dir`, restoring the last persisted snapshot if any.
-    pub fn open(dir: &Path, limits: DedupLimits) -> Result<Self, StorageError<NodeId>> {
+    /// `max_bytes` is the queue's byte budget (0: unlimited), equal on every node.
+    pub fn open(
+        dir: &Path,
+        limits: DedupLimits,
+        max_bytes: u64,
+    ) -> Result<Self, StorageError<NodeId>> {
         std::fs::create_dir_all(dir).map_err(snapshot_read_err)?;
+        let mut initial = QueueState::new(limits);
+        initial.set_budget(max_bytes);
         let mut store = StateMachineStore {
             shared: Arc::new(SharedState {
-                state: RwLock::new(QueueState::new(limits)),
+                state: RwLock::new(initial),
                 applied: watch::channel(0).0,
                 snapshots_installed: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
@@ -164,10 +171,14 @@ impl StateMachineStore {
     }
 
     fn restore(&mut self, body: SnapshotBody) {
-        let limits = self.shared.read().limits();
+        let (limits, budget) = {
+            let current = self.shared.read();
+            (current.limits(), current.budget())
+        };
         let mut state = body.state;
         // Local limits win: they are configuration, identical on every node.
         state.set_limits(limits);
+        state.set_budget(budget);
         *self.shared.write() = state;
         self.last_applied = body.last_applied;
         self.membership = body.membership;
@@ -343,7 +354,7 @@ mod tests {
             data: postcard::to_allocvec(&body).unwrap(),
         };
         persist_snapshot(dir.path(), &stored).unwrap();
-        let store = StateMachineStore::open(dir.path(), DedupLimits::default()).unwrap();
+        let store = StateMachineStore::open(dir.path(), DedupLimits::default(), 0).unwrap();
         assert_eq!(*store.shared().read(), state);
     }
 
@@ -351,6 +362,6 @@ mod tests {
     fn corrupt_snapshot_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
-        assert!(StateMachineStore::open(dir.path(), DedupLimits::default()).is_err());
+        assert!(StateMachineStore::open(dir.path(), DedupLimits::default(), 0).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP access to the admin API: tries each `--api` node in turn and follows leader
-//! redirects (`409` with `leader_admin`).
+//! HTTP access to the admin API. Reads go to every `--api` node at once and the first
+//! answer wins (any node answers reads), so a dead or unreachable node costs nothing.
+//! Writes try each node in turn and follow leader redirects (`409` with `leader_admin`).
 
 use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
@@ -45,9 +46,35 @@ impl Api {
         })
     }
 
-    /// GET from the first node that answers.
+    /// GET from every node at once; the first that answers wins.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send::<(), T>(reqwest::Method::GET, path, None).await
+        use futures::stream::{FuturesUnordered, StreamExt};
+        if self.bases.len() == 1 {
+            return self.send::<(), T>(reqwest::Method::GET, path, None).await;
+        }
+        let mut calls: FuturesUnordered<_> = self
+            .bases
+            .iter()
+            .map(|base| async move {
+                let outcome = self
+                    .once::<()>(&reqwest::Method::GET, base, path, None)
+                    .await;
+                (base, outcome)
+            })
+            .collect();
+        let mut errors = Vec::new();
+        while let Some((base, outcome)) = calls.next().await {
+            match outcome {
+                Ok(Outcome::Done(value)) => {
+                    return serde_json::from_value(value)
+                        .with_context(|| format!("unexpected answer from {base}{path}"))
+                }
+                Ok(Outcome::Redirect(_)) => errors.push(format!("{base}: redirected")),
+                Ok(Outcome::Failed(e)) => errors.push(format!("{e:#}")),
+                Err(e) => errors.push(format!("{base}: {e:#}")),
+            }
+        }
+        Err(anyhow!("no admin API reachable: {}", errors.join("; ")))
     }
 
     /// POST to the leader (found by redirect).

