@@ -133,3 +133,34 @@ pub fn samples(text: &str) -> HashMap<String, f64> {
 pub fn sample(text: &str, series: &str) -> f64 {
     samples(text).get(series).copied().unwrap_or(0.0)
 }
+
+/// Starts nanoprobe `host` of a loopback test with network byte `net` on
+/// 127.<net>.2.<host>:7500, reporting to `reader`, its log in `dir`.
+pub fn spawn_nanoprobe(
+    dir: &Path,
+    net: u8,
+    host: u64,
+    key_file: &Path,
+    reader: &str,
+    rust_log: &str,
+) -> ProcGuard {
+    let bind = format!("127.{net}.2.{host}:7500");
+    let host_s = host.to_string();
+    let keys = key_file.display().to_string();
+    spawn(
+        &binary("nanoprobe"),
+        &[
+            "--host-id",
+            &host_s,
+            "--bind",
+            &bind,
+            "--packet-reader",
+            reader,
+            "--key-file",
+            &keys,
+        ],
+        &[("RUST_LOG", rust_log)],
+        &dir.join(format!("nanoprobe{host}.log")),
+    )
+    .expect("spawn nanoprobe")
+}

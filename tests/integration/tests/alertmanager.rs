@@ -12,7 +12,7 @@
 //! `RINGWATCH_ALERTMANAGER_REQUIRED=1` (set by `.ci/run`).
 
 use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
-use integration::procs::{binary, spawn, wait_until, ProcGuard};
+use integration::procs::{spawn, wait_until, ProcGuard};
 use integration::reader::ReaderProc;
 use proto::{KeyId, KeyRing};
 use serde_json::Value;
@@ -35,25 +35,7 @@ fn alertmanager_binary() -> Option<PathBuf> {
 }
 
 fn nanoprobe(dir: &Path, host: u64, key_file: &Path, reader: &str) -> ProcGuard {
-    let bind = format!("127.{NET}.2.{host}:7500");
-    let host_s = host.to_string();
-    let keys = key_file.display().to_string();
-    spawn(
-        &binary("nanoprobe"),
-        &[
-            "--host-id",
-            &host_s,
-            "--bind",
-            &bind,
-            "--packet-reader",
-            reader,
-            "--key-file",
-            &keys,
-        ],
-        &[("RUST_LOG", "info")],
-        &dir.join(format!("nanoprobe{host}.log")),
-    )
-    .expect("spawn nanoprobe")
+    integration::reader::spawn_nanoprobe(dir, NET, host, key_file, reader, "info")
 }
 
 /// `GET path` over HTTP/1.0 (the server closes, no chunking): status and body.

@@ -11,7 +11,7 @@
 //!   no colour codes when stdout is not a terminal.
 
 use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
-use integration::procs::{binary, spawn, wait_until, ProcGuard};
+use integration::procs::{binary, wait_until, ProcGuard};
 use integration::reader::ReaderProc;
 use integration::verdicts::reporters;
 use proto::{KeyId, KeyRing};
@@ -27,26 +27,15 @@ const INTERVAL: u64 = 500;
 const DEADTIME: u64 = 1500;
 
 fn nanoprobe(dir: &Path, host: u64, key_file: &Path, reader: &str) -> ProcGuard {
-    let bind = format!("127.{NET}.2.{host}:7500");
-    let host_s = host.to_string();
-    let keys = key_file.display().to_string();
-    spawn(
-        &binary("nanoprobe"),
-        &[
-            "--host-id",
-            &host_s,
-            "--bind",
-            &bind,
-            "--packet-reader",
-            reader,
-            "--key-file",
-            &keys,
-        ],
-        // Debug for the node loop: every rejected datagram is logged with its reason.
-        &[("RUST_LOG", "info,nanoprobe::node=debug")],
-        &dir.join(format!("nanoprobe{host}.log")),
+    // Debug for the node loop: every rejected datagram is logged with its reason.
+    integration::reader::spawn_nanoprobe(
+        dir,
+        NET,
+        host,
+        key_file,
+        reader,
+        "info,nanoprobe::node=debug",
     )
-    .expect("spawn nanoprobe")
 }
 
 fn failures_about<'a>(all: &'a [Value], subject: &str) -> Vec<&'a Value> {
