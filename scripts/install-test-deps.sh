@@ -22,4 +22,5 @@ fi
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked
+# Pinned: CI packages the debug build (DEB_PROFILE=dev), which 3.8 allows with a warning.
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --version 3.8.0 --locked
