@@ -50,28 +50,26 @@ impl SourceGuard {
 
     /// A datagram from `ip` failed verification.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) {
-        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&ip) {
-            self.sources.clear();
-        }
-        let s = self.sources.entry(ip).or_insert(Source {
-            tokens: FAILURE_BURST,
-            refilled: now,
-            good_until: None,
-        });
+        let s = self.source(ip, now);
         s.tokens = (s.tokens - 1.0).max(0.0);
     }
 
     /// A datagram from `ip` was authentic.
     pub fn authentic(&mut self, ip: IpAddr, now: Instant) {
+        self.source(ip, now).good_until = Some(now + GOOD_FOR);
+    }
+
+    /// The entry of `ip`, created with a full budget; a full table is emptied first, so
+    /// memory stays bounded whatever the number of sources.
+    fn source(&mut self, ip: IpAddr, now: Instant) -> &mut Source {
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&ip) {
             self.sources.clear();
         }
-        let s = self.sources.entry(ip).or_insert(Source {
+        self.sources.entry(ip).or_insert(Source {
             tokens: FAILURE_BURST,
             refilled: now,
             good_until: None,
-        });
-        s.good_until = Some(now + GOOD_FOR);
+        })
     }
 }
 
