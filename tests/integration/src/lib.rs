@@ -13,6 +13,7 @@ pub mod attack;
 pub mod cluster;
 pub mod lab;
 pub mod labrun;
+pub mod loopback;
 pub mod procs;
 pub mod reader;
 pub mod verdicts;

@@ -11,10 +11,8 @@
 //! Without Alertmanager installed the test prints SKIPPED and passes, unless
 //! `RINGWATCH_ALERTMANAGER_REQUIRED=1` (set by `.ci/run`).
 
-use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
+use integration::cluster::CmaCluster;
 use integration::procs::{spawn, wait_until, ProcGuard};
-use integration::reader::ReaderProc;
-use proto::{KeyId, KeyRing};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,8 +22,7 @@ use std::time::Duration;
 
 const NET: u8 = 74;
 const HOSTS: u64 = 4;
-const INTERVAL: u64 = 500;
-const DEADTIME: u64 = 1500;
+use integration::loopback::{WorkerSystem, INTERVAL_MS as INTERVAL};
 
 fn alertmanager_binary() -> Option<PathBuf> {
     ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
@@ -168,32 +165,17 @@ fn dead_host_fires_in_alertmanager_and_resolves_on_restart() {
     // 3 CMA nodes with the Alertmanager sink. A long re-send interval: a firing alert's
     // endsAt is 4 min ahead, so its disappearance within the test's deadline can only be
     // the sink's resolve.
-    let key_file = dir.path().join("keys.toml");
-    KeyRing::write_new_key_file(&key_file, KeyId(1)).expect("key file");
-    let worker = format!(
-        "{TEST_RAFT}\n[worker]\nkey_file = \"{}\"\ntick_ms = 100\nprobe_timeout_ms = 1000\n\n\
-         [worker.timings]\ninterval_ms = {INTERVAL}\nwarntime_ms = {}\ndeadtime_ms = {DEADTIME}\n\n\
-         [[worker.sinks]]\ntype = \"alertmanager\"\nurl = \"http://{am}\"\nresend_ms = 60000\n\
-         labels = {{ cluster = \"it\" }}\n",
-        key_file.display(),
-        2 * INTERVAL
+    let sink = format!(
+        "[[worker.sinks]]\ntype = \"alertmanager\"\nurl = \"http://{am}\"\nresend_ms = 60000\n\
+         labels = {{ cluster = \"it\" }}\n"
     );
-    let mut cluster = Cluster::new(NET, 3, &worker);
-    cluster.form();
-    let cluster_key = cluster.dir.path().join("cluster.key");
-    let mut reader = ReaderProc::new(
-        dir.path(),
-        NET,
-        1,
-        &key_file,
-        &cluster_key,
-        &cluster.raft_addrs(),
-    );
-    reader.start();
+    let WorkerSystem {
+        cluster,
+        reader,
+        mut probes,
+        key_file,
+    } = WorkerSystem::start(dir.path(), NET, HOSTS, &sink, "info");
     let reader_addr = reader.listen.to_string();
-    let mut probes: Vec<Option<ProcGuard>> = (1..=HOSTS)
-        .map(|h| Some(nanoprobe(dir.path(), h, &key_file, &reader_addr)))
-        .collect();
     let formed = wait_until(Duration::from_secs(60), || {
         let Ok(out) = cluster.cmactl(cluster.running()[0], &["--json", "hosts"]) else {
             return false;

@@ -10,33 +10,16 @@
 //!   failure, 3 when no node answers, 2 for a bad command line; its screens carry ages and
 //!   no colour codes when stdout is not a terminal.
 
-use integration::cluster::{Cluster, CmaCluster, TEST_RAFT};
-use integration::procs::{binary, wait_until, ProcGuard};
-use integration::reader::ReaderProc;
+use integration::cluster::{Cluster, CmaCluster};
+use integration::procs::{binary, wait_until};
 use integration::verdicts::reporters;
-use proto::{KeyId, KeyRing};
 use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NET: u8 = 73;
 const HOSTS: u64 = 9;
-/// Ring timings for the test (ms): quick, but tolerant of a loaded machine.
-const INTERVAL: u64 = 500;
-const DEADTIME: u64 = 1500;
-
-fn nanoprobe(dir: &Path, host: u64, key_file: &Path, reader: &str) -> ProcGuard {
-    // Debug for the node loop: every rejected datagram is logged with its reason.
-    integration::reader::spawn_nanoprobe(
-        dir,
-        NET,
-        host,
-        key_file,
-        reader,
-        "info,nanoprobe::node=debug",
-    )
-}
+use integration::loopback::{WorkerSystem, DEADTIME_MS as DEADTIME, INTERVAL_MS as INTERVAL};
 
 fn failures_about<'a>(all: &'a [Value], subject: &str) -> Vec<&'a Value> {
     all.iter().filter(|f| f["subject"] == subject).collect()
@@ -61,30 +44,12 @@ fn wait_verdict(cluster: &Cluster, kind: &str, subject: &str, within: Duration) 
 #[test]
 fn rings_verdicts_and_leader_failover() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("keys.toml");
-    KeyRing::write_new_key_file(&key_file, KeyId(1)).expect("key file");
-    let worker = format!(
-        "{TEST_RAFT}\n[worker]\nkey_file = \"{}\"\ntick_ms = 100\nprobe_timeout_ms = 1000\n\n\
-         [worker.timings]\ninterval_ms = {INTERVAL}\nwarntime_ms = {}\ndeadtime_ms = {DEADTIME}\n",
-        key_file.display(),
-        2 * INTERVAL
-    );
-    let mut cluster = Cluster::new(NET, 3, &worker);
-    cluster.form();
-    let cluster_key = cluster.dir.path().join("cluster.key");
-    let mut reader = ReaderProc::new(
-        dir.path(),
-        NET,
-        1,
-        &key_file,
-        &cluster_key,
-        &cluster.raft_addrs(),
-    );
-    reader.start();
-    let reader_addr = reader.listen.to_string();
-    let mut probes: Vec<Option<ProcGuard>> = (1..=HOSTS)
-        .map(|h| Some(nanoprobe(dir.path(), h, &key_file, &reader_addr)))
-        .collect();
+    let WorkerSystem {
+        mut cluster,
+        reader,
+        mut probes,
+        ..
+    } = WorkerSystem::start(dir.path(), NET, HOSTS, "", "info,nanoprobe::node=debug");
 
     // Rings: every host known and watched by two peers.
     let formed = wait_until(Duration::from_secs(60), || {
