@@ -8,6 +8,7 @@
 //! - [`commands`]: idempotent command application.
 //! - [`probes`]: ICMP echo, TCP connect and UDP echo probes.
 //! - [`guard`]: per-source failure budget and rate-limited warnings (flood resistance).
+//! - [`lldp`]: the LLDP/CDP frame parser and the bounded neighbour table (pure).
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
 //! - [`socket`]: the UDP socket and its options.
 //! - [`metrics`]: counters and the optional Prometheus listener.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod discovery;
 pub mod guard;
 pub mod heartbeat;
+pub mod lldp;
 pub mod metrics;
 pub mod node;
 pub mod probes;
