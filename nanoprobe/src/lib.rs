@@ -10,10 +10,12 @@
 //! - [`guard`]: per-source failure budget and rate-limited warnings (flood resistance).
 //! - [`lldp`]: the LLDP/CDP frame parser and the bounded neighbour table (pure).
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
+//! - [`capture`]: the filtered AF_PACKET socket that hears LLDP/CDP frames.
 //! - [`socket`]: the UDP socket and its options.
 //! - [`metrics`]: counters and the optional Prometheus listener.
 //! - [`node`]: the daemon loop wiring them together.
 
+pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod discovery;
