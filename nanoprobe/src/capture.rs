@@ -118,7 +118,10 @@ pub fn open() -> std::io::Result<Socket> {
     let mut names = BTreeSet::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {
-            if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK) {
+            if !ifa
+                .flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            {
                 names.insert(ifa.interface_name);
             }
         }
@@ -180,7 +183,10 @@ pub async fn run(socket: Socket, tx: mpsc::Sender<Heard>, metrics: Arc<Metrics>)
                 break;
             }
         };
-        let received = guard.try_io(|s| s.get_ref().recv_from_with_flags(&mut buf, nix::libc::MSG_TRUNC));
+        let received = guard.try_io(|s| {
+            s.get_ref()
+                .recv_from_with_flags(&mut buf, nix::libc::MSG_TRUNC)
+        });
         let (len, addr) = match received {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {

@@ -279,7 +279,9 @@ impl Config {
             ));
         }
         if l.max_ttl_s == 0 || l.max_ttl_s > 65_535 {
-            return Err(ConfigError::Invalid("lldp: max_ttl_s must be 1..=65535".into()));
+            return Err(ConfigError::Invalid(
+                "lldp: max_ttl_s must be 1..=65535".into(),
+            ));
         }
         if l.report_interval_ms > 600_000 {
             return Err(ConfigError::Invalid(

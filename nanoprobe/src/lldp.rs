@@ -333,6 +333,7 @@ pub struct NeighbourTable {
     dirty: bool,
     last_report: Option<Instant>,
     last_sent: Option<Vec<Neighbour>>,
+    empty_not_before: Option<Instant>,
 }
 
 impl NeighbourTable {
@@ -345,7 +346,17 @@ impl NeighbourTable {
             dirty: false,
             last_report: None,
             last_sent: None,
+            empty_not_before: None,
         }
+    }
+
+    /// Also reports an empty set once at `at` if nothing was heard by then, so the CMA
+    /// forgets what a previous run of this nanoprobe heard (a first neighbour heard
+    /// earlier is reported at once, as always).
+    pub fn report_empty_after(mut self, at: Instant) -> NeighbourTable {
+        self.dirty = true;
+        self.empty_not_before = Some(at);
+        self
     }
 
     /// Neighbours remembered now.
@@ -431,7 +442,10 @@ impl NeighbourTable {
             .dirty
             .then(|| self.last_report.map(|t| t + self.limits.report_interval))
             .flatten();
-        [expiry, report].into_iter().flatten().min()
+        let empty = self
+            .empty_not_before
+            .filter(|_| self.dirty && self.last_sent.is_none());
+        [expiry, report, empty].into_iter().flatten().min()
     }
 
     /// The neighbours, first heard first, at most [`MAX_REPORTED`].
@@ -457,8 +471,14 @@ impl NeighbourTable {
         {
             return None;
         }
-        self.dirty = false;
         let current = self.current();
+        if current.is_empty()
+            && self.last_sent.is_none()
+            && self.empty_not_before.is_some_and(|t| now < t)
+        {
+            return None;
+        }
+        self.dirty = false;
         // Changes beyond the reported neighbours (or undone in the meantime) are not news.
         if self.last_sent.as_ref() == Some(&current) {
             return None;

@@ -155,10 +155,11 @@ impl Metrics {
             "1 while the LLDP/CDP capture socket runs",
             m.lldp_capture_up.clone(),
         );
-        for name in crate::lldp::FrameError::REASONS
-            .into_iter()
-            .chain(["accepted", "table_full", "queue_full"])
-        {
+        for name in crate::lldp::FrameError::REASONS.into_iter().chain([
+            "accepted",
+            "table_full",
+            "queue_full",
+        ]) {
             let _ = m.lldp_frames.get_or_create(&Label { name });
         }
         let _ = m.rejected.get_or_create(&Label {

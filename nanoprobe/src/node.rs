@@ -27,6 +27,9 @@ const MAX_SENDERS: usize = 4096;
 /// Most datagrams read from the socket in one go before timers are looked at: under a
 /// flood the loop drains the socket instead of paying the timer work per datagram.
 const DRAIN_BATCH: usize = 256;
+/// If no LLDP/CDP neighbour is heard this long after start (lldpd's default interval is
+/// 30 s), an empty neighbour set is reported so the CMA forgets an earlier run's.
+const LLDP_START_GRACE: Duration = Duration::from_secs(40);
 /// Parsed LLDP/CDP frames waiting for the daemon loop.
 const LLDP_QUEUE: usize = 64;
 /// A report unacknowledged for this long gets a warning (rate-limited).
@@ -127,7 +130,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         guard: SourceGuard::default(),
         bad_mac_warning: RateLimited::new(WARN_EVERY),
         unacked_warning: RateLimited::new(WARN_EVERY),
-        lldp: NeighbourTable::new(config.lldp.limits()),
+        lldp: NeighbourTable::new(config.lldp.limits())
+            .report_empty_after(Instant::now() + LLDP_START_GRACE),
     };
     // Frames parsed by the capture task; a small bound, since the table only needs the
     // latest of each neighbour (what does not fit is dropped and counted).

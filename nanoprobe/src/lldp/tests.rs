@@ -299,3 +299,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_empty_set_is_reported_once_after_the_start_up_grace() {
+    let t0 = Instant::now();
+    let grace = t0 + Duration::from_secs(40);
+    let mut table = NeighbourTable::new(limits(4)).report_empty_after(grace);
+    assert_eq!(table.poll(t0), None);
+    assert_eq!(table.next_deadline(), Some(grace));
+    assert_eq!(table.poll(grace), Some(vec![]));
+    assert_eq!(table.poll(grace + Duration::from_secs(60)), None);
+    // A neighbour heard during the grace is reported at once.
+    let mut table = NeighbourTable::new(limits(4)).report_empty_after(grace);
+    table.observe("eth0", ann("a", 10), t0);
+    assert_eq!(table.poll(t0).map(|r| r.len()), Some(1));
+}

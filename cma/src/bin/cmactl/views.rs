@@ -7,6 +7,7 @@ use chrono::TimeZone;
 use cma::admin::ClusterStatus;
 use cma::sinks::Event;
 use cma::worker::api::Answer;
+use cma::worker::topology::TopologyView;
 use cma::worker::views::{
     evidence_brief, FailureRow, FailureState, HostRow, RingRow, WorkerStatus,
 };
@@ -412,6 +413,64 @@ pub fn render_rings(a: &Answer<Vec<RingRow>>, style: Style) -> String {
         })
         .collect();
     let mut out = table(&["NAME", "KIND", "RING"], &rows, style);
+    let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
+    out
+}
+
+/// `cmactl topology`: one row per switch (address, router, hosts with their sources),
+/// then the routers, then the hosts of unknown switch.
+pub fn render_topology(a: &Answer<TopologyView>, style: Style) -> String {
+    let src = |s: Option<cma::worker::topology::Source>| s.map_or("-", |s| s.as_str());
+    let rows: Vec<Vec<Cell>> = a
+        .data
+        .switches
+        .iter()
+        .map(|sw| {
+            let hosts: Vec<String> = sw
+                .hosts
+                .iter()
+                .map(|h| format!("{} ({})", h.host, h.source.as_str()))
+                .collect();
+            vec![
+                Cell::plain(sw.name.clone()),
+                Cell::plain(sw.address.map_or("-".to_string(), |a| {
+                    format!("{a} ({})", src(sw.address_source))
+                })),
+                Cell::plain(sw.router.as_ref().map_or("-".to_string(), |r| {
+                    format!("{r} ({})", src(sw.router_source))
+                })),
+                Cell::plain(hosts.join(", ")),
+            ]
+        })
+        .collect();
+    let mut out = table(&["SWITCH", "ADDRESS", "ROUTER", "HOSTS"], &rows, style);
+    let rows: Vec<Vec<Cell>> = a
+        .data
+        .routers
+        .iter()
+        .map(|r| {
+            vec![
+                Cell::plain(r.name.clone()),
+                Cell::plain(r.address.map_or("-".to_string(), |a| a.to_string())),
+                Cell::plain(r.source.as_str()),
+                Cell::plain(r.switches.join(", ")),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["ROUTER", "ADDRESS", "SOURCE", "SWITCHES"],
+        &rows,
+        style,
+    ));
+    if !a.data.unplaced.is_empty() {
+        let hosts: Vec<String> = a.data.unplaced.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\nhosts of unknown switch (flat ring): {}",
+            hosts.join(", ")
+        );
+    }
     let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
     out
 }
