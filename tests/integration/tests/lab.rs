@@ -292,3 +292,141 @@ fn lab_packet_reader_killed_reports_fail_over() {
         kinds(&all)
     );
 }
+
+// ---- Issue 16: zero-config topology. lldpd announces each switch (system name
+// `lldp-<switch>`) on its host-facing ports; the CMA is given no [[switches]] or
+// [[routers]] and learns them from the LLDP frames the nanoprobes capture and from the
+// hosts' default gateways.
+
+/// Routers r1 (switch sw1, hosts 11-14) and r2 (switch sw2, hosts 21-24), zero-config.
+/// One switch per router: a router is learned as a host's default gateway, one per
+/// gateway address.
+fn zero_config_lab(tag: &str) -> Ringwatch {
+    let topo = Topology::build(
+        tag,
+        &[
+            RouterSpec {
+                name: "r1".into(),
+                switches: vec![switch("sw1", &[11, 12, 13, 14])],
+            },
+            RouterSpec {
+                name: "r2".into(),
+                switches: vec![switch("sw2", &[21, 22, 23, 24])],
+            },
+        ],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    Ringwatch::start_zero_config(topo)
+}
+
+/// The switch rings and the top ring the CMA formed.
+fn ring_members(rw: &Ringwatch) -> Vec<(String, Vec<u64>)> {
+    rw.json(&["rings"])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let members = r["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            (r["name"].as_str().unwrap_or_default().to_string(), members)
+        })
+        .collect()
+}
+
+fn assert_zero_config_rings(rw: &Ringwatch) {
+    let rings = ring_members(rw);
+    assert_eq!(
+        rings,
+        vec![
+            ("switch:lldp-sw1".to_string(), vec![11, 12, 13, 14]),
+            ("switch:lldp-sw2".to_string(), vec![21, 22, 23, 24]),
+            ("top".to_string(), vec![11, 12, 21, 22]),
+        ],
+        "topology: {:#?}",
+        rw.json(&["topology"])
+    );
+    let topo = rw.json(&["topology"]).expect("topology");
+    for (k, sw) in [(1, "lldp-sw1"), (2, "lldp-sw2")] {
+        let view = topo["switches"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == sw))
+            .unwrap_or_else(|| panic!("no {sw}: {topo:#}"));
+        assert_eq!(view["address"], format!("198.18.{k}.254"), "{view:#}");
+        assert_eq!(view["address_source"], "lldp", "{view:#}");
+        assert_eq!(view["router"], format!("198.18.{k}.1"), "{view:#}");
+        assert_eq!(view["router_source"], "gateway", "{view:#}");
+    }
+    println!(
+        "lab: zero-config rings formed: {:?}",
+        rings.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn lab_zero_config_switch_down_is_one_verdict() {
+    require_lab!();
+    let rw = zero_config_lab("zs");
+    assert_zero_config_rings(&rw);
+    let hosts = rw.topo.hosts_on("sw1");
+    let down = now_us();
+    rw.topo.set_switch("sw1", false).expect("switch down");
+    let verdict = rw.wait_failure("switch_down lldp-sw1", Duration::from_secs(60), |f| {
+        f["kind"] == "switch_down" && f["subject"] == "lldp-sw1"
+    });
+    let secs = detection_secs(&verdict, down);
+    println!(
+        "lab: zero-config switch lldp-sw1 down ({} hosts) -> switch_down verdict in {secs:.2} s",
+        hosts.len()
+    );
+    assert_eq!(hosts_of(&verdict), hosts, "{verdict:#}");
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one switch_down and nothing else: {:#?}",
+        kinds(&all)
+    );
+    assert!(secs <= 6.0, "switch down detected in {secs:.2} s (target 6 s)");
+}
+
+#[test]
+fn lab_zero_config_router_down_is_one_verdict() {
+    require_lab!();
+    let rw = zero_config_lab("zr");
+    assert_zero_config_rings(&rw);
+    let down = now_us();
+    rw.topo.set_router("r1", false).expect("router down");
+    let verdict = rw.wait_failure("router_down 198.18.1.1", Duration::from_secs(60), |f| {
+        f["kind"] == "router_down" && f["subject"] == "198.18.1.1"
+    });
+    let secs = detection_secs(&verdict, down);
+    println!(
+        "lab: zero-config router r1 (gateway 198.18.1.1, 1 switch, 4 hosts) down -> \
+         router_down verdict in {secs:.2} s"
+    );
+    assert_eq!(hosts_of(&verdict), vec![11, 12, 13, 14], "{verdict:#}");
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one router_down and nothing else: {:#?}",
+        kinds(&all)
+    );
+    assert!(secs <= 8.0, "router down detected in {secs:.2} s (target 8 s)");
+}
+
+#[test]
+fn lab_zero_config_host_killed_is_dead_with_both_watchers() {
+    require_lab!();
+    let mut rw = zero_config_lab("zh");
+    assert_zero_config_rings(&rw);
+    let secs = kill_and_expect_dead(&mut rw, 14, [11, 13], Duration::from_secs(30));
+    println!("lab: zero-config host 14 killed -> dead verdict in {secs:.2} s");
+    settle();
+    let all = rw.failures();
+    assert_eq!(all.len(), 1, "expected one dead verdict: {:#?}", kinds(&all));
+}
