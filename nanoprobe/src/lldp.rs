@@ -350,6 +350,13 @@ impl NeighbourTable {
         }
     }
 
+    /// Reports the current set again at the next allowed time, even unchanged (something
+    /// sent along with it changed).
+    pub fn force_report(&mut self) {
+        self.dirty = true;
+        self.last_sent = None;
+    }
+
     /// Also reports an empty set once at `at` if nothing was heard by then, so the CMA
     /// forgets what a previous run of this nanoprobe heard (a first neighbour heard
     /// earlier is reported at once, as always).

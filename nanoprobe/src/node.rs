@@ -30,6 +30,8 @@ const DRAIN_BATCH: usize = 256;
 /// If no LLDP/CDP neighbour is heard this long after start (lldpd's default interval is
 /// 30 s), an empty neighbour set is reported so the CMA forgets an earlier run's.
 const LLDP_START_GRACE: Duration = Duration::from_secs(40);
+/// How often the gateway's MAC is looked up in the ARP table.
+const ARP_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Parsed LLDP/CDP frames waiting for the daemon loop.
 const LLDP_QUEUE: usize = 64;
 /// A report unacknowledged for this long gets a warning (rate-limited).
@@ -81,6 +83,11 @@ struct Node {
     bad_mac_warning: RateLimited,
     unacked_warning: RateLimited,
     lldp: NeighbourTable,
+    /// The default gateway and its MAC as last reported (one router has one MAC on all
+    /// its interfaces, which is how the CMA groups gateways into routers).
+    gateway: Option<std::net::IpAddr>,
+    gateway_mac: Option<String>,
+    next_arp_check: Instant,
 }
 
 /// Runs the nanoprobe until SIGTERM or SIGINT, then stops gracefully.
@@ -132,6 +139,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         unacked_warning: RateLimited::new(WARN_EVERY),
         lldp: NeighbourTable::new(config.lldp.limits())
             .report_empty_after(Instant::now() + LLDP_START_GRACE),
+        gateway: discovery::default_gateway(),
+        gateway_mac: None,
+        next_arp_check: Instant::now(),
     };
     // Frames parsed by the capture task; a small bound, since the table only needs the
     // latest of each neighbour (what does not fit is dropped and counted).
@@ -155,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: local,
         interfaces: discovery::interfaces(),
-        gateway: discovery::default_gateway(),
+        gateway: node.gateway,
         lldp: tokio::task::spawn_blocking(discovery::lldp_neighbour)
             .await
             .unwrap_or(None),
@@ -173,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             node.engine.next_deadline(),
             node.reports.next_deadline(),
             node.lldp.next_deadline(),
+            Some(node.next_arp_check),
             next_watchdog,
         ]
         .into_iter()
@@ -259,8 +270,19 @@ impl Node {
 
     /// Reports the LLDP/CDP neighbour set when it changed (rate-limited by the table).
     fn poll_lldp(&mut self, now: Instant) {
+        if now >= self.next_arp_check {
+            self.next_arp_check = now + ARP_CHECK_EVERY;
+            let mac = self.gateway.and_then(discovery::arp_mac);
+            if mac.is_some() && mac != self.gateway_mac {
+                self.gateway_mac = mac;
+                self.lldp.force_report();
+            }
+        }
         if let Some(neighbours) = self.lldp.poll(now) {
-            let report = proto::discovery::NeighbourReport { neighbours };
+            let report = proto::discovery::NeighbourReport {
+                neighbours,
+                gateway_mac: self.gateway_mac.clone(),
+            };
             match serde_json::to_string(&report) {
                 Ok(data) => self.report(
                     ReportBody::Discovery {

@@ -56,6 +56,10 @@ pub struct Neighbour {
 pub struct NeighbourReport {
     /// The neighbours; empty when the last one went past its TTL.
     pub neighbours: Vec<Neighbour>,
+    /// The MAC address of the host's default gateway (from the ARP table), when known:
+    /// gateways sharing a MAC are one router with several interfaces.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
 }
 
 impl From<&Neighbour> for crate::LldpNeighbour {

@@ -244,6 +244,7 @@ impl WorkerState {
                         // A restarted nanoprobe reports what it hears anew; until then
                         // the host stays where it was heard last.
                         neighbours: kept.neighbours,
+                        gateway_mac: kept.gateway_mac,
                     },
                 );
                 let switch = self
@@ -377,7 +378,7 @@ impl WorkerState {
     /// A host's LLDP/CDP neighbour report: store it and move the host when its switch
     /// changed (a host moved to another switch changes rings, without any alarm).
     fn on_neighbours(&mut self, s: &WorkerSettings, host: u64, data: &str, fx: &mut Effects) {
-        let Some(neighbours) = topology::parse_report(data) else {
+        let Some((neighbours, gateway_mac)) = topology::parse_report(data) else {
             tracing::warn!(host, "undecodable LLDP neighbour report ignored");
             return;
         };
@@ -386,12 +387,23 @@ impl WorkerState {
         };
         let listen = info.addr.ip();
         let before = info.switch.clone();
-        self.learned.hosts.entry(host).or_default().neighbours = neighbours;
+        let learned = self.learned.hosts.entry(host).or_default();
+        learned.neighbours = neighbours;
+        let mac_changed = gateway_mac.is_some() && learned.gateway_mac != gateway_mac;
+        if mac_changed {
+            learned.gateway_mac = gateway_mac;
+            // Gateways may now group into one router.
+            self.feed_router_facts(s, fx);
+        }
         let after = self
             .learned
             .placement(&s.switches, host, listen)
             .map(|p| p.switch);
         if after == before {
+            if mac_changed {
+                // Routers may have merged: operators see it without a replan.
+                fx.changes.push(Change::Topology(self.topology_view(s)));
+            }
             return;
         }
         tracing::info!(host, ?before, ?after, "host placed on another switch");

@@ -60,6 +60,9 @@ pub struct Surroundings {
     pub lldpctl: Option<LldpNeighbour>,
     /// The neighbours its capture hears now, first heard first.
     pub neighbours: Vec<Neighbour>,
+    /// Its gateway's MAC address, from its neighbour reports.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
 }
 
 /// A switch resolved for a host.
@@ -87,9 +90,10 @@ fn clip(s: &str) -> String {
 
 /// Parses a `lldp` discovery report, bounded: at most [`MAX_REPORTED`] neighbours, text
 /// fields clipped. `None` when it does not decode.
-pub fn parse_report(data: &str) -> Option<Vec<Neighbour>> {
+pub fn parse_report(data: &str) -> Option<(Vec<Neighbour>, Option<String>)> {
     let report: NeighbourReport = serde_json::from_str(data).ok()?;
-    Some(
+    let mac = report.gateway_mac.as_deref().map(clip);
+    Some((
         report
             .neighbours
             .into_iter()
@@ -102,7 +106,8 @@ pub fn parse_report(data: &str) -> Option<Vec<Neighbour>> {
                 ..n
             })
             .collect(),
-    )
+        mac,
+    ))
 }
 
 /// The name of an undeclared switch: its system name, else its chassis id.
@@ -198,7 +203,28 @@ impl Learned {
                 }
             }
         }
-        most_voted(votes).map(|gw| (gw.to_string(), Source::Gateway))
+        most_voted(votes).map(|gw| (self.router_name(gw), Source::Gateway))
+    }
+
+    /// The name of the router behind gateway `gw`: the lowest gateway address whose MAC
+    /// is `gw`'s (one router answers for several subnets with one MAC), else `gw` itself.
+    fn router_name(&self, gw: IpAddr) -> String {
+        let mac_of = |ip: IpAddr| {
+            self.hosts
+                .values()
+                .filter(|s| s.gateway == Some(ip))
+                .find_map(|s| s.gateway_mac.clone())
+        };
+        let Some(mac) = mac_of(gw) else {
+            return gw.to_string();
+        };
+        self.hosts
+            .values()
+            .filter(|s| s.gateway_mac.as_deref() == Some(mac.as_str()))
+            .filter_map(|s| s.gateway)
+            .min()
+            .unwrap_or(gw)
+            .to_string()
     }
 
     /// A router's address: declared, else the gateway address it is named by.

@@ -224,6 +224,7 @@ fn a_report_of_the_most_neighbours_fits_one_datagram() {
     };
     let report = proto::discovery::NeighbourReport {
         neighbours: vec![n; MAX_REPORTED],
+        gateway_mac: Some("ff:ff:ff:ff:ff:ff".into()),
     };
     let body = proto::Body::Report(proto::Report {
         id: u64::MAX,

@@ -419,7 +419,7 @@ impl Topology {
 
     /// Starts `lldpd` (Debian package `lldpd`) in every switch namespace, announcing the
     /// switch on its host-facing ports every second (TTL 4 s) with its system name
-    /// ([`Topology::lldp_name`]), chassis id from `br0` and management address
+    /// ([`Topology::lldp_name`]) and management address
     /// `198.18.<k>.254`. Control sockets, configs and logs go to `dir`. Err when `lldpd`
     /// is missing.
     pub fn start_lldpd(&self, dir: &Path) -> Result<Vec<ProcGuard>, String> {
@@ -434,16 +434,18 @@ impl Topology {
                 ),
             )
             .map_err(|e| format!("writing {}: {e}", conf.display()))?;
-            let ports: Vec<String> = self.hosts_on(name).iter().map(|h| format!("p{h}")).collect();
+            let ports: Vec<String> = self
+                .hosts_on(name)
+                .iter()
+                .map(|h| format!("p{h}"))
+                .collect();
             let (sock, conf, mgmt) = (
                 dir.join(format!("lldpd-{name}.sock")).display().to_string(),
                 conf.display().to_string(),
                 format!("198.18.{k}.254"),
             );
             let ports = ports.join(",");
-            let args = [
-                "-d", "-u", &sock, "-O", &conf, "-C", "br0", "-m", &mgmt, "-I", &ports,
-            ];
+            let args = ["-d", "-u", &sock, "-O", &conf, "-m", &mgmt, "-I", &ports];
             let log = dir.join(format!("lldpd-{name}.log"));
             let proc = self
                 .lab
@@ -452,6 +454,32 @@ impl Topology {
             procs.push(proc);
         }
         Ok(procs)
+    }
+
+    /// Gives each router one MAC address on all its switch-facing interfaces
+    /// (`02:52:57:00:00:<j>` for the j-th router), as routers commonly have: hosts behind
+    /// different switches of one router then see gateways with one MAC, which is how the
+    /// zero-config CMA tells that their gateways are one router.
+    pub fn share_router_macs(&self) -> Result<(), String> {
+        for (j, (router, (rns, _))) in self.routers.iter().enumerate() {
+            let mac = format!("02:52:57:00:00:{:02x}", j + 1);
+            for (_, k, r) in self.switches.values() {
+                if r == router {
+                    self.lab.ip_in(
+                        rns,
+                        &["link", "set", "dev", &format!("sw{k}"), "address", &mac],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway address hosts behind `switch` use (`198.18.<k>.1`).
+    pub fn gateway_of(&self, switch: &str) -> Option<Ipv4Addr> {
+        self.switches
+            .get(switch)
+            .map(|(_, k, _)| Ipv4Addr::new(198, 18, *k, 1))
     }
 
     /// The host ids behind `switch`.

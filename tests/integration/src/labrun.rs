@@ -56,14 +56,29 @@ impl Ringwatch {
     /// from the frames the nanoprobes hear and the routers from the hosts' gateways.
     /// Returns once every host is up with two watchers and placed on its switch by LLDP.
     pub fn start_zero_config(topo: Topology) -> Ringwatch {
+        topo.share_router_macs()
+            .unwrap_or_else(|e| panic!("router MACs: {e}"));
         let rw = Ringwatch::start_opts(topo, 1, false);
-        let expected: BTreeMap<String, Vec<u64>> = rw
+        // Switch (LLDP name) -> its hosts and its router: the lowest gateway address of
+        // the switch's router (gateways are grouped by the MAC the router shares).
+        let expected: BTreeMap<String, (Vec<u64>, String)> = rw
             .topo
             .switches
-            .keys()
-            .map(|sw| (Topology::lldp_name(sw), rw.topo.hosts_on(sw)))
+            .iter()
+            .map(|(sw, (_, _, router))| {
+                let gateway = rw
+                    .topo
+                    .switches
+                    .iter()
+                    .filter(|(_, (_, _, r))| r == router)
+                    .filter_map(|(s, _)| rw.topo.gateway_of(s))
+                    .min()
+                    .map(|g| g.to_string())
+                    .unwrap_or_default();
+                (Topology::lldp_name(sw), (rw.topo.hosts_on(sw), gateway))
+            })
             .collect();
-        let learned = || -> Option<BTreeMap<String, Vec<u64>>> {
+        let learned = || -> Option<BTreeMap<String, (Vec<u64>, String)>> {
             let v = rw.json(&["topology"])?;
             let mut got = BTreeMap::new();
             for sw in v["switches"].as_array()? {
@@ -73,20 +88,22 @@ impl Ringwatch {
                     .filter(|h| h["source"] == "lldp")
                     .filter_map(|h| h["host"].as_u64())
                     .collect();
-                got.insert(sw["name"].as_str()?.to_string(), hosts);
+                let router = sw["router"].as_str().unwrap_or_default().to_string();
+                got.insert(sw["name"].as_str()?.to_string(), (hosts, router));
             }
             Some(got)
         };
         let formed = wait_until(Duration::from_secs(60), || {
             learned().as_ref() == Some(&expected)
-                && rw.json(&["hosts"]).and_then(|v| v.as_array().cloned()).is_some_and(
-                    |all| {
+                && rw
+                    .json(&["hosts"])
+                    .and_then(|v| v.as_array().cloned())
+                    .is_some_and(|all| {
                         all.iter().all(|h| {
                             h["status"] == "up"
                                 && h["watchers"].as_array().is_some_and(|w| w.len() >= 2)
                         })
-                    },
-                )
+                    })
         });
         assert!(
             formed,

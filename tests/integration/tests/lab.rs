@@ -335,27 +335,34 @@ fn ring_members(rw: &Ringwatch) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
+/// Checks that every switch ring formed from LLDP, and what `cmactl topology` shows: the
+/// switch by its LLDP system name and management address, its router by the lowest
+/// gateway address of the router (gateways grouped by MAC).
 fn assert_zero_config_rings(rw: &Ringwatch) {
     let rings = ring_members(rw);
-    assert_eq!(
-        rings,
-        vec![
-            ("switch:lldp-sw1".to_string(), vec![11, 12, 13, 14]),
-            ("switch:lldp-sw2".to_string(), vec![21, 22, 23, 24]),
-            ("top".to_string(), vec![11, 12, 21, 22]),
-        ],
-        "topology: {:#?}",
-        rw.json(&["topology"])
-    );
     let topo = rw.json(&["topology"]).expect("topology");
-    for (k, sw) in [(1, "lldp-sw1"), (2, "lldp-sw2")] {
+    for (sw, (_, k, router)) in &rw.topo.switches {
+        let name = Topology::lldp_name(sw);
+        let ring = format!("switch:{name}");
+        assert!(
+            rings.contains(&(ring.clone(), rw.topo.hosts_on(sw))),
+            "{ring}: rings {rings:?}, topology {topo:#}"
+        );
         let view = topo["switches"]
             .as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == sw))
-            .unwrap_or_else(|| panic!("no {sw}: {topo:#}"));
+            .and_then(|a| a.iter().find(|s| s["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("no {name}: {topo:#}"));
         assert_eq!(view["address"], format!("198.18.{k}.254"), "{view:#}");
         assert_eq!(view["address_source"], "lldp", "{view:#}");
-        assert_eq!(view["router"], format!("198.18.{k}.1"), "{view:#}");
+        let gateway = rw
+            .topo
+            .switches
+            .iter()
+            .filter(|(_, (_, _, r))| r == router)
+            .filter_map(|(s, _)| rw.topo.gateway_of(s))
+            .min()
+            .expect("gateway");
+        assert_eq!(view["router"], gateway.to_string(), "{view:#}");
         assert_eq!(view["router_source"], "gateway", "{view:#}");
     }
     println!(
@@ -389,25 +396,51 @@ fn lab_zero_config_switch_down_is_one_verdict() {
         "expected one switch_down and nothing else: {:#?}",
         kinds(&all)
     );
-    assert!(secs <= 6.0, "switch down detected in {secs:.2} s (target 6 s)");
+    assert!(
+        secs <= 6.0,
+        "switch down detected in {secs:.2} s (target 6 s)"
+    );
 }
 
 #[test]
 fn lab_zero_config_router_down_is_one_verdict() {
     require_lab!();
-    let rw = zero_config_lab("zr");
+    // As the declared router scenario: r1 with sw1 and sw2, r2 with sw3.
+    let topo = Topology::build(
+        "zr",
+        &[
+            RouterSpec {
+                name: "r1".into(),
+                switches: vec![switch("sw1", &[11, 12, 13]), switch("sw2", &[21, 22, 23])],
+            },
+            RouterSpec {
+                name: "r2".into(),
+                switches: vec![switch("sw3", &[31, 32, 33])],
+            },
+        ],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let rw = Ringwatch::start_zero_config(topo);
     assert_zero_config_rings(&rw);
+    // r1 is known by the lowest of its gateway addresses.
+    let gateway = "198.18.1.1";
     let down = now_us();
     rw.topo.set_router("r1", false).expect("router down");
-    let verdict = rw.wait_failure("router_down 198.18.1.1", Duration::from_secs(60), |f| {
-        f["kind"] == "router_down" && f["subject"] == "198.18.1.1"
-    });
+    let verdict = rw.wait_failure(
+        &format!("router_down {gateway}"),
+        Duration::from_secs(60),
+        |f| f["kind"] == "router_down" && f["subject"] == gateway,
+    );
     let secs = detection_secs(&verdict, down);
     println!(
-        "lab: zero-config router r1 (gateway 198.18.1.1, 1 switch, 4 hosts) down -> \
-         router_down verdict in {secs:.2} s"
+        "lab: zero-config router r1 (gateways 198.18.1.1 and 198.18.2.1, 2 switches, 6 hosts) \
+         down -> router_down verdict naming {gateway} in {secs:.2} s"
     );
-    assert_eq!(hosts_of(&verdict), vec![11, 12, 13, 14], "{verdict:#}");
+    assert_eq!(
+        hosts_of(&verdict),
+        vec![11, 12, 13, 21, 22, 23],
+        "{verdict:#}"
+    );
     settle();
     let all = rw.failures();
     assert_eq!(
@@ -416,7 +449,10 @@ fn lab_zero_config_router_down_is_one_verdict() {
         "expected one router_down and nothing else: {:#?}",
         kinds(&all)
     );
-    assert!(secs <= 8.0, "router down detected in {secs:.2} s (target 8 s)");
+    assert!(
+        secs <= 8.0,
+        "router down detected in {secs:.2} s (target 8 s)"
+    );
 }
 
 #[test]
@@ -428,5 +464,10 @@ fn lab_zero_config_host_killed_is_dead_with_both_watchers() {
     println!("lab: zero-config host 14 killed -> dead verdict in {secs:.2} s");
     settle();
     let all = rw.failures();
-    assert_eq!(all.len(), 1, "expected one dead verdict: {:#?}", kinds(&all));
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one dead verdict: {:#?}",
+        kinds(&all)
+    );
 }

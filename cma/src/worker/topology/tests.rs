@@ -53,7 +53,11 @@ fn neighbour(chassis: &str, name: &str, mgmt: &str) -> Neighbour {
 fn lldp(neighbours: Vec<Neighbour>) -> ReportBody {
     ReportBody::Discovery {
         kind: LLDP_KIND.into(),
-        data: serde_json::to_string(&NeighbourReport { neighbours }).unwrap(),
+        data: serde_json::to_string(&NeighbourReport {
+            neighbours,
+            gateway_mac: None,
+        })
+        .unwrap(),
     }
 }
 
@@ -262,7 +266,7 @@ fn hostile_reports_are_bounded() {
     let ReportBody::Discovery { data, .. } = &report else {
         unreachable!()
     };
-    let parsed = parse_report(data).unwrap();
+    let (parsed, _) = parse_report(data).unwrap();
     assert_eq!(parsed.len(), MAX_REPORTED);
     assert!(parsed.iter().all(|n| n.chassis_id.len() <= MAX_FIELD));
     // Garbage is ignored, the host stays where it was.
@@ -317,4 +321,47 @@ fn state_with_learned_topology_survives_a_round_trip() {
         crate::worker::tables::decode_state(&old).unwrap().learned,
         Learned::default()
     );
+}
+
+#[test]
+fn gateways_sharing_a_mac_are_one_router() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    // Every host learns its gateway's MAC: both subnets' gateways answer with one MAC.
+    let mut t = 50_000_000;
+    for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
+        let n = neighbour(
+            &format!("fe:00:00:00:00:0{net}"),
+            &format!("lab-sw{net}"),
+            &format!("198.18.{net}.254"),
+        );
+        for h in hosts {
+            t += 1000;
+            let body = ReportBody::Discovery {
+                kind: LLDP_KIND.into(),
+                data: serde_json::to_string(&NeighbourReport {
+                    neighbours: vec![n.clone()],
+                    gateway_mac: Some("02:52:57:00:00:01".into()),
+                })
+                .unwrap(),
+            };
+            state.step_packet(&s, &packet(h, 10, t, body), &mut fx);
+        }
+    }
+    let r = fsm::RouterId("198.18.1.1".into());
+    let topo = state.engine.topology();
+    for sw in ["lab-sw1", "lab-sw2"] {
+        assert_eq!(topo.router_of(&fsm::SwitchId(sw.into())), Some(&r), "{sw}");
+    }
+    let view = state.topology_view(&s);
+    // Operators see it: the last topology row written is that view.
+    let last = fx.changes.iter().rev().find_map(|c| match c {
+        Change::Topology(v) => Some(v.clone()),
+        _ => None,
+    });
+    assert_eq!(last, Some(view.clone()));
+    assert_eq!(view.routers.len(), 1, "{view:?}");
+    assert_eq!(view.routers[0].switches, vec!["lab-sw1", "lab-sw2"]);
+    assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
 }
