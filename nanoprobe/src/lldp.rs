@@ -273,7 +273,7 @@ fn cdp_address(value: &[u8]) -> Option<IpAddr> {
         rest = &rest[4 + proto_len + alen..];
         match (proto, alen) {
             ([0xcc], 4) => return ip_of(1, addr),
-            (p, 16) if p.ends_with(&[0x86, 0xdd]) => return ip_of(2, addr),
+            ([.., 0x86, 0xdd], 16) => return ip_of(2, addr),
             _ => {}
         }
     }

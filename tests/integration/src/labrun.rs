@@ -48,17 +48,18 @@ impl Ringwatch {
     /// As [`Ringwatch::start`], with `readers` packet-readers (at most
     /// [`crate::lab::READERS`]); every nanoprobe is given all of them.
     pub fn start_with_readers(topo: Topology, readers: u8) -> Ringwatch {
-        Ringwatch::start_opts(topo, readers, true)
+        Ringwatch::start_opts(topo, readers, false)
     }
 
     /// Zero-config: the CMA is given no `[[switches]]` or `[[routers]]`; `lldpd` runs in
     /// every switch namespace ([`Topology::start_lldpd`]) and the CMA learns the switches
     /// from the frames the nanoprobes hear and the routers from the hosts' gateways.
     /// Returns once every host is up with two watchers and placed on its switch by LLDP.
-    pub fn start_zero_config(topo: Topology) -> Ringwatch {
+    pub fn start_zero_config(mut topo: Topology) -> Ringwatch {
+        topo.declared = false;
         topo.share_router_macs()
             .unwrap_or_else(|e| panic!("router MACs: {e}"));
-        let rw = Ringwatch::start_opts(topo, 1, false);
+        let rw = Ringwatch::start_opts(topo, 1, true);
         // Switch (LLDP name) -> its hosts and its router: the lowest gateway address of
         // the switch's router (gateways are grouped by the MAC the router shares).
         let expected: BTreeMap<String, (Vec<u64>, String)> = rw
@@ -116,7 +117,7 @@ impl Ringwatch {
         rw
     }
 
-    fn start_opts(topo: Topology, readers: u8, declared: bool) -> Ringwatch {
+    fn start_opts(topo: Topology, readers: u8, lldpd: bool) -> Ringwatch {
         assert!(
             (1..=crate::lab::READERS).contains(&readers),
             "readers: 1..={}",
@@ -135,17 +136,13 @@ impl Ringwatch {
             dir,
             topo,
         };
-        if !declared {
+        if lldpd {
             rw.lldpd = rw
                 .topo
                 .start_lldpd(rw.dir.path())
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        let topology = if declared {
-            rw.topo.worker_topology_toml()
-        } else {
-            String::new()
-        };
+        let topology = rw.topo.worker_topology_toml();
         for id in 1..=3 {
             let config = rw.dir.path().join(format!("cma{id}.toml"));
             let text = format!(
