@@ -16,7 +16,7 @@ pub const LLDP_KIND: &str = "lldp";
 
 /// Longest text field (chassis id, port id, system name, interface) in a report, bytes;
 /// longer values are cut at a character boundary so a report fits one datagram.
-pub const MAX_FIELD: usize = 64;
+pub const MAX_FIELD: usize = 48;
 
 /// Most neighbours in one report (the nanoprobe keeps the ones heard first).
 pub const MAX_REPORTED: usize = 2;

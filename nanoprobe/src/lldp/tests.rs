@@ -264,9 +264,9 @@ proptest! {
 
     #[test]
     fn well_formed_frames_round_trip(
-        chassis in "[a-z0-9:.-]{1,60}",
-        port in "[A-Za-z0-9/]{1,60}",
-        name in "[a-z0-9-]{1,60}",
+        chassis in "[a-z0-9:.-]{1,48}",
+        port in "[A-Za-z0-9/]{1,48}",
+        name in "[a-z0-9-]{1,48}",
         ttl in 1u16..,
     ) {
         let a = parse_frame(&lldp_frame(&chassis, &port, ttl, Some(name.as_bytes()))).unwrap();
