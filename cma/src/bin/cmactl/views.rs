@@ -706,6 +706,54 @@ mod tests {
     }
 
     #[test]
+    fn topology_shows_each_fact_with_its_source() {
+        use cma::worker::topology::{
+            HostPlacementView, RouterView, Source, SwitchView, TopologyView,
+        };
+        let a = Answer {
+            node_id: 1,
+            is_leader: true,
+            leader_id: Some(1),
+            applied_index: 9,
+            data: TopologyView {
+                switches: vec![SwitchView {
+                    name: "lldp-sw1".into(),
+                    address: Some("198.18.1.254".parse().unwrap()),
+                    address_source: Some(Source::Lldp),
+                    router: Some("198.18.1.1".into()),
+                    router_source: Some(Source::Gateway),
+                    hosts: vec![
+                        HostPlacementView {
+                            host: 11,
+                            source: Source::Lldp,
+                        },
+                        HostPlacementView {
+                            host: 12,
+                            source: Source::Declared,
+                        },
+                    ],
+                }],
+                routers: vec![RouterView {
+                    name: "198.18.1.1".into(),
+                    address: Some("198.18.1.1".parse().unwrap()),
+                    source: Source::Gateway,
+                    switches: vec!["lldp-sw1".into()],
+                }],
+                unplaced: vec![7],
+            },
+        };
+        let text = render_topology(&a, Style::default());
+        assert!(text.contains("lldp-sw1"), "{text}");
+        assert!(text.contains("198.18.1.254 (lldp)"), "{text}");
+        assert!(text.contains("198.18.1.1 (gateway)"), "{text}");
+        assert!(text.contains("11 (lldp), 12 (declared)"), "{text}");
+        assert!(
+            text.contains("hosts of unknown switch (flat ring): 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn failures_table_shows_ages_and_state() {
         let a = Answer {
             node_id: 2,
