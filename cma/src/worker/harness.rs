@@ -576,8 +576,9 @@ mod rows {
         assert!(!h.turn(true), "an idle tick after formation wrote an entry");
         let before = h.log.len();
         let victim = n / 2;
+        // One watcher reports it (a suspect row), the other one 300 ms later.
         h.report(victim - 1, dead(victim));
-        h.advance_ms(300);
+        h.run_for(300, TICK_MS);
         h.report(victim + 1, dead(victim));
         h.run_for(10_000, TICK_MS);
         assert_eq!(h.host(victim).status, HostStatus::Dead);
