@@ -229,7 +229,7 @@ pub fn load_state(queue: &QueueState, config: fsm::Config) -> Result<WorkerState
         Some(t) => t
             .iter()
             .map(|(k, v)| {
-                let id = key_id(k).ok_or_else(|| DecodeError {
+                let id = key_id(k).ok_or(DecodeError {
                     table: WORKER_HOSTS,
                     source: postcard::Error::DeserializeUnexpectedEnd,
                 })?;
