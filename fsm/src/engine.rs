@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use statig::blocking::{IntoStateMachineExt, StateMachine};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod records;
+pub use records::{EngineChanges, EngineCounters, GroupEntry, GroupKey, HostRecord};
+
 /// How far the helper search scans before giving up, so one event stays cheap on a large
 /// topology.
 const HELPER_SCAN_LIMIT: usize = 512;
@@ -116,6 +119,13 @@ pub struct Engine {
     group_alarms: BTreeMap<VerdictId, BTreeSet<HostId>>,
     next_probe: u64,
     next_verdict: u64,
+    /// Hosts whose machine or facts changed since [`Engine::take_changes`] (not part of
+    /// the state: a bookkeeping of what to write).
+    #[serde(skip)]
+    dirty_hosts: BTreeSet<HostId>,
+    /// The group state as last reported by [`Engine::take_changes`].
+    #[serde(skip)]
+    reported: records::Reported,
 }
 
 impl Default for Engine {
@@ -139,6 +149,8 @@ impl Engine {
             group_alarms: BTreeMap::new(),
             next_probe: 1,
             next_verdict: 1,
+            dirty_hosts: BTreeSet::new(),
+            reported: records::Reported::default(),
         }
     }
 
@@ -173,7 +185,12 @@ impl Engine {
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::HostFact { host, facts } => self.topology.set_host(host, facts),
+            Event::HostFact { host, facts } => {
+                if self.topology.hosts.get(&host) != Some(&facts) {
+                    self.dirty_hosts.insert(host);
+                    self.topology.set_host(host, facts);
+                }
+            }
             Event::SwitchFact { switch, router } => {
                 self.topology.switch_router.insert(switch, router);
             }
@@ -379,6 +396,10 @@ impl Engine {
             released_alarms: Vec::new(),
         };
         let before = ctx.out.len();
+        let was = self
+            .hosts
+            .get(&host)
+            .map(|m| (m.state().clone(), m.inner().clone()));
         let machine = self
             .hosts
             .entry(host)
@@ -386,6 +407,9 @@ impl Engine {
         let old_probes: Vec<ProbeId> = machine.inner().probes.iter().map(|p| p.id).collect();
         machine.handle_with_context(&input, &mut ctx);
         let state = machine.state().clone();
+        if was.as_ref() != Some(&(state.clone(), machine.inner().clone())) {
+            self.dirty_hosts.insert(host);
+        }
         self.next_probe = ctx.next_probe;
         self.next_verdict = ctx.next_verdict;
         *out = ctx.out;

@@ -17,6 +17,8 @@ pub mod topology;
 
 pub use action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 pub use config::Config;
-pub use engine::{Engine, HostState};
+pub use engine::{
+    Engine, EngineChanges, EngineCounters, GroupEntry, GroupKey, HostRecord, HostState,
+};
 pub use event::Event;
 pub use topology::{HostFacts, RouterId, SwitchId, Topology};

@@ -68,7 +68,12 @@ impl Topology {
         self.hosts.get(&host).and_then(|f| f.switch.as_ref())
     }
 
-    /// The router of `switch`, if known.
+    /// Every switch → router fact given so far.
+    pub fn switch_routers(&self) -> impl Iterator<Item = (&SwitchId, &RouterId)> {
+        self.switch_router.iter()
+    }
+
+    /// The router `switch` hangs off, if a `SwitchFact` said so.
     pub fn router_of(&self, switch: &SwitchId) -> Option<&RouterId> {
         self.switch_router.get(switch)
     }

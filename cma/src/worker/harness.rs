@@ -3,7 +3,9 @@
 //! real sealed nanoprobe envelopes; time is an injected clock; every entry the worker
 //! would propose is applied through `QueueState::apply` exactly as Raft applies it, and
 //! kept in a log, so a test can replay the log on a fresh replica or elect a new leader
-//! that reloads the committed state.
+//! that reloads the committed state. With `check_rows` (the default), every committed turn
+//! also rebuilds the worker state from the rows, as a new leader would, and asserts it
+//! equals the state that wrote them.
 
 use super::outbox::Outbound;
 use super::run::{self, TurnInput};
@@ -21,22 +23,16 @@ use std::sync::Arc;
 struct Leader {
     state: WorkerState,
     offset: u64,
-    persisted: Vec<u8>,
 }
 
 impl Leader {
     /// What a node does when it becomes leader: reload the committed state and offset.
     fn load(queue: &QueueState, config: fsm::Config) -> Leader {
         let state = tables::load_state(queue, config).unwrap();
-        let persisted = tables::encode_state(&state).unwrap();
         let offset = queue
             .consumer_offset(super::CONSUMER)
             .unwrap_or_else(|| queue.first_offset());
-        Leader {
-            state,
-            offset,
-            persisted,
-        }
+        Leader { state, offset }
     }
 }
 
@@ -58,6 +54,8 @@ pub(crate) struct Harness {
     pub sent: Vec<Outbound>,
     /// Events handed to the sinks after their entry committed.
     pub published: Vec<Event>,
+    /// Rebuild the state from the rows after every committed turn and compare.
+    pub check_rows: bool,
 }
 
 impl Harness {
@@ -76,6 +74,7 @@ impl Harness {
             now_us: 1_000_000_000,
             sent: Vec::new(),
             published: Vec::new(),
+            check_rows: true,
         }
     }
 
@@ -159,7 +158,6 @@ impl Harness {
             &self.settings,
             input,
             &mut leader.offset,
-            &leader.persisted,
             |_| true,
         )
         .unwrap();
@@ -167,7 +165,14 @@ impl Harness {
             return false;
         };
         self.commit(entry);
-        self.leader.persisted = turn.encoded;
+        if self.check_rows {
+            let rebuilt = tables::load_state(&self.queue, self.config).unwrap();
+            assert!(
+                rebuilt == self.leader.state,
+                "the state rebuilt from the rows differs from the state that wrote them: {:?}",
+                rebuilt.differences(&self.leader.state)
+            );
+        }
         self.sent.extend(turn.commands);
         for e in turn.events {
             self.leader.state.published_upto = self.leader.state.published_upto.max(e.id);
@@ -380,10 +385,13 @@ mod tests {
         for table in [
             tables::HOSTS,
             tables::RINGS,
+            tables::RING_MEMBERS,
             tables::FAILURES,
             tables::EVENTS,
             tables::COMMANDS,
             tables::WORKER,
+            tables::WORKER_HOSTS,
+            tables::WORKER_FSM,
         ] {
             assert_eq!(a.queue.table(table), b.queue.table(table), "table {table}");
         }
@@ -586,5 +594,247 @@ mod tests {
         h.run_for(10_000, TICK_MS);
         assert_eq!(h.failures().len(), down.len());
         assert!(h.leader.state.sweeps.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod rows {
+    //! The worker's replicated state as rows: entries the size of the change, nothing
+    //! written by an idle tick, and a state rebuilt from the rows that decides the same.
+    use super::*;
+    use crate::worker::rings::SwitchConfig;
+    use crate::worker::rings::SwitchMap;
+    use crate::worker::views::HostStatus;
+    use proptest::prelude::*;
+    use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
+
+    const TICK_MS: u64 = 200;
+
+    fn settings(switches: SwitchMap) -> WorkerSettings {
+        WorkerSettings {
+            timings: HbTimings::default(),
+            switches,
+            probe_timeout_ms: 1000,
+        }
+    }
+
+    /// A Startup from host `host` (any id: the address encodes it).
+    fn startup(host: u64) -> ReportBody {
+        let [_, _, _, _, _, a, b, c] = host.to_be_bytes();
+        ReportBody::Startup(Startup {
+            hostname: format!("h{host}"),
+            version: "test".into(),
+            listen: format!("127.{a}.{b}.{c}:7500").parse().unwrap(),
+            interfaces: vec![],
+            gateway: None,
+            lldp: None,
+        })
+    }
+
+    fn dead(peer: u64) -> ReportBody {
+        ReportBody::HbDead {
+            peer: HostId(peer),
+            last_seen_us: 0,
+        }
+    }
+
+    /// `rebuilt` (from the rows) with the live state's clock and publication mark: ticks
+    /// that fire nothing write nothing, so the committed clock may lag the leader's (the
+    /// next tick brings a new leader to the same time), and what was handed to the sinks
+    /// is recorded with the next entry (a new leader hands it again).
+    fn clocked(mut rebuilt: WorkerState, live: &WorkerState) -> WorkerState {
+        assert!(rebuilt.now_us <= live.now_us);
+        assert!(rebuilt.published_upto <= live.published_upto);
+        rebuilt.now_us = live.now_us;
+        rebuilt.published_upto = live.published_upto;
+        rebuilt
+    }
+
+    /// Bytes of the entries committed from `from` on: (entries, table write bytes
+    /// (table + key + value), encoded entry bytes (postcard, as the Raft log stores it)).
+    fn written(h: &Harness, from: usize) -> (usize, usize, usize) {
+        let mut entries = 0;
+        let mut writes = 0;
+        let mut encoded = 0;
+        for e in &h.log[from..] {
+            if let Command::Apply { writes: w, .. } = e {
+                entries += 1;
+                writes += w
+                    .iter()
+                    .map(|w| w.table.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
+                encoded += postcard::to_allocvec(e).unwrap().len();
+            }
+        }
+        (entries, writes, encoded)
+    }
+
+    /// `n` hosts start at once; returns the harness once the rings formed and every
+    /// command and verdict settled.
+    fn formed(n: u64) -> Harness {
+        let mut h = Harness::new(settings(SwitchMap::default()), fsm::Config::default());
+        h.check_rows = false;
+        for host in 1..=n {
+            h.report(host, startup(host));
+        }
+        h.run_for(2_000, TICK_MS);
+        h
+    }
+
+    /// One host death in a formed flat ring of `n`: what it costs in Raft entries.
+    fn one_death(n: u64) -> (usize, usize, usize) {
+        let mut h = formed(n);
+        assert!(!h.turn(true), "an idle tick after formation wrote an entry");
+        let before = h.log.len();
+        let victim = n / 2;
+        // One watcher reports it (a suspect row), the other one 300 ms later.
+        h.report(victim - 1, dead(victim));
+        h.run_for(300, TICK_MS);
+        h.report(victim + 1, dead(victim));
+        h.run_for(10_000, TICK_MS);
+        assert_eq!(h.host(victim).status, HostStatus::Dead);
+        assert_eq!(h.host(victim - 1).watchers, vec![victim - 2, victim + 1]);
+        let cost = written(&h, before);
+        // Settled: idle ticks write nothing again.
+        let idle = h.log.len();
+        for _ in 0..10 {
+            h.advance_ms(TICK_MS);
+            assert!(!h.turn(true), "an idle tick wrote an entry");
+        }
+        assert_eq!(h.log.len(), idle);
+        // And a new leader rebuilds the same state from the rows.
+        let rebuilt = clocked(
+            tables::load_state(&h.queue, h.config).unwrap(),
+            &h.leader.state,
+        );
+        assert!(
+            rebuilt == h.leader.state,
+            "{:?}",
+            rebuilt.differences(&h.leader.state)
+        );
+        cost
+    }
+
+    #[test]
+    fn one_death_among_2000_hosts_writes_less_than_64_kib_and_idle_ticks_write_nothing() {
+        let (entries, writes, encoded) = one_death(2_000);
+        println!(
+            "2000 hosts, one death: {entries} entries, {writes} bytes of table writes, \
+             {encoded} bytes encoded"
+        );
+        assert!(writes < 64 * 1024, "{writes} bytes of table writes");
+        assert!(encoded < 64 * 1024, "{encoded} bytes encoded");
+    }
+
+    /// The same at 10,000 hosts (slow in a debug build: run it with
+    /// `cargo test --release -p cma one_death_among_10000 -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn one_death_among_10000_hosts() {
+        let (entries, writes, encoded) = one_death(10_000);
+        println!(
+            "10000 hosts, one death: {entries} entries, {writes} bytes of table writes, \
+             {encoded} bytes encoded"
+        );
+        assert!(writes < 64 * 1024, "{writes} bytes of table writes");
+    }
+
+    /// What a random step of the world is.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Dead(u64, u64),
+        Alive(u64, u64),
+        Shutdown(u64),
+        Restart(u64),
+        /// Answer the `n`th unanswered probe (modulo their number).
+        Answer(usize, bool),
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let host = 1..=8u64;
+        prop_oneof![
+            3 => (host.clone(), host.clone()).prop_map(|(a, b)| Op::Dead(a, b)),
+            1 => (host.clone(), host.clone()).prop_map(|(a, b)| Op::Alive(a, b)),
+            1 => host.clone().prop_map(Op::Shutdown),
+            1 => host.prop_map(Op::Restart),
+            2 => (0..8usize, any::<bool>()).prop_map(|(n, r)| Op::Answer(n, r)),
+            3 => (1..8_000u64).prop_map(Op::Wait),
+        ]
+    }
+
+    fn two_switches() -> SwitchMap {
+        let switch = |name: &str, hosts: Vec<u64>, last: u8| SwitchConfig {
+            name: name.into(),
+            address: Some(format!("10.0.{last}.254").parse().unwrap()),
+            subnets: vec![],
+            hosts,
+            lldp_chassis: None,
+            router: Some("r1".into()),
+        };
+        SwitchMap::new(
+            vec![
+                switch("sw1", vec![1, 2, 3, 4], 1),
+                switch("sw2", vec![5, 6, 7], 2),
+            ],
+            vec![crate::worker::rings::RouterConfig {
+                name: "r1".into(),
+                address: Some("10.0.0.1".parse().unwrap()),
+            }],
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random reports, probe answers and waits on 7 hosts behind two switches (host
+        /// 8 never started): after every committed turn the state rebuilt from the rows
+        /// equals the live one (`check_rows`), and a new leader elected at the end from
+        /// the committed rows makes the same decisions as the old one.
+        #[test]
+        fn a_state_rebuilt_from_rows_equals_the_live_one(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut h = Harness::new(settings(two_switches()), fsm::Config::default());
+            for host in 1..=7 {
+                h.report(host, startup(host));
+            }
+            h.run_for(1_000, TICK_MS);
+            let mut answered = 0;
+            let mut open: Vec<(u64, u64, proto::ProbeTarget, proto::ProbeKind)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Dead(a, b) if a != b => h.report(a, dead(b)),
+                    Op::Alive(a, b) if a != b => h.report(a, ReportBody::HbBackAlive { peer: HostId(b), down_for_ms: 1_000 }),
+                    Op::Shutdown(a) => h.report(a, ReportBody::HbShutdown),
+                    Op::Restart(a) => h.report(a, startup(a)),
+                    Op::Answer(n, reachable) if !open.is_empty() => {
+                        let (from, probe_id, target, kind) = open.remove(n % open.len());
+                        let outcome = if reachable { ProbeOutcome::Reachable } else { ProbeOutcome::Unreachable };
+                        h.report(from, ReportBody::ProbeResult(proto::ProbeResult {
+                            probe_id, target, kind, outcome, rtt_us: None,
+                        }));
+                    }
+                    Op::Wait(ms) => h.advance_ms(ms),
+                    _ => {}
+                }
+                h.drain();
+                h.turn(true);
+                for c in &h.sent[answered..] {
+                    if let CommandBody::DoProbe { probe_id, targets, kind, .. } = &c.command.body {
+                        open.push((c.to.0, *probe_id, targets[0].clone(), *kind));
+                    }
+                }
+                answered = h.sent.len();
+            }
+            // A new leader from the committed log, against the old one, for a while.
+            let mut b = Harness::replica(h.settings.clone(), fsm::Config::default(), &h.log, h.now_us);
+            prop_assert_eq!(&clocked(tables::load_state(&b.queue, b.config).unwrap(), &h.leader.state), &h.leader.state);
+            let sent = h.sent.len();
+            h.run_for(30_000, TICK_MS);
+            b.run_for(30_000, TICK_MS);
+            prop_assert_eq!(&h.sent[sent..], &b.sent[..]);
+            let differences = b.leader.state.differences(&h.leader.state);
+            prop_assert!(differences.is_empty(), "{:?}", differences);
+        }
     }
 }

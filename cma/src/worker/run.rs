@@ -1,13 +1,13 @@
-//! The worker's I/O shell: waits for leadership, reloads the committed worker state,
-//! processes the queue in order, commits each step's changes and state through one Raft
-//! `Apply` entry (with the new consumer offset), and only then sends commands and hands
-//! events to the sinks.
+//! The worker's I/O shell: waits for leadership, rebuilds the committed worker state from
+//! its rows, processes the queue in order, commits each step's changes (the rows it
+//! changed, nothing else) through one Raft `Apply` entry (with the new consumer offset),
+//! and only then sends commands and hands events to the sinks.
 //!
 //! One turn of the loop ([`turn`]) is pure: entries and a tick time in, the Raft entry and
 //! the effects out. The in-memory harness (`harness.rs`, tests only) drives the same
 //! function against a [`crate::raft::QueueState`], exactly as Raft applies it.
 //!
-//! Failover: a new leader reloads the state committed with the offset, so every queue
+//! Failover: a new leader rebuilds the state committed with the offset, so every queue
 //! entry after it is processed again from the same state, giving the same decisions with
 //! the same ids. Commands that were committed but not acknowledged are in the `commands`
 //! table and are sent again (nanoprobes ignore ids they applied); events after
@@ -68,12 +68,9 @@ pub(crate) struct TurnInput<'a> {
 
 /// What one turn decided.
 pub(crate) struct Turn {
-    /// The Raft entry to propose; `None` when nothing worth replicating happened (a tick
-    /// that changed nothing visible: replaying it later on another leader gives the same
-    /// result).
+    /// The Raft entry to propose; `None` when nothing changed (a tick that fired no
+    /// deadline): nothing is then encoded either.
     pub entry: Option<Command>,
-    /// The encoded state after the turn: the persisted one once `entry` commits.
-    pub encoded: Vec<u8>,
     /// Commands to send once `entry` commits.
     pub commands: Vec<Outbound>,
     /// Events to hand to the sinks once `entry` commits.
@@ -83,15 +80,14 @@ pub(crate) struct Turn {
 }
 
 /// One turn of the worker loop, pure: steps `input`'s entries and tick on `state`, lets
-/// probe requests through `allow_probe`, and encodes the changes (and the state, if it is
-/// not `persisted` any more) into one `Apply` entry that moves the consumer offset past
-/// the entries. `offset` is advanced past the entries processed.
+/// probe requests through `allow_probe`, and encodes the changed rows (operator rows and
+/// the rows of the worker's own state that changed) into one `Apply` entry that moves the
+/// consumer offset past the entries. `offset` is advanced past the entries processed.
 pub(crate) fn turn(
     state: &mut WorkerState,
     settings: &WorkerSettings,
     input: TurnInput<'_>,
     offset: &mut u64,
-    persisted: &[u8],
     mut allow_probe: impl FnMut(&str) -> bool,
 ) -> Result<Turn, EncodeError> {
     let mut fx = Effects::default();
@@ -115,25 +111,22 @@ pub(crate) fn turn(
     }
     fx.changes
         .extend(fx.commands.iter().cloned().map(Change::Command));
-    let encoded = tables::encode_state(state)?;
+    // The rows of the state itself; the counters row goes with every entry.
+    state.flush(&mut fx, had_entries);
     let mut turn = Turn {
         entry: None,
         commands: Vec::new(),
         events: Vec::new(),
         probes_refused,
-        encoded,
     };
     if !had_entries && fx.changes.is_empty() {
         return Ok(turn);
     }
-    let mut writes = fx
+    let writes = fx
         .changes
         .iter()
         .map(tables::encode)
         .collect::<Result<Vec<_>, _>>()?;
-    if turn.encoded != persisted {
-        writes.push(tables::state_write(turn.encoded.clone()));
-    }
     turn.events = fx
         .events()
         .map(tables::sink_event)
@@ -287,7 +280,6 @@ impl Worker {
             let unpublished = tables::events_from(&q, state.published_upto + 1, usize::MAX);
             (state, offset, pending, unpublished)
         };
-        let mut persisted = tables::encode_state(&state)?;
         self.commander.send(pending).await;
         for e in &unpublished {
             self.sinks.publish(e);
@@ -326,7 +318,6 @@ impl Worker {
                 &self.settings,
                 input,
                 &mut offset,
-                &persisted,
                 |investigation| limiter.allow(investigation, now).is_ok(),
             )?;
             self.metrics.entries.inc_by(entries.len() as u64);
@@ -339,7 +330,6 @@ impl Worker {
                     self.metrics.proposal_failures.inc();
                     return Err(e.into());
                 }
-                persisted = turn.encoded;
                 // Committed: now act.
                 self.commander.send(turn.commands).await;
                 for e in &turn.events {

@@ -7,12 +7,19 @@
 //! only), commits them through Raft and only then carries out the effects, so a new
 //! leader that reloads the committed state and processes the same entries makes the same
 //! decisions, with the same ids.
+//!
+//! The replicated state itself is written as rows too, only those a step changed
+//! ([`WorkerState::flush`]): one [`HostRecord`] per host (what the worker and the fsm know
+//! of it, and its peers), one row per fsm group case, outstanding probe and group alarm,
+//! ring headers and ring places (a member and the member it follows), and one small
+//! [`WorkerMeta`] row of counters. [`WorkerState::from_rows`] rebuilds the state from
+//! them, equal to the state that wrote them.
 
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
 use super::sweep::{Direction, Standing, Sweep};
-use super::topology::{self, Learned, TopologyView};
-use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingRow};
+use super::topology::{self, Learned, RouterView, SwitchView, TopologyView};
+use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
 use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
 use queue::QueuedPacket;
@@ -114,8 +121,25 @@ pub struct WorkerEvent {
 pub enum Change {
     /// A host row was written (hosts are never deleted).
     Host(HostRow),
-    /// A ring row was written (`Some`) or the ring vanished (`None`).
-    Ring(String, Option<RingRow>),
+    /// A ring appeared (or changed kind) (`Some`), or vanished (`None`; its members'
+    /// places are removed with [`Change::RingMember`]).
+    Ring(String, Option<RingKind>),
+    /// A member's place in a ring (`Some`: after that member, or first), or it left the
+    /// ring (`None`). One death rewrites two places, whatever the ring's size.
+    RingMember {
+        /// The ring.
+        ring: String,
+        /// The member.
+        member: u64,
+        /// Where it stands.
+        slot: Option<RingSlot>,
+    },
+    /// The worker's record of a host changed.
+    Record(u64, Box<HostRecord>),
+    /// A row of the fsm's group state was written (`Some`) or is gone (`None`).
+    Fsm(fsm::GroupKey, Option<fsm::GroupEntry>),
+    /// The counters (written with every entry).
+    Meta(WorkerMeta),
     /// A failure row was written (opened, or closed).
     Failure(FailureRow),
     /// An event happened.
@@ -127,12 +151,61 @@ pub enum Change {
     Command(Outbound),
     /// A command was acknowledged or abandoned (added by the run loop).
     CommandSettled(u64),
-    /// The topology operators see changed (`cmactl topology`).
-    Topology(TopologyView),
+    /// A switch as operators see it was written (`Some`) or vanished (`cmactl topology`).
+    TopologySwitch(String, Option<SwitchView>),
+    /// A router as operators see it was written (`Some`) or vanished.
+    TopologyRouter(String, Option<RouterView>),
+}
+
+/// Where a member stands in a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RingSlot {
+    /// The first member.
+    First,
+    /// Right after this member.
+    After(u64),
+}
+
+/// The worker's replicated record of one host: what it knows of the host, the peers it
+/// commanded it, and the fsm's record of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// `None` for a host only ever reported on (never started).
+    pub info: Option<HostInfo>,
+    /// Peers currently commanded (empty: none).
+    pub peers: BTreeSet<u64>,
+    /// The fsm's part.
+    pub fsm: fsm::HostRecord,
+    /// What the host told about its surroundings (interfaces, gateway, LLDP neighbours;
+    /// docs/topology.md).
+    pub learned: Option<topology::Surroundings>,
+}
+
+/// The worker's counters (one small row).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerMeta {
+    pub next_command_id: u64,
+    pub next_event_id: u64,
+    pub published_upto: u64,
+    pub now_us: u64,
+    pub fsm: fsm::EngineCounters,
+    /// Block sweeps in progress (a few at most, and only during a block failure).
+    pub sweeps: Vec<Sweep>,
+}
+
+/// The topology rows as last written: a write cache, not state (two states are equal
+/// whatever they last wrote; a rebuilt state starts empty and writes the rows once).
+#[derive(Clone, Debug, Default)]
+struct WrittenTopology(Option<TopologyView>);
+
+impl PartialEq for WrittenTopology {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Everything the worker must carry across a leader change.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq)]
 pub struct WorkerState {
     pub hosts: BTreeMap<u64, HostInfo>,
     /// Peers currently commanded: host → hosts it sends heartbeats to and expects from.
@@ -143,21 +216,26 @@ pub struct WorkerState {
     pub next_event_id: u64,
     /// Open alarm verdicts by id (closed on recovery).
     pub open_failures: BTreeMap<u64, FailureRow>,
-    /// Names of the rings in the rings table.
-    pub ring_names: BTreeSet<String>,
+    /// The rings as written in the rings tables.
+    pub rings: BTreeMap<String, RingRow>,
     /// Latest time seen (µs since the Unix epoch): queue entries and ticks.
     pub now_us: u64,
     /// Events up to this id were handed to the sinks.
     pub published_upto: u64,
-    /// What the hosts told about their switches and gateways (docs/topology.md).
-    #[serde(default)]
+    /// What the hosts told about their switches and gateways (docs/topology.md; stored
+    /// in each host's record).
     pub learned: Learned,
-    /// Block sweeps in progress ([`super::sweep`]).
-    #[serde(default)]
+    /// The topology rows as last written (switch and router views; `None` after a
+    /// rebuild, so a new leader writes them once).
+    written_topology: WrittenTopology,
+    /// Hosts whose record changed since the last [`WorkerState::flush`].
+    dirty: BTreeSet<u64>,
+    /// Block sweeps in progress ([`super::sweep`]; stored in the counters row).
     pub sweeps: Vec<Sweep>,
+    /// The sweeps as last written.
+    flushed_sweeps: Vec<Sweep>,
     /// A verdict changed ring membership during this step: replan once at its end (a
     /// block of hundreds of verdicts in one step replans once, not hundreds of times).
-    #[serde(skip)]
     replan_due: bool,
 }
 
@@ -204,12 +282,188 @@ impl WorkerState {
             next_command_id: 1,
             next_event_id: 1,
             open_failures: BTreeMap::new(),
-            ring_names: BTreeSet::new(),
+            rings: BTreeMap::new(),
             now_us: 0,
             published_upto: 0,
             learned: Learned::default(),
+            written_topology: WrittenTopology::default(),
+            dirty: BTreeSet::new(),
             sweeps: Vec::new(),
+            flushed_sweeps: Vec::new(),
             replan_due: false,
+        }
+    }
+
+    /// Rebuilds the state from its rows (read back by [`super::tables`]): `meta` (`None`:
+    /// nothing was ever written), the host records, the fsm's group rows, the rings and
+    /// the open failures. Equal to the state that wrote them.
+    pub fn from_rows(
+        config: fsm::Config,
+        meta: Option<WorkerMeta>,
+        records: impl IntoIterator<Item = (u64, HostRecord)>,
+        groups: impl IntoIterator<Item = fsm::GroupEntry>,
+        rings: impl IntoIterator<Item = RingRow>,
+        open_failures: impl IntoIterator<Item = FailureRow>,
+    ) -> WorkerState {
+        let Some(meta) = meta else {
+            return WorkerState::new(config);
+        };
+        let mut hosts = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        let mut fsm_hosts = Vec::new();
+        let mut learned = Learned::default();
+        for (id, record) in records {
+            if let Some(surroundings) = record.learned {
+                learned.hosts.insert(id, surroundings);
+            }
+            if let Some(info) = record.info {
+                hosts.insert(id, info);
+            }
+            if !record.peers.is_empty() {
+                peers.insert(id, record.peers);
+            }
+            if !record.fsm.is_empty() {
+                fsm_hosts.push((HostId(id), record.fsm));
+            }
+        }
+        let engine = fsm::Engine::from_records(config, meta.fsm, fsm_hosts, groups);
+        // The switch → router facts given to the fsm are the fsm's own.
+        learned.router_facts = engine
+            .topology()
+            .switch_routers()
+            .map(|(s, r)| (s.0.clone(), r.0.clone()))
+            .collect();
+        WorkerState {
+            hosts,
+            peers,
+            engine,
+            next_command_id: meta.next_command_id,
+            next_event_id: meta.next_event_id,
+            open_failures: open_failures
+                .into_iter()
+                .filter(|f| f.state == FailureState::Open)
+                .map(|f| (f.id, f))
+                .collect(),
+            rings: rings.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            now_us: meta.now_us,
+            published_upto: meta.published_upto,
+            learned,
+            written_topology: WrittenTopology::default(),
+            dirty: BTreeSet::new(),
+            flushed_sweeps: meta.sweeps.clone(),
+            sweeps: meta.sweeps,
+            replan_due: false,
+        }
+    }
+
+    /// The counters row.
+    pub fn meta(&self) -> WorkerMeta {
+        WorkerMeta {
+            next_command_id: self.next_command_id,
+            next_event_id: self.next_event_id,
+            published_upto: self.published_upto,
+            now_us: self.now_us,
+            fsm: self.engine.counters(),
+            sweeps: self.sweeps.clone(),
+        }
+    }
+
+    /// The record of `host`.
+    pub fn record(&self, host: u64) -> HostRecord {
+        HostRecord {
+            info: self.hosts.get(&host).cloned(),
+            peers: self.peers.get(&host).cloned().unwrap_or_default(),
+            fsm: self.engine.host_record(HostId(host)),
+            learned: self.learned.hosts.get(&host).cloned(),
+        }
+    }
+
+    /// The fields in which `self` and `other` differ (tests: a readable failure).
+    #[cfg(test)]
+    pub fn differences(&self, other: &WorkerState) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in self.hosts.keys().chain(other.hosts.keys()) {
+            let (a, b) = (self.record(*h), other.record(*h));
+            if a != b {
+                out.push(format!("host {h}: {a:?} != {b:?}"));
+            }
+        }
+        if self.engine != other.engine {
+            out.push(format!("engine: {:?} != {:?}", self.engine, other.engine));
+        }
+        if self.meta() != other.meta() {
+            out.push(format!("meta: {:?} != {:?}", self.meta(), other.meta()));
+        }
+        if self.open_failures != other.open_failures {
+            out.push(format!(
+                "open failures: {:?} != {:?}",
+                self.open_failures, other.open_failures
+            ));
+        }
+        if self.rings != other.rings {
+            out.push(format!("rings: {:?} != {:?}", self.rings, other.rings));
+        }
+        if self.peers != other.peers {
+            out.push(format!("peers: {:?} != {:?}", self.peers, other.peers));
+        }
+        if self.learned != other.learned {
+            out.push(format!(
+                "learned: {:?} != {:?}",
+                self.learned, other.learned
+            ));
+        }
+        out
+    }
+
+    /// Every row the state is rebuilt from, as if all were written at once (tests).
+    #[cfg(test)]
+    pub fn all_rows(&self) -> Vec<Change> {
+        let ids: BTreeSet<u64> = self
+            .hosts
+            .keys()
+            .chain(self.peers.keys())
+            .copied()
+            .chain(self.engine.host_ids().into_iter().map(|h| h.0))
+            .collect();
+        let mut out: Vec<Change> = ids
+            .into_iter()
+            .map(|h| Change::Record(h, Box::new(self.record(h))))
+            .collect();
+        out.extend(
+            self.engine
+                .group_entries()
+                .into_iter()
+                .map(|g| Change::Fsm(g.key(), Some(g))),
+        );
+        for ring in self.rings.values() {
+            out.push(Change::Ring(ring.name.clone(), Some(ring.kind)));
+            out.extend(ring_places(ring, None));
+        }
+        out.extend(self.open_failures.values().cloned().map(Change::Failure));
+        out.push(Change::Meta(self.meta()));
+        out
+    }
+
+    /// Adds to `fx` the rows of the replicated state this state changed since the last
+    /// flush: host records, fsm group rows, and the counters row when anything is written
+    /// at all (or when `always` is set, e.g. because the consumer offset moves). Writes
+    /// nothing, and encodes nothing, when nothing changed.
+    pub fn flush(&mut self, fx: &mut Effects, always: bool) {
+        let engine = self.engine.take_changes();
+        let mut hosts = std::mem::take(&mut self.dirty);
+        hosts.extend(engine.hosts.iter().map(|h| h.0));
+        for h in hosts {
+            fx.changes.push(Change::Record(h, Box::new(self.record(h))));
+        }
+        fx.changes.extend(
+            engine
+                .groups
+                .into_iter()
+                .map(|(key, entry)| Change::Fsm(key, entry)),
+        );
+        if always || !fx.changes.is_empty() || self.sweeps != self.flushed_sweeps {
+            self.flushed_sweeps = self.sweeps.clone();
+            fx.changes.push(Change::Meta(self.meta()));
         }
     }
 
@@ -267,6 +521,7 @@ impl WorkerState {
                     .placement(&s.switches, sender, addr.ip())
                     .map(|p| p.switch);
                 let previous = self.hosts.get(&sender).cloned();
+                self.dirty.insert(sender);
                 let came_back = previous
                     .as_ref()
                     .is_some_and(|h| matches!(h.status, HostStatus::Dead | HostStatus::Left));
@@ -403,8 +658,13 @@ impl WorkerState {
         let listen = info.addr.ip();
         let before = info.switch.clone();
         let learned = self.learned.hosts.entry(host).or_default();
-        learned.neighbours = neighbours;
         let mac_changed = gateway_mac.is_some() && learned.gateway_mac != gateway_mac;
+        if learned.neighbours == neighbours && !mac_changed {
+            // A report that changes nothing writes nothing.
+            return;
+        }
+        learned.neighbours = neighbours;
+        self.dirty.insert(host);
         if mac_changed {
             learned.gateway_mac = gateway_mac;
             // Gateways may now group into one router.
@@ -417,7 +677,7 @@ impl WorkerState {
         if after == before {
             if mac_changed {
                 // Routers may have merged: operators see it without a replan.
-                fx.changes.push(Change::Topology(self.topology_view(s)));
+                self.write_topology(s, fx);
             }
             return;
         }
@@ -610,6 +870,7 @@ impl WorkerState {
             if h.status != status {
                 h.status = status;
                 h.since_us = now;
+                self.dirty.insert(host);
                 self.write_host(host, fx);
             }
         }
@@ -882,7 +1143,10 @@ impl WorkerState {
             .map(|(id, h)| (*id, h.switch.clone()))
             .collect();
         let plan: Vec<Ring> = rings::plan(&members);
-        let wanted = rings::peer_sets(&plan);
+        // No entry for a host without peers, so the state rebuilt from the host records
+        // (where "no peers" is an empty set) is the same.
+        let mut wanted = rings::peer_sets(&plan);
+        wanted.retain(|_, p| !p.is_empty());
         let mut changed_hosts = BTreeSet::new();
         let all: BTreeSet<u64> = wanted.keys().chain(self.peers.keys()).copied().collect();
         for host in all {
@@ -930,24 +1194,130 @@ impl WorkerState {
         }
         self.peers = wanted;
         for host in changed_hosts {
+            self.dirty.insert(host);
             self.write_host(host, fx);
         }
-        // Rings that vanished leave the table.
-        let names: BTreeSet<String> = plan.iter().map(|r| r.name.clone()).collect();
-        for gone in self.ring_names.difference(&names) {
-            fx.changes.push(Change::Ring(gone.clone(), None));
+        // Only what changed in the rings: a vanished ring, a new one, and the places of
+        // members that came, went or follow another member now.
+        let names: BTreeSet<&str> = plan.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .rings
+            .keys()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = self.rings.remove(&name) {
+                fx.changes.push(Change::Ring(name.clone(), None));
+                fx.changes
+                    .extend(old.members.iter().map(|m| Change::RingMember {
+                        ring: name.clone(),
+                        member: *m,
+                        slot: None,
+                    }));
+            }
         }
-        self.ring_names = names;
-        for ring in &plan {
+        for ring in plan {
             let row = RingRow {
-                name: ring.name.clone(),
+                name: ring.name,
                 kind: ring.kind,
-                members: ring.members.clone(),
+                members: ring.members,
             };
-            fx.changes.push(Change::Ring(ring.name.clone(), Some(row)));
+            let old = self.rings.get(&row.name);
+            if old.map(|o| o.kind) != Some(row.kind) {
+                fx.changes
+                    .push(Change::Ring(row.name.clone(), Some(row.kind)));
+            }
+            if old.map(|o| &o.members) != Some(&row.members) {
+                fx.changes.extend(ring_places(&row, old));
+                self.rings.insert(row.name.clone(), row);
+            }
         }
-        fx.changes.push(Change::Topology(self.topology_view(s)));
+        self.write_topology(s, fx);
     }
+
+    /// Writes the switch and router rows of the topology view that changed since they
+    /// were last written (per switch and router, so a join rewrites one small row, and a
+    /// death none; hosts of unknown switch are read from the hosts rows).
+    fn write_topology(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        let view = self.topology_view(s);
+        let before = self.written_topology.0.take().unwrap_or_default();
+        let old_switches: BTreeMap<&str, &SwitchView> = before
+            .switches
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let new_switches: BTreeMap<&str, &SwitchView> =
+            view.switches.iter().map(|v| (v.name.as_str(), v)).collect();
+        for (name, v) in &new_switches {
+            if old_switches.get(name) != Some(v) {
+                fx.changes
+                    .push(Change::TopologySwitch(name.to_string(), Some((*v).clone())));
+            }
+        }
+        for name in old_switches
+            .keys()
+            .filter(|n| !new_switches.contains_key(*n))
+        {
+            fx.changes
+                .push(Change::TopologySwitch(name.to_string(), None));
+        }
+        let old_routers: BTreeMap<&str, &RouterView> = before
+            .routers
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let new_routers: BTreeMap<&str, &RouterView> =
+            view.routers.iter().map(|v| (v.name.as_str(), v)).collect();
+        for (name, v) in &new_routers {
+            if old_routers.get(name) != Some(v) {
+                fx.changes
+                    .push(Change::TopologyRouter(name.to_string(), Some((*v).clone())));
+            }
+        }
+        for name in old_routers.keys().filter(|n| !new_routers.contains_key(*n)) {
+            fx.changes
+                .push(Change::TopologyRouter(name.to_string(), None));
+        }
+        self.written_topology.0 = Some(view);
+    }
+}
+
+/// The member places of `ring` that differ from `old` (all of them without `old`), and
+/// the removal of members of `old` that left.
+fn ring_places(ring: &RingRow, old: Option<&RingRow>) -> Vec<Change> {
+    let slot = |members: &[u64], i: usize| match i {
+        0 => RingSlot::First,
+        _ => RingSlot::After(members[i - 1]),
+    };
+    let before: BTreeMap<u64, RingSlot> = old
+        .map(|o| {
+            (0..o.members.len())
+                .map(|i| (o.members[i], slot(&o.members, i)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut now = BTreeSet::new();
+    for (i, m) in ring.members.iter().enumerate() {
+        now.insert(*m);
+        let s = slot(&ring.members, i);
+        if before.get(m) != Some(&s) {
+            out.push(Change::RingMember {
+                ring: ring.name.clone(),
+                member: *m,
+                slot: Some(s),
+            });
+        }
+    }
+    for m in before.keys().filter(|m| !now.contains(m)) {
+        out.push(Change::RingMember {
+            ring: ring.name.clone(),
+            member: *m,
+            slot: None,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -997,13 +1367,15 @@ mod tests {
         for h in 1..=n {
             state.step_packet(&s, &packet(h, 1, 1_000_000 + h, startup(h)), &mut fx);
         }
+        state.flush(&mut fx, false);
         (state, fx)
     }
 
     fn round_trip(state: &WorkerState) -> WorkerState {
-        // The encoding the run loop stores in the `worker` table.
-        let bytes = tables::encode_state(state).unwrap();
-        tables::decode_state(&bytes).unwrap()
+        // Every row, encoded as the run loop stores them, applied as Raft applies them,
+        // and read back as a new leader does.
+        let queue = tables::tests::queue_with(&state.all_rows());
+        tables::load_state(&queue, *state.engine.config()).unwrap()
     }
 
     #[test]
@@ -1018,7 +1390,10 @@ mod tests {
             .commands
             .iter()
             .all(|c| state.hosts.contains_key(&c.to.0)));
-        assert_eq!(state.ring_names, BTreeSet::from(["flat".to_string()]));
+        assert_eq!(
+            state.rings.keys().collect::<Vec<_>>(),
+            vec![&"flat".to_string()]
+        );
     }
 
     #[test]
@@ -1078,11 +1453,71 @@ mod tests {
         }
         state.step_tick(&s, 20_000_000, &mut a);
         replica.step_tick(&s, 20_000_000, &mut b);
+        state.flush(&mut a, false);
+        replica.flush(&mut b, false);
         assert_eq!(a.changes, b.changes);
         assert_eq!(a.commands, b.commands);
-        assert_eq!(
-            tables::encode_state(&state).unwrap(),
-            tables::encode_state(&round_trip(&replica)).unwrap()
+        assert_eq!(state, replica);
+        assert_eq!(state, round_trip(&replica));
+    }
+
+    #[test]
+    fn a_state_mid_investigation_survives_its_rows() {
+        let s = settings();
+        let (mut state, _) = started(6);
+        let mut fx = Effects::default();
+        // One watcher of 3 reported it: a suspect waiting for corroboration.
+        state.step_packet(
+            &s,
+            &packet(
+                2,
+                2,
+                10_000_000,
+                ReportBody::HbDead {
+                    peer: HostId(3),
+                    last_seen_us: 0,
+                },
+            ),
+            &mut fx,
         );
+        state.flush(&mut fx, false);
+        assert_eq!(
+            state.engine.host_state(HostId(3)),
+            fsm::HostState::Suspected
+        );
+        assert_eq!(state, round_trip(&state));
+        // The window runs out: probes are out.
+        state.step_tick(&s, 20_000_000, &mut fx);
+        state.flush(&mut fx, false);
+        assert_eq!(
+            state.engine.host_state(HostId(3)),
+            fsm::HostState::Investigating
+        );
+        assert!(!fx.probes.is_empty());
+        let mut copy = round_trip(&state);
+        assert_eq!(state, copy);
+        // Both decide the same from here on.
+        let mut a = Effects::default();
+        let mut b = Effects::default();
+        for at in [21_000_000, 25_000_000, 40_000_000] {
+            state.step_tick(&s, at, &mut a);
+            copy.step_tick(&s, at, &mut b);
+        }
+        state.flush(&mut a, false);
+        copy.flush(&mut b, false);
+        assert_eq!(a.changes, b.changes);
+        assert_eq!(a.commands, b.commands);
+        assert_eq!(a.probes, b.probes);
+        assert_eq!(state, copy);
+    }
+
+    #[test]
+    fn a_tick_that_fires_nothing_changes_no_row() {
+        let s = settings();
+        let (mut state, _) = started(5);
+        let mut fx = Effects::default();
+        state.step_tick(&s, 50_000_000, &mut fx);
+        state.flush(&mut fx, false);
+        assert!(fx.changes.is_empty(), "{:?}", fx.changes);
     }
 }

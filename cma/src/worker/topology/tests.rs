@@ -113,7 +113,7 @@ fn undeclared_switches_and_gateway_routers_are_learned() {
     assert_eq!(ring(&state, &s, "lab-sw1"), vec![11, 12, 13]);
     assert_eq!(ring(&state, &s, "lab-sw2"), vec![21, 22, 23]);
     assert_eq!(
-        state.ring_names,
+        state.rings.keys().cloned().collect::<BTreeSet<String>>(),
         BTreeSet::from([
             "switch:lab-sw1".to_string(),
             "switch:lab-sw2".to_string(),
@@ -142,17 +142,29 @@ fn undeclared_switches_and_gateway_routers_are_learned() {
     assert_eq!(view.routers.len(), 2);
     assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
     assert!(view.unplaced.is_empty());
-    // The last row written is that view.
-    let last = fx
-        .changes
-        .iter()
-        .rev()
-        .find_map(|c| match c {
-            Change::Topology(v) => Some(v.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(last, view);
+    // The rows written are that view.
+    assert_eq!(written(&fx), (view.switches.clone(), view.routers.clone()));
+}
+
+/// The switch and router rows as the changes leave them (last write wins).
+fn written(fx: &Effects) -> (Vec<SwitchView>, Vec<RouterView>) {
+    let mut switches = std::collections::BTreeMap::new();
+    let mut routers = std::collections::BTreeMap::new();
+    for c in &fx.changes {
+        match c {
+            Change::TopologySwitch(name, v) => {
+                switches.insert(name.clone(), v.clone());
+            }
+            Change::TopologyRouter(name, v) => {
+                routers.insert(name.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    (
+        switches.into_values().flatten().collect(),
+        routers.into_values().flatten().collect(),
+    )
 }
 
 #[test]
@@ -307,27 +319,32 @@ fn lldpctl_at_start_up_is_the_fallback() {
 }
 
 #[test]
-fn state_with_learned_topology_survives_a_round_trip() {
+fn state_with_learned_topology_survives_its_rows() {
     let s = settings(SwitchMap::default());
     let (state, _) = zero_config(&s);
-    let bytes = crate::worker::tables::encode_state(&state).unwrap();
-    let back = crate::worker::tables::decode_state(&bytes).unwrap();
+    let writes = state
+        .all_rows()
+        .iter()
+        .map(crate::worker::tables::encode)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let mut queue = crate::raft::queue_state::QueueState::new(Default::default());
+    queue.apply(queue::Command::Apply {
+        consumer: crate::worker::CONSUMER.into(),
+        offset: None,
+        writes,
+    });
+    let back = crate::worker::tables::load_state(&queue, fsm::Config::default()).unwrap();
     assert_eq!(back.learned, state.learned);
-    // A state written before topology learning existed still loads.
-    let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    old.as_object_mut().unwrap().remove("learned");
-    let old = serde_json::to_vec(&old).unwrap();
-    assert_eq!(
-        crate::worker::tables::decode_state(&old).unwrap().learned,
-        Learned::default()
-    );
+    let differences = back.differences(&state);
+    assert!(differences.is_empty(), "{differences:?}");
 }
 
 #[test]
 fn gateways_sharing_a_mac_are_one_router() {
     let s = settings(SwitchMap::default());
-    let (mut state, _) = zero_config(&s);
-    let mut fx = Effects::default();
+    // One effects list from the start, so it holds every topology row written.
+    let (mut state, mut fx) = zero_config(&s);
     // Every host learns its gateway's MAC: both subnets' gateways answer with one MAC.
     let mut t = 50_000_000;
     for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
@@ -355,12 +372,8 @@ fn gateways_sharing_a_mac_are_one_router() {
         assert_eq!(topo.router_of(&fsm::SwitchId(sw.into())), Some(&r), "{sw}");
     }
     let view = state.topology_view(&s);
-    // Operators see it: the last topology row written is that view.
-    let last = fx.changes.iter().rev().find_map(|c| match c {
-        Change::Topology(v) => Some(v.clone()),
-        _ => None,
-    });
-    assert_eq!(last, Some(view.clone()));
+    // Operators see it: the rows written are that view.
+    assert_eq!(written(&fx), (view.switches.clone(), view.routers.clone()));
     assert_eq!(view.routers.len(), 1, "{view:?}");
     assert_eq!(view.routers[0].switches, vec!["lab-sw1", "lab-sw2"]);
     assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
