@@ -179,7 +179,9 @@ impl Engine {
             }
             Event::HbDead { at, reporter, peer } => {
                 if reporter != peer {
-                    let was_open = self.is_open(peer);
+                    // A check is not a suspicion yet: a report during it starts one (K5),
+                    // which correlates like any first report.
+                    let was_open = self.is_open(peer) && !self.in_check(peer);
                     // A report after the window ends it like a Tick (row S3a before S3).
                     if let Some((switch, from)) = self.lone_check(peer, at, Some(reporter)) {
                         self.open_lone_case(peer, switch, from, at, &mut out);
@@ -227,6 +229,11 @@ impl Engine {
                 }
                 _ => {}
             },
+            Event::Check { at, host, from } => {
+                if host != from {
+                    self.dispatch(host, Input::Check { at, from }, &mut out);
+                }
+            }
             Event::Tick { now } => self.tick(now, &mut out),
         }
         out
@@ -292,6 +299,10 @@ impl Engine {
             self.hosts.get(&host).map(|m| m.state()),
             Some(State::Suspected {} | State::Investigating {} | State::Grouped {})
         )
+    }
+
+    fn in_check(&self, host: HostId) -> bool {
+        self.hosts.get(&host).is_some_and(|m| m.inner().check)
     }
 
     fn is_healthy(&self, host: HostId) -> bool {
@@ -561,7 +572,9 @@ impl Engine {
                 set.iter()
                     .copied()
                     .filter(|h| {
+                        // A check (row K1) is no suspicion: nobody reported it.
                         self.timed.contains(h)
+                            && !self.in_check(*h)
                             && self.topology.switch_of(*h) == Some(&switch)
                             && self
                                 .hosts

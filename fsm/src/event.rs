@@ -66,6 +66,20 @@ pub enum Event {
         /// Whether the target answered.
         reachable: bool,
     },
+    /// Check `host` at once with a probe from `from`, without waiting for a report: the
+    /// CMA suspects it because a ring neighbour died next to it and nobody on that side
+    /// reported (a block of consecutive hosts may be down; docs/worker.md, "block
+    /// sweeps"). Only a host in `watching` is checked (row K1): an unreachable answer is a
+    /// `Dead` verdict (K2), an answer or no answer at all (the probe may have been refused
+    /// by the probe limiter) ends the check without any verdict (K3, K4).
+    Check {
+        /// Queue timestamp (µs).
+        at: u64,
+        /// The host to check.
+        host: HostId,
+        /// The live host that probes it (the watcher on the edge of the silent block).
+        from: HostId,
+    },
     /// Time passes (µs, from queue/Raft entries): fires deadlines.
     Tick {
         /// Current time (µs).
@@ -82,7 +96,8 @@ impl Event {
             | Event::HbLate { at, .. }
             | Event::HbBackAlive { at, .. }
             | Event::HbShutdown { at, .. }
-            | Event::ProbeResult { at, .. } => Some(*at),
+            | Event::ProbeResult { at, .. }
+            | Event::Check { at, .. } => Some(*at),
             Event::Tick { now } => Some(*now),
         }
     }

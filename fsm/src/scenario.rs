@@ -18,6 +18,7 @@
 //! 1000 late 2 3                # HbLate
 //! 1500 alive 2 3               # HbBackAlive
 //! 2000 shutdown 3              # HbShutdown from host 3
+//! 3000 check 2 4               # Check: host 2 probes host 4 at once (block sweep)
 //! 4000 tick                    # Tick{now: 4000 ms}
 //! expect dead 3                # a verdict expected, in order of emission (see
 //!                              # `VerdictKind`'s Display: `linkfault 2 3`, `isolated 2`,
@@ -188,6 +189,11 @@ pub fn run_with(text: &str, config: Config) -> Result<Outcome, ScenarioError> {
                         at,
                         host: host(words.get(2).copied()).map_err(err)?,
                     },
+                    (Some("check"), 4) => Event::Check {
+                        at,
+                        from: host(words.get(2).copied()).map_err(err)?,
+                        host: host(words.get(3).copied()).map_err(err)?,
+                    },
                     (Some(kind @ ("dead" | "late" | "alive")), 4) => {
                         let reporter = host(words.get(2).copied()).map_err(err)?;
                         let peer = host(words.get(3).copied()).map_err(err)?;
@@ -199,7 +205,7 @@ pub fn run_with(text: &str, config: Config) -> Result<Outcome, ScenarioError> {
                     }
                     _ => {
                         return Err(err(
-                            "expected `MS tick|shutdown H|dead|late|alive R P`".into()
+                            "expected `MS tick|shutdown H|dead|late|alive|check R P`".into()
                         ))
                     }
                 };

@@ -54,6 +54,11 @@ pub enum Input {
     Tick {
         now: u64,
     },
+    /// Check the host at once with a probe from `from` (rows K1-K6).
+    Check {
+        at: u64,
+        from: HostId,
+    },
     /// A switch/router investigation takes this suspicion over. `lone`: it is the switch
     /// check of row S3a, opened after the corroboration window ran out.
     Claim {
@@ -141,6 +146,10 @@ pub struct Suspect {
     /// release goes straight to host probes (row G2b), not to a fresh window.
     #[serde(default)]
     pub(crate) window_spent: bool,
+    /// The open investigation is a check (row K1): no report started it, so only an
+    /// explicit "unreachable" makes a verdict; an answer or no answer ends it silently.
+    #[serde(default)]
+    pub(crate) check: bool,
 }
 
 impl Suspect {
@@ -156,6 +165,7 @@ impl Suspect {
             last_alive: 0,
             switch_checked: false,
             window_spent: false,
+            check: false,
         }
     }
 
@@ -262,7 +272,45 @@ impl Suspect {
         }
     }
 
+    /// Row K1: a check probes the host from `from` alone.
+    fn start_check(&mut self, ctx: &mut Ctx, at: u64, from: HostId) {
+        self.since = at;
+        self.reporter = from;
+        self.evidence.clear();
+        self.probes.clear();
+        self.switch_checked = false;
+        self.window_spent = false;
+        self.check = true;
+        let deadline = at + ctx.probe_timeout_us;
+        self.probe_deadline = deadline;
+        let id = ctx.probe(from, self.host, deadline);
+        self.probes.push(ProbeSlot {
+            role: Role::SuspectFromReporter,
+            id,
+            from,
+            target: self.host,
+            result: None,
+        });
+    }
+
+    /// Rows K2-K4: only probes that all answered "unreachable" make a `Dead` verdict; an
+    /// answer, or a probe that never reported (refused by the probe limiter, prober
+    /// gone), ends the check without a verdict, since nothing but the check suspected the
+    /// host and its new watchers will report it if it is down.
+    fn end_check(&mut self, ctx: &mut Ctx, at: u64) -> State {
+        self.check = false;
+        let dead = !self.probes.is_empty() && self.probes.iter().all(|p| p.result == Some(false));
+        if dead {
+            self.conclude(ctx, at)
+        } else {
+            self.probes.clear();
+            self.evidence.clear();
+            State::watching()
+        }
+    }
+
     fn leave(&mut self, ctx: &mut Ctx, at: u64) -> State {
+        self.check = false;
         if let Some(alarm) = self.alarm.take() {
             ctx.released_alarms.push((alarm, at));
         }
@@ -297,6 +345,10 @@ impl Suspect {
                 self.alarm = Some(*verdict);
                 Transition(State::down())
             }
+            Input::Check { at, from } if *from != self.host && *at >= self.last_alive => {
+                self.start_check(context, *at, *from);
+                Transition(State::investigating())
+            }
             _ => Handled,
         }
     }
@@ -316,10 +368,12 @@ impl Suspect {
             Input::Covered { verdict } => {
                 self.probes.clear();
                 self.evidence.clear();
+                self.check = false;
                 self.alarm = Some(*verdict);
                 Transition(State::down())
             }
             Input::Claim { lone } => {
+                self.check = false;
                 self.probes.clear();
                 self.switch_checked = true;
                 self.window_spent |= *lone;
@@ -379,14 +433,35 @@ impl Suspect {
                     return Handled;
                 }
                 slot.result = Some(*reachable);
-                if self.probes.iter().all(|p| p.result.is_some()) {
-                    Transition(self.conclude(context, *at))
-                } else {
+                if !self.probes.iter().all(|p| p.result.is_some()) {
                     Handled
+                } else if self.check {
+                    Transition(self.end_check(context, *at))
+                } else {
+                    Transition(self.conclude(context, *at))
                 }
+            }
+            Input::Tick { now } if *now >= self.probe_deadline && self.check => {
+                Transition(self.end_check(context, *now))
             }
             Input::Tick { now } if *now >= self.probe_deadline => {
                 Transition(self.conclude(context, *now))
+            }
+            // Row K5: a watcher's report during a check starts an ordinary suspicion (its
+            // window, then the probes of S3); the check's probe is dropped.
+            Input::Dead { at, reporter } if self.check && *at >= self.last_alive => {
+                self.check = false;
+                self.start_suspicion(*at, *reporter);
+                Transition(State::suspected())
+            }
+            // Row K6: the host is heard during a check: it ends without a verdict, since
+            // no alarm was ever raised.
+            Input::Alive { at, .. } if self.check => {
+                self.last_alive = self.last_alive.max(*at);
+                self.check = false;
+                self.probes.clear();
+                self.evidence.clear();
+                Transition(State::watching())
             }
             _ => Super,
         }

@@ -21,6 +21,8 @@ enum Op {
     Alive(usize, usize),
     Shutdown(usize),
     Tick,
+    /// The worker's block sweep checks host b from host a.
+    Check(usize, usize),
     /// Answer the k-th outstanding probe.
     Answer(usize, bool),
 }
@@ -50,6 +52,7 @@ fn step(n: usize) -> impl Strategy<Value = Step> {
         2 => (0..n, 0..n).prop_map(|(a, b)| Op::Alive(a, b)),
         1 => (0..n).prop_map(Op::Shutdown),
         2 => Just(Op::Tick),
+        1 => (0..n, 0..n).prop_map(|(a, b)| Op::Check(a, b)),
         3 => (0usize..8, any::<bool>()).prop_map(|(k, r)| Op::Answer(k, r)),
     ];
     (0u64..1500, 0u64..300, op).prop_map(|(advance_ms, skew_ms, op)| Step {
@@ -122,6 +125,11 @@ impl Driver {
             },
             Op::Shutdown(a) => Event::HbShutdown { at, host: id(a) },
             Op::Tick => Event::Tick { now: self.clock },
+            Op::Check(a, b) => Event::Check {
+                at,
+                host: id(b),
+                from: id(a),
+            },
             Op::Answer(k, reachable) => {
                 if self.outstanding.is_empty() {
                     return None;
@@ -187,6 +195,22 @@ proptest! {
                 }).collect();
                 let failed_probe = evidence.iter().any(|e| matches!(e, Evidence::Probe { reachable, .. } if *reachable != Some(true)));
                 prop_assert!(reporters.len() >= 2 || failed_probe, "Dead without corroboration: {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_dead_without_a_report_unless_every_probe_said_unreachable((t, steps) in case()) {
+        let (actions, _, _) = run(&t, &steps, false, None);
+        for a in &actions {
+            if let Action::Verdict { kind: VerdictKind::Dead(_), evidence, .. } = a {
+                let reported = evidence.iter().any(|e| matches!(e, Evidence::Report { kind: fsm::ReportKind::Dead, .. }));
+                let probes: Vec<Option<bool>> = evidence.iter().filter_map(|e| match e {
+                    Evidence::Probe { reachable, .. } => Some(*reachable),
+                    _ => None,
+                }).collect();
+                prop_assert!(reported || (!probes.is_empty() && probes.iter().all(|r| *r == Some(false))),
+                    "a check killed a host without an unreachable answer: {a:?}");
             }
         }
     }

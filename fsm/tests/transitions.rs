@@ -732,3 +732,97 @@ fn l3_left_host_behind_a_down_switch_is_covered() {
     let out = e.handle(alive(9000, 13, 6));
     assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(6))]);
 }
+
+fn check(at_ms: u64, from: u64, host: u64) -> Event {
+    Event::Check {
+        at: at_ms * MS,
+        host: h(host),
+        from: h(from),
+    }
+}
+
+/// Starts a check of 4 from 3 at 5000 ms; returns the one probe it orders.
+fn checking(e: &mut Engine) -> (ProbeId, HostId, ProbeTarget) {
+    let ps = probes(&e.handle(check(5000, 3, 4)));
+    assert_eq!(ps.len(), 1, "a check orders exactly one probe");
+    assert_eq!(e.host_state(h(4)), HostState::Investigating);
+    ps[0].clone()
+}
+
+#[test]
+fn k1_check_probes_from_the_given_host_at_once() {
+    let mut e = engine();
+    let (_, from, target) = checking(&mut e);
+    assert_eq!(from, h(3));
+    assert_eq!(target, ProbeTarget::Host(h(4)));
+    // Only a watching host is checked: a suspect, a down host or a second check order
+    // nothing.
+    assert!(probes(&e.handle(check(5100, 5, 4))).is_empty());
+    e.handle(dead(5200, 8, 9));
+    assert!(probes(&e.handle(check(5300, 3, 9))).is_empty());
+    assert_eq!(e.host_state(h(9)), HostState::Suspected);
+    // A host cannot check itself.
+    assert!(probes(&e.handle(check(5400, 9, 9))).is_empty());
+}
+
+#[test]
+fn k2_unreachable_check_is_dead_with_probe_evidence() {
+    let mut e = engine();
+    let (id, _, _) = checking(&mut e);
+    let out = answer(&mut e, 5100, id, false);
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(4))]);
+    assert_eq!(e.host_state(h(4)), HostState::Down);
+    let evidence = out.iter().find_map(|a| match a {
+        Action::Verdict { evidence, .. } => Some(evidence.clone()),
+        _ => None,
+    });
+    assert!(matches!(
+        evidence.as_deref(),
+        Some([Evidence::Probe {
+            reachable: Some(false),
+            ..
+        }])
+    ));
+}
+
+#[test]
+fn k3_reachable_check_ends_without_verdict() {
+    let mut e = engine();
+    let (id, _, _) = checking(&mut e);
+    let out = answer(&mut e, 5100, id, true);
+    assert!(verdicts(&out).is_empty());
+    assert_eq!(e.host_state(h(4)), HostState::Watching);
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn k4_unanswered_check_ends_without_verdict() {
+    let mut e = engine();
+    checking(&mut e);
+    let out = e.handle(tick(5000 + 4000 + 1));
+    assert!(verdicts(&out).is_empty(), "no answer is not evidence of death");
+    assert_eq!(e.host_state(h(4)), HostState::Watching);
+    assert!(!e.has_open_suspicions());
+}
+
+#[test]
+fn k5_report_during_a_check_starts_an_ordinary_suspicion() {
+    let mut e = engine();
+    let (id, _, _) = checking(&mut e);
+    e.handle(dead(5100, 5, 4));
+    assert_eq!(e.host_state(h(4)), HostState::Suspected);
+    // The check's late answer belongs to nothing any more.
+    assert!(verdicts(&answer(&mut e, 5200, id, false)).is_empty());
+    // A second watcher corroborates within the window: an ordinary Dead (S1).
+    let out = e.handle(dead(5300, 3, 4));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(4))]);
+}
+
+#[test]
+fn k6_heard_during_a_check_ends_it_without_verdict() {
+    let mut e = engine();
+    checking(&mut e);
+    let out = e.handle(alive(5100, 5, 4));
+    assert!(verdicts(&out).is_empty(), "no alarm was raised, so no false alarm either");
+    assert_eq!(e.host_state(h(4)), HostState::Watching);
+}
