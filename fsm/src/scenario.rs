@@ -205,7 +205,7 @@ pub fn run_with(text: &str, config: Config) -> Result<Outcome, ScenarioError> {
                     }
                     _ => {
                         return Err(err(
-                            "expected `MS tick|shutdown H|dead|late|alive|check R P`".into()
+                            "expected `MS tick|shutdown H|dead|late|alive|check R P`".into(),
                         ))
                     }
                 };

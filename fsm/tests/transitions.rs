@@ -800,7 +800,10 @@ fn k4_unanswered_check_ends_without_verdict() {
     let mut e = engine();
     checking(&mut e);
     let out = e.handle(tick(5000 + 4000 + 1));
-    assert!(verdicts(&out).is_empty(), "no answer is not evidence of death");
+    assert!(
+        verdicts(&out).is_empty(),
+        "no answer is not evidence of death"
+    );
     assert_eq!(e.host_state(h(4)), HostState::Watching);
     assert!(!e.has_open_suspicions());
 }
@@ -823,6 +826,9 @@ fn k6_heard_during_a_check_ends_it_without_verdict() {
     let mut e = engine();
     checking(&mut e);
     let out = e.handle(alive(5100, 5, 4));
-    assert!(verdicts(&out).is_empty(), "no alarm was raised, so no false alarm either");
+    assert!(
+        verdicts(&out).is_empty(),
+        "no alarm was raised, so no false alarm either"
+    );
     assert_eq!(e.host_state(h(4)), HostState::Watching);
 }
