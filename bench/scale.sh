@@ -4,7 +4,8 @@
 # For each N it prints: formation time from a cold start, idle leader CPU and Raft bytes/s,
 # Raft bytes per single death, verdict times for a single kill, a random 5 % "rack", a
 # contiguous 5 % block and a declared switch down, `cmactl hosts` / `cmactl failures`
-# latency, leader RSS and data dir size.
+# latency, leader RSS and data dir size; also re-formation after everyone restarts at once,
+# and a 5 % block with the CMA leader SIGKILLed at the same moment (restarted afterwards).
 #
 # Usage: bench/scale.sh N [N...]          e.g. bench/scale.sh 1000 2000 10000
 # Knobs: BUILD=1 (0: use ${CARGO_TARGET_DIR:-target}/release as is), IDLE=20 (s of idle
@@ -43,7 +44,10 @@ apis() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.
 now_us() { date +%s%6N; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 dsize() { du -sb "$1" | cut -f1; }
-leader_id() { apis --json status 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader_id") or 0)' 2>/dev/null || echo 0; }
+# `cmactl status` exits 4 while a failure is open: its JSON is still what we need.
+leader_id() { { apis --json status 2>/dev/null || true; } | python3 -c 'import json,sys
+try: print(json.load(sys.stdin).get("leader_id") or 0)
+except Exception: print(0)'; }
 last_fault_us() { grep '"event":"fault"' "$WORK/sim.jsonl" | tail -1 | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["at_us"])'; }
 formed_count() { grep -c '"event":"formed"' "$WORK/sim.jsonl" || true; }
 wait_formed() { # $1: formed events seen before; prints the seconds of the new one
@@ -186,6 +190,17 @@ TOML
 
     before=$(formed_count); ctl restart-all
     echo "everyone restarts at once (new sessions): re-formed in $(wait_formed "$before") s"
+
+    L=$(leader_id)
+    if [[ $L != 0 ]]; then
+        ctl "kill-block 5 $(( N / 4 + 1 ))"
+        kill -KILL "${PIDS[$((L - 1))]}"
+        leaderkill=$(wait_verdicts dead)
+        echo "5 % block from host $(( N / 4 + 1 )) with the CMA leader (node $L) SIGKILLed at once: last verdict $leaderkill"
+        "$BIN/cma" --config "$WORK/n$L.toml" >>"$WORK/n$L.log" 2>&1 &
+        PIDS[$((L - 1))]=$!
+        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+    fi
 
     L=$(leader_id); LPID=${PIDS[$((L - 1))]}
     hosts_ms=$(latency_ms "$L" --json hosts)

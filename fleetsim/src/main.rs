@@ -177,7 +177,16 @@ impl Runner {
         let at_us = wall_us();
         match control::execute(&mut self.sim, &parsed, now, &mut self.rng, &mut self.out) {
             Ok(done) => {
-                if !done.started.is_empty() {
+                // Anything that brings hosts or paths back: wait for the rings again.
+                let restores = matches!(
+                    parsed,
+                    control::Control::Revive
+                        | control::Control::Restart(_)
+                        | control::Control::RestartAll
+                        | control::Control::SwitchUp(_)
+                        | control::Control::RouterUp(_)
+                );
+                if restores {
                     self.awaiting_formation = Some(now);
                 }
                 emit(json!({
