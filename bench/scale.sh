@@ -11,7 +11,9 @@
 # Knobs: BUILD=1 (0: use ${CARGO_TARGET_DIR:-target}/release as is), IDLE=20 (s of idle
 #        measurement), WAIT=180 (s to wait for a verdict set), FORM_WAIT=900 (s to wait
 #        for formation), HPS=40 (hosts per switch), SPR=16 (switches per router),
-#        KEEP=0 (1: keep the work directory).
+#        KEEP=0 (1: keep the work directory), PHASES="single rack block switch restart
+#        leaderkill" (which fault phases to run; formation, idle and the latency/size
+#        figures are always measured).
 # Needs root (fleetsim binds its socket to the loopback device) and python3.
 # Raft bytes are measured as growth of the leader's data directory (sled files, apparent
 # size): it includes the queue entries (reports) as well as the worker's entries.
@@ -24,6 +26,9 @@ FORM_WAIT=${FORM_WAIT:-900}
 HPS=${HPS:-40}
 SPR=${SPR:-16}
 NET=127.0.81
+PHASES=" ${PHASES:-single rack block switch restart leaderkill} "
+phase() { [[ $PHASES == *" $1 "* ]]; }
+single="-" rack="-" block="-" switch="-"
 if [[ ${BUILD:-1} != 0 ]]; then
     cargo build --release -q -p cma -p packet-reader -p fleetsim -p nanoprobe
 fi
@@ -46,14 +51,14 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 dsize() { du -sb "$1" | cut -f1; }
 # `cmactl status` exits 4 while a failure is open: its JSON is still what we need.
 leader_id() { { apis --json status 2>/dev/null || true; } | python3 -c 'import json,sys
-try: print(json.load(sys.stdin).get("leader_id") or 0)
-except Exception: print(0)'; }
+try: print(json.load(sys.stdin).get("leader_id") or 1)
+except Exception: print(1)'; }
 last_fault_us() { grep '"event":"fault"' "$WORK/sim.jsonl" | tail -1 | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["at_us"])'; }
 formed_count() { grep -c '"event":"formed"' "$WORK/sim.jsonl" || true; }
-wait_formed() { # $1: formed events seen before; prints the seconds of the new one
-    local before=$1 t0=$SECONDS
+wait_formed() { # $1: formed events seen before, $2: timeout (s); prints the seconds of the new one
+    local before=$1 limit=${2:-$FORM_WAIT} t0=$SECONDS
     while (( $(formed_count) <= before )); do
-        (( SECONDS - t0 > FORM_WAIT )) && { echo "timeout"; return; }
+        (( SECONDS - t0 > limit )) && { echo "timeout (${limit}s)"; return; }
         sleep 0.5
     done
     grep '"event":"formed"' "$WORK/sim.jsonl" | tail -1 | python3 -c 'import json,sys; print("%.1f" % json.loads(sys.stdin.read())["seconds"])'
@@ -163,43 +168,60 @@ TOML
     idle_bps=$(( (s1 - s0) / IDLE ))
     echo "idle leader (node $L): CPU $idle_cpu % of a core, data dir growth $idle_bps bytes/s over ${IDLE}s"
 
-    mid=$(( N / 2 + 1 ))
-    s0=$(dsize "$WORK/data$L")
-    ctl "kill $mid"
-    single=$(wait_verdicts dead)
-    sleep 5
-    s1=$(dsize "$WORK/data$L")
-    echo "single kill (host $mid): verdict $single; leader data dir +$(( s1 - s0 )) bytes (kill to verdict + 5 s)"
-    before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+    if phase single; then
+        mid=$(( N / 2 + 1 ))
+        s0=$(dsize "$WORK/data$L")
+        ctl "kill $mid"
+        single=$(wait_verdicts dead)
+        sleep 5
+        s1=$(dsize "$WORK/data$L")
+        echo "single kill (host $mid): verdict $single; leader data dir +$(( s1 - s0 )) bytes (kill to verdict + 5 s)"
+        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before" "$WAIT") s"
+    fi
 
-    ctl "kill-random 5"
-    rack=$(wait_verdicts dead)
-    echo "random 5 % rack: last verdict $rack"
-    before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+    if phase rack; then
+        ctl "kill-random 5"
+        rack=$(wait_verdicts dead)
+        echo "random 5 % rack: last verdict $rack"
+        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before" "$WAIT") s"
+    fi
 
-    ctl "kill-block 5"
-    block=$(wait_verdicts dead)
-    echo "contiguous 5 % block: last verdict $block"
-    before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+    if phase block; then
+        ctl "kill-block 5"
+        block=$(wait_verdicts dead)
+        echo "contiguous 5 % block: last verdict $block"
+        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before" "$WAIT") s"
+    fi
 
-    sw=$(( (N / 2) / HPS ))
-    ctl "switch-down sw$sw"
-    switch=$(wait_verdicts switch_down)
-    echo "switch sw$sw down: verdict $switch"
-    before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+    if phase switch; then
+        sw=$(( (N / 2) / HPS ))
+        ctl "switch-down sw$sw"
+        switch_at=$(last_fault_us)
+        switch=$(wait_verdicts switch_down)
+        echo "switch sw$sw down: verdict $switch"
+        before=$(formed_count); ctl revive; echo "switch back up, re-formed in $(wait_formed "$before" "$WAIT") s"
+        sleep 10
+        apis --json failures --all > "$WORK/failures.json" 2>/dev/null || true
+        echo "dead verdicts since the switch failed (every host was alive): $(python3 -c '
+import json, sys
+rows = json.load(open(sys.argv[1])); at = int(sys.argv[2])
+print(sum(1 for r in rows if r.get("kind") == "dead" and r.get("at_us", 0) >= at))' "$WORK/failures.json" "$switch_at")"
+    fi
 
-    before=$(formed_count); ctl restart-all
-    echo "everyone restarts at once (new sessions): re-formed in $(wait_formed "$before") s"
+    if phase restart; then
+        before=$(formed_count); ctl restart-all
+        echo "everyone restarts at once (new sessions): re-formed in $(wait_formed "$before") s"
+    fi
 
     L=$(leader_id)
-    if [[ $L != 0 ]]; then
+    if phase leaderkill; then
         ctl "kill-block 5 $(( N / 4 + 1 ))"
         kill -KILL "${PIDS[$((L - 1))]}"
         leaderkill=$(wait_verdicts dead)
         echo "5 % block from host $(( N / 4 + 1 )) with the CMA leader (node $L) SIGKILLed at once: last verdict $leaderkill"
         "$BIN/cma" --config "$WORK/n$L.toml" >>"$WORK/n$L.log" 2>&1 &
         PIDS[$((L - 1))]=$!
-        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before") s"
+        before=$(formed_count); ctl revive; echo "revived, re-formed in $(wait_formed "$before" "$WAIT") s"
     fi
 
     L=$(leader_id); LPID=${PIDS[$((L - 1))]}
