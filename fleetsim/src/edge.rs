@@ -7,7 +7,8 @@
 //! lo`: nothing from another interface reaches it) receives for all of them. `IP_PKTINFO`
 //! tells the destination address of each datagram (which host it is for) and sets the
 //! source address of each datagram sent (so the packet-reader's ACK and the CMA's commands
-//! come back to the right host). Needs root (or CAP_NET_RAW) for `SO_BINDTODEVICE`.
+//! come back to the right host). `SO_BINDTODEVICE` on a fresh socket is allowed to any user
+//! since Linux 5.7; older kernels need root or CAP_NET_RAW.
 
 use nix::libc;
 use nix::sys::socket::{
@@ -58,7 +59,7 @@ impl Edge {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(io("socket"))?;
         socket
             .bind_device(Some(b"lo"))
-            .map_err(io("SO_BINDTODEVICE lo (needs root or CAP_NET_RAW)"))?;
+            .map_err(io("SO_BINDTODEVICE lo (before Linux 5.7: needs root or CAP_NET_RAW)"))?;
         // The kernel caps it at net.core.rmem_max; a smaller buffer only means drops,
         // which the hosts' retransmissions and the CMA's resends cover.
         let _ = socket.set_recv_buffer_size(recv_buffer);
