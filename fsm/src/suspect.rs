@@ -191,13 +191,20 @@ impl Suspect {
         ev
     }
 
-    fn start_suspicion(&mut self, at: u64, reporter: HostId) {
+    /// Clears what a previous suspicion left: a new one (or a check) starts at `at`, with
+    /// `reporter` as its first reporter (for a check: the prober).
+    fn reset(&mut self, at: u64, reporter: HostId) {
         self.since = at;
         self.reporter = reporter;
         self.evidence.clear();
         self.probes.clear();
         self.switch_checked = false;
         self.window_spent = false;
+        self.check = false;
+    }
+
+    fn start_suspicion(&mut self, at: u64, reporter: HostId) {
+        self.reset(at, reporter);
         self.report(at, reporter, ReportKind::Dead);
     }
 
@@ -274,12 +281,7 @@ impl Suspect {
 
     /// Row K1: a check probes the host from `from` alone.
     fn start_check(&mut self, ctx: &mut Ctx, at: u64, from: HostId) {
-        self.since = at;
-        self.reporter = from;
-        self.evidence.clear();
-        self.probes.clear();
-        self.switch_checked = false;
-        self.window_spent = false;
+        self.reset(at, from);
         self.check = true;
         let deadline = at + ctx.probe_timeout_us;
         self.probe_deadline = deadline;
@@ -450,7 +452,6 @@ impl Suspect {
             // Row K5: a watcher's report during a check starts an ordinary suspicion (its
             // window, then the probes of S3); the check's probe is dropped.
             Input::Dead { at, reporter } if self.check && *at >= self.last_alive => {
-                self.check = false;
                 self.start_suspicion(*at, *reporter);
                 Transition(State::suspected())
             }

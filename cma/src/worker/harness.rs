@@ -232,6 +232,7 @@ mod tests {
     use crate::worker::views::{FailureKind, FailureState, HostStatus};
     use fsm::{Evidence, ReportKind};
     use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
+    use std::collections::BTreeSet;
 
     const TICK_MS: u64 = 200;
 
@@ -475,5 +476,115 @@ mod tests {
         )));
         assert_eq!(verdicts(&h, "verdict.switch_down"), 1);
         assert_eq!(verdicts(&h, "verdict.dead"), 0, "no per-host alarms");
+    }
+
+    /// A world for the harness in simulated time: hosts in `down` are dead; a live host
+    /// told to expect heartbeats from a dead peer reports it dead one deadtime later; a
+    /// probe is answered as the real nanoprobe would (reachable at once, or a timeout
+    /// after `timeout_ms`). Runs until every host in `down` has a dead verdict, or
+    /// `limit_ms` passed; returns the simulated time that took (ms from now).
+    fn run_world(
+        h: &mut Harness,
+        down: &BTreeSet<u64>,
+        initial: Vec<(u64, u64)>,
+        limit_ms: u64,
+    ) -> u64 {
+        let deadtime_us = u64::from(HbTimings::default().deadtime_ms) * 1000;
+        let start = h.now_us;
+        let mut due: Vec<(u64, u64, ReportBody)> = initial
+            .into_iter()
+            .map(|(reporter, peer)| (start + deadtime_us, reporter, dead(peer)))
+            .collect();
+        let mut seen = h.sent.len();
+        while h.now_us < start + limit_ms * 1000 {
+            h.advance_ms(TICK_MS);
+            let now = h.now_us;
+            let (ready, later): (Vec<_>, Vec<_>) = due.into_iter().partition(|(t, _, _)| *t <= now);
+            due = later;
+            for (_, host, body) in ready {
+                h.report(host, body);
+            }
+            h.drain();
+            h.turn(true);
+            for c in &h.sent[seen..] {
+                if down.contains(&c.to.0) {
+                    continue;
+                }
+                match &c.command.body {
+                    CommandBody::SendExpectHb { peers, .. } => {
+                        for p in peers.iter().filter(|p| down.contains(&p.host.0)) {
+                            due.push((now + deadtime_us, c.to.0, dead(p.host.0)));
+                        }
+                    }
+                    CommandBody::DoProbe {
+                        probe_id,
+                        targets,
+                        kind,
+                        timeout_ms,
+                    } => {
+                        for t in targets {
+                            let dead_target = t.host.is_some_and(|x| down.contains(&x.0));
+                            let (at, outcome) = if dead_target {
+                                (now + u64::from(*timeout_ms) * 1000, ProbeOutcome::Timeout)
+                            } else {
+                                (now + 1000, ProbeOutcome::Reachable)
+                            };
+                            let result = proto::ProbeResult {
+                                probe_id: *probe_id,
+                                target: t.clone(),
+                                kind: *kind,
+                                outcome,
+                                rtt_us: None,
+                            };
+                            due.push((at, c.to.0, ReportBody::ProbeResult(result)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            seen = h.sent.len();
+            let dead_rows = h
+                .hosts()
+                .iter()
+                .filter(|r| r.status == HostStatus::Dead)
+                .count();
+            if dead_rows >= down.len() {
+                return (h.now_us - start) / 1000;
+            }
+        }
+        limit_ms
+    }
+
+    #[test]
+    fn a_block_of_consecutive_dead_hosts_is_found_in_parallel() {
+        let mut h = cluster(120, SwitchMap::default());
+        h.sent.clear();
+        // 40 consecutive hosts of the flat ring die; only 19 and 60 have live watchers
+        // (19 watches 20, 60 watches 59).
+        let down: BTreeSet<u64> = (20..=59).collect();
+        let took_ms = run_world(&mut h, &down, vec![(19, 20), (60, 59)], 120_000);
+        let failures = h.failures();
+        let dead: BTreeSet<u64> = failures
+            .iter()
+            .filter(|f| f.kind == FailureKind::Dead)
+            .flat_map(|f| f.hosts.iter().copied())
+            .collect();
+        assert_eq!(dead, down, "every host of the block, and no live host");
+        assert!(
+            failures.iter().all(|f| f.kind == FailureKind::Dead),
+            "no other verdict: {failures:?}"
+        );
+        // One host per end every deadtime + window + probe (about 7 s) would take 140 s;
+        // the sweep needs the first verdicts (deadtime 3 s + window 2 s + probe 1 s) and
+        // then one round of checks per end (16 hosts, then the rest).
+        eprintln!("block of {} found after {took_ms} ms", down.len());
+        assert!(took_ms <= 12_000, "block found after {took_ms} ms");
+        // The ring healed around the block: 19 and 60 watch each other.
+        assert_eq!(h.host(19).watchers, vec![18, 60]);
+        // Sweep checks of live hosts (beyond the block's ends) left no verdict, and
+        // nothing stays open.
+        h.run_for(10_000, TICK_MS);
+        assert_eq!(h.failures().len(), down.len());
+        assert!(h.leader.state.sweeps.is_empty());
     }
 }

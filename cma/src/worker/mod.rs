@@ -6,6 +6,7 @@
 //! - [`run`]: the I/O shell (leadership, Raft proposals, commands, sinks).
 //! - [`commander`] / [`outbox`]: reliable command delivery.
 //! - [`probe_limit`]: probe budget and rate limit.
+//! - [`sweep`]: block sweeps (a block of consecutive dead hosts found in parallel).
 //! - [`views`] / [`api`]: the rows operators read, and their HTTP routes.
 //! - [`tables`]: table names, keys and encodings of those rows (the edge; nothing else
 //!   chooses them).
@@ -23,6 +24,7 @@ pub(crate) mod probe_limit;
 pub mod rings;
 pub mod run;
 pub(crate) mod state;
+pub(crate) mod sweep;
 pub(crate) mod tables;
 pub mod views;
 

@@ -29,8 +29,10 @@ impl Default for ProbeLimitConfig {
     fn default() -> Self {
         ProbeLimitConfig {
             per_investigation: 8,
-            per_second: 50.0,
-            burst: 200,
+            per_second: 100.0,
+            // A block sweep checks up to two rounds of 256 hosts at once (one per end of
+            // the block; `super::sweep`): the burst covers them with room to spare.
+            burst: 1000,
             budget_window_ms: 60_000,
         }
     }

@@ -10,6 +10,7 @@
 
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
+use super::sweep::{Direction, Standing, Sweep};
 use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
 use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
@@ -145,6 +146,13 @@ pub struct WorkerState {
     pub now_us: u64,
     /// Events up to this id were handed to the sinks.
     pub published_upto: u64,
+    /// Block sweeps in progress ([`super::sweep`]).
+    #[serde(default)]
+    pub sweeps: Vec<Sweep>,
+    /// A verdict changed ring membership during this step: replan once at its end (a
+    /// block of hundreds of verdicts in one step replans once, not hundreds of times).
+    #[serde(skip)]
+    replan_due: bool,
 }
 
 /// Effects of one or several steps, to commit (changes) and then carry out.
@@ -193,6 +201,8 @@ impl WorkerState {
             ring_names: BTreeSet::new(),
             now_us: 0,
             published_upto: 0,
+            sweeps: Vec::new(),
+            replan_due: false,
         }
     }
 
@@ -203,6 +213,11 @@ impl WorkerState {
 
     /// Processes one queue entry.
     pub fn step_packet(&mut self, s: &WorkerSettings, packet: &QueuedPacket, fx: &mut Effects) {
+        self.packet(s, packet, fx);
+        self.end_step(s, fx);
+    }
+
+    fn packet(&mut self, s: &WorkerSettings, packet: &QueuedPacket, fx: &mut Effects) {
         let now = self.advance(packet.received_at_us);
         let verified = match proto::decode_verified(&packet.datagram) {
             Ok(v) => v,
@@ -363,6 +378,122 @@ impl WorkerState {
         let now = self.advance(now_us);
         let actions = self.engine.handle(fsm::Event::Tick { now });
         self.apply_actions(s, actions, fx);
+        self.end_step(s, fx);
+    }
+
+    /// What every step ends with: sweep rounds move on, and rings heal once.
+    fn end_step(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        self.advance_sweeps(s, fx);
+        if std::mem::take(&mut self.replan_due) {
+            self.replan(s, fx);
+        }
+    }
+
+    /// How a sweep sees `host`.
+    fn standing(&self, host: u64) -> Standing {
+        match self.hosts.get(&host).map(|h| h.status) {
+            Some(HostStatus::Dead) => Standing::Dead,
+            Some(HostStatus::Up) => match self.engine.host_state(HostId(host)) {
+                fsm::HostState::Watching => Standing::Quiet,
+                fsm::HostState::Down => Standing::Dead,
+                fsm::HostState::Left => Standing::Other,
+                _ => Standing::Open,
+            },
+            _ => Standing::Other,
+        }
+    }
+
+    /// The members of the ring of `switch` (up hosts behind it, or of unknown topology
+    /// for `None`), in ring order.
+    fn ring_members(&self, switch: &Option<String>) -> Vec<u64> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| h.status == HostStatus::Up && h.switch == *switch)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// `dead` was just declared dead, reported by `reporters`: each ring neighbour that
+    /// did not report it may be dead too, so a sweep checks the hosts beyond it.
+    fn start_sweeps(
+        &mut self,
+        s: &WorkerSettings,
+        dead: u64,
+        reporters: &BTreeSet<u64>,
+        fx: &mut Effects,
+    ) {
+        // A death found by a sweep's own check: that sweep's next round goes on from it.
+        if self.sweeps.iter().any(|w| w.pending.contains(&dead)) {
+            return;
+        }
+        let Some(switch) = self.hosts.get(&dead).map(|h| h.switch.clone()) else {
+            return;
+        };
+        let members = self.ring_members(&switch);
+        for direction in [Direction::Up, Direction::Down] {
+            let neighbour =
+                super::sweep::round(&members, dead, direction, 1, dead, |_| Standing::Quiet);
+            let Some(&n) = neighbour.first() else {
+                continue;
+            };
+            if reporters.contains(&n) {
+                continue;
+            }
+            let Some(&from) = reporters.iter().find(|r| **r != n) else {
+                continue;
+            };
+            let started = Sweep::start(switch.clone(), &members, dead, direction, from, |h| {
+                self.standing(h)
+            });
+            if let Some((sweep, check)) = started {
+                tracing::info!(
+                    dead,
+                    from,
+                    hosts = check.len(),
+                    ?direction,
+                    "block sweep started"
+                );
+                self.check(s, from, &check, fx);
+                self.sweeps.push(sweep);
+            }
+        }
+    }
+
+    /// Starts the next round of every sweep whose round is over with all its hosts
+    /// dead, and drops finished sweeps.
+    fn advance_sweeps(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        if self.sweeps.is_empty() {
+            return;
+        }
+        let mut sweeps = std::mem::take(&mut self.sweeps);
+        let mut keep = Vec::with_capacity(sweeps.len());
+        for mut sweep in sweeps.drain(..) {
+            match sweep.settle(|h| self.standing(h)) {
+                None => keep.push(sweep),
+                Some(false) => {}
+                Some(true) => {
+                    let members = self.ring_members(&sweep.switch);
+                    let check = sweep.next_round(&members, |h| self.standing(h));
+                    if !check.is_empty() {
+                        self.check(s, sweep.from, &check, fx);
+                        keep.push(sweep);
+                    }
+                }
+            }
+        }
+        self.sweeps = keep;
+    }
+
+    /// fsm checks of `hosts` probed from `from`.
+    fn check(&mut self, s: &WorkerSettings, from: u64, hosts: &[u64], fx: &mut Effects) {
+        for &host in hosts {
+            let actions = self.engine.handle(fsm::Event::Check {
+                at: self.now_us,
+                host: HostId(host),
+                from: HostId(from),
+            });
+            self.apply_actions(s, actions, fx);
+        }
     }
 
     /// A dead or departed host is alive again.
@@ -501,6 +632,17 @@ impl WorkerState {
         fx: &mut Effects,
     ) {
         let name = FailureKind::from(&kind);
+        let reporters: BTreeSet<u64> = evidence
+            .iter()
+            .filter_map(|e| match e {
+                Evidence::Report {
+                    reporter,
+                    kind: fsm::ReportKind::Dead,
+                    ..
+                } => Some(reporter.0),
+                _ => None,
+            })
+            .collect();
         let (subject, hosts): (String, Vec<u64>) = match &kind {
             VerdictKind::Dead(h)
             | VerdictKind::ReporterIsolated(h)
@@ -559,8 +701,10 @@ impl WorkerState {
                     self.open_failures.insert(id, row);
                 }
                 self.set_status(h.0, HostStatus::Dead, at, fx);
-                // Heal the ring around it: its neighbours watch each other.
-                self.replan(s, fx);
+                self.start_sweeps(s, h.0, &reporters, fx);
+                // Heal the ring around it (at the end of the step): its neighbours watch
+                // each other.
+                self.replan_due = true;
             }
             VerdictKind::Left(h) => {
                 self.set_status(h.0, HostStatus::Left, at, fx);

@@ -263,6 +263,9 @@ pub struct Topology {
     pub routers: BTreeMap<String, (String, Ipv4Addr)>,
     /// Loss emulation installed by [`Topology::set_loss`], for the message.
     pub loss_method: Option<&'static str>,
+    /// Whether the CMA config declares the switches and routers (true unless a scenario
+    /// clears it: then every host is in the flat ring, as nobody said where it sits).
+    pub declared: bool,
 }
 
 /// Address of the `i`th CMA node (1-based) on the core segment.
@@ -305,6 +308,7 @@ impl Topology {
             switches: BTreeMap::new(),
             routers: BTreeMap::new(),
             loss_method: None,
+            declared: true,
         };
         let mut k: u8 = 0;
         let mut subnets_of: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
@@ -393,9 +397,13 @@ impl Topology {
         Ok(topo)
     }
 
-    /// The `[[worker.switches]]` and `[[worker.routers]]` of the CMA config.
+    /// The `[[worker.switches]]` and `[[worker.routers]]` of the CMA config (none when
+    /// the topology is not `declared`).
     pub fn worker_topology_toml(&self) -> String {
         let mut text = String::new();
+        if !self.declared {
+            return text;
+        }
         for (name, (_, k, router)) in &self.switches {
             text.push_str(&format!(
                 "\n[[worker.switches]]\nname = \"{name}\"\naddress = \"198.18.{k}.254\"\n\

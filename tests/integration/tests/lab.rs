@@ -292,3 +292,76 @@ fn lab_packet_reader_killed_reports_fail_over() {
         kinds(&all)
     );
 }
+
+/// Issue 14: a block of consecutive hosts dies in a ring nobody declared a switch for (the
+/// CMA config has no `[[switches]]`, so all 12 hosts form the flat ring 11-16, 21-26).
+/// Only the block's two ends have live watchers; the worker's block sweep checks the hosts
+/// beyond the first verdicts in parallel instead of rewiring one neighbour per deadtime.
+#[test]
+fn lab_block_of_consecutive_hosts_is_found_in_parallel() {
+    require_lab!();
+    let mut topo = Topology::build(
+        "bk",
+        &[RouterSpec {
+            name: "r1".into(),
+            switches: vec![
+                switch("sw1", &[11, 12, 13, 14, 15, 16]),
+                switch("sw2", &[21, 22, 23, 24, 25, 26]),
+            ],
+        }],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    topo.declared = false;
+    let mut rw = Ringwatch::start(topo);
+    // 8 consecutive hosts of the flat ring; 11 and 24 are the live ends.
+    let block: [u64; 8] = [12, 13, 14, 15, 16, 21, 22, 23];
+    let killed = now_us();
+    for h in block {
+        rw.kill_host(h);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let dead: Vec<Value> = rw
+            .failures()
+            .into_iter()
+            .filter(|f| f["kind"] == "dead")
+            .collect();
+        if dead.len() >= block.len() {
+            break dead;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {} dead verdicts: {:#?}\n{}",
+            dead.len(),
+            block.len(),
+            kinds(&rw.failures()),
+            rw.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut times: Vec<f64> = dead.iter().map(|f| detection_secs(f, killed)).collect();
+    times.sort_by(f64::total_cmp);
+    settle();
+    let all = rw.failures();
+    let mut named: Vec<u64> = all.iter().flat_map(hosts_of).collect();
+    named.sort_unstable();
+    assert_eq!(named, block.to_vec(), "only the block: {:#?}", kinds(&all));
+    assert!(
+        all.iter().all(|f| f["kind"] == "dead"),
+        "only dead verdicts: {:#?}",
+        kinds(&all)
+    );
+    println!(
+        "lab: block of {} consecutive undeclared hosts killed -> first dead verdict in {:.2} s, \
+         all {} in {:.2} s (one per end per deadtime would take about {} s)",
+        block.len(),
+        times[0],
+        block.len(),
+        times[times.len() - 1],
+        block.len() / 2 * 7
+    );
+    assert!(
+        times[times.len() - 1] < 15.0,
+        "block found too slowly: {times:?}"
+    );
+}

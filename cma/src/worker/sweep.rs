@@ -1,0 +1,308 @@
+//! Block sweeps: finding a block of consecutive dead hosts in parallel (docs/worker.md,
+//! "Block failures").
+//!
+//! In a ring, a host is watched by its two neighbours. When a block of consecutive hosts
+//! dies (a rack, or a switch nobody declared), only the hosts at the block's two ends have
+//! a live watcher. Without help, each verdict rewires one more neighbour to the live
+//! watcher, which then needs a full deadtime, a corroboration window and a probe before the
+//! next verdict: one host per end every 7-10 s.
+//!
+//! A sweep starts when a host is declared dead and one of its ring neighbours did not
+//! report it: that neighbour may be dead too. The worker then checks the hosts beyond the
+//! dead one, in that direction, in rounds: the first round checks [`FIRST_ROUND`] hosts at
+//! once (an fsm `Check`: one probe each, from the live watcher that reported the death),
+//! and while every host of a round is found dead, the next round checks [`GROWTH`] times
+//! as many hosts beyond it (at most [`MAX_ROUND`]). The sweep ends at the first round with
+//! a host that answered, or that nobody could tell (a check without answer gives no
+//! verdict: fsm row K4), or at a host already under suspicion (the sweep from the block's
+//! other end meets it there). A block of 500 hosts is then found in two probe rounds
+//! from each end instead of 250 deadtimes, one after the other.
+//!
+//! Pure: ring order and host states come from the caller.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Hosts checked by a sweep's first round.
+pub const FIRST_ROUND: usize = 16;
+/// How much larger each next round is, while every host of a round was dead.
+pub const GROWTH: usize = 16;
+/// Most hosts one round checks (the probe limiter's burst must cover two such rounds).
+pub const MAX_ROUND: usize = 256;
+
+/// Which way along a ring (rings are ordered by host id, and wrap around).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// Towards higher host ids.
+    Up,
+    /// Towards lower host ids.
+    Down,
+}
+
+/// What a sweep needs to know of a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A ring member nobody suspects: may be checked.
+    Quiet,
+    /// A ring member under suspicion or check: a sweep stops there.
+    Open,
+    /// Declared dead (a round's host that died).
+    Dead,
+    /// Anything else (not in the ring, left, answered): a sweep stops there.
+    Other,
+}
+
+/// One sweep in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sweep {
+    /// The ring's switch (`None`: the flat ring).
+    pub switch: Option<String>,
+    /// Direction away from the live watcher.
+    pub direction: Direction,
+    /// The live host that probes (it reported the death that started the sweep).
+    pub from: u64,
+    /// Hosts of the current round without an outcome yet.
+    pub pending: BTreeSet<u64>,
+    /// Whether every host of the current round that has an outcome died.
+    pub all_dead: bool,
+    /// The farthest host checked so far.
+    pub frontier: u64,
+    /// Size of the current round.
+    pub width: usize,
+}
+
+/// Up to `width` hosts after `start` (excluded) in `direction` along the ring `members`
+/// (sorted ids, wrapping), stopping before the first host that is not quiet, or that is
+/// `from`, or `start` itself (a sweep never laps the ring).
+pub fn round(
+    members: &[u64],
+    start: u64,
+    direction: Direction,
+    width: usize,
+    from: u64,
+    standing: impl Fn(u64) -> Standing,
+) -> Vec<u64> {
+    let n = members.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    // Index of the first member after `start` in the direction (start need not be a member
+    // any more: it may have just died and left the ring).
+    let above = members.partition_point(|m| *m <= start);
+    let below = members.partition_point(|m| *m < start);
+    let mut out = Vec::new();
+    for k in 0..n {
+        let id = match direction {
+            Direction::Up => members[(above + k) % n],
+            Direction::Down => members[(below + n - 1 - k) % n],
+        };
+        if id == start || id == from || out.len() >= width || standing(id) != Standing::Quiet {
+            break;
+        }
+        out.push(id);
+    }
+    out
+}
+
+impl Sweep {
+    /// A sweep of the hosts beyond `dead` in `direction`, probed from `from`; returns it
+    /// with its first round.
+    pub fn start(
+        switch: Option<String>,
+        members: &[u64],
+        dead: u64,
+        direction: Direction,
+        from: u64,
+        standing: impl Fn(u64) -> Standing,
+    ) -> Option<(Sweep, Vec<u64>)> {
+        let check = round(members, dead, direction, FIRST_ROUND, from, standing);
+        let frontier = *check.last()?;
+        let sweep = Sweep {
+            switch,
+            direction,
+            from,
+            pending: check.iter().copied().collect(),
+            all_dead: true,
+            frontier,
+            width: FIRST_ROUND,
+        };
+        Some((sweep, check))
+    }
+
+    /// Looks at the outcomes of the pending hosts: `None` while some are still open,
+    /// then whether every host of the round died.
+    pub fn settle(&mut self, standing: impl Fn(u64) -> Standing) -> Option<bool> {
+        let mut settled = Vec::new();
+        for &h in &self.pending {
+            match standing(h) {
+                Standing::Open => {}
+                Standing::Dead => settled.push(h),
+                Standing::Quiet | Standing::Other => {
+                    self.all_dead = false;
+                    settled.push(h);
+                }
+            }
+        }
+        for h in settled {
+            self.pending.remove(&h);
+        }
+        self.pending.is_empty().then_some(self.all_dead)
+    }
+
+    /// The next round after a round where every host died (`members`: the ring now,
+    /// sorted); empty when there is nothing left to check, which ends the sweep.
+    pub fn next_round(&mut self, members: &[u64], standing: impl Fn(u64) -> Standing) -> Vec<u64> {
+        self.width = (self.width * GROWTH).min(MAX_ROUND);
+        let check = round(
+            members,
+            self.frontier,
+            self.direction,
+            self.width,
+            self.from,
+            standing,
+        );
+        if let Some(&last) = check.last() {
+            self.frontier = last;
+            self.pending = check.iter().copied().collect();
+            self.all_dead = true;
+        }
+        check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn quiet_except(open: &[u64]) -> impl Fn(u64) -> Standing + '_ {
+        move |h| {
+            if open.contains(&h) {
+                Standing::Open
+            } else {
+                Standing::Quiet
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_walk_both_ways_and_wrap() {
+        let ring: Vec<u64> = (1..=10).collect();
+        let q = quiet_except(&[]);
+        assert_eq!(round(&ring, 4, Direction::Up, 3, 99, &q), vec![5, 6, 7]);
+        assert_eq!(round(&ring, 4, Direction::Down, 3, 99, &q), vec![3, 2, 1]);
+        assert_eq!(round(&ring, 9, Direction::Up, 3, 99, &q), vec![10, 1, 2]);
+        assert_eq!(round(&ring, 2, Direction::Down, 3, 99, &q), vec![1, 10, 9]);
+        // The dead host that started the sweep has left the ring already.
+        let without_4: Vec<u64> = ring.iter().copied().filter(|h| *h != 4).collect();
+        assert_eq!(round(&without_4, 4, Direction::Up, 2, 99, &q), vec![5, 6]);
+        assert_eq!(round(&without_4, 4, Direction::Down, 2, 99, &q), vec![3, 2]);
+    }
+
+    #[test]
+    fn rounds_stop_at_the_prober_at_open_hosts_and_never_lap() {
+        let ring: Vec<u64> = (1..=10).collect();
+        assert_eq!(
+            round(&ring, 4, Direction::Up, 100, 8, quiet_except(&[])),
+            vec![5, 6, 7]
+        );
+        assert_eq!(
+            round(&ring, 4, Direction::Up, 100, 99, quiet_except(&[7])),
+            vec![5, 6]
+        );
+        // Around the whole ring back to the start, never twice.
+        let all = round(&ring, 4, Direction::Up, 100, 99, quiet_except(&[]));
+        assert_eq!(all.len(), 9);
+        assert!(round(&[], 4, Direction::Up, 5, 99, quiet_except(&[])).is_empty());
+    }
+
+    /// Simulates a sweep over a ring where `dead` hosts are down, answering every check at
+    /// once; returns the rounds it ran and the hosts it found dead.
+    fn simulate(n: u64, dead: &BTreeSet<u64>, first: u64, from: u64) -> (usize, BTreeSet<u64>) {
+        let mut state: BTreeMap<u64, Standing> = (1..=n).map(|h| (h, Standing::Quiet)).collect();
+        state.insert(first, Standing::Dead);
+        let members = |state: &BTreeMap<u64, Standing>| -> Vec<u64> {
+            state
+                .iter()
+                .filter(|(_, s)| **s != Standing::Dead)
+                .map(|(h, _)| *h)
+                .collect()
+        };
+        let look = |state: &BTreeMap<u64, Standing>, h: u64| {
+            state.get(&h).copied().unwrap_or(Standing::Other)
+        };
+        let (mut sweep, mut check) =
+            Sweep::start(None, &members(&state), first, Direction::Up, from, |h| {
+                look(&state, h)
+            })
+            .unwrap();
+        let mut rounds = 1;
+        let mut found = BTreeSet::new();
+        loop {
+            for h in &check {
+                if dead.contains(h) {
+                    state.insert(*h, Standing::Dead);
+                    found.insert(*h);
+                } else {
+                    state.insert(*h, Standing::Other);
+                }
+            }
+            if sweep.settle(|h| look(&state, h)) != Some(true) {
+                return (rounds, found);
+            }
+            let next = sweep.next_round(&members(&state), |h| look(&state, h));
+            if next.is_empty() {
+                return (rounds, found);
+            }
+            rounds += 1;
+            assert!(rounds < 100, "a sweep must end");
+            // Answered hosts are quiet ring members again.
+            for (_, s) in state.iter_mut() {
+                if *s == Standing::Other {
+                    *s = Standing::Quiet;
+                }
+            }
+            check = next;
+        }
+    }
+
+    #[test]
+    fn a_block_of_250_is_found_in_two_rounds() {
+        // Hosts 501..=750 of 10,000 die; 500 reported 501 dead.
+        let dead: BTreeSet<u64> = (502..=750).collect();
+        let (rounds, found) = simulate(10_000, &dead, 501, 500);
+        assert_eq!(found, dead);
+        assert_eq!(rounds, 2, "16 + 256 hosts");
+        // 2,000 hosts in a row: 16 + 8 rounds of 256.
+        let dead: BTreeSet<u64> = (2..=2_000).collect();
+        let (rounds, found) = simulate(5_000, &dead, 1, 5_000);
+        assert_eq!(found, dead);
+        assert_eq!(rounds, 9);
+    }
+
+    #[test]
+    fn a_live_neighbour_ends_the_sweep_after_one_round() {
+        let (rounds, found) = simulate(100, &BTreeSet::new(), 50, 49);
+        assert_eq!(rounds, 1);
+        assert!(found.is_empty());
+    }
+
+    #[test]
+    fn pending_hosts_hold_the_round() {
+        let ring: Vec<u64> = (1..=10).collect();
+        let (mut sweep, check) =
+            Sweep::start(None, &ring, 4, Direction::Up, 3, quiet_except(&[])).unwrap();
+        assert_eq!(check, vec![5, 6, 7, 8, 9, 10, 1, 2]);
+        // Still under check: no outcome yet.
+        assert_eq!(sweep.settle(quiet_except(&check)), None);
+        // One answered: the round ends, and the sweep with it.
+        assert_eq!(
+            sweep.settle(|h| if h == 5 {
+                Standing::Quiet
+            } else {
+                Standing::Dead
+            }),
+            Some(false)
+        );
+    }
+}
