@@ -57,9 +57,9 @@ impl Edge {
     /// Binds `0.0.0.0:port` on the loopback device only, with `IP_PKTINFO`.
     pub fn bind(port: u16, recv_buffer: usize) -> Result<Edge, EdgeError> {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(io("socket"))?;
-        socket
-            .bind_device(Some(b"lo"))
-            .map_err(io("SO_BINDTODEVICE lo (before Linux 5.7: needs root or CAP_NET_RAW)"))?;
+        socket.bind_device(Some(b"lo")).map_err(io(
+            "SO_BINDTODEVICE lo (before Linux 5.7: needs root or CAP_NET_RAW)",
+        ))?;
         // The kernel caps it at net.core.rmem_max; a smaller buffer only means drops,
         // which the hosts' retransmissions and the CMA's resends cover.
         let _ = socket.set_recv_buffer_size(recv_buffer);
