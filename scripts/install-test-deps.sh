@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Ringwatch's tests and CI need, beyond a Rust toolchain:
-# the network lab (iproute2, ping, nftables), systemd-analyze for the units, a real
+# the network lab (iproute2, ping, nftables, lldpd for the zero-config scenarios), systemd-analyze for the units, a real
 # Alertmanager for the sink's test, dpkg-dev and lintian for the packages, and the Rust
 # tools (cargo-nextest, cargo-fuzz, cargo-deb). README's set-up command and .ci/run both run
 # this script; run it as root or with sudo available.
 set -euo pipefail
 
-PACKAGES=(iproute2 iputils-ping nftables systemd prometheus-alertmanager dpkg-dev lintian)
+PACKAGES=(iproute2 iputils-ping nftables lldpd systemd prometheus-alertmanager dpkg-dev lintian)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -30,6 +30,8 @@ pub struct Config {
     pub reports: ReportsConfig,
     /// The UDP socket.
     pub socket: SocketConfig,
+    /// LLDP/CDP capture (`[lldp]`).
+    pub lldp: LldpConfig,
     /// The Prometheus listener, e.g. "127.0.0.1:9464"; off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// Martian heartbeats reported at most once per sender per this many milliseconds.
@@ -51,6 +53,7 @@ impl Default for Config {
             detection: DetectionConfig::default(),
             reports: ReportsConfig::default(),
             socket: SocketConfig::default(),
+            lldp: LldpConfig::default(),
             metrics_listen: None,
             martian_report_interval_ms: 10_000,
             shutdown_ack_wait_ms: 2_000,
@@ -151,6 +154,46 @@ impl Default for ReportsConfig {
     }
 }
 
+/// LLDP/CDP capture (`[lldp]`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LldpConfig {
+    /// Listen for LLDP and CDP frames on every interface (default true; needs
+    /// `CAP_NET_RAW`, without which the nanoprobe logs it and runs on without).
+    pub enabled: bool,
+    /// Most neighbours remembered (default 16); new ones beyond are dropped and counted
+    /// until one expires.
+    pub max_neighbours: usize,
+    /// Least time between two neighbour reports (default 2000 ms); changes in between
+    /// are coalesced.
+    pub report_interval_ms: u64,
+    /// Longest TTL honoured (default 300 s); a longer announced TTL is cut to it.
+    pub max_ttl_s: u64,
+}
+
+impl Default for LldpConfig {
+    fn default() -> Self {
+        let d = crate::lldp::TableLimits::default();
+        LldpConfig {
+            enabled: true,
+            max_neighbours: d.max_neighbours,
+            report_interval_ms: u64::try_from(d.report_interval.as_millis()).unwrap_or(u64::MAX),
+            max_ttl_s: d.max_ttl.as_secs(),
+        }
+    }
+}
+
+impl LldpConfig {
+    /// As table limits.
+    pub fn limits(self) -> crate::lldp::TableLimits {
+        crate::lldp::TableLimits {
+            max_neighbours: self.max_neighbours,
+            report_interval: Duration::from_millis(self.report_interval_ms),
+            max_ttl: Duration::from_secs(self.max_ttl_s),
+        }
+    }
+}
+
 /// UDP socket options.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,6 +270,22 @@ impl Config {
         if r.queue_bound == 0 || r.failover_after == 0 {
             return Err(ConfigError::Invalid(
                 "reports: queue_bound and failover_after must be > 0".into(),
+            ));
+        }
+        let l = &self.lldp;
+        if l.max_neighbours == 0 || l.max_neighbours > 1024 {
+            return Err(ConfigError::Invalid(
+                "lldp: max_neighbours must be 1..=1024".into(),
+            ));
+        }
+        if l.max_ttl_s == 0 || l.max_ttl_s > 65_535 {
+            return Err(ConfigError::Invalid(
+                "lldp: max_ttl_s must be 1..=65535".into(),
+            ));
+        }
+        if l.report_interval_ms > 600_000 {
+            return Err(ConfigError::Invalid(
+                "lldp: report_interval_ms must be at most 600000".into(),
             ));
         }
         if self.socket.dscp > 63 {

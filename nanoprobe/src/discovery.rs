@@ -70,6 +70,30 @@ pub fn parse_route_table(text: &str) -> Option<IpAddr> {
     None
 }
 
+/// The MAC address of `ip` from the kernel's ARP table (`/proc/net/arp`), if resolved.
+pub fn arp_mac(ip: IpAddr) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp_table(&text, ip)
+}
+
+/// Finds the complete entry of `ip` in the text of `/proc/net/arp`.
+pub fn parse_arp_table(text: &str, ip: IpAddr) -> Option<String> {
+    let wanted = ip.to_string();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // IP address, HW type, Flags (0x2: complete), HW address, Mask, Device.
+        if fields.len() < 4 || fields[0] != wanted {
+            continue;
+        }
+        let complete =
+            u32::from_str_radix(fields[2].trim_start_matches("0x"), 16).is_ok_and(|f| f & 0x2 != 0);
+        if complete && fields[3] != "00:00:00:00:00:00" {
+            return Some(fields[3].to_ascii_lowercase());
+        }
+    }
+    None
+}
+
 /// The LLDP neighbour as reported by `lldpctl -f keyvalue` (lldpd), if installed and it
 /// knows one; bounded to two seconds so a hung daemon cannot stall start-up.
 pub fn lldp_neighbour() -> Option<LldpNeighbour> {
@@ -144,6 +168,18 @@ mod tests {
             Some(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)))
         );
         assert_eq!(parse_route_table("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn parses_arp_table() {
+        let text =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+                    198.18.1.7       0x1         0x0         00:00:00:00:00:00     *        eth0\n\
+                    198.18.1.1       0x1         0x2         02:52:57:00:00:01     *        eth0\n";
+        let gw = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+        assert_eq!(parse_arp_table(text, gw), Some("02:52:57:00:00:01".into()));
+        assert_eq!(parse_arp_table(text, "198.18.1.7".parse().unwrap()), None);
+        assert_eq!(parse_arp_table("", gw), None);
     }
 
     #[test]

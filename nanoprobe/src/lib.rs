@@ -8,16 +8,20 @@
 //! - [`commands`]: idempotent command application.
 //! - [`probes`]: ICMP echo, TCP connect and UDP echo probes.
 //! - [`guard`]: per-source failure budget and rate-limited warnings (flood resistance).
+//! - [`lldp`]: the LLDP/CDP frame parser and the bounded neighbour table (pure).
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
+//! - [`capture`]: the filtered AF_PACKET socket that hears LLDP/CDP frames.
 //! - [`socket`]: the UDP socket and its options.
 //! - [`metrics`]: counters and the optional Prometheus listener.
 //! - [`node`]: the daemon loop wiring them together.
 
+pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod discovery;
 pub mod guard;
 pub mod heartbeat;
+pub mod lldp;
 pub mod metrics;
 pub mod node;
 pub mod probes;

@@ -41,6 +41,14 @@ pub struct Metrics {
     pub dead_averted: Counter,
     /// Echo requests sent to confirm silent peers.
     pub confirm_echoes_sent: Counter,
+    /// LLDP/CDP frames by outcome: `accepted`, a parse refusal
+    /// ([`crate::lldp::FrameError::reason`]), `table_full` (a new neighbour beyond the
+    /// table's bound) or `queue_full` (the daemon had no room for it).
+    pub lldp_frames: Family<Label, Counter>,
+    /// Neighbours in the LLDP/CDP table.
+    pub lldp_neighbours: Gauge,
+    /// 1 while the LLDP/CDP capture socket runs.
+    pub lldp_capture_up: Gauge,
     /// Reports waiting for an ack.
     pub reports_pending: Gauge,
     /// Peers on the send/expect lists.
@@ -73,6 +81,9 @@ impl Metrics {
             dead_averted: Counter::default(),
             confirm_echoes_sent: Counter::default(),
             reports_pending: Gauge::default(),
+            lldp_frames: Family::default(),
+            lldp_neighbours: Gauge::default(),
+            lldp_capture_up: Gauge::default(),
             listener: daemon::metrics::ListenerStats::default(),
             peers: Gauge::default(),
         };
@@ -129,6 +140,28 @@ impl Metrics {
             m.reports_pending.clone(),
         );
         registry.register("peers", "Peers on the heartbeat lists", m.peers.clone());
+        registry.register(
+            "lldp_frames",
+            "LLDP/CDP frames, by outcome (accepted or why dropped)",
+            m.lldp_frames.clone(),
+        );
+        registry.register(
+            "lldp_neighbours",
+            "Neighbours in the LLDP/CDP table",
+            m.lldp_neighbours.clone(),
+        );
+        registry.register(
+            "lldp_capture_up",
+            "1 while the LLDP/CDP capture socket runs",
+            m.lldp_capture_up.clone(),
+        );
+        for name in crate::lldp::FrameError::REASONS.into_iter().chain([
+            "accepted",
+            "table_full",
+            "queue_full",
+        ]) {
+            let _ = m.lldp_frames.get_or_create(&Label { name });
+        }
         let _ = m.rejected.get_or_create(&Label {
             name: "rate_limited",
         });

@@ -5,10 +5,11 @@ use crate::commands::CommandMemory;
 use crate::config::Config;
 use crate::guard::{RateLimited, SourceGuard};
 use crate::heartbeat::{Action, HeartbeatEngine};
+use crate::lldp::{NeighbourTable, Observed};
 use crate::metrics::Metrics;
 use crate::probes::{run_probe, EchoSetup};
 use crate::reports::ReportSender;
-use crate::{discovery, socket};
+use crate::{capture, discovery, socket};
 use proto::{
     Ack, Body, Command, CommandBody, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult,
     ReportBody, Sealer, SessionId, Startup, Verifier,
@@ -26,6 +27,13 @@ const MAX_SENDERS: usize = 4096;
 /// Most datagrams read from the socket in one go before timers are looked at: under a
 /// flood the loop drains the socket instead of paying the timer work per datagram.
 const DRAIN_BATCH: usize = 256;
+/// If no LLDP/CDP neighbour is heard this long after start (lldpd's default interval is
+/// 30 s), an empty neighbour set is reported so the CMA forgets an earlier run's.
+const LLDP_START_GRACE: Duration = Duration::from_secs(40);
+/// How often the gateway's MAC is looked up in the ARP table.
+const ARP_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Parsed LLDP/CDP frames waiting for the daemon loop.
+const LLDP_QUEUE: usize = 64;
 /// A report unacknowledged for this long gets a warning (rate-limited).
 const UNACKED_WARN_AFTER: Duration = Duration::from_secs(10);
 /// Least time between two warnings of one kind.
@@ -74,6 +82,12 @@ struct Node {
     guard: SourceGuard,
     bad_mac_warning: RateLimited,
     unacked_warning: RateLimited,
+    lldp: NeighbourTable,
+    /// The default gateway and its MAC as last reported (one router has one MAC on all
+    /// its interfaces, which is how the CMA groups gateways into routers).
+    gateway: Option<std::net::IpAddr>,
+    gateway_mac: Option<String>,
+    next_arp_check: Instant,
 }
 
 /// Runs the nanoprobe until SIGTERM or SIGINT, then stops gracefully.
@@ -123,13 +137,35 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         guard: SourceGuard::default(),
         bad_mac_warning: RateLimited::new(WARN_EVERY),
         unacked_warning: RateLimited::new(WARN_EVERY),
+        lldp: NeighbourTable::new(config.lldp.limits())
+            .report_empty_after(Instant::now() + LLDP_START_GRACE),
+        gateway: discovery::default_gateway(),
+        gateway_mac: None,
+        next_arp_check: Instant::now(),
     };
+    // Frames parsed by the capture task; a small bound, since the table only needs the
+    // latest of each neighbour (what does not fit is dropped and counted).
+    let (lldp_tx, mut lldp_rx) = mpsc::channel::<capture::Heard>(LLDP_QUEUE);
+    if config.lldp.enabled {
+        match capture::open() {
+            Ok(sock) => {
+                tokio::spawn(capture::run(sock, lldp_tx, node.metrics.clone()));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot listen for LLDP/CDP (needs CAP_NET_RAW); the switch is learned \
+                 from lldpctl at start-up only"
+            ),
+        }
+    } else {
+        drop(lldp_tx);
+    }
     let startup = Startup {
         hostname: discovery::hostname(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: local,
         interfaces: discovery::interfaces(),
-        gateway: discovery::default_gateway(),
+        gateway: node.gateway,
         lldp: tokio::task::spawn_blocking(discovery::lldp_neighbour)
             .await
             .unwrap_or(None),
@@ -146,6 +182,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         let deadline = [
             node.engine.next_deadline(),
             node.reports.next_deadline(),
+            node.lldp.next_deadline(),
+            Some(node.next_arp_check),
             next_watchdog,
         ]
         .into_iter()
@@ -169,6 +207,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             },
             Some(result) = probe_rx.recv() => {
                 node.report(ReportBody::ProbeResult(result), Instant::now());
+            }
+            Some(heard) = lldp_rx.recv() => {
+                node.on_lldp(heard, Instant::now());
+                while let Ok(heard) = lldp_rx.try_recv() {
+                    node.on_lldp(heard, Instant::now());
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             signal = stop.recv() => {
@@ -213,11 +257,52 @@ impl Node {
         }
     }
 
+    /// One parsed LLDP/CDP frame from the capture task.
+    fn on_lldp(&mut self, heard: capture::Heard, now: Instant) {
+        match self.lldp.observe(&heard.iface, heard.announcement, now) {
+            Observed::TableFull => Metrics::inc(&self.metrics.lldp_frames, "table_full"),
+            Observed::New | Observed::Withdrawn => {
+                tracing::debug!(iface = %heard.iface, "LLDP/CDP neighbour set changed")
+            }
+            Observed::Refreshed | Observed::Ignored => {}
+        }
+    }
+
+    /// Reports the LLDP/CDP neighbour set when it changed (rate-limited by the table).
+    fn poll_lldp(&mut self, now: Instant) {
+        if now >= self.next_arp_check {
+            self.next_arp_check = now + ARP_CHECK_EVERY;
+            let mac = self.gateway.and_then(discovery::arp_mac);
+            if mac.is_some() && mac != self.gateway_mac {
+                self.gateway_mac = mac;
+                self.lldp.force_report();
+            }
+        }
+        if let Some(neighbours) = self.lldp.poll(now) {
+            let report = proto::discovery::NeighbourReport {
+                neighbours,
+                gateway_mac: self.gateway_mac.clone(),
+            };
+            match serde_json::to_string(&report) {
+                Ok(data) => self.report(
+                    ReportBody::Discovery {
+                        kind: proto::discovery::LLDP_KIND.to_string(),
+                        data,
+                    },
+                    now,
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the neighbour report"),
+            }
+        }
+        self.metrics.lldp_neighbours.set(self.lldp.len() as i64);
+    }
+
     /// Fires due timers of both engines and sends what they ask for.
     async fn tick(&mut self, now: Instant) {
         for action in self.engine.poll(now) {
             self.act(action, now).await;
         }
+        self.poll_lldp(now);
         self.send_due_reports(now).await;
         if let Some(age) = self.reports.oldest_unacked(now) {
             if age >= UNACKED_WARN_AFTER {

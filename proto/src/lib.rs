@@ -1,5 +1,6 @@
 //! Ringwatch wire protocol.
 //!
+//! - [`discovery`]: typed schemas of `Discovery` reports (LLDP/CDP neighbours).
 //! - [`messages`]: every message of docs/design.md §3 (heartbeats, reports, commands, acks).
 //! - [`envelope`]: the authenticated envelope around every datagram, sealing, and the
 //!   verification pipeline (length, magic/version, key, MAC, replay window, decode).
@@ -9,6 +10,7 @@
 //!
 //! No I/O beyond reading and writing key files; nothing here panics on any input.
 
+pub mod discovery;
 pub mod envelope;
 pub mod ids;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! Admin API routes over the worker's replicated tables: `/v1/status`, `/v1/hosts`,
-//! `/v1/rings`, `/v1/failures`, `/v1/events`, and `POST /v1/probe` (an authenticated UDP
+//! `/v1/rings`, `/v1/topology`, `/v1/failures`, `/v1/events`, and `POST /v1/probe` (an authenticated UDP
 //! echo from the answering node to a host's nanoprobe). Served by every node from its own replica;
 //! each answer says which node answered, whether it leads, and its applied index, so an
 //! operator sees how far a follower lags.
@@ -66,6 +66,7 @@ pub fn router(node: Node, probe: Option<ProbeContext>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/hosts", get(hosts))
         .route("/v1/rings", get(rings))
+        .route("/v1/topology", get(topology))
         .route("/v1/failures", get(failures))
         .route("/v1/events", get(events))
         .with_state(node)
@@ -200,6 +201,11 @@ async fn hosts(State(node): State<Node>) -> Json<Answer<Vec<HostRow>>> {
 
 async fn rings(State(node): State<Node>) -> Json<Answer<Vec<RingRow>>> {
     let data = tables::rings(&node.state());
+    answer(&node, data)
+}
+
+async fn topology(State(node): State<Node>) -> Json<Answer<super::topology::TopologyView>> {
+    let data = tables::topology(&node.state());
     answer(&node, data)
 }
 

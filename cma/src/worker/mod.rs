@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: the deterministic core (state + step).
 //! - [`rings`]: topology resolution and the ring plan (pure).
+//! - [`topology`]: topology learned from LLDP/CDP and gateways, and its view (pure).
 //! - [`run`]: the I/O shell (leadership, Raft proposals, commands, sinks).
 //! - [`commander`] / [`outbox`]: reliable command delivery.
 //! - [`probe_limit`]: probe budget and rate limit.
@@ -26,6 +27,7 @@ pub mod run;
 pub(crate) mod state;
 pub(crate) mod sweep;
 pub(crate) mod tables;
+pub mod topology;
 pub mod views;
 
 /// The worker's consumer name in the queue (its committed offset).

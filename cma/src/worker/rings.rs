@@ -12,6 +12,7 @@
 //! function of the member set only, so it is the same whatever the history of joins and
 //! leaves; the worker sends only the differences between two plans.
 
+use super::topology::Source;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -182,8 +183,21 @@ impl SwitchMap {
         interfaces: impl Iterator<Item = (IpAddr, u8)>,
         lldp_chassis: Option<&str>,
     ) -> Option<String> {
+        self.switch_of_sourced(host, listen, interfaces, lldp_chassis)
+            .map(|(name, _)| name)
+    }
+
+    /// As [`SwitchMap::switch_of`], with the source of the answer (host list: declared;
+    /// subnet; LLDP chassis).
+    pub fn switch_of_sourced(
+        &self,
+        host: u64,
+        listen: IpAddr,
+        interfaces: impl Iterator<Item = (IpAddr, u8)>,
+        lldp_chassis: Option<&str>,
+    ) -> Option<(String, Source)> {
         if let Some((sw, _)) = self.switches.iter().find(|(s, _)| s.hosts.contains(&host)) {
-            return Some(sw.name.clone());
+            return Some((sw.name.clone(), Source::Declared));
         }
         let addrs: Vec<IpAddr> = std::iter::once(listen)
             .chain(interfaces.map(|(a, _)| a))
@@ -193,14 +207,21 @@ impl SwitchMap {
                 .iter()
                 .any(|a| subnets.iter().any(|n| in_subnet(*a, *n)))
             {
-                return Some(sw.name.clone());
+                return Some((sw.name.clone(), Source::Subnet));
             }
         }
         let chassis = lldp_chassis?;
         self.switches
             .iter()
             .find(|(s, _)| s.lldp_chassis.as_deref() == Some(chassis))
-            .map(|(s, _)| s.name.clone())
+            .map(|(s, _)| (s.name.clone(), Source::Lldp))
+    }
+
+    /// Whether `chassis` is the declared LLDP chassis of `switch`.
+    pub fn is_declared_chassis(&self, switch: &str, chassis: &str) -> bool {
+        self.switches
+            .iter()
+            .any(|(s, _)| s.name == switch && s.lldp_chassis.as_deref() == Some(chassis))
     }
 
     /// The router a switch hangs off.

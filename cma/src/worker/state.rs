@@ -11,6 +11,7 @@
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
 use super::sweep::{Direction, Standing, Sweep};
+use super::topology::{self, Learned, TopologyView};
 use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
 use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
@@ -126,6 +127,8 @@ pub enum Change {
     Command(Outbound),
     /// A command was acknowledged or abandoned (added by the run loop).
     CommandSettled(u64),
+    /// The topology operators see changed (`cmactl topology`).
+    Topology(TopologyView),
 }
 
 /// Everything the worker must carry across a leader change.
@@ -146,6 +149,9 @@ pub struct WorkerState {
     pub now_us: u64,
     /// Events up to this id were handed to the sinks.
     pub published_upto: u64,
+    /// What the hosts told about their switches and gateways (docs/topology.md).
+    #[serde(default)]
+    pub learned: Learned,
     /// Block sweeps in progress ([`super::sweep`]).
     #[serde(default)]
     pub sweeps: Vec<Sweep>,
@@ -201,6 +207,7 @@ impl WorkerState {
             ring_names: BTreeSet::new(),
             now_us: 0,
             published_upto: 0,
+            learned: Learned::default(),
             sweeps: Vec::new(),
             replan_due: false,
         }
@@ -238,12 +245,27 @@ impl WorkerState {
                 if addr.ip().is_unspecified() {
                     addr.set_ip(packet.source.ip());
                 }
-                let switch = s.switches.switch_of(
+                let kept = self.learned.hosts.remove(&sender).unwrap_or_default();
+                self.learned.hosts.insert(
                     sender,
-                    addr.ip(),
-                    startup.interfaces.iter().map(|i| (i.addr, i.prefix_len)),
-                    startup.lldp.as_ref().map(|l| l.chassis_id.as_str()),
+                    topology::Surroundings {
+                        interfaces: startup
+                            .interfaces
+                            .iter()
+                            .map(|i| (i.addr, i.prefix_len))
+                            .collect(),
+                        gateway: startup.gateway,
+                        lldpctl: startup.lldp.clone(),
+                        // A restarted nanoprobe reports what it hears anew; until then
+                        // the host stays where it was heard last.
+                        neighbours: kept.neighbours,
+                        gateway_mac: kept.gateway_mac,
+                    },
                 );
+                let switch = self
+                    .learned
+                    .placement(&s.switches, sender, addr.ip())
+                    .map(|p| p.switch);
                 let previous = self.hosts.get(&sender).cloned();
                 let came_back = previous
                     .as_ref()
@@ -272,15 +294,7 @@ impl WorkerState {
                 };
                 let actions = self.engine.handle(facts);
                 self.apply_actions(s, actions, fx);
-                if let Some(sw) = &switch {
-                    if let Some(router) = s.switches.router_of(sw) {
-                        let actions = self.engine.handle(fsm::Event::SwitchFact {
-                            switch: fsm::SwitchId(sw.clone()),
-                            router: fsm::RouterId(router.to_string()),
-                        });
-                        self.apply_actions(s, actions, fx);
-                    }
-                }
+                self.feed_router_facts(s, fx);
                 if came_back {
                     self.host_back(s, sender, now, fx);
                 }
@@ -359,6 +373,9 @@ impl WorkerState {
                 self.apply_actions(s, actions, fx);
             }
             ReportBody::Discovery { kind, data } => {
+                if kind == proto::discovery::LLDP_KIND {
+                    self.on_neighbours(s, sender, &data, fx);
+                }
                 self.event(
                     EventKind::HostDiscovery,
                     format!("discovery {kind} from host {sender}"),
@@ -371,6 +388,86 @@ impl WorkerState {
                 );
             }
         }
+    }
+
+    /// A host's LLDP/CDP neighbour report: store it and move the host when its switch
+    /// changed (a host moved to another switch changes rings, without any alarm).
+    fn on_neighbours(&mut self, s: &WorkerSettings, host: u64, data: &str, fx: &mut Effects) {
+        let Some((neighbours, gateway_mac)) = topology::parse_report(data) else {
+            tracing::warn!(host, "undecodable LLDP neighbour report ignored");
+            return;
+        };
+        let Some(info) = self.hosts.get(&host) else {
+            return;
+        };
+        let listen = info.addr.ip();
+        let before = info.switch.clone();
+        let learned = self.learned.hosts.entry(host).or_default();
+        learned.neighbours = neighbours;
+        let mac_changed = gateway_mac.is_some() && learned.gateway_mac != gateway_mac;
+        if mac_changed {
+            learned.gateway_mac = gateway_mac;
+            // Gateways may now group into one router.
+            self.feed_router_facts(s, fx);
+        }
+        let after = self
+            .learned
+            .placement(&s.switches, host, listen)
+            .map(|p| p.switch);
+        if after == before {
+            if mac_changed {
+                // Routers may have merged: operators see it without a replan.
+                fx.changes.push(Change::Topology(self.topology_view(s)));
+            }
+            return;
+        }
+        tracing::info!(host, ?before, ?after, "host placed on another switch");
+        if let Some(h) = self.hosts.get_mut(&host) {
+            h.switch = after.clone();
+        }
+        let actions = self.engine.handle(fsm::Event::HostFact {
+            host: HostId(host),
+            facts: fsm::HostFacts {
+                switch: after.map(fsm::SwitchId),
+                hb_interval_us: u64::from(s.timings.interval_ms) * 1000,
+            },
+        });
+        self.apply_actions(s, actions, fx);
+        self.feed_router_facts(s, fx);
+        self.write_host(host, fx);
+        self.replan(s, fx);
+    }
+
+    /// Each host's switch, for the topology rules.
+    fn host_switches(&self) -> BTreeMap<u64, Option<String>> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| h.status != HostStatus::Left)
+            .map(|(id, h)| (*id, h.switch.clone()))
+            .collect()
+    }
+
+    /// Gives the fsm the switch -> router facts it does not have yet.
+    fn feed_router_facts(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        let hosts = self.host_switches();
+        for (switch, router) in self.learned.new_router_facts(&s.switches, &hosts) {
+            let actions = self.engine.handle(fsm::Event::SwitchFact {
+                switch: fsm::SwitchId(switch),
+                router: fsm::RouterId(router),
+            });
+            self.apply_actions(s, actions, fx);
+        }
+    }
+
+    /// The topology operators see, from the hosts not departed.
+    pub fn topology_view(&self, s: &WorkerSettings) -> TopologyView {
+        let placements = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.status != HostStatus::Left)
+            .map(|(id, h)| (*id, self.learned.placement(&s.switches, *id, h.addr.ip())))
+            .collect();
+        self.learned.view(&s.switches, &placements)
     }
 
     /// Lets time pass: fires the fsm's deadlines.
@@ -592,16 +689,21 @@ impl WorkerState {
                 ),
                 None => return,
             },
-            fsm::ProbeTarget::Switch(sw) => match s.switches.switch_addr(&sw.0) {
-                Some(addr) => (
-                    proto::ProbeTarget { host: None, addr },
-                    ProbeKind::IcmpEcho,
-                    format!("switch:{}", sw.0),
-                ),
-                None => return,
-            },
-            fsm::ProbeTarget::Router(r) => match s.switches.router_addr(&r.0) {
-                Some(addr) => (
+            fsm::ProbeTarget::Switch(sw) => {
+                match self
+                    .learned
+                    .switch_addr(&s.switches, &sw.0, &self.host_switches())
+                {
+                    Some((addr, _)) => (
+                        proto::ProbeTarget { host: None, addr },
+                        ProbeKind::IcmpEcho,
+                        format!("switch:{}", sw.0),
+                    ),
+                    None => return,
+                }
+            }
+            fsm::ProbeTarget::Router(r) => match Learned::router_addr(&s.switches, &r.0) {
+                Some((addr, _)) => (
                     proto::ProbeTarget { host: None, addr },
                     ProbeKind::IcmpEcho,
                     format!("router:{}", r.0),
@@ -844,6 +946,7 @@ impl WorkerState {
             };
             fx.changes.push(Change::Ring(ring.name.clone(), Some(row)));
         }
+        fx.changes.push(Change::Topology(self.topology_view(s)));
     }
 }
 

@@ -9,6 +9,7 @@
 
 use super::outbox::Outbound;
 use super::state::{Change, WorkerEvent, WorkerState};
+use super::topology::TopologyView;
 use super::views::{FailureRow, HostRow, RingRow};
 use crate::raft::queue_state::QueueState;
 use crate::sinks::Event;
@@ -27,6 +28,11 @@ pub const EVENTS: &str = "events";
 pub const WORKER: &str = "worker";
 /// Key of the worker's state row.
 pub const STATE_KEY: &[u8] = b"state";
+/// Table of the topology operators see (one row, [`TOPOLOGY_KEY`], JSON
+/// [`TopologyView`]).
+pub const TOPOLOGY: &str = "topology";
+/// Key of the topology row.
+pub const TOPOLOGY_KEY: &[u8] = b"current";
 /// Table of commands not yet acknowledged (postcard [`Outbound`]), keyed by command id
 /// ([`id_key`]).
 pub const COMMANDS: &str = "commands";
@@ -116,6 +122,7 @@ pub fn encode(change: &Change) -> Result<TableWrite, EncodeError> {
             put(COMMANDS, id_key(command.command.id), bytes)
         }
         Change::CommandSettled(id) => delete(COMMANDS, id_key(*id)),
+        Change::Topology(view) => put(TOPOLOGY, TOPOLOGY_KEY.to_vec(), json(TOPOLOGY, view)?),
     })
 }
 
@@ -186,6 +193,14 @@ pub fn events_from(queue: &QueueState, from: u64, limit: usize) -> Vec<Event> {
             .collect(),
         None => Vec::new(),
     }
+}
+
+/// The current topology view (empty before the first host joined).
+pub fn topology(queue: &QueueState) -> TopologyView {
+    queue
+        .table_get(TOPOLOGY, TOPOLOGY_KEY)
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default()
 }
 
 /// Commands committed and not yet acknowledged, by id.

@@ -33,11 +33,12 @@ fn check_lab() -> Option<String> {
         return Some("the network lab needs root (network namespaces)".into());
     }
     // `ip` builds the lab, `ping` checks it, `nft` emulates loss where the kernel has no
-    // netem. All come with README's set-up command.
+    // netem, `lldpd` announces the switches of the zero-config scenarios. All come with README's set-up command.
     for (tool, args, package) in [
         ("ip", &["-V"][..], "iproute2"),
         ("ping", &["-V"][..], "iputils-ping"),
         ("nft", &["--version"][..], "nftables"),
+        ("lldpd", &["-v"][..], "lldpd"),
     ] {
         match Command::new(tool).args(args).output() {
             Ok(o) if o.status.success() => {}
@@ -416,6 +417,77 @@ impl Topology {
             ));
         }
         text
+    }
+
+    /// The LLDP system name the lab's lldpd announces for `switch` (distinct from the
+    /// switch's lab name, so a test sees that the name came from the wire).
+    pub fn lldp_name(switch: &str) -> String {
+        format!("lldp-{switch}")
+    }
+
+    /// Starts `lldpd` (Debian package `lldpd`) in every switch namespace, announcing the
+    /// switch on its host-facing ports every second (TTL 4 s) with its system name
+    /// ([`Topology::lldp_name`]) and management address
+    /// `198.18.<k>.254`. Control sockets, configs and logs go to `dir`. Err when `lldpd`
+    /// is missing.
+    pub fn start_lldpd(&self, dir: &Path) -> Result<Vec<ProcGuard>, String> {
+        let mut procs = Vec::new();
+        for (name, (ns, k, _)) in &self.switches {
+            let conf = dir.join(format!("lldpd-{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "configure system hostname {}\nconfigure lldp tx-interval 1\n",
+                    Topology::lldp_name(name)
+                ),
+            )
+            .map_err(|e| format!("writing {}: {e}", conf.display()))?;
+            let ports: Vec<String> = self
+                .hosts_on(name)
+                .iter()
+                .map(|h| format!("p{h}"))
+                .collect();
+            let (sock, conf, mgmt) = (
+                dir.join(format!("lldpd-{name}.sock")).display().to_string(),
+                conf.display().to_string(),
+                format!("198.18.{k}.254"),
+            );
+            let ports = ports.join(",");
+            let args = ["-d", "-u", &sock, "-O", &conf, "-m", &mgmt, "-I", &ports];
+            let log = dir.join(format!("lldpd-{name}.log"));
+            let proc = self
+                .lab
+                .spawn(ns, Path::new("lldpd"), &args, &[], &log)
+                .map_err(|e| format!("starting lldpd in {ns}: {e} (Debian: lldpd)"))?;
+            procs.push(proc);
+        }
+        Ok(procs)
+    }
+
+    /// Gives each router one MAC address on all its switch-facing interfaces
+    /// (`02:52:57:00:00:<j>` for the j-th router), as routers commonly have: hosts behind
+    /// different switches of one router then see gateways with one MAC, which is how the
+    /// zero-config CMA tells that their gateways are one router.
+    pub fn share_router_macs(&self) -> Result<(), String> {
+        for (j, (router, (rns, _))) in self.routers.iter().enumerate() {
+            let mac = format!("02:52:57:00:00:{:02x}", j + 1);
+            for (_, k, r) in self.switches.values() {
+                if r == router {
+                    self.lab.ip_in(
+                        rns,
+                        &["link", "set", "dev", &format!("sw{k}"), "address", &mac],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway address hosts behind `switch` use (`198.18.<k>.1`).
+    pub fn gateway_of(&self, switch: &str) -> Option<Ipv4Addr> {
+        self.switches
+            .get(switch)
+            .map(|(_, k, _)| Ipv4Addr::new(198, 18, *k, 1))
     }
 
     /// The host ids behind `switch`.

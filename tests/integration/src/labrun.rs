@@ -29,6 +29,8 @@ pub struct Ringwatch {
     pub readers: BTreeMap<u8, Option<ProcGuard>>,
     /// Host id -> its nanoprobe (None once killed).
     pub probes: BTreeMap<u64, Option<ProcGuard>>,
+    /// lldpd in each switch namespace (zero-config labs only).
+    pub lldpd: Vec<ProcGuard>,
     pub dir: tempfile::TempDir,
     pub topo: Topology,
 }
@@ -46,6 +48,76 @@ impl Ringwatch {
     /// As [`Ringwatch::start`], with `readers` packet-readers (at most
     /// [`crate::lab::READERS`]); every nanoprobe is given all of them.
     pub fn start_with_readers(topo: Topology, readers: u8) -> Ringwatch {
+        Ringwatch::start_opts(topo, readers, false)
+    }
+
+    /// Zero-config: the CMA is given no `[[switches]]` or `[[routers]]`; `lldpd` runs in
+    /// every switch namespace ([`Topology::start_lldpd`]) and the CMA learns the switches
+    /// from the frames the nanoprobes hear and the routers from the hosts' gateways.
+    /// Returns once every host is up with two watchers and placed on its switch by LLDP.
+    pub fn start_zero_config(mut topo: Topology) -> Ringwatch {
+        topo.declared = false;
+        topo.share_router_macs()
+            .unwrap_or_else(|e| panic!("router MACs: {e}"));
+        let rw = Ringwatch::start_opts(topo, 1, true);
+        // Switch (LLDP name) -> its hosts and its router: the lowest gateway address of
+        // the switch's router (gateways are grouped by the MAC the router shares).
+        let expected: BTreeMap<String, (Vec<u64>, String)> = rw
+            .topo
+            .switches
+            .iter()
+            .map(|(sw, (_, _, router))| {
+                let gateway = rw
+                    .topo
+                    .switches
+                    .iter()
+                    .filter(|(_, (_, _, r))| r == router)
+                    .filter_map(|(s, _)| rw.topo.gateway_of(s))
+                    .min()
+                    .map(|g| g.to_string())
+                    .unwrap_or_default();
+                (Topology::lldp_name(sw), (rw.topo.hosts_on(sw), gateway))
+            })
+            .collect();
+        let learned = || -> Option<BTreeMap<String, (Vec<u64>, String)>> {
+            let v = rw.json(&["topology"])?;
+            let mut got = BTreeMap::new();
+            for sw in v["switches"].as_array()? {
+                let hosts: Vec<u64> = sw["hosts"]
+                    .as_array()?
+                    .iter()
+                    .filter(|h| h["source"] == "lldp")
+                    .filter_map(|h| h["host"].as_u64())
+                    .collect();
+                let router = sw["router"].as_str().unwrap_or_default().to_string();
+                got.insert(sw["name"].as_str()?.to_string(), (hosts, router));
+            }
+            Some(got)
+        };
+        let formed = wait_until(Duration::from_secs(60), || {
+            learned().as_ref() == Some(&expected)
+                && rw
+                    .json(&["hosts"])
+                    .and_then(|v| v.as_array().cloned())
+                    .is_some_and(|all| {
+                        all.iter().all(|h| {
+                            h["status"] == "up"
+                                && h["watchers"].as_array().is_some_and(|w| w.len() >= 2)
+                        })
+                    })
+        });
+        assert!(
+            formed,
+            "switches not learned from LLDP: expected {expected:?}, topology {:#?}\n{}",
+            rw.json(&["topology"]),
+            rw.logs_tail()
+        );
+        // Let the new ring commands reach every nanoprobe and heartbeats flow.
+        std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
+        rw
+    }
+
+    fn start_opts(topo: Topology, readers: u8, lldpd: bool) -> Ringwatch {
         assert!(
             (1..=crate::lab::READERS).contains(&readers),
             "readers: 1..={}",
@@ -60,9 +132,17 @@ impl Ringwatch {
             cma: BTreeMap::new(),
             readers: BTreeMap::new(),
             probes: BTreeMap::new(),
+            lldpd: Vec::new(),
             dir,
             topo,
         };
+        if lldpd {
+            rw.lldpd = rw
+                .topo
+                .start_lldpd(rw.dir.path())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let topology = rw.topo.worker_topology_toml();
         for id in 1..=3 {
             let config = rw.dir.path().join(format!("cma{id}.toml"));
             let text = format!(
@@ -79,7 +159,7 @@ impl Ringwatch {
                 data = rw.dir.path().join(format!("data{id}")).display(),
                 secret = secret.display(),
                 keys = key_file.display(),
-                topology = rw.topo.worker_topology_toml(),
+                topology = topology,
             );
             std::fs::write(&config, text).expect("cma config");
             rw.start_cma(id);

@@ -293,6 +293,185 @@ fn lab_packet_reader_killed_reports_fail_over() {
     );
 }
 
+// ---- Issue 16: zero-config topology. lldpd announces each switch (system name
+// `lldp-<switch>`) on its host-facing ports; the CMA is given no [[switches]] or
+// [[routers]] and learns them from the LLDP frames the nanoprobes capture and from the
+// hosts' default gateways.
+
+/// Routers r1 (switch sw1, hosts 11-14) and r2 (switch sw2, hosts 21-24), zero-config.
+/// One switch per router: a router is learned as a host's default gateway, one per
+/// gateway address.
+fn zero_config_lab(tag: &str) -> Ringwatch {
+    let topo = Topology::build(
+        tag,
+        &[
+            RouterSpec {
+                name: "r1".into(),
+                switches: vec![switch("sw1", &[11, 12, 13, 14])],
+            },
+            RouterSpec {
+                name: "r2".into(),
+                switches: vec![switch("sw2", &[21, 22, 23, 24])],
+            },
+        ],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    Ringwatch::start_zero_config(topo)
+}
+
+/// The switch rings and the top ring the CMA formed.
+fn ring_members(rw: &Ringwatch) -> Vec<(String, Vec<u64>)> {
+    rw.json(&["rings"])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let members = r["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            (r["name"].as_str().unwrap_or_default().to_string(), members)
+        })
+        .collect()
+}
+
+/// Checks that every switch ring formed from LLDP, and what `cmactl topology` shows: the
+/// switch by its LLDP system name and management address, its router by the lowest
+/// gateway address of the router (gateways grouped by MAC).
+fn assert_zero_config_rings(rw: &Ringwatch) {
+    let rings = ring_members(rw);
+    let topo = rw.json(&["topology"]).expect("topology");
+    for (sw, (_, k, router)) in &rw.topo.switches {
+        let name = Topology::lldp_name(sw);
+        let ring = format!("switch:{name}");
+        assert!(
+            rings.contains(&(ring.clone(), rw.topo.hosts_on(sw))),
+            "{ring}: rings {rings:?}, topology {topo:#}"
+        );
+        let view = topo["switches"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("no {name}: {topo:#}"));
+        assert_eq!(view["address"], format!("198.18.{k}.254"), "{view:#}");
+        assert_eq!(view["address_source"], "lldp", "{view:#}");
+        let gateway = rw
+            .topo
+            .switches
+            .iter()
+            .filter(|(_, (_, _, r))| r == router)
+            .filter_map(|(s, _)| rw.topo.gateway_of(s))
+            .min()
+            .expect("gateway");
+        assert_eq!(view["router"], gateway.to_string(), "{view:#}");
+        assert_eq!(view["router_source"], "gateway", "{view:#}");
+    }
+    println!(
+        "lab: zero-config rings formed: {:?}",
+        rings.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn lab_zero_config_switch_down_is_one_verdict() {
+    require_lab!();
+    let rw = zero_config_lab("zs");
+    assert_zero_config_rings(&rw);
+    let hosts = rw.topo.hosts_on("sw1");
+    let down = now_us();
+    rw.topo.set_switch("sw1", false).expect("switch down");
+    let verdict = rw.wait_failure("switch_down lldp-sw1", Duration::from_secs(60), |f| {
+        f["kind"] == "switch_down" && f["subject"] == "lldp-sw1"
+    });
+    let secs = detection_secs(&verdict, down);
+    println!(
+        "lab: zero-config switch lldp-sw1 down ({} hosts) -> switch_down verdict in {secs:.2} s",
+        hosts.len()
+    );
+    assert_eq!(hosts_of(&verdict), hosts, "{verdict:#}");
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one switch_down and nothing else: {:#?}",
+        kinds(&all)
+    );
+    assert!(
+        secs <= 6.0,
+        "switch down detected in {secs:.2} s (target 6 s)"
+    );
+}
+
+#[test]
+fn lab_zero_config_router_down_is_one_verdict() {
+    require_lab!();
+    // As the declared router scenario: r1 with sw1 and sw2, r2 with sw3.
+    let topo = Topology::build(
+        "zr",
+        &[
+            RouterSpec {
+                name: "r1".into(),
+                switches: vec![switch("sw1", &[11, 12, 13]), switch("sw2", &[21, 22, 23])],
+            },
+            RouterSpec {
+                name: "r2".into(),
+                switches: vec![switch("sw3", &[31, 32, 33])],
+            },
+        ],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let rw = Ringwatch::start_zero_config(topo);
+    assert_zero_config_rings(&rw);
+    // r1 is known by the lowest of its gateway addresses.
+    let gateway = "198.18.1.1";
+    let down = now_us();
+    rw.topo.set_router("r1", false).expect("router down");
+    let verdict = rw.wait_failure(
+        &format!("router_down {gateway}"),
+        Duration::from_secs(60),
+        |f| f["kind"] == "router_down" && f["subject"] == gateway,
+    );
+    let secs = detection_secs(&verdict, down);
+    println!(
+        "lab: zero-config router r1 (gateways 198.18.1.1 and 198.18.2.1, 2 switches, 6 hosts) \
+         down -> router_down verdict naming {gateway} in {secs:.2} s"
+    );
+    assert_eq!(
+        hosts_of(&verdict),
+        vec![11, 12, 13, 21, 22, 23],
+        "{verdict:#}"
+    );
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one router_down and nothing else: {:#?}",
+        kinds(&all)
+    );
+    assert!(
+        secs <= 8.0,
+        "router down detected in {secs:.2} s (target 8 s)"
+    );
+}
+
+#[test]
+fn lab_zero_config_host_killed_is_dead_with_both_watchers() {
+    require_lab!();
+    let mut rw = zero_config_lab("zh");
+    assert_zero_config_rings(&rw);
+    let secs = kill_and_expect_dead(&mut rw, 14, [11, 13], Duration::from_secs(30));
+    println!("lab: zero-config host 14 killed -> dead verdict in {secs:.2} s");
+    settle();
+    let all = rw.failures();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one dead verdict: {:#?}",
+        kinds(&all)
+    );
+}
+
 /// Issue 14: a block of consecutive hosts dies in a ring nobody declared a switch for (the
 /// CMA config has no `[[switches]]`, so all 12 hosts form the flat ring 11-16, 21-26).
 /// Only the block's two ends have live watchers; the worker's block sweep checks the hosts

@@ -102,6 +102,9 @@ enum Command {
     Hosts,
     /// Heartbeat rings (each member watched by its neighbours).
     Rings,
+    /// Switches, routers and their hosts, with where each fact came from (declared,
+    /// lldp, gateway, subnet).
+    Topology,
     /// Verdicts: open failures and recent closed ones, with their evidence.
     Failures {
         /// Include every closed failure.
@@ -214,6 +217,7 @@ async fn main() -> ExitCode {
         }
         Command::Hosts => ok(monitor::hosts(&api, out).await),
         Command::Rings => ok(monitor::rings(&api, out).await),
+        Command::Topology => ok(monitor::topology(&api, out).await),
         Command::Failures { all, watch } => monitor::failures(&api, *all, *watch, out).await,
         Command::Probe { host, timeout_ms } => {
             ok(monitor::probe(&api, *host, *timeout_ms, out).await)

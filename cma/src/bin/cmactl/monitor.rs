@@ -1,4 +1,4 @@
-//! `cmactl status | watch | hosts | rings | failures | events | probe`: reads the
+//! `cmactl status | watch | hosts | rings | topology | failures | events | probe`: reads the
 //! monitoring views from any node's replica (the answer says which node answered and
 //! whether it leads) and prints them through [`super::views`]. The clock and the time
 //! zone are read here, once per screen, and handed to the pure formatters.
@@ -264,6 +264,16 @@ pub async fn rings(api: &Api, out: Output) -> anyhow::Result<()> {
         return print_json(&answer.data);
     }
     print!("{}", views::render_rings(&answer, out.style));
+    Ok(())
+}
+
+/// `cmactl topology`.
+pub async fn topology(api: &Api, out: Output) -> anyhow::Result<()> {
+    let answer: Answer<cma::worker::topology::TopologyView> = api.get("/v1/topology").await?;
+    if out.json {
+        return print_json(&answer.data);
+    }
+    print!("{}", views::render_topology(&answer, out.style));
     Ok(())
 }
 

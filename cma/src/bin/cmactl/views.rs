@@ -7,6 +7,7 @@ use chrono::TimeZone;
 use cma::admin::ClusterStatus;
 use cma::sinks::Event;
 use cma::worker::api::Answer;
+use cma::worker::topology::TopologyView;
 use cma::worker::views::{
     evidence_brief, FailureRow, FailureState, HostRow, RingRow, WorkerStatus,
 };
@@ -416,6 +417,64 @@ pub fn render_rings(a: &Answer<Vec<RingRow>>, style: Style) -> String {
     out
 }
 
+/// `cmactl topology`: one row per switch (address, router, hosts with their sources),
+/// then the routers, then the hosts of unknown switch.
+pub fn render_topology(a: &Answer<TopologyView>, style: Style) -> String {
+    let src = |s: Option<cma::worker::topology::Source>| s.map_or("-", |s| s.as_str());
+    let rows: Vec<Vec<Cell>> = a
+        .data
+        .switches
+        .iter()
+        .map(|sw| {
+            let hosts: Vec<String> = sw
+                .hosts
+                .iter()
+                .map(|h| format!("{} ({})", h.host, h.source.as_str()))
+                .collect();
+            vec![
+                Cell::plain(sw.name.clone()),
+                Cell::plain(sw.address.map_or("-".to_string(), |a| {
+                    format!("{a} ({})", src(sw.address_source))
+                })),
+                Cell::plain(sw.router.as_ref().map_or("-".to_string(), |r| {
+                    format!("{r} ({})", src(sw.router_source))
+                })),
+                Cell::plain(hosts.join(", ")),
+            ]
+        })
+        .collect();
+    let mut out = table(&["SWITCH", "ADDRESS", "ROUTER", "HOSTS"], &rows, style);
+    let rows: Vec<Vec<Cell>> = a
+        .data
+        .routers
+        .iter()
+        .map(|r| {
+            vec![
+                Cell::plain(r.name.clone()),
+                Cell::plain(r.address.map_or("-".to_string(), |a| a.to_string())),
+                Cell::plain(r.source.as_str()),
+                Cell::plain(r.switches.join(", ")),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["ROUTER", "ADDRESS", "SOURCE", "SWITCHES"],
+        &rows,
+        style,
+    ));
+    if !a.data.unplaced.is_empty() {
+        let hosts: Vec<String> = a.data.unplaced.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\nhosts of unknown switch (flat ring): {}",
+            hosts.join(", ")
+        );
+    }
+    let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
+    out
+}
+
 /// One line of `cmactl events`.
 pub fn render_event<Tz: TimeZone>(e: &Event, now_us: u64, tz: &Tz, style: Style) -> String
 where
@@ -644,6 +703,54 @@ mod tests {
         assert!(text.contains("No open failures."));
         // Members that were not asked are "unknown", not "unreachable".
         assert_eq!(v.members[1].state, "unknown");
+    }
+
+    #[test]
+    fn topology_shows_each_fact_with_its_source() {
+        use cma::worker::topology::{
+            HostPlacementView, RouterView, Source, SwitchView, TopologyView,
+        };
+        let a = Answer {
+            node_id: 1,
+            is_leader: true,
+            leader_id: Some(1),
+            applied_index: 9,
+            data: TopologyView {
+                switches: vec![SwitchView {
+                    name: "lldp-sw1".into(),
+                    address: Some("198.18.1.254".parse().unwrap()),
+                    address_source: Some(Source::Lldp),
+                    router: Some("198.18.1.1".into()),
+                    router_source: Some(Source::Gateway),
+                    hosts: vec![
+                        HostPlacementView {
+                            host: 11,
+                            source: Source::Lldp,
+                        },
+                        HostPlacementView {
+                            host: 12,
+                            source: Source::Declared,
+                        },
+                    ],
+                }],
+                routers: vec![RouterView {
+                    name: "198.18.1.1".into(),
+                    address: Some("198.18.1.1".parse().unwrap()),
+                    source: Source::Gateway,
+                    switches: vec!["lldp-sw1".into()],
+                }],
+                unplaced: vec![7],
+            },
+        };
+        let text = render_topology(&a, Style::default());
+        assert!(text.contains("lldp-sw1"), "{text}");
+        assert!(text.contains("198.18.1.254 (lldp)"), "{text}");
+        assert!(text.contains("198.18.1.1 (gateway)"), "{text}");
+        assert!(text.contains("11 (lldp), 12 (declared)"), "{text}");
+        assert!(
+            text.contains("hosts of unknown switch (flat ring): 7"),
+            "{text}"
+        );
     }
 
     #[test]

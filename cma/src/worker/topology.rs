@@ -1,0 +1,368 @@
+//! Topology learning, pure: which switch each host sits behind and which router each
+//! switch hangs off, from what the hosts report (docs/topology.md), with the declared
+//! config winning where it says something.
+//!
+//! Sources, in order of precedence:
+//! - a switch's host list in the config (`declared`), then its subnets (`subnet`), then its
+//!   declared LLDP chassis matched against what the host hears (`lldp`);
+//! - otherwise the neighbour the host heard first over LLDP/CDP (its capture reports,
+//!   else `lldpctl` at start-up): an undeclared switch named by its system name (the
+//!   chassis id when it announces none), probed at its announced management address
+//!   (`lldp`);
+//! - a switch's router: the declared one, else the default gateway most of its hosts use,
+//!   named by its address and probed there (`gateway`).
+//!
+//! Bounded: each host keeps at most [`MAX_REPORTED`] neighbours, so learned switches are
+//! at most that many per host; a host's switch changes only when what it reports changes,
+//! and the nanoprobe rate-limits those reports.
+
+use super::rings::SwitchMap;
+use proto::discovery::{Neighbour, NeighbourReport, MAX_FIELD, MAX_REPORTED};
+use proto::LldpNeighbour;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Where a topology fact comes from (shown by `cmactl topology`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Written in the CMA config (a switch's host list, a switch's router, an address).
+    Declared,
+    /// A declared switch's subnet holds one of the host's addresses.
+    Subnet,
+    /// Heard over LLDP or CDP by the host's nanoprobe (or read by `lldpctl`).
+    Lldp,
+    /// The host's default gateway.
+    Gateway,
+}
+
+impl Source {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Declared => "declared",
+            Source::Subnet => "subnet",
+            Source::Lldp => "lldp",
+            Source::Gateway => "gateway",
+        }
+    }
+}
+
+/// What a host said about its surroundings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Surroundings {
+    /// Interface addresses and prefix lengths (start-up report).
+    pub interfaces: Vec<(IpAddr, u8)>,
+    /// Default gateway (start-up report).
+    pub gateway: Option<IpAddr>,
+    /// `lldpctl`'s neighbour at start-up, the fallback when capture hears nothing.
+    pub lldpctl: Option<LldpNeighbour>,
+    /// The neighbours its capture hears now, first heard first.
+    pub neighbours: Vec<Neighbour>,
+    /// Its gateway's MAC address, from its neighbour reports.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+}
+
+/// A switch resolved for a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The switch name.
+    pub switch: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// What the worker learned (persisted with the worker state).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learned {
+    /// Per host.
+    pub hosts: BTreeMap<u64, Surroundings>,
+    /// Switch -> router facts given to the fsm, so each is given once.
+    #[serde(default)]
+    pub router_facts: BTreeMap<String, String>,
+}
+
+fn clip(s: &str) -> String {
+    proto::discovery::clip(s, MAX_FIELD).to_string()
+}
+
+/// Parses a `lldp` discovery report, bounded: at most [`MAX_REPORTED`] neighbours, text
+/// fields clipped. `None` when it does not decode.
+pub fn parse_report(data: &str) -> Option<(Vec<Neighbour>, Option<String>)> {
+    let report: NeighbourReport = serde_json::from_str(data).ok()?;
+    let mac = report.gateway_mac.as_deref().map(clip);
+    Some((
+        report
+            .neighbours
+            .into_iter()
+            .take(MAX_REPORTED)
+            .map(|n| Neighbour {
+                iface: clip(&n.iface),
+                chassis_id: clip(&n.chassis_id),
+                port_id: clip(&n.port_id),
+                system_name: n.system_name.as_deref().map(clip),
+                ..n
+            })
+            .collect(),
+        mac,
+    ))
+}
+
+/// The name of an undeclared switch: its system name, else its chassis id.
+fn learned_name(chassis: &str, system_name: Option<&str>) -> String {
+    match system_name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => chassis.to_string(),
+    }
+}
+
+impl Learned {
+    /// The chassis (id, system name) the host heard first, or `lldpctl`'s.
+    fn chassis_of(&self, host: u64) -> Option<(String, Option<String>)> {
+        let s = self.hosts.get(&host)?;
+        if let Some(n) = s.neighbours.first() {
+            return Some((n.chassis_id.clone(), n.system_name.clone()));
+        }
+        s.lldpctl
+            .as_ref()
+            .map(|l| (l.chassis_id.clone(), l.system_name.clone()))
+    }
+
+    /// The switch of `host` (listening at `listen`), with its source.
+    pub fn placement(&self, map: &SwitchMap, host: u64, listen: IpAddr) -> Option<Placement> {
+        let surroundings = self.hosts.get(&host);
+        let interfaces = surroundings
+            .map(|s| s.interfaces.clone())
+            .unwrap_or_default();
+        let chassis = self.chassis_of(host);
+        if let Some((switch, source)) = map.switch_of_sourced(
+            host,
+            listen,
+            interfaces.into_iter(),
+            chassis.as_ref().map(|(c, _)| c.as_str()),
+        ) {
+            return Some(Placement { switch, source });
+        }
+        let (chassis, name) = chassis?;
+        Some(Placement {
+            switch: learned_name(&chassis, name.as_deref()),
+            source: Source::Lldp,
+        })
+    }
+
+    /// A switch's management address: declared, else the one its hosts hear announced
+    /// (the most often heard; ties to the lowest).
+    pub fn switch_addr(
+        &self,
+        map: &SwitchMap,
+        switch: &str,
+        hosts: &BTreeMap<u64, Option<String>>,
+    ) -> Option<(IpAddr, Source)> {
+        if let Some(a) = map.switch_addr(switch) {
+            return Some((a, Source::Declared));
+        }
+        let mut votes: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (host, sw) in hosts {
+            if sw.as_deref() != Some(switch) {
+                continue;
+            }
+            let Some(s) = self.hosts.get(host) else {
+                continue;
+            };
+            if let Some(n) = s.neighbours.first() {
+                if learned_name(&n.chassis_id, n.system_name.as_deref()) == switch
+                    || map.is_declared_chassis(switch, &n.chassis_id)
+                {
+                    if let Some(a) = n.mgmt_addr {
+                        *votes.entry(a).or_default() += 1;
+                    }
+                }
+            }
+        }
+        most_voted(votes).map(|a| (a, Source::Lldp))
+    }
+
+    /// A switch's router: declared, else the default gateway most of its hosts use, named
+    /// by its address.
+    pub fn router_of(
+        &self,
+        map: &SwitchMap,
+        switch: &str,
+        hosts: &BTreeMap<u64, Option<String>>,
+    ) -> Option<(String, Source)> {
+        if let Some(r) = map.router_of(switch) {
+            return Some((r.to_string(), Source::Declared));
+        }
+        let mut votes: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (host, sw) in hosts {
+            if sw.as_deref() == Some(switch) {
+                if let Some(gw) = self.hosts.get(host).and_then(|s| s.gateway) {
+                    *votes.entry(gw).or_default() += 1;
+                }
+            }
+        }
+        most_voted(votes).map(|gw| (self.router_name(gw), Source::Gateway))
+    }
+
+    /// The name of the router behind gateway `gw`: the lowest gateway address whose MAC
+    /// is `gw`'s (one router answers for several subnets with one MAC), else `gw` itself.
+    fn router_name(&self, gw: IpAddr) -> String {
+        let mac_of = |ip: IpAddr| {
+            self.hosts
+                .values()
+                .filter(|s| s.gateway == Some(ip))
+                .find_map(|s| s.gateway_mac.clone())
+        };
+        let Some(mac) = mac_of(gw) else {
+            return gw.to_string();
+        };
+        self.hosts
+            .values()
+            .filter(|s| s.gateway_mac.as_deref() == Some(mac.as_str()))
+            .filter_map(|s| s.gateway)
+            .min()
+            .unwrap_or(gw)
+            .to_string()
+    }
+
+    /// A router's address: declared, else the gateway address it is named by.
+    pub fn router_addr(map: &SwitchMap, router: &str) -> Option<(IpAddr, Source)> {
+        if let Some(a) = map.router_addr(router) {
+            return Some((a, Source::Declared));
+        }
+        router.parse().ok().map(|a| (a, Source::Gateway))
+    }
+
+    /// The switch -> router facts the fsm has not been given yet (and records them).
+    pub fn new_router_facts(
+        &mut self,
+        map: &SwitchMap,
+        hosts: &BTreeMap<u64, Option<String>>,
+    ) -> Vec<(String, String)> {
+        let switches: BTreeSet<&String> = hosts.values().flatten().collect();
+        let mut out = Vec::new();
+        for sw in switches {
+            if let Some((router, _)) = self.router_of(map, sw, hosts) {
+                if self.router_facts.get(sw) != Some(&router) {
+                    self.router_facts.insert(sw.clone(), router.clone());
+                    out.push((sw.clone(), router));
+                }
+            }
+        }
+        out
+    }
+
+    /// The operator's view of the topology (`cmactl topology`): `hosts` maps every up
+    /// host to its switch placement.
+    pub fn view(&self, map: &SwitchMap, hosts: &BTreeMap<u64, Option<Placement>>) -> TopologyView {
+        let by_switch: BTreeMap<u64, Option<String>> = hosts
+            .iter()
+            .map(|(h, p)| (*h, p.as_ref().map(|p| p.switch.clone())))
+            .collect();
+        let mut switches: BTreeMap<String, SwitchView> = BTreeMap::new();
+        let mut unplaced = Vec::new();
+        for (host, placement) in hosts {
+            match placement {
+                Some(p) => switches
+                    .entry(p.switch.clone())
+                    .or_insert_with(|| SwitchView {
+                        name: p.switch.clone(),
+                        ..SwitchView::default()
+                    })
+                    .hosts
+                    .push(HostPlacementView {
+                        host: *host,
+                        source: p.source,
+                    }),
+                None => unplaced.push(*host),
+            }
+        }
+        let mut routers: BTreeMap<String, RouterView> = BTreeMap::new();
+        for sw in switches.values_mut() {
+            if let Some((a, src)) = self.switch_addr(map, &sw.name, &by_switch) {
+                sw.address = Some(a);
+                sw.address_source = Some(src);
+            }
+            if let Some((r, src)) = self.router_of(map, &sw.name, &by_switch) {
+                let entry = routers.entry(r.clone()).or_insert_with(|| {
+                    let addr = Learned::router_addr(map, &r);
+                    RouterView {
+                        name: r.clone(),
+                        address: addr.map(|(a, _)| a),
+                        source: src,
+                        switches: Vec::new(),
+                    }
+                });
+                entry.switches.push(sw.name.clone());
+                sw.router = Some(r);
+                sw.router_source = Some(src);
+            }
+        }
+        TopologyView {
+            switches: switches.into_values().collect(),
+            routers: routers.into_values().collect(),
+            unplaced,
+        }
+    }
+}
+
+fn most_voted(votes: BTreeMap<IpAddr, usize>) -> Option<IpAddr> {
+    // BTreeMap order makes ties go to the lowest address.
+    let best = votes.values().copied().max()?;
+    votes.into_iter().find(|(_, v)| *v == best).map(|(a, _)| a)
+}
+
+/// A host on a switch, and how it was placed there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlacementView {
+    /// Host id.
+    pub host: u64,
+    /// How its switch was found.
+    pub source: Source,
+}
+
+/// One switch as operators see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchView {
+    /// Its name (declared, or the LLDP system name).
+    pub name: String,
+    /// Where it is probed.
+    pub address: Option<IpAddr>,
+    /// Where the address came from.
+    pub address_source: Option<Source>,
+    /// The router it hangs off.
+    pub router: Option<String>,
+    /// Where that came from.
+    pub router_source: Option<Source>,
+    /// Its hosts (up, dead or suspected; not departed).
+    pub hosts: Vec<HostPlacementView>,
+}
+
+/// One router as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterView {
+    /// Its name (declared, or its gateway address).
+    pub name: String,
+    /// Where it is probed.
+    pub address: Option<IpAddr>,
+    /// Declared or gateway.
+    pub source: Source,
+    /// Its switches.
+    pub switches: Vec<String>,
+}
+
+/// The whole topology (the one row of the `topology` table, `GET /v1/topology`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyView {
+    /// Switches by name.
+    pub switches: Vec<SwitchView>,
+    /// Routers by name.
+    pub routers: Vec<RouterView>,
+    /// Hosts of unknown switch (the `flat` ring).
+    pub unplaced: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+use super::*;
+use crate::worker::rings::{RouterConfig, SwitchConfig};
+use crate::worker::state::{Change, Effects, WorkerSettings, WorkerState};
+use proto::discovery::{LinkProtocol, LLDP_KIND};
+use proto::{Body, HbTimings, HostId, InterfaceAddr, KeyId, KeyRing, Report, ReportBody};
+use proto::{SessionId, Startup};
+use queue::QueuedPacket;
+use std::sync::Arc;
+
+fn packet(sender: u64, id: u64, at_us: u64, body: ReportBody) -> QueuedPacket {
+    let keys = Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [1; 32])]).unwrap());
+    let mut sealer = proto::Sealer::new(keys, HostId(sender), SessionId(1));
+    let datagram = sealer.seal(&Body::Report(Report { id, body })).unwrap();
+    QueuedPacket {
+        sender,
+        session: 1,
+        seq: id,
+        received_at_us: at_us,
+        source: "127.0.0.1:9".parse().unwrap(),
+        datagram,
+    }
+}
+
+/// Host `h` on subnet 198.18.`net`.0/24 with gateway 198.18.`net`.1.
+fn startup(h: u64, net: u8) -> ReportBody {
+    let addr: IpAddr = format!("198.18.{net}.{h}").parse().unwrap();
+    ReportBody::Startup(Startup {
+        hostname: format!("h{h}"),
+        version: "test".into(),
+        listen: std::net::SocketAddr::new(addr, 7500),
+        interfaces: vec![InterfaceAddr {
+            name: "eth0".into(),
+            addr,
+            prefix_len: 24,
+        }],
+        gateway: Some(format!("198.18.{net}.1").parse().unwrap()),
+        lldp: None,
+    })
+}
+
+fn neighbour(chassis: &str, name: &str, mgmt: &str) -> Neighbour {
+    Neighbour {
+        iface: "eth0".into(),
+        protocol: LinkProtocol::Lldp,
+        chassis_id: chassis.into(),
+        port_id: "p1".into(),
+        system_name: Some(name.into()),
+        mgmt_addr: Some(mgmt.parse().unwrap()),
+        ttl_s: 4,
+    }
+}
+
+fn lldp(neighbours: Vec<Neighbour>) -> ReportBody {
+    ReportBody::Discovery {
+        kind: LLDP_KIND.into(),
+        data: serde_json::to_string(&NeighbourReport {
+            neighbours,
+            gateway_mac: None,
+        })
+        .unwrap(),
+    }
+}
+
+fn settings(map: SwitchMap) -> WorkerSettings {
+    WorkerSettings {
+        timings: HbTimings::default(),
+        switches: map,
+        probe_timeout_ms: 1000,
+    }
+}
+
+/// Hosts 11-13 hear "lab-sw1", hosts 21-23 hear "lab-sw2"; nothing declared.
+fn zero_config(s: &WorkerSettings) -> (WorkerState, Effects) {
+    let mut state = WorkerState::new(fsm::Config::default());
+    let mut fx = Effects::default();
+    let mut t = 1_000_000;
+    for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
+        for h in hosts {
+            t += 1000;
+            state.step_packet(s, &packet(h, 1, t, startup(h, net)), &mut fx);
+        }
+    }
+    for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
+        let n = neighbour(
+            &format!("fe:00:00:00:00:0{net}"),
+            &format!("lab-sw{net}"),
+            &format!("198.18.{net}.254"),
+        );
+        for h in hosts {
+            t += 1000;
+            state.step_packet(s, &packet(h, 2, t, lldp(vec![n.clone()])), &mut fx);
+        }
+    }
+    (state, fx)
+}
+
+/// The hosts placed on switch `name`.
+fn ring(state: &WorkerState, _s: &WorkerSettings, name: &str) -> Vec<u64> {
+    let mut members: Vec<u64> = state
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.switch.as_deref() == Some(name))
+        .map(|(id, _)| *id)
+        .collect();
+    members.sort_unstable();
+    members
+}
+
+#[test]
+fn undeclared_switches_and_gateway_routers_are_learned() {
+    let s = settings(SwitchMap::default());
+    let (state, fx) = zero_config(&s);
+    assert_eq!(ring(&state, &s, "lab-sw1"), vec![11, 12, 13]);
+    assert_eq!(ring(&state, &s, "lab-sw2"), vec![21, 22, 23]);
+    assert_eq!(
+        state.ring_names,
+        BTreeSet::from([
+            "switch:lab-sw1".to_string(),
+            "switch:lab-sw2".to_string(),
+            "top".to_string()
+        ])
+    );
+    // The fsm knows the switches and their routers, so it can correlate.
+    let topo = state.engine.topology();
+    assert_eq!(
+        topo.router_of(&fsm::SwitchId("lab-sw1".into())),
+        Some(&fsm::RouterId("198.18.1.1".into()))
+    );
+    assert_eq!(
+        topo.hosts_behind(&fsm::SwitchId("lab-sw2".into())),
+        vec![HostId(21), HostId(22), HostId(23)]
+    );
+    // What operators see, with sources.
+    let view = state.topology_view(&s);
+    let sw1 = &view.switches[0];
+    assert_eq!(sw1.name, "lab-sw1");
+    assert_eq!(sw1.address, Some("198.18.1.254".parse().unwrap()));
+    assert_eq!(sw1.address_source, Some(Source::Lldp));
+    assert_eq!(sw1.router.as_deref(), Some("198.18.1.1"));
+    assert_eq!(sw1.router_source, Some(Source::Gateway));
+    assert!(sw1.hosts.iter().all(|h| h.source == Source::Lldp));
+    assert_eq!(view.routers.len(), 2);
+    assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
+    assert!(view.unplaced.is_empty());
+    // The last row written is that view.
+    let last = fx
+        .changes
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Change::Topology(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last, view);
+}
+
+#[test]
+fn declared_config_wins_and_sources_say_so() {
+    let map = SwitchMap::new(
+        vec![
+            SwitchConfig {
+                name: "core-a".into(),
+                address: Some("198.18.1.250".parse().unwrap()),
+                subnets: vec![],
+                hosts: vec![11],
+                lldp_chassis: None,
+                router: Some("r1".into()),
+            },
+            SwitchConfig {
+                name: "edge-b".into(),
+                address: None,
+                subnets: vec!["198.18.2.0/24".into()],
+                hosts: vec![],
+                lldp_chassis: None,
+                router: None,
+            },
+        ],
+        vec![RouterConfig {
+            name: "r1".into(),
+            address: Some("198.18.0.1".parse().unwrap()),
+        }],
+    )
+    .unwrap();
+    let s = settings(map);
+    let (state, _) = zero_config(&s);
+    // Host 11 is declared on core-a; 12 and 13 hear lab-sw1 (undeclared); 21-23 are in
+    // edge-b's subnet, whatever they hear.
+    assert_eq!(state.hosts[&11].switch.as_deref(), Some("core-a"));
+    assert_eq!(state.hosts[&12].switch.as_deref(), Some("lab-sw1"));
+    assert_eq!(ring(&state, &s, "edge-b"), vec![21, 22, 23]);
+    let view = state.topology_view(&s);
+    let by_name = |n: &str| view.switches.iter().find(|w| w.name == n).unwrap().clone();
+    let core = by_name("core-a");
+    assert_eq!(core.hosts[0].source, Source::Declared);
+    assert_eq!(core.address_source, Some(Source::Declared));
+    assert_eq!(core.router.as_deref(), Some("r1"));
+    assert_eq!(core.router_source, Some(Source::Declared));
+    let edge = by_name("edge-b");
+    assert!(edge.hosts.iter().all(|h| h.source == Source::Subnet));
+    // edge-b declares no address: the one its hosts hear is not its (they hear lab-sw2).
+    assert_eq!(edge.address, None);
+    assert_eq!(edge.router.as_deref(), Some("198.18.2.1"));
+    assert_eq!(edge.router_source, Some(Source::Gateway));
+}
+
+#[test]
+fn a_host_moved_to_another_switch_changes_rings_without_an_alarm() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    let sw2 = neighbour("fe:00:00:00:00:02", "lab-sw2", "198.18.2.254");
+    // Host 13 is re-plugged: it hears both for a while, then only lab-sw2.
+    let both = vec![
+        neighbour("fe:00:00:00:00:01", "lab-sw1", "198.18.1.254"),
+        sw2.clone(),
+    ];
+    state.step_packet(&s, &packet(13, 3, 20_000_000, lldp(both)), &mut fx);
+    assert_eq!(state.hosts[&13].switch.as_deref(), Some("lab-sw1"));
+    state.step_packet(&s, &packet(13, 4, 22_000_000, lldp(vec![sw2])), &mut fx);
+    assert_eq!(ring(&state, &s, "lab-sw2"), vec![13, 21, 22, 23]);
+    assert_eq!(ring(&state, &s, "lab-sw1"), vec![11, 12]);
+    assert_eq!(
+        state
+            .engine
+            .topology()
+            .switch_of(HostId(13))
+            .map(|s| s.0.as_str()),
+        Some("lab-sw2")
+    );
+    assert!(state.peers[&13].contains(&21) || state.peers[&13].contains(&23));
+    assert!(
+        fx.events()
+            .all(|e| !e.kind.to_string().starts_with("verdict")),
+        "{:?}",
+        fx.changes
+    );
+    // Commands went out for the new neighbours.
+    assert!(fx.commands.iter().any(|c| c.to.0 == 13));
+}
+
+#[test]
+fn a_restarted_nanoprobe_keeps_its_switch_until_it_reports_anew() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    state.step_packet(&s, &packet(12, 1, 30_000_000, startup(12, 1)), &mut fx);
+    assert_eq!(state.hosts[&12].switch.as_deref(), Some("lab-sw1"));
+    // It hears nothing any more: back to the flat ring.
+    state.step_packet(&s, &packet(12, 2, 31_000_000, lldp(vec![])), &mut fx);
+    assert_eq!(state.hosts[&12].switch, None);
+    assert!(state.topology_view(&s).unplaced.contains(&12));
+}
+
+#[test]
+fn hostile_reports_are_bounded() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    let long = "x".repeat(10_000);
+    let many: Vec<Neighbour> = (0..50)
+        .map(|i| neighbour(&format!("{long}{i}"), &long, "198.18.9.9"))
+        .collect();
+    let report = lldp(many);
+    // Too big for a datagram: the nanoprobe could not send it; parse it directly.
+    let ReportBody::Discovery { data, .. } = &report else {
+        unreachable!()
+    };
+    let (parsed, _) = parse_report(data).unwrap();
+    assert_eq!(parsed.len(), MAX_REPORTED);
+    assert!(parsed.iter().all(|n| n.chassis_id.len() <= MAX_FIELD));
+    // Garbage is ignored, the host stays where it was.
+    let junk = ReportBody::Discovery {
+        kind: LLDP_KIND.into(),
+        data: "{not json".into(),
+    };
+    state.step_packet(&s, &packet(11, 9, 40_000_000, junk), &mut fx);
+    assert_eq!(state.hosts[&11].switch.as_deref(), Some("lab-sw1"));
+    // The same report again changes nothing: no replan, no commands.
+    let mut fx = Effects::default();
+    let same = lldp(vec![neighbour(
+        "fe:00:00:00:00:01",
+        "lab-sw1",
+        "198.18.1.254",
+    )]);
+    state.step_packet(&s, &packet(11, 10, 41_000_000, same), &mut fx);
+    assert!(fx.commands.is_empty());
+    assert!(!fx.changes.iter().any(|c| matches!(c, Change::Ring(..))));
+}
+
+#[test]
+fn lldpctl_at_start_up_is_the_fallback() {
+    let s = settings(SwitchMap::default());
+    let mut state = WorkerState::new(fsm::Config::default());
+    let mut fx = Effects::default();
+    let ReportBody::Startup(mut st) = startup(5, 3) else {
+        unreachable!()
+    };
+    st.lldp = Some(proto::LldpNeighbour {
+        chassis_id: "00:11:22:33:44:55".into(),
+        port_id: "Gi0/1".into(),
+        system_name: None,
+    });
+    state.step_packet(&s, &packet(5, 1, 1, ReportBody::Startup(st)), &mut fx);
+    // No system name: named by its chassis id.
+    assert_eq!(state.hosts[&5].switch.as_deref(), Some("00:11:22:33:44:55"));
+}
+
+#[test]
+fn state_with_learned_topology_survives_a_round_trip() {
+    let s = settings(SwitchMap::default());
+    let (state, _) = zero_config(&s);
+    let bytes = crate::worker::tables::encode_state(&state).unwrap();
+    let back = crate::worker::tables::decode_state(&bytes).unwrap();
+    assert_eq!(back.learned, state.learned);
+    // A state written before topology learning existed still loads.
+    let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    old.as_object_mut().unwrap().remove("learned");
+    let old = serde_json::to_vec(&old).unwrap();
+    assert_eq!(
+        crate::worker::tables::decode_state(&old).unwrap().learned,
+        Learned::default()
+    );
+}
+
+#[test]
+fn gateways_sharing_a_mac_are_one_router() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    // Every host learns its gateway's MAC: both subnets' gateways answer with one MAC.
+    let mut t = 50_000_000;
+    for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
+        let n = neighbour(
+            &format!("fe:00:00:00:00:0{net}"),
+            &format!("lab-sw{net}"),
+            &format!("198.18.{net}.254"),
+        );
+        for h in hosts {
+            t += 1000;
+            let body = ReportBody::Discovery {
+                kind: LLDP_KIND.into(),
+                data: serde_json::to_string(&NeighbourReport {
+                    neighbours: vec![n.clone()],
+                    gateway_mac: Some("02:52:57:00:00:01".into()),
+                })
+                .unwrap(),
+            };
+            state.step_packet(&s, &packet(h, 10, t, body), &mut fx);
+        }
+    }
+    let r = fsm::RouterId("198.18.1.1".into());
+    let topo = state.engine.topology();
+    for sw in ["lab-sw1", "lab-sw2"] {
+        assert_eq!(topo.router_of(&fsm::SwitchId(sw.into())), Some(&r), "{sw}");
+    }
+    let view = state.topology_view(&s);
+    // Operators see it: the last topology row written is that view.
+    let last = fx.changes.iter().rev().find_map(|c| match c {
+        Change::Topology(v) => Some(v.clone()),
+        _ => None,
+    });
+    assert_eq!(last, Some(view.clone()));
+    assert_eq!(view.routers.len(), 1, "{view:?}");
+    assert_eq!(view.routers[0].switches, vec!["lab-sw1", "lab-sw2"]);
+    assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
+}
