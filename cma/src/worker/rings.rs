@@ -54,6 +54,10 @@ pub struct RouterConfig {
 pub struct SwitchMap {
     switches: Vec<(SwitchConfig, Vec<(IpAddr, u8)>)>,
     routers: Vec<RouterConfig>,
+    /// Declared host id → index of the first switch declaring it (lookups are per host
+    /// and per topology view, so a scan of every switch's host list would make them
+    /// O(hosts) each at 10,000 hosts).
+    by_host: BTreeMap<u64, usize>,
 }
 
 /// A declared topology that cannot be used.
@@ -168,9 +172,16 @@ impl SwitchMap {
                 .collect::<Result<Vec<_>, _>>()?;
             resolved.push((sw, subnets));
         }
+        let mut by_host = BTreeMap::new();
+        for (i, (sw, _)) in resolved.iter().enumerate() {
+            for h in &sw.hosts {
+                by_host.entry(*h).or_insert(i);
+            }
+        }
         Ok(SwitchMap {
             switches: resolved,
             routers,
+            by_host,
         })
     }
 
@@ -196,7 +207,7 @@ impl SwitchMap {
         interfaces: impl Iterator<Item = (IpAddr, u8)>,
         lldp_chassis: Option<&str>,
     ) -> Option<(String, Source)> {
-        if let Some((sw, _)) = self.switches.iter().find(|(s, _)| s.hosts.contains(&host)) {
+        if let Some((sw, _)) = self.by_host.get(&host).and_then(|i| self.switches.get(*i)) {
             return Some((sw.name.clone(), Source::Declared));
         }
         let addrs: Vec<IpAddr> = std::iter::once(listen)

@@ -93,11 +93,12 @@ pub(crate) fn turn(
     let mut fx = Effects::default();
     let had_entries = !input.entries.is_empty();
     for (entry_offset, packet) in input.entries {
-        state.step_packet(settings, packet, &mut fx);
+        state.step_packet_in_turn(settings, packet, &mut fx);
         *offset = entry_offset + 1;
     }
-    if let Some(at) = input.tick_at_us {
-        state.step_tick(settings, at, &mut fx);
+    match input.tick_at_us {
+        Some(at) => state.step_tick(settings, at, &mut fx),
+        None => state.end_turn(settings, &mut fx),
     }
     fx.changes
         .extend(input.settled.into_iter().map(Change::CommandSettled));

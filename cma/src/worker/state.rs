@@ -234,8 +234,8 @@ pub struct WorkerState {
     pub sweeps: Vec<Sweep>,
     /// The sweeps as last written.
     flushed_sweeps: Vec<Sweep>,
-    /// A verdict changed ring membership during this step: replan once at its end (a
-    /// block of hundreds of verdicts in one step replans once, not hundreds of times).
+    /// Ring membership changed during this turn: replan once at its end (a block of
+    /// hundreds of verdicts, or a batch of start-ups, replans once).
     replan_due: bool,
 }
 
@@ -472,10 +472,31 @@ impl WorkerState {
         self.now_us
     }
 
-    /// Processes one queue entry.
+    /// Processes one queue entry, as a turn of its own (rings replanned at its end; tests).
+    #[cfg(test)]
     pub fn step_packet(&mut self, s: &WorkerSettings, packet: &QueuedPacket, fx: &mut Effects) {
+        self.step_packet_in_turn(s, packet, fx);
+        self.end_turn(s, fx);
+    }
+
+    /// Processes one queue entry of a turn that [`WorkerState::end_turn`] ends: ring
+    /// changes (joins, deaths, departures, moves) are planned once per turn, so a batch of
+    /// 256 start-ups replans once, not 256 times over every host.
+    pub fn step_packet_in_turn(
+        &mut self,
+        s: &WorkerSettings,
+        packet: &QueuedPacket,
+        fx: &mut Effects,
+    ) {
         self.packet(s, packet, fx);
         self.end_step(s, fx);
+    }
+
+    /// Ends a turn: the rings heal and re-form once for every change of the turn.
+    pub fn end_turn(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        if std::mem::take(&mut self.replan_due) {
+            self.replan(s, fx);
+        }
     }
 
     fn packet(&mut self, s: &WorkerSettings, packet: &QueuedPacket, fx: &mut Effects) {
@@ -571,7 +592,7 @@ impl WorkerState {
                 );
                 // A restarted nanoprobe lost its peer lists: send them again in full.
                 self.peers.remove(&sender);
-                self.replan(s, fx);
+                self.replan_due = true;
             }
             ReportBody::HbDead { peer, .. } => {
                 let actions = self.engine.handle(fsm::Event::HbDead {
@@ -605,7 +626,7 @@ impl WorkerState {
                 self.apply_actions(s, actions, fx);
                 // Whatever the fsm said, a host that said goodbye leaves its rings.
                 self.set_status(sender, HostStatus::Left, now, fx);
-                self.replan(s, fx);
+                self.replan_due = true;
             }
             ReportBody::HbMartian { from, .. } => {
                 // A host we declared dead still sends heartbeats to its old peers: it is
@@ -616,7 +637,7 @@ impl WorkerState {
                     .is_some_and(|h| h.status == HostStatus::Dead)
                 {
                     self.host_back(s, from.0, now, fx);
-                    self.replan(s, fx);
+                    self.replan_due = true;
                 }
             }
             ReportBody::ProbeResult(result) => {
@@ -695,7 +716,7 @@ impl WorkerState {
         self.apply_actions(s, actions, fx);
         self.feed_router_facts(s, fx);
         self.write_host(host, fx);
-        self.replan(s, fx);
+        self.replan_due = true;
     }
 
     /// Each host's switch, for the topology rules.
@@ -736,14 +757,12 @@ impl WorkerState {
         let actions = self.engine.handle(fsm::Event::Tick { now });
         self.apply_actions(s, actions, fx);
         self.end_step(s, fx);
+        self.end_turn(s, fx);
     }
 
-    /// What every step ends with: sweep rounds move on, and rings heal once.
+    /// What every step ends with: sweep rounds move on.
     fn end_step(&mut self, s: &WorkerSettings, fx: &mut Effects) {
         self.advance_sweeps(s, fx);
-        if std::mem::take(&mut self.replan_due) {
-            self.replan(s, fx);
-        }
     }
 
     /// How a sweep sees `host`.
@@ -1071,7 +1090,7 @@ impl WorkerState {
             }
             VerdictKind::Left(h) => {
                 self.set_status(h.0, HostStatus::Left, at, fx);
-                self.replan(s, fx);
+                self.replan_due = true;
             }
             VerdictKind::Recovered(h) => {
                 self.set_status(h.0, HostStatus::Up, at, fx);
