@@ -594,7 +594,16 @@ impl WorkerState {
                 self.peers.remove(&sender);
                 self.replan_due = true;
             }
-            ReportBody::HbDead { peer, .. } => {
+            ReportBody::HbDead { peer, last_seen_us } => {
+                if self.is_stale_death(s, peer.0, last_seen_us) {
+                    tracing::debug!(
+                        reporter = sender,
+                        peer = peer.0,
+                        last_seen_us,
+                        "HbDead about an earlier outage of a host up since then ignored"
+                    );
+                    return;
+                }
                 let actions = self.engine.handle(fsm::Event::HbDead {
                     at: now,
                     reporter: HostId(sender),
@@ -763,6 +772,21 @@ impl WorkerState {
     /// What every step ends with: sweep rounds move on.
     fn end_step(&mut self, s: &WorkerSettings, fx: &mut Effects) {
         self.advance_sweeps(s, fx);
+    }
+
+    /// Whether an `HbDead` about `peer` whose reporter last heard it at `last_seen_us`
+    /// (reporter's clock; 0: never) is about an outage that ended before `peer` was last
+    /// seen up (it recovered, or started again, later than the reporter last heard it,
+    /// by more than one heartbeat interval of clock skew). Reports are retransmitted until
+    /// acknowledged, so hosts cut off together (a switch down) deliver them once the path
+    /// is back, after the hosts they name have recovered: fed to the fsm they would make
+    /// dead verdicts about live hosts.
+    fn is_stale_death(&self, s: &WorkerSettings, peer: u64, last_seen_us: u64) -> bool {
+        let skew_us = u64::from(s.timings.interval_ms) * 1000;
+        last_seen_us != 0
+            && self.hosts.get(&peer).is_some_and(|h| {
+                h.status == HostStatus::Up && last_seen_us.saturating_add(skew_us) < h.since_us
+            })
     }
 
     /// How a sweep sees `host`.
@@ -1094,6 +1118,16 @@ impl WorkerState {
             }
             VerdictKind::Recovered(h) => {
                 self.set_status(h.0, HostStatus::Up, at, fx);
+                // A host down under a switch or router alarm kept its status: it is up
+                // again from now all the same (stale reports about the outage are told
+                // apart by this time: `is_stale_death`).
+                if let Some(info) = self.hosts.get_mut(&h.0) {
+                    if info.since_us < at {
+                        info.since_us = at;
+                        self.dirty.insert(h.0);
+                        self.write_host(h.0, fx);
+                    }
+                }
                 self.close_failures_of(h.0, at, fx);
             }
             _ => {
@@ -1436,6 +1470,44 @@ mod tests {
         assert!(!state.peers.contains_key(&3) || state.peers[&3].is_empty());
         assert!(state.peers[&2].contains(&4), "ring healed around 3");
         assert_eq!(state.open_failures.len(), 1);
+    }
+
+    #[test]
+    fn death_reports_about_an_outage_that_ended_are_ignored() {
+        let s = settings();
+        let (mut state, _) = started(5);
+        let mut fx = Effects::default();
+        let dead = |last_seen_us| ReportBody::HbDead {
+            peer: HostId(3),
+            last_seen_us,
+        };
+        // 3 dies (last heard at 9 s), then is heard again at 20 s: recovered, up since.
+        state.step_packet(&s, &packet(2, 2, 10_000_000, dead(9_000_000)), &mut fx);
+        state.step_packet(&s, &packet(4, 2, 10_100_000, dead(9_000_000)), &mut fx);
+        assert_eq!(state.hosts[&3].status, HostStatus::Dead);
+        let back = ReportBody::HbBackAlive {
+            peer: HostId(3),
+            down_for_ms: 11_000,
+        };
+        state.step_packet(&s, &packet(2, 3, 20_000_000, back), &mut fx);
+        assert_eq!(state.hosts[&3].status, HostStatus::Up);
+        let verdicts = |fx: &Effects| {
+            fx.events()
+                .filter(|e| e.kind == EventKind::Verdict(FailureKind::Dead))
+                .count()
+        };
+        assert_eq!(verdicts(&fx), 1);
+        // Copies of reports about that outage, delivered late (the reporters were cut off
+        // too): the reporters last heard 3 before it was seen up again.
+        state.step_packet(&s, &packet(4, 3, 30_000_000, dead(9_000_000)), &mut fx);
+        state.step_packet(&s, &packet(5, 1, 30_100_000, dead(8_500_000)), &mut fx);
+        assert_eq!(state.engine.host_state(HostId(3)), fsm::HostState::Watching);
+        assert_eq!(verdicts(&fx), 1, "no second dead verdict about a live host");
+        // A death after it was seen up (or a peer never heard at all) counts.
+        state.step_packet(&s, &packet(2, 4, 31_000_000, dead(25_000_000)), &mut fx);
+        state.step_packet(&s, &packet(4, 4, 31_100_000, dead(0)), &mut fx);
+        assert_eq!(state.hosts[&3].status, HostStatus::Dead);
+        assert_eq!(verdicts(&fx), 2);
     }
 
     #[test]
