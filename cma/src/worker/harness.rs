@@ -239,9 +239,9 @@ mod tests {
     use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
     use std::collections::BTreeSet;
 
-    const TICK_MS: u64 = 200;
+    pub(super) const TICK_MS: u64 = 200;
 
-    fn settings(switches: SwitchMap) -> WorkerSettings {
+    pub(super) fn settings(switches: SwitchMap) -> WorkerSettings {
         WorkerSettings {
             timings: HbTimings::default(),
             switches,
@@ -606,17 +606,9 @@ mod rows {
     use crate::worker::rings::SwitchMap;
     use crate::worker::views::HostStatus;
     use proptest::prelude::*;
-    use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
+    use proto::{CommandBody, ProbeOutcome, Startup};
 
-    const TICK_MS: u64 = 200;
-
-    fn settings(switches: SwitchMap) -> WorkerSettings {
-        WorkerSettings {
-            timings: HbTimings::default(),
-            switches,
-            probe_timeout_ms: 1000,
-        }
-    }
+    use super::tests::{settings, TICK_MS};
 
     /// A Startup from host `host` (any id: the address encodes it).
     fn startup(host: u64) -> ReportBody {
