@@ -537,7 +537,12 @@ mod tests {
         tables
             .leader
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        wait_for("a stored post", || !posts.lock().unwrap().is_empty()).await;
+        // The receiver stores the post before the sink reads its answer and counts the
+        // delivery: wait for both (under load the count comes measurably later).
+        wait_for("a stored and counted post", || {
+            !posts.lock().unwrap().is_empty() && metrics.delivered.get_or_create(&label).get() == 1
+        })
+        .await;
         assert_eq!(metrics.failures.get_or_create(&label).get(), 2);
         assert_eq!(metrics.delivered.get_or_create(&label).get(), 1);
         assert_eq!(posts.lock().unwrap()[0][0].labels["subject"], "5");

@@ -564,6 +564,54 @@ mod tests {
     }
 
     #[test]
+    fn a_block_of_whole_switch_rings_is_found_through_the_top_ring() {
+        // 8 declared switches of 5 hosts (sw1 = 1-5, ..., sw8 = 36-40), no routers.
+        let switches = (0..8u64)
+            .map(|k| SwitchConfig {
+                name: format!("sw{}", k + 1),
+                address: Some(format!("10.0.{}.254", k + 1).parse().unwrap()),
+                subnets: vec![],
+                hosts: (k * 5 + 1..=k * 5 + 5).collect(),
+                lldp_chassis: None,
+                router: None,
+            })
+            .collect();
+        let mut h = cluster(40, SwitchMap::new(switches, vec![]).unwrap());
+        h.sent.clear();
+        // Hosts 8-32 die: the end of sw2, all of sw3-sw6, the start of sw7. The four whole
+        // switch rings have no live watcher of their own; their representatives are a block
+        // of the top ring, watched only from sw2 and sw8.
+        let down: BTreeSet<u64> = (8..=32).collect();
+        let watchers: Vec<(u64, u64)> = h
+            .leader
+            .state
+            .peers
+            .iter()
+            .filter(|(w, _)| !down.contains(w))
+            .flat_map(|(w, ps)| {
+                ps.iter()
+                    .filter(|p| down.contains(p))
+                    .map(move |p| (*w, *p))
+            })
+            .collect();
+        let took_ms = run_world(&mut h, &down, watchers, 120_000);
+        eprintln!(
+            "block of {} over whole switch rings found after {took_ms} ms",
+            down.len()
+        );
+        let dead: BTreeSet<u64> = h
+            .failures()
+            .iter()
+            .filter(|f| f.kind == FailureKind::Dead)
+            .flat_map(|f| f.hosts.iter().copied())
+            .collect();
+        assert_eq!(dead, down, "every host of the block, and no live host");
+        // Switch by switch through the top ring would take a deadtime, a switch check and
+        // host probes per switch (over 40 s here).
+        assert!(took_ms <= 25_000, "block found after {took_ms} ms");
+    }
+
+    #[test]
     fn a_block_of_consecutive_dead_hosts_is_found_in_parallel() {
         let mut h = cluster(120, SwitchMap::default());
         h.sent.clear();

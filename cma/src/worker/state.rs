@@ -17,7 +17,7 @@
 
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
-use super::sweep::{Direction, Standing, Sweep};
+use super::sweep::{Direction, RingKey, Standing, Sweep};
 use super::topology::{self, Learned, RouterView, SwitchView, TopologyView};
 use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
@@ -805,16 +805,54 @@ impl WorkerState {
 
     /// The members of the ring of `switch` (up hosts behind it, or of unknown topology
     /// for `None`), in ring order.
-    fn ring_members(&self, switch: &Option<String>) -> Vec<u64> {
+    fn ring_members(&self, switch: &Option<String>) -> Vec<(RingKey, u64)> {
         self.hosts
             .iter()
             .filter(|(_, h)| h.status == HostStatus::Up && h.switch == *switch)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| ((switch.clone(), *id), *id))
             .collect()
     }
 
-    /// `dead` was just declared dead, reported by `reporters`: each ring neighbour that
-    /// did not report it may be dead too, so a sweep checks the hosts beyond it.
+    /// The members of the top ring (the [`rings::REPRESENTATIVES`] lowest up hosts of
+    /// each switch ring), in ring order; empty when there is one ring only.
+    fn top_members(&self) -> Vec<(RingKey, u64)> {
+        let mut groups: BTreeMap<&Option<String>, Vec<u64>> = BTreeMap::new();
+        for (id, h) in &self.hosts {
+            if h.status == HostStatus::Up {
+                let g = groups.entry(&h.switch).or_default();
+                if g.len() < rings::REPRESENTATIVES {
+                    g.push(*id);
+                }
+            }
+        }
+        if groups.len() < 2 {
+            return Vec::new();
+        }
+        groups
+            .into_iter()
+            .flat_map(|(sw, ids)| ids.into_iter().map(move |id| ((sw.clone(), id), id)))
+            .collect()
+    }
+
+    fn key_of(&self, host: u64) -> RingKey {
+        (self.hosts.get(&host).and_then(|h| h.switch.clone()), host)
+    }
+
+    /// Whether `host` (just declared dead) was one of its switch ring's representatives in
+    /// the top ring: fewer than that many up hosts of its switch have a lower id.
+    fn was_representative(&self, host: u64) -> bool {
+        let switch = self.hosts.get(&host).map(|h| &h.switch);
+        self.hosts
+            .range(..host)
+            .filter(|(_, h)| h.status == HostStatus::Up && Some(&h.switch) == switch)
+            .take(rings::REPRESENTATIVES)
+            .count()
+            < rings::REPRESENTATIVES
+    }
+
+    /// `dead` was just declared dead, reported by `reporters`: each ring neighbour (in its
+    /// own ring, and in the top ring if it was a representative) that did not report it
+    /// may be dead too, so a sweep checks the hosts beyond it.
     fn start_sweeps(
         &mut self,
         s: &WorkerSettings,
@@ -822,39 +860,70 @@ impl WorkerState {
         reporters: &BTreeSet<u64>,
         fx: &mut Effects,
     ) {
-        // A death found by a sweep's own check: that sweep's next round goes on from it.
-        if self.sweeps.iter().any(|w| w.pending.contains(&dead)) {
-            return;
-        }
         let Some(switch) = self.hosts.get(&dead).map(|h| h.switch.clone()) else {
             return;
         };
-        let members = self.ring_members(&switch);
-        for direction in [Direction::Up, Direction::Down] {
-            let neighbour =
-                super::sweep::round(&members, dead, direction, 1, dead, |_| Standing::Quiet);
-            let Some(&n) = neighbour.first() else {
-                continue;
-            };
-            if reporters.contains(&n) {
-                continue;
-            }
-            let Some(&from) = reporters.iter().find(|r| **r != n) else {
-                continue;
-            };
-            let started = Sweep::start(switch.clone(), &members, dead, direction, from, |h| {
-                self.standing(h)
-            });
-            if let Some((sweep, check)) = started {
-                tracing::info!(
-                    dead,
-                    from,
-                    hosts = check.len(),
-                    ?direction,
-                    "block sweep started"
-                );
-                self.check(s, from, &check, fx);
-                self.sweeps.push(sweep);
+        // The prober: a reporter, or for a death found by a check, the checking sweep's.
+        let checked_by = self
+            .sweeps
+            .iter()
+            .find(|w| w.pending.contains(&dead))
+            .map(|w| (w.top, w.from));
+        let key = self.key_of(dead);
+        let own = self.ring_members(&switch);
+        // Its own ring said nothing: the whole switch ring may be down, and then only the
+        // top ring leads to the next one (a single death, reported by its own ring, starts
+        // no top-ring sweep).
+        let own_silent = [Direction::Up, Direction::Down].iter().all(|d| {
+            super::sweep::round(&own, &key, *d, 1, dead, false, |_| Standing::Quiet)
+                .first()
+                .is_none_or(|n| !reporters.contains(n))
+        });
+        let mut rings = Vec::new();
+        if own_silent && !matches!(checked_by, Some((true, _))) && self.was_representative(dead) {
+            rings.push((true, self.top_members()));
+        }
+        // A death found by a sweep's own check: that sweep's next round goes on from it.
+        if !matches!(checked_by, Some((false, _))) {
+            rings.push((false, own));
+        }
+        for (top, members) in rings {
+            for direction in [Direction::Up, Direction::Down] {
+                let neighbour =
+                    super::sweep::round(&members, &key, direction, 1, dead, false, |_| {
+                        Standing::Quiet
+                    });
+                let Some(&n) = neighbour.first() else {
+                    continue;
+                };
+                if reporters.contains(&n) {
+                    continue;
+                }
+                let from = reporters
+                    .iter()
+                    .copied()
+                    .find(|r| *r != n)
+                    .or(checked_by.map(|(_, f)| f))
+                    .filter(|f| *f != n);
+                let Some(from) = from else {
+                    continue;
+                };
+                let started =
+                    Sweep::start(switch.clone(), top, &members, &key, direction, from, |h| {
+                        self.standing(h)
+                    });
+                if let Some((sweep, check)) = started {
+                    tracing::info!(
+                        dead,
+                        from,
+                        top,
+                        hosts = check.len(),
+                        ?direction,
+                        "block sweep started"
+                    );
+                    self.check(s, from, &check, fx);
+                    self.sweeps.push(sweep);
+                }
             }
         }
     }
@@ -872,8 +941,13 @@ impl WorkerState {
                 None => keep.push(sweep),
                 Some(false) => {}
                 Some(true) => {
-                    let members = self.ring_members(&sweep.switch);
-                    let check = sweep.next_round(&members, |h| self.standing(h));
+                    let members = if sweep.top {
+                        self.top_members()
+                    } else {
+                        self.ring_members(&sweep.switch)
+                    };
+                    let frontier = self.key_of(sweep.frontier);
+                    let check = sweep.next_round(&members, &frontier, |h| self.standing(h));
                     if !check.is_empty() {
                         self.check(s, sweep.from, &check, fx);
                         keep.push(sweep);

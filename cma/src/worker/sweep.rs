@@ -52,11 +52,19 @@ pub enum Standing {
     Other,
 }
 
+/// Where a host sits in ring order: rings are ordered by switch (unknown first), then host
+/// id; a switch ring's members all share the switch, the top ring spans switches.
+pub type RingKey = (Option<String>, u64);
+
 /// One sweep in progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sweep {
-    /// The ring's switch (`None`: the flat ring).
+    /// The ring's switch (`None`: the flat ring); unused for the top ring.
     pub switch: Option<String>,
+    /// A sweep of the top ring (the representatives of every switch ring): a block of
+    /// whole switch rings is only watched there.
+    #[serde(default)]
+    pub top: bool,
     /// Direction away from the live watcher.
     pub direction: Direction,
     /// The live host that probes (it reported the death that started the sweep).
@@ -72,14 +80,16 @@ pub struct Sweep {
 }
 
 /// Up to `width` hosts after `start` (excluded) in `direction` along the ring `members`
-/// (sorted ids, wrapping), stopping before the first host that is not quiet, or that is
-/// `from`, or `start` itself (a sweep never laps the ring).
+/// (in ring order, sorted by key, wrapping), stopping before the first host that is not
+/// quiet (or, with `skip_open`, skipping hosts under suspicion or check and stopping at the
+/// others), or that is `from`, or `start` itself (a sweep never laps the ring).
 pub fn round(
-    members: &[u64],
-    start: u64,
+    members: &[(RingKey, u64)],
+    start: &RingKey,
     direction: Direction,
     width: usize,
     from: u64,
+    skip_open: bool,
     standing: impl Fn(u64) -> Standing,
 ) -> Vec<u64> {
     let n = members.len();
@@ -88,18 +98,22 @@ pub fn round(
     }
     // Index of the first member after `start` in the direction (start need not be a member
     // any more: it may have just died and left the ring).
-    let above = members.partition_point(|m| *m <= start);
-    let below = members.partition_point(|m| *m < start);
+    let above = members.partition_point(|(k, _)| k <= start);
+    let below = members.partition_point(|(k, _)| k < start);
     let mut out = Vec::new();
     for k in 0..n {
         let id = match direction {
-            Direction::Up => members[(above + k) % n],
-            Direction::Down => members[(below + n - 1 - k) % n],
+            Direction::Up => members[(above + k) % n].1,
+            Direction::Down => members[(below + n - 1 - k) % n].1,
         };
-        if id == start || id == from || out.len() >= width || standing(id) != Standing::Quiet {
+        if id == start.1 || id == from || out.len() >= width {
             break;
         }
-        out.push(id);
+        match standing(id) {
+            Standing::Quiet => out.push(id),
+            Standing::Open if skip_open => {}
+            _ => break,
+        }
     }
     out
 }
@@ -109,16 +123,18 @@ impl Sweep {
     /// with its first round.
     pub fn start(
         switch: Option<String>,
-        members: &[u64],
-        dead: u64,
+        top: bool,
+        members: &[(RingKey, u64)],
+        dead: &RingKey,
         direction: Direction,
         from: u64,
         standing: impl Fn(u64) -> Standing,
     ) -> Option<(Sweep, Vec<u64>)> {
-        let check = round(members, dead, direction, FIRST_ROUND, from, standing);
+        let check = round(members, dead, direction, FIRST_ROUND, from, top, standing);
         let frontier = *check.last()?;
         let sweep = Sweep {
             switch,
+            top,
             direction,
             from,
             pending: check.iter().copied().collect(),
@@ -149,16 +165,23 @@ impl Sweep {
         self.pending.is_empty().then_some(self.all_dead)
     }
 
-    /// The next round after a round where every host died (`members`: the ring now,
-    /// sorted); empty when there is nothing left to check, which ends the sweep.
-    pub fn next_round(&mut self, members: &[u64], standing: impl Fn(u64) -> Standing) -> Vec<u64> {
+    /// The next round after a round where every host died (`members`: the ring now, in
+    /// ring order; `frontier`: the key of the farthest host checked); empty when there is
+    /// nothing left to check, which ends the sweep.
+    pub fn next_round(
+        &mut self,
+        members: &[(RingKey, u64)],
+        frontier: &RingKey,
+        standing: impl Fn(u64) -> Standing,
+    ) -> Vec<u64> {
         self.width = (self.width * GROWTH).min(MAX_ROUND);
         let check = round(
             members,
-            self.frontier,
+            frontier,
             self.direction,
             self.width,
             self.from,
+            self.top,
             standing,
         );
         if let Some(&last) = check.last() {
@@ -175,6 +198,10 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    fn keyed(ring: &[u64]) -> Vec<(RingKey, u64)> {
+        ring.iter().map(|h| ((None, *h), *h)).collect()
+    }
+
     fn quiet_except(open: &[u64]) -> impl Fn(u64) -> Standing + '_ {
         move |h| {
             if open.contains(&h) {
@@ -189,31 +216,111 @@ mod tests {
     fn rounds_walk_both_ways_and_wrap() {
         let ring: Vec<u64> = (1..=10).collect();
         let q = quiet_except(&[]);
-        assert_eq!(round(&ring, 4, Direction::Up, 3, 99, &q), vec![5, 6, 7]);
-        assert_eq!(round(&ring, 4, Direction::Down, 3, 99, &q), vec![3, 2, 1]);
-        assert_eq!(round(&ring, 9, Direction::Up, 3, 99, &q), vec![10, 1, 2]);
-        assert_eq!(round(&ring, 2, Direction::Down, 3, 99, &q), vec![1, 10, 9]);
+        assert_eq!(
+            round(&keyed(&ring), &(None, 4), Direction::Up, 3, 99, false, &q),
+            vec![5, 6, 7]
+        );
+        assert_eq!(
+            round(&keyed(&ring), &(None, 4), Direction::Down, 3, 99, false, &q),
+            vec![3, 2, 1]
+        );
+        assert_eq!(
+            round(&keyed(&ring), &(None, 9), Direction::Up, 3, 99, false, &q),
+            vec![10, 1, 2]
+        );
+        assert_eq!(
+            round(&keyed(&ring), &(None, 2), Direction::Down, 3, 99, false, &q),
+            vec![1, 10, 9]
+        );
         // The dead host that started the sweep has left the ring already.
         let without_4: Vec<u64> = ring.iter().copied().filter(|h| *h != 4).collect();
-        assert_eq!(round(&without_4, 4, Direction::Up, 2, 99, &q), vec![5, 6]);
-        assert_eq!(round(&without_4, 4, Direction::Down, 2, 99, &q), vec![3, 2]);
+        assert_eq!(
+            round(
+                &keyed(&without_4),
+                &(None, 4),
+                Direction::Up,
+                2,
+                99,
+                false,
+                &q
+            ),
+            vec![5, 6]
+        );
+        assert_eq!(
+            round(
+                &keyed(&without_4),
+                &(None, 4),
+                Direction::Down,
+                2,
+                99,
+                false,
+                &q
+            ),
+            vec![3, 2]
+        );
     }
 
     #[test]
     fn rounds_stop_at_the_prober_at_open_hosts_and_never_lap() {
         let ring: Vec<u64> = (1..=10).collect();
         assert_eq!(
-            round(&ring, 4, Direction::Up, 100, 8, quiet_except(&[])),
+            round(
+                &keyed(&ring),
+                &(None, 4),
+                Direction::Up,
+                100,
+                8,
+                false,
+                quiet_except(&[])
+            ),
             vec![5, 6, 7]
         );
         assert_eq!(
-            round(&ring, 4, Direction::Up, 100, 99, quiet_except(&[7])),
+            round(
+                &keyed(&ring),
+                &(None, 4),
+                Direction::Up,
+                100,
+                99,
+                false,
+                quiet_except(&[7])
+            ),
             vec![5, 6]
         );
         // Around the whole ring back to the start, never twice.
-        let all = round(&ring, 4, Direction::Up, 100, 99, quiet_except(&[]));
+        let all = round(
+            &keyed(&ring),
+            &(None, 4),
+            Direction::Up,
+            100,
+            99,
+            false,
+            quiet_except(&[]),
+        );
         assert_eq!(all.len(), 9);
-        assert!(round(&[], 4, Direction::Up, 5, 99, quiet_except(&[])).is_empty());
+        assert!(round(
+            &[],
+            &(None, 4),
+            Direction::Up,
+            5,
+            99,
+            false,
+            quiet_except(&[])
+        )
+        .is_empty());
+        // The top ring skips hosts under check (their own switch ring's sweep has them).
+        assert_eq!(
+            round(
+                &keyed(&ring),
+                &(None, 4),
+                Direction::Up,
+                100,
+                99,
+                true,
+                quiet_except(&[5, 6])
+            ),
+            vec![7, 8, 9, 10, 1, 2, 3]
+        );
     }
 
     /// Simulates a sweep over a ring where `dead` hosts are down, answering every check at
@@ -221,21 +328,26 @@ mod tests {
     fn simulate(n: u64, dead: &BTreeSet<u64>, first: u64, from: u64) -> (usize, BTreeSet<u64>) {
         let mut state: BTreeMap<u64, Standing> = (1..=n).map(|h| (h, Standing::Quiet)).collect();
         state.insert(first, Standing::Dead);
-        let members = |state: &BTreeMap<u64, Standing>| -> Vec<u64> {
+        let members = |state: &BTreeMap<u64, Standing>| -> Vec<(RingKey, u64)> {
             state
                 .iter()
                 .filter(|(_, s)| **s != Standing::Dead)
-                .map(|(h, _)| *h)
+                .map(|(h, _)| ((None, *h), *h))
                 .collect()
         };
         let look = |state: &BTreeMap<u64, Standing>, h: u64| {
             state.get(&h).copied().unwrap_or(Standing::Other)
         };
-        let (mut sweep, mut check) =
-            Sweep::start(None, &members(&state), first, Direction::Up, from, |h| {
-                look(&state, h)
-            })
-            .unwrap();
+        let (mut sweep, mut check) = Sweep::start(
+            None,
+            false,
+            &members(&state),
+            &(None, first),
+            Direction::Up,
+            from,
+            |h| look(&state, h),
+        )
+        .unwrap();
         let mut rounds = 1;
         let mut found = BTreeSet::new();
         loop {
@@ -250,7 +362,8 @@ mod tests {
             if sweep.settle(|h| look(&state, h)) != Some(true) {
                 return (rounds, found);
             }
-            let next = sweep.next_round(&members(&state), |h| look(&state, h));
+            let frontier = (None, sweep.frontier);
+            let next = sweep.next_round(&members(&state), &frontier, |h| look(&state, h));
             if next.is_empty() {
                 return (rounds, found);
             }
@@ -290,8 +403,16 @@ mod tests {
     #[test]
     fn pending_hosts_hold_the_round() {
         let ring: Vec<u64> = (1..=10).collect();
-        let (mut sweep, check) =
-            Sweep::start(None, &ring, 4, Direction::Up, 3, quiet_except(&[])).unwrap();
+        let (mut sweep, check) = Sweep::start(
+            None,
+            false,
+            &keyed(&ring),
+            &(None, 4),
+            Direction::Up,
+            3,
+            quiet_except(&[]),
+        )
+        .unwrap();
         assert_eq!(check, vec![5, 6, 7, 8, 9, 10, 1, 2]);
         // Still under check: no outcome yet.
         assert_eq!(sweep.settle(quiet_except(&check)), None);
