@@ -2,24 +2,10 @@ use super::*;
 use crate::worker::rings::{RouterConfig, SwitchConfig};
 use crate::worker::state::{Change, Effects, WorkerSettings, WorkerState};
 use proto::discovery::{LinkProtocol, LLDP_KIND};
-use proto::{Body, HbTimings, HostId, InterfaceAddr, KeyId, KeyRing, Report, ReportBody};
-use proto::{SessionId, Startup};
-use queue::QueuedPacket;
-use std::sync::Arc;
+use proto::Startup;
+use proto::{HbTimings, HostId, InterfaceAddr, ReportBody};
 
-fn packet(sender: u64, id: u64, at_us: u64, body: ReportBody) -> QueuedPacket {
-    let keys = Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [1; 32])]).unwrap());
-    let mut sealer = proto::Sealer::new(keys, HostId(sender), SessionId(1));
-    let datagram = sealer.seal(&Body::Report(Report { id, body })).unwrap();
-    QueuedPacket {
-        sender,
-        session: 1,
-        seq: id,
-        received_at_us: at_us,
-        source: "127.0.0.1:9".parse().unwrap(),
-        datagram,
-    }
-}
+use crate::worker::state::tests::packet;
 
 /// Host `h` on subnet 198.18.`net`.0/24 with gateway 198.18.`net`.1.
 fn startup(h: u64, net: u8) -> ReportBody {
