@@ -12,6 +12,7 @@
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
 //! - [`capture`]: the filtered AF_PACKET socket that hears LLDP/CDP frames.
 //! - [`socket`]: the UDP socket and its options.
+//! - [`recv`]: batched reads (`recvmmsg`) with the kernel's drop counter.
 //! - [`metrics`]: counters and the optional Prometheus listener.
 //! - [`node`]: the daemon loop wiring them together.
 
@@ -25,5 +26,6 @@ pub mod lldp;
 pub mod metrics;
 pub mod node;
 pub mod probes;
+pub mod recv;
 pub mod reports;
 pub mod socket;

@@ -18,8 +18,14 @@ pub struct Label {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Datagrams refused by the verifier, by `Rejection::reason`.
+    /// Datagrams refused by the verifier, by `Rejection::reason`, and `rate_limited`.
     pub rejected: Family<Label, Counter>,
+    /// The `rate_limited` series of `rejected`, held so that counting a flood's datagram
+    /// is one atomic add, not a family lookup.
+    pub rate_limited: Counter,
+    /// Datagrams the kernel dropped on the UDP socket because its receive buffer was full
+    /// (`SO_RXQ_OVFL`): never seen by the daemon, genuine ones included.
+    pub receive_overflows: Counter,
     /// Reports dropped from the full outbound queue, by report kind.
     pub reports_dropped: Family<Label, Counter>,
     /// Report sends, first copies and retransmissions, by report kind.
@@ -70,6 +76,8 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             rejected: Family::default(),
+            rate_limited: Counter::default(),
+            receive_overflows: Counter::default(),
             reports_dropped: Family::default(),
             reports_sent: Family::default(),
             reports_retried: Family::default(),
@@ -162,14 +170,26 @@ impl Metrics {
         ]) {
             let _ = m.lldp_frames.get_or_create(&Label { name });
         }
-        let _ = m.rejected.get_or_create(&Label {
-            name: "rate_limited",
-        });
+        let rate_limited = m
+            .rejected
+            .get_or_create(&Label {
+                name: "rate_limited",
+            })
+            .clone();
+        registry.register(
+            "receive_overflows",
+            "Datagrams the kernel dropped on the UDP socket: receive buffer full",
+            m.receive_overflows.clone(),
+        );
         m.listener.register(&mut registry);
         for reason in proto::Rejection::REASONS {
             let _ = m.rejected.get_or_create(&Label { name: reason });
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            rate_limited,
+            ..m
+        }
     }
 
     /// Counts one under `name` in `family`.

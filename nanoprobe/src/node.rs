@@ -8,6 +8,7 @@ use crate::heartbeat::{Action, HeartbeatEngine};
 use crate::lldp::{NeighbourTable, Observed};
 use crate::metrics::Metrics;
 use crate::probes::{run_probe, EchoSetup};
+use crate::recv::{self, RecvBatch};
 use crate::reports::ReportSender;
 use crate::{capture, discovery, socket};
 use proto::{
@@ -24,8 +25,9 @@ use tokio::sync::mpsc;
 const MAX_PROBE_TARGETS: usize = 64;
 /// Most senders whose replay state is tracked.
 const MAX_SENDERS: usize = 4096;
-/// Most datagrams read from the socket in one go before timers are looked at: under a
-/// flood the loop drains the socket instead of paying the timer work per datagram.
+/// Most datagrams read from the socket in one go (in `recvmmsg` batches of
+/// [`recv::BATCH`]) before timers are looked at: under a flood the loop drains the socket
+/// instead of paying the timer work per datagram.
 const DRAIN_BATCH: usize = 256;
 /// If no LLDP/CDP neighbour is heard this long after start (lldpd's default interval is
 /// 30 s), an empty neighbour set is reported so the CMA forgets an earlier run's.
@@ -97,6 +99,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let keys = Arc::new(KeyRing::load(&key_path)?);
     let std_socket = socket::bind_udp(config.bind, &config.socket)
         .map_err(io_err(format!("binding UDP {}", config.bind)))?;
+    if let Err(e) = RecvBatch::enable_drop_counter(&std_socket) {
+        tracing::warn!(error = %e, "cannot enable the receive drop counter (SO_RXQ_OVFL)");
+    }
     let socket = UdpSocket::from_std(std_socket).map_err(io_err("registering UDP socket"))?;
     let local = socket.local_addr().map_err(io_err("local address"))?;
     let session = SessionId::from_clock();
@@ -177,6 +182,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let watchdog = daemon::systemd::notify_ready();
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
+    // One byte more than the longest valid datagram, so a longer one is seen as too long.
+    let mut batch = RecvBatch::new(proto::MAX_DATAGRAM + 1);
     loop {
         let now = Instant::now();
         let deadline = [
@@ -191,18 +198,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         .min()
         .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
-            received = node.socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => {
-                    let now = Instant::now();
-                    node.on_datagram(&buf[..n], from, now).await;
-                    // Drain what else is queued before looking at timers.
-                    for _ in 1..DRAIN_BATCH {
-                        match node.socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => node.on_datagram(&buf[..n], from, now).await,
-                            Err(_) => break,
-                        }
-                    }
-                }
+            ready = node.socket.readable() => match ready {
+                Ok(()) => node.drain(&mut batch).await,
                 Err(e) => tracing::debug!(error = %e, "recv error"),
             },
             Some(result) = probe_rx.recv() => {
@@ -235,6 +232,35 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
 }
 
 impl Node {
+    /// Reads and handles what is queued on the socket, up to [`DRAIN_BATCH`] datagrams.
+    async fn drain(&mut self, batch: &mut RecvBatch) {
+        let now = Instant::now();
+        for _ in 0..DRAIN_BATCH / recv::BATCH {
+            let read = self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || batch.recv(&self.socket));
+            match read {
+                Ok(n) => {
+                    for i in 0..n {
+                        if let Some((datagram, Some(from))) = batch.get(i) {
+                            self.on_datagram(datagram, from, now).await;
+                        }
+                    }
+                    if n < recv::BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "recv error");
+                    }
+                    break;
+                }
+            }
+        }
+        self.metrics.receive_overflows.inc_by(batch.take_drops());
+    }
+
     async fn send(&mut self, body: &Body, to: SocketAddr) {
         match self.sealer.seal_into(body, &mut self.out) {
             Ok(_) => {
@@ -362,7 +388,7 @@ impl Node {
     async fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         if !self.guard.admits(from.ip(), now) {
             // This source's failure budget is spent: not even the MAC is computed.
-            Metrics::inc(&self.metrics.rejected, "rate_limited");
+            self.metrics.rate_limited.inc();
             return;
         }
         let verified = match self.verifier.verify(datagram) {

@@ -13,10 +13,18 @@ pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std:
     if let Err(e) = socket.set_recv_buffer_size(config.recv_buffer) {
         tracing::warn!(error = %e, "cannot set receive buffer size");
     }
-    // Linux reports twice the usable size; a smaller figure means net.core.rmem_max capped
-    // the request.
+    // Linux reports twice the size asked for (the rest is bookkeeping); a smaller figure
+    // means net.core.rmem_max capped the request. With CAP_NET_ADMIN (root; the units do
+    // not grant it) SO_RCVBUFFORCE passes the cap.
+    let full = config.recv_buffer.saturating_mul(2);
+    if socket.recv_buffer_size().is_ok_and(|got| got < full) {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+        if setsockopt(&socket, RcvBufForce, &config.recv_buffer).is_ok() {
+            tracing::debug!("receive buffer forced past net.core.rmem_max");
+        }
+    }
     match socket.recv_buffer_size() {
-        Ok(got) if got < config.recv_buffer => tracing::warn!(
+        Ok(got) if got < full => tracing::warn!(
             asked = config.recv_buffer,
             got,
             "receive buffer capped by the kernel: raise net.core.rmem_max for flood resistance"
