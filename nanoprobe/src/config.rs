@@ -198,9 +198,10 @@ impl LldpConfig {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SocketConfig {
-    /// Receive buffer size in bytes (default 4194304, so a garbage flood does not crowd
-    /// genuine datagrams out of the queue; the kernel caps it at `net.core.rmem_max`, and a
-    /// lower effective size is logged at start).
+    /// Receive buffer size in bytes (default 16 MiB, so a garbage flood does not crowd
+    /// genuine datagrams out of the queue while the daemon waits for a CPU; the kernel caps
+    /// it at `net.core.rmem_max` unless the daemon has CAP_NET_ADMIN, and a lower effective
+    /// size is logged at start). Memory is used only while datagrams are queued.
     pub recv_buffer: usize,
     /// Send buffer size in bytes (default 262144).
     pub send_buffer: usize,
@@ -212,7 +213,7 @@ pub struct SocketConfig {
 impl Default for SocketConfig {
     fn default() -> Self {
         SocketConfig {
-            recv_buffer: 4 * 1024 * 1024,
+            recv_buffer: 16 * 1024 * 1024,
             send_buffer: 256 * 1024,
             dscp: 46,
         }
