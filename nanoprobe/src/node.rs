@@ -246,9 +246,8 @@ impl Node {
                             self.on_datagram(datagram, from, now).await;
                         }
                     }
-                    if n < recv::BATCH {
-                        break;
-                    }
+                    // Read again even after a short batch: only `WouldBlock` clears the
+                    // socket's readiness, and it costs no more than a wake-up would.
                 }
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::WouldBlock {
