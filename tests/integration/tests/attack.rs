@@ -82,7 +82,9 @@ fn run(plan: Plan) {
         .expect("getrlimit");
     if own < need || hard < plan.nofile {
         let why = format!(
-            "this test needs {need} descriptors for its attackers and a hard RLIMIT_NOFILE of              at least {} for the nodes; it got {own} and a hard limit of {hard} (raise              `ulimit -Hn`, or run as root with CAP_SYS_RESOURCE)",
+            "this test needs {need} descriptors for its attackers and a hard RLIMIT_NOFILE of \
+             at least {} for the nodes; it got {own} and a hard limit of {hard} (raise \
+             `ulimit -Hn`, or run as root with CAP_SYS_RESOURCE)",
             plan.nofile
         );
         assert!(
