@@ -13,6 +13,7 @@
 //! - [`capture`]: the filtered AF_PACKET socket that hears LLDP/CDP frames.
 //! - [`socket`]: the UDP socket and its options.
 //! - [`recv`]: batched reads (`recvmmsg`) with the kernel's drop counter.
+//! - [`peers`]: connected sockets for authenticated peers (their own receive queue).
 //! - [`metrics`]: counters and the optional Prometheus listener.
 //! - [`node`]: the daemon loop wiring them together.
 
@@ -25,6 +26,7 @@ pub mod heartbeat;
 pub mod lldp;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod probes;
 pub mod recv;
 pub mod reports;

@@ -7,6 +7,7 @@ use crate::guard::{RateLimited, SourceGuard};
 use crate::heartbeat::{Action, HeartbeatEngine};
 use crate::lldp::{NeighbourTable, Observed};
 use crate::metrics::Metrics;
+use crate::peers::{Forwarded, PeerSockets};
 use crate::probes::{run_probe, EchoSetup};
 use crate::recv::{self, RecvBatch};
 use crate::reports::ReportSender;
@@ -82,6 +83,9 @@ struct Node {
     out: Vec<u8>,
     next_nonce: u64,
     guard: SourceGuard,
+    /// Own sockets of authenticated peers, and what they read.
+    peer_sockets: PeerSockets,
+    from_peers: mpsc::Receiver<Forwarded>,
     bad_mac_warning: RateLimited,
     unacked_warning: RateLimited,
     lldp: NeighbourTable,
@@ -120,6 +124,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
     let mut stop = daemon::signals::StopSignals::install().map_err(io_err("signal handlers"))?;
     let (probe_tx, mut probe_rx) = mpsc::channel(MAX_PROBE_TARGETS);
+    let (peer_sockets, from_peers) = PeerSockets::new(local, &config.socket);
     let mut node = Node {
         host,
         sealer: Sealer::new(keys.clone(), host, session),
@@ -140,6 +145,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         out: Vec::with_capacity(proto::MAX_DATAGRAM),
         next_nonce: session.0,
         guard: SourceGuard::default(),
+        peer_sockets,
+        from_peers,
         bad_mac_warning: RateLimited::new(WARN_EVERY),
         unacked_warning: RateLimited::new(WARN_EVERY),
         lldp: NeighbourTable::new(config.lldp.limits())
@@ -202,6 +209,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
                 Ok(()) => node.drain(&mut batch).await,
                 Err(e) => tracing::debug!(error = %e, "recv error"),
             },
+            Some((datagram, from)) = node.from_peers.recv() => {
+                node.on_datagram(&datagram, from, Instant::now()).await;
+                node.serve_peers(Instant::now()).await;
+            }
             Some(result) = probe_rx.recv() => {
                 node.report(ReportBody::ProbeResult(result), Instant::now());
             }
@@ -246,6 +257,9 @@ impl Node {
                             self.on_datagram(datagram, from, now).await;
                         }
                     }
+                    // Peers' datagrams, from their own sockets, between two batches of the
+                    // shared socket: a flood there delays them by one batch at most.
+                    self.serve_peers(now).await;
                     // Read again even after a short batch: only `WouldBlock` clears the
                     // socket's readiness, and it costs no more than a wake-up would.
                 }
@@ -258,6 +272,20 @@ impl Node {
             }
         }
         self.metrics.receive_overflows.inc_by(batch.take_drops());
+        // Under a flood the socket is always ready, so this task would never wait and the
+        // runtime (one thread) would not run the peer sockets' readers or refresh their
+        // readiness; yielding after every drain lets them forward genuine datagrams.
+        tokio::task::yield_now().await;
+    }
+
+    /// Handles the datagrams the peer sockets forwarded so far (a bounded number).
+    async fn serve_peers(&mut self, now: Instant) {
+        for _ in 0..recv::BATCH {
+            match self.from_peers.try_recv() {
+                Ok((datagram, from)) => self.on_datagram(&datagram, from, now).await,
+                Err(_) => break,
+            }
+        }
     }
 
     async fn send(&mut self, body: &Body, to: SocketAddr) {
@@ -324,6 +352,7 @@ impl Node {
 
     /// Fires due timers of both engines and sends what they ask for.
     async fn tick(&mut self, now: Instant) {
+        self.peer_sockets.expire(now);
         for action in self.engine.poll(now) {
             self.act(action, now).await;
         }
@@ -412,6 +441,9 @@ impl Node {
             }
         };
         self.guard.authentic(from.ip(), now);
+        if let Err(e) = self.peer_sockets.authentic(from, now) {
+            tracing::debug!(%from, error = %e, "cannot open a peer socket");
+        }
         let sender = verified.header.sender;
         match verified.body {
             Body::Heartbeat(hb) => {
@@ -555,23 +587,32 @@ impl Node {
                 .next_deadline()
                 .unwrap_or(deadline)
                 .min(deadline);
+            // The packet-reader's ACK comes on its peer socket if it has one.
             tokio::select! {
                 received = self.socket.recv_from(buf) => {
                     if let Ok((n, from)) = received {
-                        if let Ok(v) = self.verifier.verify(&buf[..n]) {
-                            if let Body::Ack(ack) = v.body {
-                                if ack.session == self.sealer.session() {
-                                    self.reports.on_ack(ack.id);
-                                }
-                            }
-                        } else {
-                            tracing::debug!(%from, "datagram rejected during shutdown");
-                        }
+                        self.ack_during_shutdown(&buf[..n], from);
                     }
+                }
+                Some((datagram, from)) = self.from_peers.recv() => {
+                    self.ack_during_shutdown(&datagram, from);
                 }
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
             self.send_due_reports(Instant::now()).await;
+        }
+    }
+
+    /// During shutdown only ACKs of our reports are handled.
+    fn ack_during_shutdown(&mut self, datagram: &[u8], from: SocketAddr) {
+        if let Ok(v) = self.verifier.verify(datagram) {
+            if let Body::Ack(ack) = v.body {
+                if ack.session == self.sealer.session() {
+                    self.reports.on_ack(ack.id);
+                }
+            }
+        } else {
+            tracing::debug!(%from, "datagram rejected during shutdown");
         }
     }
 }
