@@ -7,7 +7,8 @@
 //! peer's datagrams (ring neighbours, packet-readers, the CMA) queue on their own socket,
 //! whatever fills the shared one. A task per socket forwards what it reads to the daemon
 //! loop, which verifies it like any other datagram. At most [`MAX_PEER_SOCKETS`] exist; a
-//! peer silent for [`PEER_IDLE`] loses its socket. A spoofed flood with a peer's address
+//! peer silent for [`PEER_IDLE`] loses its socket, and when all are taken a new peer takes
+//! the socket of one silent for [`PEER_REPLACEABLE`]. A spoofed flood with a peer's address
 //! and port only fills that peer's queue.
 
 use crate::config::SocketConfig;
@@ -22,6 +23,10 @@ use tokio::task::JoinHandle;
 pub const MAX_PEER_SOCKETS: usize = 64;
 /// A peer without an authentic datagram for this long loses its socket.
 pub const PEER_IDLE: Duration = Duration::from_secs(60);
+/// When all sockets are taken, a new peer gets the socket of the one silent longest if
+/// that one was silent this long (ring neighbours send heartbeats every second or so; a
+/// one-off source such as another host's probe goes silent at once).
+pub const PEER_REPLACEABLE: Duration = Duration::from_secs(5);
 /// Receive buffer of a peer socket: a peer sends a few datagrams per second.
 const PEER_RECV_BUFFER: usize = 256 * 1024;
 /// Datagrams forwarded to the daemon loop and not yet handled, all peers together.
@@ -71,8 +76,22 @@ impl PeerSockets {
             peer.last_authentic = now;
             return Ok(());
         }
-        if self.peers.len() >= MAX_PEER_SOCKETS || from.is_ipv4() != self.local.is_ipv4() {
+        if from.is_ipv4() != self.local.is_ipv4() {
             return Ok(());
+        }
+        if self.peers.len() >= MAX_PEER_SOCKETS {
+            let quietest = self
+                .peers
+                .iter()
+                .min_by_key(|(_, p)| p.last_authentic)
+                .filter(|(_, p)| {
+                    now.saturating_duration_since(p.last_authentic) >= PEER_REPLACEABLE
+                })
+                .map(|(addr, _)| *addr);
+            match quietest.and_then(|addr| self.peers.remove(&addr)) {
+                Some(old) => old.reader.abort(),
+                None => return Ok(()),
+            }
         }
         let socket = crate::socket::bind_udp(self.local, &self.config)?;
         socket.connect(from)?;
@@ -186,7 +205,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_most_max_peer_sockets() {
+    async fn at_most_max_peer_sockets_and_quiet_ones_make_room() {
         let config = SocketConfig::default();
         let shared = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), &config).unwrap();
         let (mut peers, _rx) = PeerSockets::new(shared.local_addr().unwrap(), &config);
@@ -197,5 +216,17 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(peers.len(), MAX_PEER_SOCKETS);
+        let newcomer = SocketAddr::from(([127, 0, 0, 3], 40000));
+        // All busy: no room.
+        peers.authentic(newcomer, now).unwrap();
+        assert!(!peers.peers.contains_key(&newcomer));
+        // One of them stays active, the others go quiet: the newcomer takes a quiet one's.
+        let active = SocketAddr::from(([127, 0, 0, 2], 40000));
+        let later = now + PEER_REPLACEABLE;
+        peers.authentic(active, later).unwrap();
+        peers.authentic(newcomer, later).unwrap();
+        assert_eq!(peers.len(), MAX_PEER_SOCKETS);
+        assert!(peers.peers.contains_key(&newcomer));
+        assert!(peers.peers.contains_key(&active));
     }
 }
