@@ -237,6 +237,10 @@ pub struct WorkerState {
     /// Ring membership changed during this turn: replan once at its end (a block of
     /// hundreds of verdicts, or a batch of start-ups, replans once).
     replan_due: bool,
+    /// Hosts joined, or their gateways changed, during this turn: the fsm is given the
+    /// new switch -> router facts once at its end (an O(hosts) pass; per start-up it made
+    /// forming 100,000 hosts quadratic).
+    router_facts_due: bool,
 }
 
 /// Effects of one or several steps, to commit (changes) and then carry out.
@@ -291,6 +295,7 @@ impl WorkerState {
             sweeps: Vec::new(),
             flushed_sweeps: Vec::new(),
             replan_due: false,
+            router_facts_due: false,
         }
     }
 
@@ -353,6 +358,7 @@ impl WorkerState {
             flushed_sweeps: meta.sweeps.clone(),
             sweeps: meta.sweeps,
             replan_due: false,
+            router_facts_due: false,
         }
     }
 
@@ -494,6 +500,9 @@ impl WorkerState {
 
     /// Ends a turn: the rings heal and re-form once for every change of the turn.
     pub fn end_turn(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        if std::mem::take(&mut self.router_facts_due) {
+            self.feed_router_facts(s, fx);
+        }
         if std::mem::take(&mut self.replan_due) {
             self.replan(s, fx);
         }
@@ -570,7 +579,7 @@ impl WorkerState {
                 };
                 let actions = self.engine.handle(facts);
                 self.apply_actions(s, actions, fx);
-                self.feed_router_facts(s, fx);
+                self.router_facts_due = true;
                 if came_back {
                     self.host_back(s, sender, now, fx);
                 }
@@ -698,7 +707,7 @@ impl WorkerState {
         if mac_changed {
             learned.gateway_mac = gateway_mac;
             // Gateways may now group into one router.
-            self.feed_router_facts(s, fx);
+            self.router_facts_due = true;
         }
         let after = self
             .learned
@@ -723,7 +732,7 @@ impl WorkerState {
             },
         });
         self.apply_actions(s, actions, fx);
-        self.feed_router_facts(s, fx);
+        self.router_facts_due = true;
         self.write_host(host, fx);
         self.replan_due = true;
     }
