@@ -845,7 +845,7 @@ impl WorkerState {
                 to,
                 addr,
                 CommandBody::SendExpectHb {
-                    peers: vec![peer.clone()],
+                    peers: vec![peer],
                     timings: s.timings,
                 },
             );
