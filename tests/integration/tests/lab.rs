@@ -589,6 +589,20 @@ fn lab_zero_config_host_moved_changes_rings_without_alarm() {
     );
     // Still there after the settle period (no flapping back).
     assert_eq!(ring_of(&rw, sw2), vec![14, 21, 22, 23, 24]);
+    // The capture saw the old interface go (its neighbour withdrawn) and joined the new
+    // one (issue 16: interfaces that appear after start-up are joined).
+    let log = std::fs::read_to_string(rw.dir.path().join(format!("nanoprobe{host}.log")))
+        .unwrap_or_default();
+    let rescan = log
+        .lines()
+        .find(|l| l.contains("capture interfaces changed") && l.contains("lost: 1"));
+    let rescan = rescan.unwrap_or_else(|| panic!("no rescan of the re-created eth0 in:\n{log}"));
+    assert!(
+        rescan.contains("joined: 2") && rescan.contains("withdrawn: 1"),
+        "{rescan}"
+    );
+    let counters = rescan.find("LinkCounters").map_or(rescan, |i| &rescan[i..]);
+    println!("lab: host {host}'s capture after the re-plug: {counters}");
 }
 
 /// Issue 14: a block of consecutive hosts dies in a ring nobody declared a switch for (the
