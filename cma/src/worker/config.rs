@@ -149,3 +149,18 @@ impl WorkerSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_move_hold_down_defaults_to_ten_seconds_and_reaches_the_settings() {
+        let section: WorkerSection = toml::from_str("key_file = \"/k\"").unwrap();
+        assert_eq!(section.move_hold_down_ms, 10_000);
+        assert_eq!(section.settings().unwrap().move_hold_down_ms, 10_000);
+        let section: WorkerSection =
+            toml::from_str("key_file = \"/k\"\nmove_hold_down_ms = 0").unwrap();
+        assert_eq!(section.settings().unwrap().move_hold_down_ms, 0);
+    }
+}
