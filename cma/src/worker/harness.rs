@@ -250,11 +250,14 @@ mod tests {
         }
     }
 
-    fn startup(host: u64) -> ReportBody {
+    /// A Startup from host `host` (any id: its address is 127.x.y.z with the id's low
+    /// three bytes, so hosts up to 255 are 127.0.0.<id>).
+    pub(super) fn startup(host: u64) -> ReportBody {
+        let [_, _, _, _, _, a, b, c] = host.to_be_bytes();
         ReportBody::Startup(Startup {
             hostname: format!("h{host}"),
             version: "test".into(),
-            listen: format!("127.0.0.{host}:7500").parse().unwrap(),
+            listen: format!("127.{a}.{b}.{c}:7500").parse().unwrap(),
             interfaces: vec![],
             gateway: None,
             lldp: None,
@@ -270,7 +273,11 @@ mod tests {
 
     /// `n` hosts started, one tick apart, and the rings formed.
     fn cluster(n: u64, switches: SwitchMap) -> Harness {
-        let mut h = Harness::new(settings(switches), fsm::Config::default());
+        cluster_with(n, settings(switches), fsm::Config::default())
+    }
+
+    pub(super) fn cluster_with(n: u64, s: WorkerSettings, f: fsm::Config) -> Harness {
+        let mut h = Harness::new(s, f);
         for host in 1..=n {
             h.report(host, startup(host));
             h.run_for(TICK_MS, TICK_MS);
@@ -492,7 +499,7 @@ mod tests {
     /// probe is answered as the real nanoprobe would (reachable at once, or a timeout
     /// after `timeout_ms`). Runs until every host in `down` has a dead verdict, or
     /// `limit_ms` passed; returns the simulated time that took (ms from now).
-    fn run_world(
+    pub(super) fn run_world(
         h: &mut Harness,
         down: &BTreeSet<u64>,
         initial: Vec<(u64, u64)>,
@@ -613,6 +620,82 @@ mod tests {
     }
 
     #[test]
+    fn a_block_over_whole_switch_rings_of_forty_is_found_in_three_rounds() {
+        // The scale benchmark's shape: 40 hosts per declared switch, a block that ends
+        // inside a switch at both ends and takes the 9 whole switches between (sw6 = 201-240:
+        // 221-240 die; sw7-sw15 die; sw16 = 601-640: 601-620 die).
+        let hps = 40u64;
+        let switches = (0..20u64)
+            .map(|k| SwitchConfig {
+                name: format!("sw{}", k + 1),
+                address: Some(format!("10.0.{}.254", k + 1).parse().unwrap()),
+                subnets: vec![],
+                hosts: (k * hps + 1..=k * hps + hps).collect(),
+                lldp_chassis: None,
+                router: None,
+            })
+            .collect();
+        let mut s = settings(SwitchMap::new(switches, vec![]).unwrap());
+        s.probe_timeout_ms = 2000;
+        let f = fsm::Config {
+            probe_timeout_us: 3_500_000,
+            ..fsm::Config::default()
+        };
+        let mut h = cluster_with(20 * hps, s, f);
+        h.sent.clear();
+        let down: BTreeSet<u64> = (221..=620).collect();
+        let watchers: Vec<(u64, u64)> = h
+            .leader
+            .state
+            .peers
+            .iter()
+            .filter(|(w, _)| !down.contains(w))
+            .flat_map(|(w, ps)| {
+                ps.iter()
+                    .filter(|p| down.contains(p))
+                    .map(move |p| (*w, *p))
+            })
+            .collect();
+        let took_ms = run_world(&mut h, &down, watchers, 120_000);
+        // Checks of live hosts: the ends of the sweeps (and of the top-ring sweeps, which
+        // reach past the block into live representatives).
+        let live_probes = h
+            .sent
+            .iter()
+            .filter_map(|c| match &c.command.body {
+                CommandBody::DoProbe { targets, .. } => Some(targets),
+                _ => None,
+            })
+            .flatten()
+            .filter(|t| t.host.is_some_and(|x| !down.contains(&x.0)))
+            .count();
+        eprintln!(
+            "block of {} over switch rings of 40 found after {took_ms} ms, {live_probes} probes of live hosts",
+            down.len()
+        );
+        let failures = h.failures();
+        let dead: BTreeSet<u64> = failures
+            .iter()
+            .filter(|f| f.kind == FailureKind::Dead)
+            .flat_map(|f| f.hosts.iter().copied())
+            .collect();
+        assert_eq!(dead, down, "every host of the block, and no live host");
+        assert!(
+            failures.iter().all(|f| f.kind == FailureKind::Dead),
+            "no other verdict"
+        );
+        // First verdicts (deadtime 3 s, window 2 s, switch check, host probes 2 s: 8.6 s),
+        // then one top-ring round and one round per whole switch ring (2 s each). A sweep
+        // of 16 per ring, or top-ring sweeps from hosts found by checks (which drain the
+        // probe budget on live representatives), need a third round or more.
+        assert!(took_ms <= 13_000, "block found after {took_ms} ms");
+        // 121 here: top-ring sweeps started by hosts that checks found (they look like
+        // representatives once the lower hosts of their ring died) made it 144, and at
+        // 10,000 hosts drained the probe limiter so that ~50 hosts were found the slow way.
+        assert!(live_probes <= 130, "{live_probes} probes of live hosts");
+    }
+
+    #[test]
     fn a_block_of_consecutive_dead_hosts_is_found_in_parallel() {
         let mut h = cluster(120, SwitchMap::default());
         h.sent.clear();
@@ -655,22 +738,9 @@ mod rows {
     use crate::worker::rings::SwitchMap;
     use crate::worker::views::HostStatus;
     use proptest::prelude::*;
-    use proto::{CommandBody, ProbeOutcome, Startup};
+    use proto::{CommandBody, ProbeOutcome};
 
-    use super::tests::{settings, TICK_MS};
-
-    /// A Startup from host `host` (any id: the address encodes it).
-    fn startup(host: u64) -> ReportBody {
-        let [_, _, _, _, _, a, b, c] = host.to_be_bytes();
-        ReportBody::Startup(Startup {
-            hostname: format!("h{host}"),
-            version: "test".into(),
-            listen: format!("127.{a}.{b}.{c}:7500").parse().unwrap(),
-            interfaces: vec![],
-            gateway: None,
-            lldp: None,
-        })
-    }
+    use super::tests::{settings, startup, TICK_MS};
 
     fn dead(peer: u64) -> ReportBody {
         ReportBody::HbDead {

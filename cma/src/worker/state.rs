@@ -1016,7 +1016,10 @@ impl WorkerState {
                 .is_none_or(|n| !reporters.contains(n))
         });
         let mut rings = Vec::new();
-        if own_silent && !matches!(checked_by, Some((true, _))) && self.was_representative(dead) {
+        // Only a death reported from the top ring starts a top-ring sweep: a host found by
+        // a sweep's check was not watched there (once the lower hosts of its ring died, it
+        // would only look like a representative), and the sweep that found it goes on.
+        if own_silent && checked_by.is_none() && self.was_representative(dead) {
             rings.push((true, self.top_members()));
         }
         // A death found by a sweep's own check: that sweep's next round goes on from it.
@@ -1044,10 +1047,23 @@ impl WorkerState {
                 let Some(from) = from else {
                     continue;
                 };
-                let started =
-                    Sweep::start(switch.clone(), top, &members, &key, direction, from, |h| {
-                        self.standing(h)
-                    });
+                // A ring that said nothing about its own member is likely down as a
+                // whole: one round covers it.
+                let width = if own_silent && !top {
+                    super::sweep::MAX_ROUND
+                } else {
+                    super::sweep::FIRST_ROUND
+                };
+                let start = super::sweep::Start {
+                    switch: &switch,
+                    top,
+                    members: &members,
+                    dead: &key,
+                    direction,
+                    from,
+                    width,
+                };
+                let started = Sweep::start(start, |h| self.standing(h));
                 if let Some((sweep, check)) = started {
                     tracing::info!(
                         dead,

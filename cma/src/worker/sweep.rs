@@ -118,29 +118,53 @@ pub fn round(
     out
 }
 
+/// Where a sweep starts: the ring, the dead host it starts beyond, which way, the prober,
+/// and how many hosts its first round checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Start<'a> {
+    /// The ring's switch (`None`: the flat ring); unused for the top ring.
+    pub switch: &'a Option<String>,
+    /// A sweep of the top ring.
+    pub top: bool,
+    /// The ring's members in ring order.
+    pub members: &'a [(RingKey, u64)],
+    /// The dead host the sweep starts beyond.
+    pub dead: &'a RingKey,
+    /// Which way, away from the live watcher.
+    pub direction: Direction,
+    /// The live host that probes.
+    pub from: u64,
+    /// Hosts checked by the first round: [`FIRST_ROUND`], or [`MAX_ROUND`] for a ring
+    /// whose members all went silent together (its own ring reported nothing: the whole
+    /// ring is likely down, and one round finds it).
+    pub width: usize,
+}
+
 impl Sweep {
-    /// A sweep of the hosts beyond `dead` in `direction`, probed from `from`; returns it
-    /// with its first round.
+    /// A sweep of the hosts beyond `start.dead`; returns it with its first round.
     pub fn start(
-        switch: Option<String>,
-        top: bool,
-        members: &[(RingKey, u64)],
-        dead: &RingKey,
-        direction: Direction,
-        from: u64,
+        start: Start<'_>,
         standing: impl Fn(u64) -> Standing,
     ) -> Option<(Sweep, Vec<u64>)> {
-        let check = round(members, dead, direction, FIRST_ROUND, from, top, standing);
+        let check = round(
+            start.members,
+            start.dead,
+            start.direction,
+            start.width,
+            start.from,
+            start.top,
+            standing,
+        );
         let frontier = *check.last()?;
         let sweep = Sweep {
-            switch,
-            top,
-            direction,
-            from,
+            switch: start.switch.clone(),
+            top: start.top,
+            direction: start.direction,
+            from: start.from,
             pending: check.iter().copied().collect(),
             all_dead: true,
             frontier,
-            width: FIRST_ROUND,
+            width: start.width,
         };
         Some((sweep, check))
     }
@@ -338,16 +362,17 @@ mod tests {
         let look = |state: &BTreeMap<u64, Standing>, h: u64| {
             state.get(&h).copied().unwrap_or(Standing::Other)
         };
-        let (mut sweep, mut check) = Sweep::start(
-            None,
-            false,
-            &members(&state),
-            &(None, first),
-            Direction::Up,
+        let ring = members(&state);
+        let start = Start {
+            switch: &None,
+            top: false,
+            members: &ring,
+            dead: &(None, first),
+            direction: Direction::Up,
             from,
-            |h| look(&state, h),
-        )
-        .unwrap();
+            width: FIRST_ROUND,
+        };
+        let (mut sweep, mut check) = Sweep::start(start, |h| look(&state, h)).unwrap();
         let mut rounds = 1;
         let mut found = BTreeSet::new();
         loop {
@@ -403,16 +428,17 @@ mod tests {
     #[test]
     fn pending_hosts_hold_the_round() {
         let ring: Vec<u64> = (1..=10).collect();
-        let (mut sweep, check) = Sweep::start(
-            None,
-            false,
-            &keyed(&ring),
-            &(None, 4),
-            Direction::Up,
-            3,
-            quiet_except(&[]),
-        )
-        .unwrap();
+        let members = keyed(&ring);
+        let start = Start {
+            switch: &None,
+            top: false,
+            members: &members,
+            dead: &(None, 4),
+            direction: Direction::Up,
+            from: 3,
+            width: FIRST_ROUND,
+        };
+        let (mut sweep, check) = Sweep::start(start, quiet_except(&[])).unwrap();
         assert_eq!(check, vec![5, 6, 7, 8, 9, 10, 1, 2]);
         // Still under check: no outcome yet.
         assert_eq!(sweep.settle(quiet_except(&check)), None);
