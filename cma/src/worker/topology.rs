@@ -63,6 +63,65 @@ pub struct Surroundings {
     /// Its gateway's MAC address, from its neighbour reports.
     #[serde(default)]
     pub gateway_mac: Option<String>,
+    /// Its nanoprobe listens on the unspecified address, so it is reached at the address
+    /// its reports come from, which may change (a host re-plugged into another subnet).
+    #[serde(default)]
+    pub follows_source: bool,
+    /// When its reports last moved it to another switch (µs), for the hold-down.
+    #[serde(default)]
+    pub moved_at_us: Option<u64>,
+    /// Since when its reports place it elsewhere than where it is while the move is held
+    /// down (µs); `None` when it is where they place it.
+    #[serde(default)]
+    pub held_since_us: Option<u64>,
+}
+
+/// What to do with a host whose reports place it on another switch (or on none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveDecision {
+    /// It is where its reports place it.
+    Stay,
+    /// Move it now.
+    Move,
+    /// Not before this time (µs): it moved less than the hold-down ago, or it lost all
+    /// its neighbours less than the hold-down ago.
+    HoldUntil(u64),
+}
+
+impl Surroundings {
+    /// The move hold-down (docs/topology.md): a host whose reports place it on `wanted`
+    /// while it is on `current` moves at once, unless it moved less than `hold_us` ago; a
+    /// host that lost every neighbour (`wanted` is `None`: the flat ring) moves only once
+    /// that has lasted `hold_us`, since a re-plugged host hears nothing for a moment
+    /// before it hears its new switch. A held move is remembered (`held_since_us`) and
+    /// re-decided when the hold-down ends or the next report comes. Records a move made.
+    pub fn decide_move(
+        &mut self,
+        current: Option<&str>,
+        wanted: Option<&str>,
+        now_us: u64,
+        hold_us: u64,
+    ) -> MoveDecision {
+        if current == wanted {
+            self.held_since_us = None;
+            return MoveDecision::Stay;
+        }
+        let since = *self.held_since_us.get_or_insert(now_us);
+        let after_last_move = self.moved_at_us.map_or(0, |t| t.saturating_add(hold_us));
+        let after_silence = if wanted.is_none() {
+            since.saturating_add(hold_us)
+        } else {
+            0
+        };
+        let not_before = after_last_move.max(after_silence);
+        if now_us >= not_before {
+            self.moved_at_us = Some(now_us);
+            self.held_since_us = None;
+            MoveDecision::Move
+        } else {
+            MoveDecision::HoldUntil(not_before)
+        }
+    }
 }
 
 /// A switch resolved for a host.
@@ -82,6 +141,10 @@ pub struct Learned {
     /// Switch -> router facts given to the fsm, so each is given once.
     #[serde(default)]
     pub router_facts: BTreeMap<String, String>,
+    /// Hosts whose move is held down (those with `held_since_us`; rebuilt from the host
+    /// records), looked at on every tick.
+    #[serde(skip)]
+    pub held: BTreeSet<u64>,
 }
 
 fn clip(s: &str) -> String {
