@@ -7,6 +7,7 @@
 //! command_listen = "10.0.0.1:7401"        # UDP socket commands leave from, ACKs come to
 //! tick_ms = 200                           # how often time advances in the fsm
 //! probe_timeout_ms = 2000                 # timeout of one active probe
+//! move_hold_down_ms = 10000               # a host moved by LLDP is not moved again within
 //!
 //! [worker.timings]                        # heartbeat timings given to every ring
 //! interval_ms = 1000
@@ -50,6 +51,9 @@ fn default_tick_ms() -> u64 {
 fn default_probe_timeout_ms() -> u32 {
     2000
 }
+fn default_move_hold_down_ms() -> u64 {
+    10_000
+}
 fn default_batch() -> usize {
     256
 }
@@ -88,6 +92,11 @@ pub struct WorkerSection {
     /// Timeout of one active probe in ms (default 2000).
     #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u32,
+    /// A host moved to another switch by its LLDP/CDP reports is not moved again within
+    /// this many ms, nor put in the flat ring before it has heard no neighbour for that
+    /// long (default 10 000; docs/topology.md).
+    #[serde(default = "default_move_hold_down_ms")]
+    pub move_hold_down_ms: u64,
     /// Most queue entries processed per Raft proposal (default 256).
     #[serde(default = "default_batch")]
     pub batch: usize,
@@ -136,6 +145,22 @@ impl WorkerSection {
             timings: self.timings,
             switches,
             probe_timeout_ms: self.probe_timeout_ms,
+            move_hold_down_ms: self.move_hold_down_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_move_hold_down_defaults_to_ten_seconds_and_reaches_the_settings() {
+        let section: WorkerSection = toml::from_str("key_file = \"/k\"").unwrap();
+        assert_eq!(section.move_hold_down_ms, 10_000);
+        assert_eq!(section.settings().unwrap().move_hold_down_ms, 10_000);
+        let section: WorkerSection =
+            toml::from_str("key_file = \"/k\"\nmove_hold_down_ms = 0").unwrap();
+        assert_eq!(section.settings().unwrap().move_hold_down_ms, 0);
     }
 }

@@ -246,6 +246,7 @@ mod tests {
             timings: HbTimings::default(),
             switches,
             probe_timeout_ms: 1000,
+            move_hold_down_ms: 0,
         }
     }
 

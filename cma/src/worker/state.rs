@@ -191,6 +191,9 @@ pub struct WorkerMeta {
     pub fsm: fsm::EngineCounters,
     /// Block sweeps in progress (a few at most, and only during a block failure).
     pub sweeps: Vec<Sweep>,
+    /// Neighbour reports whose move was held down (docs/topology.md).
+    #[serde(default)]
+    pub moves_held: u64,
 }
 
 /// The topology rows as last written: a write cache, not state (two states are equal
@@ -237,6 +240,12 @@ pub struct WorkerState {
     /// Ring membership changed during this turn: replan once at its end (a block of
     /// hundreds of verdicts, or a batch of start-ups, replans once).
     replan_due: bool,
+    /// Hosts joined, or their gateways changed, during this turn: the fsm is given the
+    /// new switch -> router facts once at its end (an O(hosts) pass; per start-up it made
+    /// forming 100,000 hosts quadratic).
+    router_facts_due: bool,
+    /// Neighbour reports whose move was held down (stored in the counters row).
+    pub moves_held: u64,
 }
 
 /// Effects of one or several steps, to commit (changes) and then carry out.
@@ -260,6 +269,10 @@ pub struct WorkerSettings {
     pub switches: SwitchMap,
     /// Timeout of one active probe.
     pub probe_timeout_ms: u32,
+    /// A host moved to another switch by its neighbour reports is not moved again within
+    /// this, nor put in the flat ring before it has heard no neighbour for this long
+    /// (docs/topology.md; 0: no hold-down).
+    pub move_hold_down_ms: u64,
 }
 
 impl Effects {
@@ -291,6 +304,8 @@ impl WorkerState {
             sweeps: Vec::new(),
             flushed_sweeps: Vec::new(),
             replan_due: false,
+            router_facts_due: false,
+            moves_held: 0,
         }
     }
 
@@ -314,6 +329,9 @@ impl WorkerState {
         let mut learned = Learned::default();
         for (id, record) in records {
             if let Some(surroundings) = record.learned {
+                if surroundings.held_since_us.is_some() {
+                    learned.held.insert(id);
+                }
                 learned.hosts.insert(id, surroundings);
             }
             if let Some(info) = record.info {
@@ -353,6 +371,8 @@ impl WorkerState {
             flushed_sweeps: meta.sweeps.clone(),
             sweeps: meta.sweeps,
             replan_due: false,
+            router_facts_due: false,
+            moves_held: meta.moves_held,
         }
     }
 
@@ -365,6 +385,7 @@ impl WorkerState {
             now_us: self.now_us,
             fsm: self.engine.counters(),
             sweeps: self.sweeps.clone(),
+            moves_held: self.moves_held,
         }
     }
 
@@ -494,6 +515,9 @@ impl WorkerState {
 
     /// Ends a turn: the rings heal and re-form once for every change of the turn.
     pub fn end_turn(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        if std::mem::take(&mut self.router_facts_due) {
+            self.feed_router_facts(s, fx);
+        }
         if std::mem::take(&mut self.replan_due) {
             self.replan(s, fx);
         }
@@ -514,6 +538,9 @@ impl WorkerState {
             return;
         };
         let sender = packet.sender;
+        if !matches!(report.body, ReportBody::Startup(_)) {
+            self.follow_source(s, sender, packet.source, fx);
+        }
         match report.body {
             ReportBody::Startup(startup) => {
                 let mut addr = startup.listen;
@@ -535,8 +562,13 @@ impl WorkerState {
                         // the host stays where it was heard last.
                         neighbours: kept.neighbours,
                         gateway_mac: kept.gateway_mac,
+                        follows_source: startup.listen.ip().is_unspecified(),
+                        moved_at_us: kept.moved_at_us,
+                        // Placed below from what it says now: no move is pending.
+                        held_since_us: None,
                     },
                 );
+                self.learned.held.remove(&sender);
                 let switch = self
                     .learned
                     .placement(&s.switches, sender, addr.ip())
@@ -570,7 +602,7 @@ impl WorkerState {
                 };
                 let actions = self.engine.handle(facts);
                 self.apply_actions(s, actions, fx);
-                self.feed_router_facts(s, fx);
+                self.router_facts_due = true;
                 if came_back {
                     self.host_back(s, sender, now, fx);
                 }
@@ -682,11 +714,9 @@ impl WorkerState {
             tracing::warn!(host, "undecodable LLDP neighbour report ignored");
             return;
         };
-        let Some(info) = self.hosts.get(&host) else {
+        if !self.hosts.contains_key(&host) {
             return;
-        };
-        let listen = info.addr.ip();
-        let before = info.switch.clone();
+        }
         let learned = self.learned.hosts.entry(host).or_default();
         let mac_changed = gateway_mac.is_some() && learned.gateway_mac != gateway_mac;
         if learned.neighbours == neighbours && !mac_changed {
@@ -698,18 +728,61 @@ impl WorkerState {
         if mac_changed {
             learned.gateway_mac = gateway_mac;
             // Gateways may now group into one router.
-            self.feed_router_facts(s, fx);
+            self.router_facts_due = true;
         }
+        if self.place(s, host, fx) {
+            return;
+        }
+        if self.learned.held.contains(&host) {
+            // A report that would move the host, held down: counted, applied later.
+            self.moves_held += 1;
+        }
+        if mac_changed {
+            // Routers may have merged: operators see it without a replan.
+            self.write_topology(s, fx);
+        }
+    }
+
+    /// Moves `host` to the switch its reports place it on, unless the move is held down
+    /// ([`topology::Surroundings::decide_move`]); returns whether it moved.
+    fn place(&mut self, s: &WorkerSettings, host: u64, fx: &mut Effects) -> bool {
+        let Some(info) = self.hosts.get(&host) else {
+            return false;
+        };
+        let listen = info.addr.ip();
+        let before = info.switch.clone();
         let after = self
             .learned
             .placement(&s.switches, host, listen)
             .map(|p| p.switch);
-        if after == before {
-            if mac_changed {
-                // Routers may have merged: operators see it without a replan.
-                self.write_topology(s, fx);
+        let Some(learned) = self.learned.hosts.get_mut(&host) else {
+            return false;
+        };
+        let held_before = learned.held_since_us;
+        let moved_before = learned.moved_at_us;
+        let decision = learned.decide_move(
+            before.as_deref(),
+            after.as_deref(),
+            self.now_us,
+            s.move_hold_down_ms.saturating_mul(1000),
+        );
+        if learned.held_since_us != held_before || learned.moved_at_us != moved_before {
+            self.dirty.insert(host);
+        }
+        match decision {
+            topology::MoveDecision::Stay => {
+                self.learned.held.remove(&host);
+                return false;
             }
-            return;
+            topology::MoveDecision::HoldUntil(until_us) => {
+                if self.learned.held.insert(host) {
+                    tracing::info!(host, ?before, ?after, until_us, "host move held down");
+                }
+                return false;
+            }
+            topology::MoveDecision::Move => {
+                self.learned.held.remove(&host);
+            }
         }
         tracing::info!(host, ?before, ?after, "host placed on another switch");
         if let Some(h) = self.hosts.get_mut(&host) {
@@ -723,9 +796,80 @@ impl WorkerState {
             },
         });
         self.apply_actions(s, actions, fx);
-        self.feed_router_facts(s, fx);
+        self.router_facts_due = true;
         self.write_host(host, fx);
         self.replan_due = true;
+        true
+    }
+
+    /// A host that listens on the unspecified address is reached where its reports come
+    /// from: when that changes (it was re-plugged into another subnet and got a new
+    /// address), its record follows and every host that exchanges heartbeats with it is
+    /// told the new address (`SendExpectHb` updates a known peer's address), so its
+    /// watchers keep hearing it and no alarm is raised while it moves.
+    fn follow_source(
+        &mut self,
+        s: &WorkerSettings,
+        host: u64,
+        source: SocketAddr,
+        fx: &mut Effects,
+    ) {
+        if !self
+            .learned
+            .hosts
+            .get(&host)
+            .is_some_and(|l| l.follows_source)
+        {
+            return;
+        }
+        let Some(info) = self.hosts.get_mut(&host) else {
+            return;
+        };
+        if info.status != HostStatus::Up || info.addr.ip() == source.ip() {
+            return;
+        }
+        let old = info.addr;
+        info.addr.set_ip(source.ip());
+        let new = info.addr;
+        tracing::info!(host, %old, %new, "host reports from a new address");
+        self.dirty.insert(host);
+        self.write_host(host, fx);
+        let peer = Peer {
+            host: HostId(host),
+            addr: new,
+        };
+        let others: Vec<(u64, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.contains(&host))
+            .filter_map(|(h, _)| {
+                self.hosts
+                    .get(h)
+                    .filter(|i| i.status == HostStatus::Up)
+                    .map(|i| (*h, i.addr))
+            })
+            .collect();
+        for (to, addr) in others {
+            let c = self.new_command(
+                to,
+                addr,
+                CommandBody::SendExpectHb {
+                    peers: vec![peer],
+                    timings: s.timings,
+                },
+            );
+            fx.commands.push(c);
+        }
+    }
+
+    /// Re-decides the held-down moves whose hold-down may have ended.
+    fn place_held(&mut self, s: &WorkerSettings, fx: &mut Effects) {
+        if self.learned.held.is_empty() {
+            return;
+        }
+        for host in self.learned.held.clone() {
+            self.place(s, host, fx);
+        }
     }
 
     /// Each host's switch, for the topology rules.
@@ -765,6 +909,7 @@ impl WorkerState {
         let now = self.advance(now_us);
         let actions = self.engine.handle(fsm::Event::Tick { now });
         self.apply_actions(s, actions, fx);
+        self.place_held(s, fx);
         self.end_step(s, fx);
         self.end_turn(s, fx);
     }
@@ -1506,6 +1651,7 @@ pub(super) mod tests {
             timings: HbTimings::default(),
             switches: SwitchMap::default(),
             probe_timeout_ms: 1000,
+            move_hold_down_ms: 0,
         }
     }
 

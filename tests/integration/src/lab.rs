@@ -250,6 +250,9 @@ pub struct HostPlace {
     pub ns: String,
     pub addr: Ipv4Addr,
     pub switch: String,
+    /// The nanoprobe binds the unspecified address (`0.0.0.0:7500`) rather than `addr`,
+    /// so it keeps working when the host gets another address ([`Topology::replug_host`]).
+    pub bind_any: bool,
 }
 
 /// A built topology: routers, switches and hosts, plus the `cma` namespace on the core.
@@ -371,6 +374,7 @@ impl Topology {
                             ns: hns,
                             addr,
                             switch: sw.name.clone(),
+                            bind_any: false,
                         },
                     );
                 }
@@ -442,18 +446,14 @@ impl Topology {
                 ),
             )
             .map_err(|e| format!("writing {}: {e}", conf.display()))?;
-            let ports: Vec<String> = self
-                .hosts_on(name)
-                .iter()
-                .map(|h| format!("p{h}"))
-                .collect();
             let (sock, conf, mgmt) = (
                 dir.join(format!("lldpd-{name}.sock")).display().to_string(),
                 conf.display().to_string(),
                 format!("198.18.{k}.254"),
             );
-            let ports = ports.join(",");
-            let args = ["-d", "-u", &sock, "-O", &conf, "-m", &mgmt, "-I", &ports];
+            // Every host port (`p<host>`), also one plugged in later
+            // ([`Topology::replug_host`]): lldpd follows interfaces as they come.
+            let args = ["-d", "-u", &sock, "-O", &conf, "-m", &mgmt, "-I", "p*"];
             let log = dir.join(format!("lldpd-{name}.log"));
             let proc = self
                 .lab
@@ -504,6 +504,40 @@ impl Topology {
             .get(switch)
             .map(|(ns, _, _)| ns.as_str())
             .ok_or_else(|| format!("no switch {switch}"))
+    }
+
+    /// Re-plugs `host` into switch `to`: its veth pair is deleted and created again
+    /// between the host (`eth0`, a new interface) and a new port `p<host>` of `to`'s
+    /// bridge, and the host gets an address in `to`'s subnet (`198.18.<k>.<100 + host %
+    /// 100>`) and `to`'s gateway as its default route, as DHCP would give it. Returns the
+    /// new address.
+    pub fn replug_host(&mut self, host: u64, to: &str) -> Result<Ipv4Addr, String> {
+        let place = self.hosts.get(&host).ok_or("no such host")?.clone();
+        let (to_ns, k, _) = self
+            .switches
+            .get(to)
+            .cloned()
+            .ok_or_else(|| format!("no switch {to}"))?;
+        let last = u8::try_from(100 + host % 100).map_err(|_| "host id")?;
+        let addr = Ipv4Addr::new(198, 18, k, last);
+        let port = format!("p{host}");
+        // Deleting one end deletes the pair (and the old switch's port with it).
+        self.lab.ip_in(&place.ns, &["link", "del", "eth0"])?;
+        self.lab.link(&place.ns, "eth0", &to_ns, &port)?;
+        self.lab
+            .ip_in(&to_ns, &["link", "set", &port, "master", "br0"])?;
+        self.lab.ip_in(
+            &place.ns,
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+        let gw = format!("198.18.{k}.1");
+        self.lab
+            .ip_in(&place.ns, &["route", "add", "default", "via", &gw])?;
+        if let Some(p) = self.hosts.get_mut(&host) {
+            p.addr = addr;
+            p.switch = to.to_string();
+        }
+        Ok(addr)
     }
 
     /// Cuts (or restores) a host's link: its switch port goes down (up).

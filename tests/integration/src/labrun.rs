@@ -204,7 +204,11 @@ impl Ringwatch {
         let hosts: Vec<u64> = rw.topo.hosts.keys().copied().collect();
         for h in &hosts {
             let place = &rw.topo.hosts[h];
-            let bind = format!("{}:7500", place.addr);
+            let bind = if place.bind_any {
+                "0.0.0.0:7500".to_string()
+            } else {
+                format!("{}:7500", place.addr)
+            };
             let (host_s, keys) = (h.to_string(), key_file.display().to_string());
             let mut args = vec!["--host-id", &host_s, "--bind", &bind, "--key-file", &keys];
             args.extend(reader_args.iter().map(String::as_str));

@@ -302,7 +302,11 @@ fn lab_packet_reader_killed_reports_fail_over() {
 /// One switch per router: a router is learned as a host's default gateway, one per
 /// gateway address.
 fn zero_config_lab(tag: &str) -> Ringwatch {
-    let topo = Topology::build(
+    Ringwatch::start_zero_config(zero_config_topology(tag))
+}
+
+fn zero_config_topology(tag: &str) -> Topology {
+    Topology::build(
         tag,
         &[
             RouterSpec {
@@ -315,8 +319,7 @@ fn zero_config_lab(tag: &str) -> Ringwatch {
             },
         ],
     )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    Ringwatch::start_zero_config(topo)
+    .unwrap_or_else(|e| panic!("building the lab: {e}"))
 }
 
 /// The switch rings and the top ring the CMA formed.
@@ -470,6 +473,136 @@ fn lab_zero_config_host_killed_is_dead_with_both_watchers() {
         "expected one dead verdict: {:#?}",
         kinds(&all)
     );
+}
+
+/// Issue 16: a host re-plugged into another switch (its veth deleted and created again
+/// on lldp-sw2's bridge, a new address in sw2's subnet as DHCP would give it) changes
+/// rings without any alarm. Its nanoprobe listens on 0.0.0.0, so the CMA follows it to
+/// the address its reports come from and tells its watchers; its capture joins the new
+/// interface and withdraws lldp-sw1 with the old one, and the CMA moves it on hearing
+/// lldp-sw2.
+#[test]
+fn lab_zero_config_host_moved_changes_rings_without_alarm() {
+    require_lab!();
+    let mut topo = zero_config_topology("zm");
+    let host = 14;
+    topo.hosts.get_mut(&host).expect("host 14").bind_any = true;
+    let mut rw = Ringwatch::start_zero_config(topo);
+    assert_zero_config_rings(&rw);
+    let (sw1, sw2) = ("switch:lldp-sw1", "switch:lldp-sw2");
+    let ring_of = |rw: &Ringwatch, name: &str| -> Vec<u64> {
+        let mut m = ring_members(rw)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        m.sort_unstable();
+        m
+    };
+    let started = std::time::Instant::now();
+    let new_addr = rw.topo.replug_host(host, "sw2").expect("re-plug");
+    let replug_ms = started.elapsed().as_millis();
+    // Its address, as the CMA follows it.
+    let readdressed = integration::procs::wait_until(Duration::from_secs(30), || {
+        rw.json(&["hosts"])
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|all| {
+                all.iter()
+                    .any(|h| h["id"] == host && h["addr"] == format!("{new_addr}:7500").as_str())
+            })
+    });
+    let readdress_s = started.elapsed().as_secs_f64();
+    assert!(
+        readdressed,
+        "host {host} not followed to {new_addr}: {:#?}
+{}",
+        rw.json(&["hosts"]),
+        rw.logs_tail()
+    );
+    let moved = integration::procs::wait_until(Duration::from_secs(30), || {
+        ring_of(&rw, sw2) == vec![14, 21, 22, 23, 24] && ring_of(&rw, sw1) == vec![11, 12, 13]
+    });
+    let moved_s = started.elapsed().as_secs_f64();
+    assert!(
+        moved,
+        "host {host} did not change rings: {:?}
+{:#?}
+{}",
+        ring_members(&rw),
+        rw.json(&["topology"]),
+        rw.logs_tail()
+    );
+    println!(
+        "lab: zero-config host {host} re-plugged from lldp-sw1 to lldp-sw2 (ip commands \
+         {replug_ms} ms) -> followed to {new_addr} in {readdress_s:.2} s, in {sw2} in \
+         {moved_s:.2} s"
+    );
+    // `cmactl topology` shows it under lldp-sw2, placed by LLDP.
+    let topology = rw.json(&["topology"]).expect("topology");
+    let under = |name: &str| -> Vec<(u64, String)> {
+        topology["switches"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["hosts"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|h| {
+                (
+                    h["host"].as_u64().unwrap_or_default(),
+                    h["source"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        under("lldp-sw2").contains(&(host, "lldp".to_string())),
+        "{topology:#}"
+    );
+    assert!(
+        !under("lldp-sw1").iter().any(|(h, _)| *h == host),
+        "{topology:#}"
+    );
+    // It is watched in its new ring (by 21 and 24; as one of lldp-sw2's two lowest ids
+    // it is also in the top ring).
+    let watched = integration::procs::wait_until(Duration::from_secs(10), || {
+        rw.json(&["hosts"])
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|all| {
+                all.iter().any(|h| {
+                    h["id"] == host
+                        && h["status"] == "up"
+                        && h["watchers"]
+                            .as_array()
+                            .is_some_and(|w| [21u64, 24].iter().all(|x| w.contains(&(*x).into())))
+                })
+            })
+    });
+    assert!(watched, "{:#?}", rw.json(&["hosts"]));
+    settle();
+    let all = rw.failures();
+    assert!(
+        all.is_empty(),
+        "a re-plug must raise no alarm: {:#?}
+{}",
+        kinds(&all),
+        rw.logs_tail()
+    );
+    // Still there after the settle period (no flapping back).
+    assert_eq!(ring_of(&rw, sw2), vec![14, 21, 22, 23, 24]);
+    // The capture saw the old interface go (its neighbour withdrawn) and joined the new
+    // one (issue 16: interfaces that appear after start-up are joined).
+    let log = std::fs::read_to_string(rw.dir.path().join(format!("nanoprobe{host}.log")))
+        .unwrap_or_default();
+    let rescan = log
+        .lines()
+        .find(|l| l.contains("capture interfaces changed") && l.contains("lost: 1"));
+    let rescan = rescan.unwrap_or_else(|| panic!("no rescan of the re-created eth0 in:\n{log}"));
+    assert!(
+        rescan.contains("joined: 2") && rescan.contains("withdrawn: 1"),
+        "{rescan}"
+    );
+    let counters = rescan.find("LinkCounters").map_or(rescan, |i| &rescan[i..]);
+    println!("lab: host {host}'s capture after the re-plug: {counters}");
 }
 
 /// Issue 14: a block of consecutive hosts dies in a ring nobody declared a switch for (the

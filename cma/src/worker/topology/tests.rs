@@ -52,6 +52,7 @@ fn settings(map: SwitchMap) -> WorkerSettings {
         timings: HbTimings::default(),
         switches: map,
         probe_timeout_ms: 1000,
+        move_hold_down_ms: 0,
     }
 }
 
@@ -363,4 +364,206 @@ fn gateways_sharing_a_mac_are_one_router() {
     assert_eq!(view.routers.len(), 1, "{view:?}");
     assert_eq!(view.routers[0].switches, vec!["lab-sw1", "lab-sw2"]);
     assert_eq!(view.routers[0].address, Some("198.18.1.1".parse().unwrap()));
+}
+
+/// `body` from `sender` as the packet-reader saw it arrive from `source`.
+fn packet_from(sender: u64, id: u64, at_us: u64, body: ReportBody, source: &str) -> QueuedPacket {
+    let mut p = packet(sender, id, at_us, body);
+    p.source = source.parse().unwrap();
+    p
+}
+
+use queue::QueuedPacket;
+
+#[test]
+fn a_host_listening_on_any_address_is_followed_to_its_new_address() {
+    let s = settings(SwitchMap::default());
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    // Host 14 listens on 0.0.0.0: it is reached where its reports come from.
+    let ReportBody::Startup(mut st) = startup(14, 1) else {
+        unreachable!()
+    };
+    st.listen = "0.0.0.0:7500".parse().unwrap();
+    let t = 10_000_000;
+    let sw1 = neighbour("fe:00:00:00:00:01", "lab-sw1", "198.18.1.254");
+    state.step_packet(
+        &s,
+        &packet_from(14, 1, t, ReportBody::Startup(st), "198.18.1.14:7500"),
+        &mut fx,
+    );
+    state.step_packet(
+        &s,
+        &packet_from(14, 2, t + 1000, lldp(vec![sw1]), "198.18.1.14:7500"),
+        &mut fx,
+    );
+    assert_eq!(state.hosts[&14].addr, "198.18.1.14:7500".parse().unwrap());
+    assert_eq!(ring(&state, &s, "lab-sw1"), vec![11, 12, 13, 14]);
+    let watchers: Vec<u64> = state
+        .peers
+        .iter()
+        .filter(|(_, p)| p.contains(&14))
+        .map(|(h, _)| *h)
+        .collect();
+    assert!(watchers.len() >= 2, "{watchers:?}");
+    // Re-plugged into subnet 2 with a new address: its next report comes from there.
+    let mut fx = Effects::default();
+    let body = ReportBody::HbLate {
+        peer: HostId(11),
+        late_by_ms: 1000,
+    };
+    state.step_packet(
+        &s,
+        &packet_from(14, 3, t + 2_000_000, body.clone(), "198.18.2.14:7500"),
+        &mut fx,
+    );
+    let new: std::net::SocketAddr = "198.18.2.14:7500".parse().unwrap();
+    assert_eq!(state.hosts[&14].addr, new);
+    // Every host exchanging heartbeats with it is told the new address, nobody else.
+    let mut told: Vec<u64> = fx
+        .commands
+        .iter()
+        .filter(|c| match &c.command.body {
+            proto::CommandBody::SendExpectHb { peers, .. } => {
+                peers.iter().any(|p| p.host == HostId(14) && p.addr == new)
+            }
+            _ => false,
+        })
+        .map(|c| c.to.0)
+        .collect();
+    told.sort_unstable();
+    assert_eq!(told, watchers);
+    assert!(fx
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::Host(h) if h.id == 14 && h.addr == new)));
+    // The same address again: nothing to tell.
+    let mut fx = Effects::default();
+    state.step_packet(
+        &s,
+        &packet_from(14, 4, t + 3_000_000, body, "198.18.2.14:7500"),
+        &mut fx,
+    );
+    assert!(fx.commands.is_empty(), "{:?}", fx.commands);
+    // Hosts that listen on a given address are not moved by where packets come from
+    // (every packet of `zero_config` comes from 127.0.0.1:9).
+    assert_eq!(state.hosts[&11].addr, "198.18.1.11:7500".parse().unwrap());
+    // The new address survives the rows.
+    let back = round_trip(&state);
+    assert!(back.differences(&state).is_empty());
+}
+
+/// The state rebuilt from the rows it writes.
+fn round_trip(state: &WorkerState) -> WorkerState {
+    let writes = state
+        .all_rows()
+        .iter()
+        .map(crate::worker::tables::encode)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let mut queue = crate::raft::queue_state::QueueState::new(Default::default());
+    queue.apply(queue::Command::Apply {
+        consumer: crate::worker::CONSUMER.into(),
+        offset: None,
+        writes,
+    });
+    crate::worker::tables::load_state(&queue, fsm::Config::default()).unwrap()
+}
+
+fn held_settings() -> WorkerSettings {
+    WorkerSettings {
+        move_hold_down_ms: 10_000,
+        ..settings(SwitchMap::default())
+    }
+}
+
+#[test]
+fn a_re_plugged_host_hearing_nothing_for_a_moment_goes_straight_to_its_new_switch() {
+    let s = held_settings();
+    let (mut state, _) = zero_config(&s);
+    let mut fx = Effects::default();
+    let t = 20_000_000;
+    // The link to lab-sw1 went away: nothing heard.
+    state.step_packet(&s, &packet(13, 3, t, lldp(vec![])), &mut fx);
+    assert_eq!(state.hosts[&13].switch.as_deref(), Some("lab-sw1"));
+    assert!(state.learned.held.contains(&13));
+    assert_eq!(state.moves_held, 1);
+    // Held state survives the rows.
+    assert!(round_trip(&state).differences(&state).is_empty());
+    state.step_tick(&s, t + 1_000_000, &mut fx);
+    assert_eq!(state.hosts[&13].switch.as_deref(), Some("lab-sw1"));
+    // Two seconds later it hears lab-sw2: moved at once (it has not moved for long).
+    let sw2 = neighbour("fe:00:00:00:00:02", "lab-sw2", "198.18.2.254");
+    state.step_packet(&s, &packet(13, 4, t + 2_000_000, lldp(vec![sw2])), &mut fx);
+    assert_eq!(ring(&state, &s, "lab-sw2"), vec![13, 21, 22, 23]);
+    assert!(state.learned.held.is_empty());
+    // Never in the flat ring, no alarm.
+    assert!(!state.rings.contains_key("flat"));
+    assert!(fx
+        .events()
+        .all(|e| !e.kind.to_string().starts_with("verdict")));
+    // Hearing nothing for the whole hold-down does put it in the flat ring.
+    state.step_packet(&s, &packet(13, 5, t + 30_000_000, lldp(vec![])), &mut fx);
+    state.step_tick(&s, t + 39_000_000, &mut fx);
+    assert_eq!(state.hosts[&13].switch.as_deref(), Some("lab-sw2"));
+    state.step_tick(&s, t + 40_000_000, &mut fx);
+    assert_eq!(state.hosts[&13].switch, None);
+}
+
+#[test]
+fn a_host_flapping_between_two_switches_is_moved_a_bounded_number_of_times() {
+    use crate::worker::harness::Harness;
+    let s = held_settings();
+    let mut h = Harness::new(s.clone(), fsm::Config::default());
+    let sw = |net: u8| {
+        neighbour(
+            &format!("fe:00:00:00:00:0{net}"),
+            &format!("lab-sw{net}"),
+            &format!("198.18.{net}.254"),
+        )
+    };
+    for (net, hosts) in [(1u8, [11u64, 12, 13]), (2, [21, 22, 23])] {
+        for host in hosts {
+            h.report(host, startup(host, net));
+            h.report(host, lldp(vec![sw(net)]));
+        }
+    }
+    h.run_for(2000, 100);
+    assert_eq!(h.host(13).switch.as_deref(), Some("lab-sw1"));
+    // A flood: host 13 says it sits behind the other switch every 500 ms for 60 s (a
+    // hostile or broken host, or two switches fighting over its port).
+    let flaps = 120;
+    let mut moves = 0;
+    let mut last = h.host(13).switch;
+    for i in 0..flaps {
+        let net = if i % 2 == 0 { 2 } else { 1 };
+        h.report(13, lldp(vec![sw(net)]));
+        h.run_for(500, 100);
+        let now = h.host(13).switch;
+        if now != last {
+            moves += 1;
+            last = now;
+        }
+    }
+    // At most one move per hold-down (60 s / 10 s, plus the first), not one per report.
+    assert!(moves <= 7, "{moves} moves for {flaps} reports");
+    assert!(moves >= 2, "the host does move: {moves}");
+    // A report held down is remembered and applied once the hold-down is over.
+    h.report(13, lldp(vec![sw(2)]));
+    h.run_for(11_000, 100);
+    assert_eq!(h.host(13).switch.as_deref(), Some("lab-sw2"));
+    let state = crate::worker::tables::load_state(&h.queue, fsm::Config::default()).unwrap();
+    // Every other report would have moved it: those not applied were held and counted.
+    assert!(
+        state.moves_held + moves >= flaps / 2,
+        "{} held, {moves} moves",
+        state.moves_held
+    );
+    assert!(state.learned.held.is_empty());
+    // No alarm from any of it.
+    assert!(h.failures().is_empty(), "{:?}", h.failures());
+    println!(
+        "{flaps} flapping reports over 60 s: {moves} moves, {} held down",
+        state.moves_held
+    );
 }
