@@ -93,7 +93,7 @@ impl PeerSockets {
                 None => return Ok(()),
             }
         }
-        let socket = crate::socket::bind_udp(self.local, &self.config)?;
+        let socket = crate::socket::bind_peer_udp(self.local, &self.config)?;
         socket.connect(from)?;
         let socket = UdpSocket::from_std(socket)?;
         let reader = tokio::spawn(forward(socket, self.tx.clone()));

@@ -8,10 +8,30 @@ use std::net::SocketAddr;
 /// nanoprobe can bind at once), sized buffers, and DSCP marking so heartbeats are queued
 /// ahead of bulk traffic. Buffer and DSCP failures are logged, not fatal.
 pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std::net::UdpSocket> {
+    bind_with(bind, config, true)
+}
+
+/// Like [`bind_udp`], without the warnings (capped receive buffer, options refused): for
+/// the peer sockets, opened while running (the shared socket's warnings at start already
+/// said it).
+pub fn bind_peer_udp(
+    bind: SocketAddr,
+    config: &SocketConfig,
+) -> std::io::Result<std::net::UdpSocket> {
+    bind_with(bind, config, false)
+}
+
+fn bind_with(
+    bind: SocketAddr,
+    config: &SocketConfig,
+    warn: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     if let Err(e) = socket.set_recv_buffer_size(config.recv_buffer) {
-        tracing::warn!(error = %e, "cannot set receive buffer size");
+        if warn {
+            tracing::warn!(error = %e, "cannot set receive buffer size");
+        }
     }
     // Linux reports twice the size asked for (the rest is bookkeeping); a smaller figure
     // means net.core.rmem_max capped the request. With CAP_NET_ADMIN (root; the units do
@@ -24,7 +44,7 @@ pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std:
         }
     }
     match socket.recv_buffer_size() {
-        Ok(got) if got < full => tracing::warn!(
+        Ok(got) if got < full && warn => tracing::warn!(
             asked = config.recv_buffer,
             got,
             "receive buffer capped by the kernel: raise net.core.rmem_max for flood resistance"
@@ -33,7 +53,9 @@ pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std:
         Err(e) => tracing::debug!(error = %e, "cannot read receive buffer size"),
     }
     if let Err(e) = socket.set_send_buffer_size(config.send_buffer) {
-        tracing::warn!(error = %e, "cannot set send buffer size");
+        if warn {
+            tracing::warn!(error = %e, "cannot set send buffer size");
+        }
     }
     let tos = u32::from(config.dscp) << 2;
     let marked = if bind.is_ipv4() {
@@ -41,7 +63,7 @@ pub fn bind_udp(bind: SocketAddr, config: &SocketConfig) -> std::io::Result<std:
     } else {
         socket.set_tclass_v6(tos)
     };
-    if let Err(e) = marked {
+    if let (Err(e), true) = (marked, warn) {
         tracing::warn!(error = %e, dscp = config.dscp, "cannot set DSCP marking");
     }
     socket.bind(&bind.into())?;
