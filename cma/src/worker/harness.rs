@@ -494,6 +494,38 @@ mod tests {
         assert_eq!(verdicts(&h, "verdict.dead"), 0, "no per-host alarms");
     }
 
+    /// `count` declared switches of `per` consecutive hosts each (sw1 = 1..=per, ...),
+    /// with management addresses and no routers.
+    fn declared_switches(count: u64, per: u64) -> SwitchMap {
+        let switches = (0..count)
+            .map(|k| SwitchConfig {
+                name: format!("sw{}", k + 1),
+                address: Some(format!("10.0.{}.254", k + 1).parse().unwrap()),
+                subnets: vec![],
+                hosts: (k * per + 1..=k * per + per).collect(),
+                lldp_chassis: None,
+                router: None,
+            })
+            .collect();
+        SwitchMap::new(switches, vec![]).unwrap()
+    }
+
+    /// (watcher, dead peer) for every live host watching a host of `down`: the reports
+    /// the world will send.
+    fn live_watchers(h: &Harness, down: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+        h.leader
+            .state
+            .peers
+            .iter()
+            .filter(|(w, _)| !down.contains(w))
+            .flat_map(|(w, ps)| {
+                ps.iter()
+                    .filter(|p| down.contains(p))
+                    .map(move |p| (*w, *p))
+            })
+            .collect()
+    }
+
     /// A world for the harness in simulated time: hosts in `down` are dead; a live host
     /// told to expect heartbeats from a dead peer reports it dead one deadtime later; a
     /// probe is answered as the real nanoprobe would (reachable at once, or a timeout
@@ -574,34 +606,13 @@ mod tests {
     #[test]
     fn a_block_of_whole_switch_rings_is_found_through_the_top_ring() {
         // 8 declared switches of 5 hosts (sw1 = 1-5, ..., sw8 = 36-40), no routers.
-        let switches = (0..8u64)
-            .map(|k| SwitchConfig {
-                name: format!("sw{}", k + 1),
-                address: Some(format!("10.0.{}.254", k + 1).parse().unwrap()),
-                subnets: vec![],
-                hosts: (k * 5 + 1..=k * 5 + 5).collect(),
-                lldp_chassis: None,
-                router: None,
-            })
-            .collect();
-        let mut h = cluster(40, SwitchMap::new(switches, vec![]).unwrap());
+        let mut h = cluster(40, declared_switches(8, 5));
         h.sent.clear();
         // Hosts 8-32 die: the end of sw2, all of sw3-sw6, the start of sw7. The four whole
         // switch rings have no live watcher of their own; their representatives are a block
         // of the top ring, watched only from sw2 and sw8.
         let down: BTreeSet<u64> = (8..=32).collect();
-        let watchers: Vec<(u64, u64)> = h
-            .leader
-            .state
-            .peers
-            .iter()
-            .filter(|(w, _)| !down.contains(w))
-            .flat_map(|(w, ps)| {
-                ps.iter()
-                    .filter(|p| down.contains(p))
-                    .map(move |p| (*w, *p))
-            })
-            .collect();
+        let watchers = live_watchers(&h, &down);
         let took_ms = run_world(&mut h, &down, watchers, 120_000);
         eprintln!(
             "block of {} over whole switch rings found after {took_ms} ms",
@@ -625,17 +636,7 @@ mod tests {
         // inside a switch at both ends and takes the 9 whole switches between (sw6 = 201-240:
         // 221-240 die; sw7-sw15 die; sw16 = 601-640: 601-620 die).
         let hps = 40u64;
-        let switches = (0..20u64)
-            .map(|k| SwitchConfig {
-                name: format!("sw{}", k + 1),
-                address: Some(format!("10.0.{}.254", k + 1).parse().unwrap()),
-                subnets: vec![],
-                hosts: (k * hps + 1..=k * hps + hps).collect(),
-                lldp_chassis: None,
-                router: None,
-            })
-            .collect();
-        let mut s = settings(SwitchMap::new(switches, vec![]).unwrap());
+        let mut s = settings(declared_switches(20, hps));
         s.probe_timeout_ms = 2000;
         let f = fsm::Config {
             probe_timeout_us: 3_500_000,
@@ -644,18 +645,7 @@ mod tests {
         let mut h = cluster_with(20 * hps, s, f);
         h.sent.clear();
         let down: BTreeSet<u64> = (221..=620).collect();
-        let watchers: Vec<(u64, u64)> = h
-            .leader
-            .state
-            .peers
-            .iter()
-            .filter(|(w, _)| !down.contains(w))
-            .flat_map(|(w, ps)| {
-                ps.iter()
-                    .filter(|p| down.contains(p))
-                    .map(move |p| (*w, *p))
-            })
-            .collect();
+        let watchers = live_watchers(&h, &down);
         let took_ms = run_world(&mut h, &down, watchers, 120_000);
         // Checks of live hosts: the ends of the sweeps (and of the top-ring sweeps, which
         // reach past the block into live representatives).
