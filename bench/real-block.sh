@@ -42,40 +42,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$BIN/nanoprobe" keygen --out "$WORK/keys.toml" >/dev/null
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$WORK/cluster.key"
 chmod 600 "$WORK/keys.toml" "$WORK/cluster.key"
-for id in 1 2 3; do
-    cat > "$WORK/cma$id.toml" <<TOML
-node_id = $id
-listen = "$NET.$id:7400"
-admin_listen = "$NET.$id:7480"
-data_dir = "$WORK/data$id"
-cluster_secret_file = "$WORK/cluster.key"
-
-[worker]
-key_file = "$WORK/keys.toml"
-command_listen = "$NET.$id:0"
-TOML
-    "$BIN/cma" --config "$WORK/cma$id.toml" >"$WORK/cma$id.log" 2>&1 &
-    PIDS+=($!)
-done
-api() { "$BIN/cmactl" --api "http://$NET.$1:7480" "${@:2}"; }
-apis() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.3:7480" "$@"; }
-for id in 1 2 3; do
-    for _ in $(seq 300); do api "$id" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
-done
-api 1 cluster init >/dev/null
-for id in 2 3; do
-    api 1 cluster add-learner --id "$id" --raft "$NET.$id:7400" --admin "$NET.$id:7480" >/dev/null
-    api 1 cluster promote --id "$id" >/dev/null
-done
-cat > "$WORK/reader.toml" <<TOML
-host_id = 900001
-listen = ["$NET.10:7300"]
-key_file = "$WORK/keys.toml"
-cma_nodes = ["$NET.1:7400", "$NET.2:7400", "$NET.3:7400"]
-cluster_secret_file = "$WORK/cluster.key"
-TOML
-"$BIN/packet-reader" --config "$WORK/reader.toml" >"$WORK/reader.log" 2>&1 &
-PIDS+=($!)
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+start_cluster
+start_reader
 
 echo "== N=$N real nanoprobes, one flat ring, block of $BLOCK % ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
 printf '[lldp]\nenabled = false\n' > "$WORK/nanoprobe.toml"

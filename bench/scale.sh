@@ -44,8 +44,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-api() { "$BIN/cmactl" --api "http://$NET.$1:7480" "${@:2}"; }
-apis() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.3:7480" "$@"; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 now_us() { date +%s%6N; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 dsize() { du -sb "$1" | cut -f1; }
@@ -115,41 +115,8 @@ for N in "$@"; do
     printf 'primary = 1\n\n[[keys]]\nid = 1\nsecret = "%s"\n' "$(hex32)" > "$WORK/keys.toml"
     chmod 600 "$WORK/keys.toml" "$WORK/cluster.key"
     "$BIN/fleetsim" topology --hosts "$N" --hosts-per-switch "$HPS" --switches-per-router "$SPR" > "$WORK/topology.toml"
-    for id in 1 2 3; do
-        cat > "$WORK/n$id.toml" <<TOML
-node_id = $id
-listen = "$NET.$id:7400"
-admin_listen = "$NET.$id:7480"
-data_dir = "$WORK/data$id"
-cluster_secret_file = "$WORK/cluster.key"
-
-[worker]
-key_file = "$WORK/keys.toml"
-
-TOML
-        cat "$WORK/topology.toml" >> "$WORK/n$id.toml"
-        "$BIN/cma" --config "$WORK/n$id.toml" >"$WORK/n$id.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for id in 1 2 3; do
-        for _ in $(seq 300); do api "$id" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
-    done
-    api 1 cluster init >/dev/null
-    for id in 2 3; do
-        api 1 cluster add-learner --id "$id" --raft "$NET.$id:7400" --admin "$NET.$id:7480" >/dev/null
-        api 1 cluster promote --id "$id" >/dev/null
-    done
-    cat > "$WORK/reader.toml" <<TOML
-host_id = 900001
-listen = "$NET.10:7300"
-key_file = "$WORK/keys.toml"
-cma_nodes = ["$NET.1:7400", "$NET.2:7400", "$NET.3:7400"]
-cluster_secret_file = "$WORK/cluster.key"
-metrics_listen = "$NET.10:7381"
-TOML
-    "$BIN/packet-reader" --config "$WORK/reader.toml" >"$WORK/reader.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/$NET.10/7381) 2>/dev/null && break; sleep 0.1; done
+    start_cluster "$WORK/topology.toml"
+    start_reader
 
     echo "== N=$N ($HPS hosts per switch, $SPR switches per router; $(nproc) cores, $(uptime | sed 's/.*load/load/'))"
     mkfifo "$WORK/ctl"
