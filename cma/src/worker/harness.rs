@@ -510,6 +510,22 @@ mod tests {
         SwitchMap::new(switches, vec![]).unwrap()
     }
 
+    /// Every host of `down` has a `dead` verdict, no other host does, and there is no
+    /// other kind of verdict.
+    fn assert_only_the_block_is_dead(h: &Harness, down: &BTreeSet<u64>) {
+        let failures = h.failures();
+        let dead: BTreeSet<u64> = failures
+            .iter()
+            .filter(|f| f.kind == FailureKind::Dead)
+            .flat_map(|f| f.hosts.iter().copied())
+            .collect();
+        assert_eq!(&dead, down, "every host of the block, and no live host");
+        assert!(
+            failures.iter().all(|f| f.kind == FailureKind::Dead),
+            "no other verdict: {failures:?}"
+        );
+    }
+
     /// (watcher, dead peer) for every live host watching a host of `down`: the reports
     /// the world will send.
     fn live_watchers(h: &Harness, down: &BTreeSet<u64>) -> Vec<(u64, u64)> {
@@ -618,13 +634,7 @@ mod tests {
             "block of {} over whole switch rings found after {took_ms} ms",
             down.len()
         );
-        let dead: BTreeSet<u64> = h
-            .failures()
-            .iter()
-            .filter(|f| f.kind == FailureKind::Dead)
-            .flat_map(|f| f.hosts.iter().copied())
-            .collect();
-        assert_eq!(dead, down, "every host of the block, and no live host");
+        assert_only_the_block_is_dead(&h, &down);
         // Switch by switch through the top ring would take a deadtime, a switch check and
         // host probes per switch (over 40 s here).
         assert!(took_ms <= 25_000, "block found after {took_ms} ms");
@@ -663,17 +673,7 @@ mod tests {
             "block of {} over switch rings of 40 found after {took_ms} ms, {live_probes} probes of live hosts",
             down.len()
         );
-        let failures = h.failures();
-        let dead: BTreeSet<u64> = failures
-            .iter()
-            .filter(|f| f.kind == FailureKind::Dead)
-            .flat_map(|f| f.hosts.iter().copied())
-            .collect();
-        assert_eq!(dead, down, "every host of the block, and no live host");
-        assert!(
-            failures.iter().all(|f| f.kind == FailureKind::Dead),
-            "no other verdict"
-        );
+        assert_only_the_block_is_dead(&h, &down);
         // First verdicts (deadtime 3 s, window 2 s, switch check, host probes 2 s: 8.6 s),
         // then one top-ring round and one round per whole switch ring (2 s each). A sweep
         // of 16 per ring, or top-ring sweeps from hosts found by checks (which drain the
@@ -693,17 +693,7 @@ mod tests {
         // (19 watches 20, 60 watches 59).
         let down: BTreeSet<u64> = (20..=59).collect();
         let took_ms = run_world(&mut h, &down, vec![(19, 20), (60, 59)], 120_000);
-        let failures = h.failures();
-        let dead: BTreeSet<u64> = failures
-            .iter()
-            .filter(|f| f.kind == FailureKind::Dead)
-            .flat_map(|f| f.hosts.iter().copied())
-            .collect();
-        assert_eq!(dead, down, "every host of the block, and no live host");
-        assert!(
-            failures.iter().all(|f| f.kind == FailureKind::Dead),
-            "no other verdict: {failures:?}"
-        );
+        assert_only_the_block_is_dead(&h, &down);
         // One host per end every deadtime + window + probe (about 7 s) would take 140 s;
         // the sweep needs the first verdicts (deadtime 3 s + window 2 s + probe 1 s) and
         // then one round of checks per end (16 hosts, then the rest).
