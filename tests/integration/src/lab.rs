@@ -483,6 +483,16 @@ impl Topology {
         Ok(())
     }
 
+    /// The address a router is known by when nothing is declared: the lowest gateway
+    /// address of its switches (the CMA groups gateways by the MAC the router shares).
+    pub fn router_gateway(&self, router: &str) -> Option<Ipv4Addr> {
+        self.switches
+            .iter()
+            .filter(|(_, (_, _, r))| r == router)
+            .filter_map(|(s, _)| self.gateway_of(s))
+            .min()
+    }
+
     /// The gateway address hosts behind `switch` use (`198.18.<k>.1`).
     pub fn gateway_of(&self, switch: &str) -> Option<Ipv4Addr> {
         self.switches

@@ -69,11 +69,7 @@ impl Ringwatch {
             .map(|(sw, (_, _, router))| {
                 let gateway = rw
                     .topo
-                    .switches
-                    .iter()
-                    .filter(|(_, (_, _, r))| r == router)
-                    .filter_map(|(s, _)| rw.topo.gateway_of(s))
-                    .min()
+                    .router_gateway(router)
                     .map(|g| g.to_string())
                     .unwrap_or_default();
                 (Topology::lldp_name(sw), (rw.topo.hosts_on(sw), gateway))

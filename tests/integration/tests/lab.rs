@@ -40,6 +40,24 @@ fn two_switch_topology(tag: &str) -> Topology {
     .unwrap_or_else(|e| panic!("building the lab: {e}"))
 }
 
+/// r1 with sw1 (11-13) and sw2 (21-23), r2 with sw3 (31-33).
+fn two_router_topology(tag: &str) -> Topology {
+    Topology::build(
+        tag,
+        &[
+            RouterSpec {
+                name: "r1".into(),
+                switches: vec![switch("sw1", &[11, 12, 13]), switch("sw2", &[21, 22, 23])],
+            },
+            RouterSpec {
+                name: "r2".into(),
+                switches: vec![switch("sw3", &[31, 32, 33])],
+            },
+        ],
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
 /// Long enough for any late, duplicate or replayed verdict to show up.
 fn settle() {
     std::thread::sleep(Duration::from_millis(
@@ -188,20 +206,7 @@ fn lab_cma_leader_killed_during_switch_failure() {
 #[test]
 fn lab_router_down_is_one_verdict() {
     require_lab!();
-    let topo = Topology::build(
-        "rd",
-        &[
-            RouterSpec {
-                name: "r1".into(),
-                switches: vec![switch("sw1", &[11, 12, 13]), switch("sw2", &[21, 22, 23])],
-            },
-            RouterSpec {
-                name: "r2".into(),
-                switches: vec![switch("sw3", &[31, 32, 33])],
-            },
-        ],
-    )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let topo = two_router_topology("rd");
     let rw = Ringwatch::start(topo);
     let down = now_us();
     rw.topo.set_router("r1", false).expect("router down");
@@ -357,14 +362,7 @@ fn assert_zero_config_rings(rw: &Ringwatch) {
             .unwrap_or_else(|| panic!("no {name}: {topo:#}"));
         assert_eq!(view["address"], format!("198.18.{k}.254"), "{view:#}");
         assert_eq!(view["address_source"], "lldp", "{view:#}");
-        let gateway = rw
-            .topo
-            .switches
-            .iter()
-            .filter(|(_, (_, _, r))| r == router)
-            .filter_map(|(s, _)| rw.topo.gateway_of(s))
-            .min()
-            .expect("gateway");
+        let gateway = rw.topo.router_gateway(router).expect("gateway");
         assert_eq!(view["router"], gateway.to_string(), "{view:#}");
         assert_eq!(view["router_source"], "gateway", "{view:#}");
     }
@@ -408,21 +406,8 @@ fn lab_zero_config_switch_down_is_one_verdict() {
 #[test]
 fn lab_zero_config_router_down_is_one_verdict() {
     require_lab!();
-    // As the declared router scenario: r1 with sw1 and sw2, r2 with sw3.
-    let topo = Topology::build(
-        "zr",
-        &[
-            RouterSpec {
-                name: "r1".into(),
-                switches: vec![switch("sw1", &[11, 12, 13]), switch("sw2", &[21, 22, 23])],
-            },
-            RouterSpec {
-                name: "r2".into(),
-                switches: vec![switch("sw3", &[31, 32, 33])],
-            },
-        ],
-    )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    // As the declared router scenario.
+    let topo = two_router_topology("zr");
     let rw = Ringwatch::start_zero_config(topo);
     assert_zero_config_rings(&rw);
     // r1 is known by the lowest of its gateway addresses.

@@ -309,19 +309,7 @@ fn lldpctl_at_start_up_is_the_fallback() {
 fn state_with_learned_topology_survives_its_rows() {
     let s = settings(SwitchMap::default());
     let (state, _) = zero_config(&s);
-    let writes = state
-        .all_rows()
-        .iter()
-        .map(crate::worker::tables::encode)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let mut queue = crate::raft::queue_state::QueueState::new(Default::default());
-    queue.apply(queue::Command::Apply {
-        consumer: crate::worker::CONSUMER.into(),
-        offset: None,
-        writes,
-    });
-    let back = crate::worker::tables::load_state(&queue, fsm::Config::default()).unwrap();
+    let back = round_trip(&state);
     assert_eq!(back.learned, state.learned);
     let differences = back.differences(&state);
     assert!(differences.is_empty(), "{differences:?}");
