@@ -232,6 +232,31 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         m.syncs.clone(),
     );
     r.register(
+        "raft_snapshot_build_seconds",
+        "Duration of building one snapshot (encode, write, fsync, rename)",
+        m.snapshot.build_seconds.clone(),
+    );
+    r.register(
+        "raft_snapshot_bytes",
+        "Size of the last snapshot built, installed or loaded",
+        m.snapshot.bytes.clone(),
+    );
+    r.register(
+        "raft_log_purge_seconds",
+        "Duration of one background purge of the Raft log",
+        m.purge_seconds.clone(),
+    );
+    r.register(
+        "raft_log_appended_bytes",
+        "Bytes of entries appended to the Raft log",
+        m.log_appended_bytes.clone(),
+    );
+    r.register(
+        "raft_log_bytes_since_snapshot",
+        "Bytes appended to the Raft log since the last snapshot",
+        m.log_bytes_since_snapshot.clone(),
+    );
+    r.register(
         "connection_errors",
         "Peer/client connections that failed the handshake or ended in error, by reason",
         m.connection_errors.clone(),

@@ -14,6 +14,7 @@
 //! election_timeout_min_ms = 400
 //! election_timeout_max_ms = 800
 //! snapshot_after_logs = 2000
+//! snapshot_log_ratio = 1.0
 //! logs_to_keep_after_snapshot = 500
 //!
 //! [queue]
@@ -29,6 +30,7 @@
 use crate::limits::{DescriptorBudget, LimitsConfig};
 use crate::raft::node::NodeSettings;
 use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
+use crate::raft::snapshot_policy::SnapshotRule;
 use crate::raft::NodeAddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -107,6 +109,10 @@ pub struct RaftConfig {
     /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
     /// are cheap while consumers keep the queue short, and they bound the sled log.
     pub snapshot_after_logs: u64,
+    /// ...and only once the log bytes appended since the last snapshot reach this multiple
+    /// of its size (default 1.0; 0: entries alone decide). Bounds the snapshot writes to
+    /// about 1/ratio of the log's when the state is large (consumer stopped).
+    pub snapshot_log_ratio: f64,
     /// Log entries kept after a snapshot, so lagging followers catch up from the log
     /// rather than by snapshot (default 500).
     pub logs_to_keep_after_snapshot: u64,
@@ -127,6 +133,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: DEFAULT_ELECTION_MIN_MS,
             election_timeout_max_ms: DEFAULT_ELECTION_MAX_MS,
             snapshot_after_logs: 2000,
+            snapshot_log_ratio: 1.0,
             logs_to_keep_after_snapshot: 500,
             max_payload_entries: 64,
             install_snapshot_timeout_ms: 10_000,
@@ -200,6 +207,11 @@ impl Config {
                 "raft.snapshot_after_logs and raft.max_payload_entries must be > 0".into(),
             ));
         }
+        if !(r.snapshot_log_ratio.is_finite() && r.snapshot_log_ratio >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "raft.snapshot_log_ratio must be a finite number >= 0".into(),
+            ));
+        }
         if self.queue.dedup_window == 0
             || self.queue.dedup_sessions == 0
             || self.queue.max_read == 0
@@ -262,7 +274,8 @@ impl Config {
             election_timeout_max: r.election_timeout_max_ms,
             install_snapshot_timeout: r.install_snapshot_timeout_ms,
             max_payload_entries: r.max_payload_entries,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            // The node triggers snapshots itself (crate::raft::snapshot_policy).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
             ..Default::default()
         };
@@ -273,6 +286,10 @@ impl Config {
             data_dir: self.data_dir.clone(),
             secret,
             raft,
+            snapshot_rule: SnapshotRule {
+                after_logs: r.snapshot_after_logs,
+                log_ratio: r.snapshot_log_ratio,
+            },
             dedup: DedupLimits {
                 window: self.queue.dedup_window,
                 sessions: self.queue.dedup_sessions,
@@ -324,6 +341,15 @@ mod tests {
             Config::parse(&format!("{MINIMAL}\n[limits]\nmax_unauthenticated = 0\n")),
             Err(ConfigError::Invalid(_))
         ));
+        for bad in ["-1.0", "nan", "inf"] {
+            assert!(matches!(
+                Config::parse(&format!("{MINIMAL}\n[raft]\nsnapshot_log_ratio = {bad}\n")),
+                Err(ConfigError::Invalid(_))
+            ));
+        }
+        let c = Config::parse(&format!("{MINIMAL}\n[raft]\nsnapshot_log_ratio = 0.5\n")).unwrap();
+        assert_eq!(c.raft.snapshot_log_ratio, 0.5);
+        assert_eq!(Config::parse(MINIMAL).unwrap().raft.snapshot_log_ratio, 1.0);
     }
 
     #[test]

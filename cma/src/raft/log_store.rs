@@ -49,6 +49,11 @@ pub struct StoreMetrics {
     pub flush_seconds: Histogram,
     /// Completed syncs (each one fdatasync of the data file at least).
     pub syncs: Counter,
+    /// Seconds per background purge (deleting the entries up to the purge point).
+    pub purge_seconds: Histogram,
+    /// Bytes of encoded entries appended to the log (the snapshot policy compares the
+    /// growth since the last snapshot with its size).
+    pub appended_bytes: Counter,
 }
 
 /// The files sled writes, and the fdatasync that makes them durable.
@@ -372,13 +377,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         let mut last = 0;
+        let mut appended = 0u64;
         for entry in entries {
             last = entry.log_id.index;
             let bytes = postcard::to_allocvec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            appended += bytes.len() as u64;
             batch.insert(&key(entry.log_id.index), bytes);
         }
         sled_io(|| self.logs.apply_batch(batch)).map_err(write_err)?;
+        self.syncer.metrics.appended_bytes.inc_by(appended);
         if let Err(mpsc::error::SendError((callback, last))) = self.flusher.send((callback, last)) {
             // The flusher only stops with the runtime; sync inline rather than lose the ack.
             callback.log_io_completed(self.syncer.sync(last).await);
@@ -416,9 +424,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // below without this record; no sync is needed (and none blocks Raft here).
         self.put_meta(LAST_PURGED_KEY, &log_id)?;
         let logs = self.logs.clone();
+        let seconds = self.syncer.metrics.purge_seconds.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = delete_upto(&logs, log_id.index) {
-                tracing::warn!(error = %e, upto = log_id.index, "purging raft log failed");
+            let started = Instant::now();
+            match delete_upto(&logs, log_id.index) {
+                Ok(()) => seconds.observe(started.elapsed().as_secs_f64()),
+                Err(e) => {
+                    tracing::warn!(error = %e, upto = log_id.index, "purging raft log failed")
+                }
             }
         });
         Ok(())
@@ -465,6 +478,8 @@ mod tests {
         StoreMetrics {
             flush_seconds: Histogram::new([0.001]),
             syncs: Counter::default(),
+            purge_seconds: Histogram::new([0.001]),
+            appended_bytes: Counter::default(),
         }
     }
 
@@ -516,8 +531,13 @@ mod tests {
         let hook: SyncHook = Arc::new(move |covered| hook_gate.wait(covered));
         let store = LogStore::open(&db, &log_dir, metrics(), Some(hook)).unwrap();
         let probe = store.clone();
-        let sm =
-            StateMachineStore::open(&dir.path().join("sm"), DedupLimits::default(), 0).unwrap();
+        let sm = StateMachineStore::open(
+            &dir.path().join("sm"),
+            DedupLimits::default(),
+            0,
+            Default::default(),
+        )
+        .unwrap();
         let config = Arc::new(openraft::Config::default().validate().unwrap());
         let network = Network::new([7; 32], Duration::from_secs(1), Duration::from_millis(100));
         let raft = Raft::new(1, config, network, store, sm).await.unwrap();

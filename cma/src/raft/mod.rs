@@ -4,6 +4,7 @@
 //! - [`log_store`]: the durable Raft log (group-committed sled flushes).
 //! - [`queue_state`]: the replicated queue, consumer offsets, dedup window and tables.
 //! - [`state_machine`]: openraft's state machine over it, with snapshot files.
+//! - [`snapshot_policy`]: when to build a snapshot (log bytes against snapshot size).
 //! - [`peer`]: the node-to-node messages, carried on the queue crate's authenticated
 //!   connections beside the client requests.
 //! - [`network`]: openraft's view of the transport.
@@ -16,6 +17,7 @@ pub mod node;
 pub(crate) mod peer;
 pub(crate) mod queue_state;
 pub(crate) mod server;
+pub mod snapshot_policy;
 pub(crate) mod state_machine;
 
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,8 @@
 use super::log_store::{LogStore, StoreMetrics};
 use super::network::Network;
 use super::queue_state::{DedupLimits, QueueState};
-use super::state_machine::{SharedState, StateMachineStore};
+use super::snapshot_policy::SnapshotRule;
+use super::state_machine::{SharedState, SnapshotMetrics, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use crate::limits::ConnectionGate;
 use openraft::error::{ClientWriteError, RaftError};
@@ -12,6 +13,7 @@ use openraft::{RaftMetrics, ServerState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use queue::QueuedPacket;
 use queue::{AppendResult, Command, CommandResult, TableWrite};
@@ -37,8 +39,10 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// Cluster secret authenticating every connection.
     pub secret: [u8; 32],
-    /// openraft timings and snapshot policy.
+    /// openraft timings (its snapshot policy should be `Never`: `snapshot_rule` decides).
     pub raft: openraft::Config,
+    /// When to build snapshots (see [`super::snapshot_policy`]).
+    pub snapshot_rule: SnapshotRule,
     /// Dedup window limits (must be equal on all nodes).
     pub dedup: DedupLimits,
     /// Timeout of a TCP connect + handshake.
@@ -142,6 +146,14 @@ pub struct NodeMetrics {
     /// Connections turned away before the handshake (limits) and failed accepts, by
     /// reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Snapshot build seconds and the last snapshot's size.
+    pub snapshot: SnapshotMetrics,
+    /// Seconds per background purge of the Raft log.
+    pub purge_seconds: Histogram,
+    /// Bytes of entries appended to the Raft log.
+    pub log_appended_bytes: Counter,
+    /// Bytes appended to the Raft log since the last snapshot.
+    pub log_bytes_since_snapshot: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -156,6 +168,10 @@ impl Default for NodeMetrics {
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             connection_errors: Family::default(),
             connections_refused: Family::default(),
+            snapshot: SnapshotMetrics::default(),
+            purge_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            log_appended_bytes: Counter::default(),
+            log_bytes_since_snapshot: Gauge::default(),
         }
     }
 }
@@ -204,12 +220,15 @@ impl Node {
         let store_metrics = StoreMetrics {
             flush_seconds: metrics.flush_seconds.clone(),
             syncs: metrics.syncs.clone(),
+            purge_seconds: metrics.purge_seconds.clone(),
+            appended_bytes: metrics.log_appended_bytes.clone(),
         };
         let log_store = LogStore::open(&db, &log_dir, store_metrics, None)?;
         let state_machine = StateMachineStore::open(
             &settings.data_dir.join("snapshot"),
             settings.dedup,
             settings.max_queue_bytes,
+            metrics.snapshot.clone(),
         )?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
@@ -220,6 +239,17 @@ impl Node {
         );
         let settings_budget = settings.budget;
         let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
+        let snapshot_bytes = {
+            let shared = shared.clone();
+            Arc::new(move || shared.snapshot_bytes())
+        };
+        tokio::spawn(super::snapshot_policy::run(
+            raft.clone(),
+            settings.snapshot_rule,
+            metrics.log_appended_bytes.clone(),
+            snapshot_bytes,
+            metrics.log_bytes_since_snapshot.clone(),
+        ));
         Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,

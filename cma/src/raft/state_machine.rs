@@ -5,6 +5,13 @@
 //! fsync of the directory) before openraft is told it exists; on restart the snapshot is
 //! loaded and openraft re-applies the committed log after it. Encoding and file I/O run on
 //! the blocking pool so a large snapshot never stalls the async workers.
+//!
+//! A built snapshot is encoded straight into the temp file (no second copy of a state of
+//! hundreds of MB in memory), with an fdatasync every [`PACE_BYTES`] so its pages reach
+//! the disk in steps instead of one burst that the Raft log's own fdatasyncs would queue
+//! behind. File layout: [`SNAPSHOT_MAGIC`], the postcard [`SnapshotMeta`], then the
+//! postcard [`SnapshotBody`] (the bytes sent to a follower). Files of the previous layout
+//! (a postcard `StoredSnapshot`) are still read.
 
 // The storage helpers return openraft's `StorageError` because the storage traits do;
 // its size is not ours to choose.
@@ -17,12 +24,15 @@ use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use queue::CommandResult;
 use serde::{Deserialize, Serialize};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// What a snapshot carries besides openraft's metadata.
@@ -33,16 +43,40 @@ struct SnapshotBody {
     state: QueueState,
 }
 
-/// A snapshot as persisted on disk.
+/// A snapshot as loaded from disk (and, before [`SNAPSHOT_MAGIC`], as stored).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeAddr>,
+    /// The postcard [`SnapshotBody`].
     #[serde(with = "queue::record::byte_string")]
     data: Vec<u8>,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+/// First bytes of a snapshot file in the streamed layout. A file of the previous layout
+/// starts with a postcard `Option` tag (0 or 1), never with `R`.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RWSNAP2\n";
+/// Bytes written to a snapshot file between two fdatasyncs of it.
+pub const PACE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Snapshot figures the node exports on `/metrics`.
+#[derive(Clone)]
+pub struct SnapshotMetrics {
+    /// Seconds to build one snapshot (encode, write, fsync, rename).
+    pub build_seconds: Histogram,
+    /// Size of the last snapshot built, installed or loaded, in bytes.
+    pub bytes: Gauge,
+}
+
+impl Default for SnapshotMetrics {
+    fn default() -> Self {
+        SnapshotMetrics {
+            build_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            bytes: Gauge::default(),
+        }
+    }
+}
 
 /// The state shared between the state machine and readers in the same process.
 pub struct SharedState {
@@ -50,6 +84,8 @@ pub struct SharedState {
     applied: watch::Sender<u64>,
     snapshots_installed: AtomicU64,
     snapshots_built: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    metrics: SnapshotMetrics,
 }
 
 impl SharedState {
@@ -80,6 +116,16 @@ impl SharedState {
         self.snapshots_built.load(Ordering::Relaxed)
     }
 
+    /// Size in bytes of the last snapshot built, installed or loaded (0: none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
+    }
+
+    fn set_snapshot_bytes(&self, bytes: u64) {
+        self.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics.bytes.set(bytes.min(i64::MAX as u64) as i64);
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, QueueState> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -104,27 +150,110 @@ fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeI
 /// Reads the persisted snapshot, if any (blocking).
 fn load_snapshot(dir: &Path) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
     match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(snapshot_read_err),
+        Ok(bytes) => decode_snapshot_file(bytes).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(snapshot_read_err(e)),
     }
 }
 
-/// Writes a snapshot durably and atomically (blocking).
-fn persist_snapshot(dir: &Path, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    let bytes = postcard::to_allocvec(stored).map_err(snapshot_write_err)?;
+/// Splits a snapshot file into its metadata and body bytes.
+fn decode_snapshot_file(mut bytes: Vec<u8>) -> Result<StoredSnapshot, StorageError<NodeId>> {
+    let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        return postcard::from_bytes(&bytes).map_err(snapshot_read_err);
+    };
+    let (meta, body) = postcard::take_from_bytes::<SnapshotMeta<NodeId, NodeAddr>>(rest)
+        .map_err(snapshot_read_err)?;
+    let header = bytes.len() - body.len();
+    // In place: the body is most of the file, so no second buffer for it.
+    bytes.drain(..header);
+    Ok(StoredSnapshot { meta, data: bytes })
+}
+
+/// A writer that fdatasyncs its file every [`PACE_BYTES`], so a large snapshot reaches the
+/// disk in steps rather than as one burst of dirty pages at the final fsync.
+struct PacedFile {
+    file: std::fs::File,
+    written: u64,
+    since_sync: u64,
+}
+
+impl Write for PacedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        self.since_sync += n as u64;
+        if self.since_sync >= PACE_BYTES {
+            self.file.sync_data()?;
+            self.since_sync = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes a snapshot file durably and atomically (blocking): `write_body` writes the
+/// postcard body after the header. Returns the file's size.
+fn persist_snapshot(
+    dir: &Path,
+    meta: &SnapshotMeta<NodeId, NodeAddr>,
+    write_body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, StorageError<NodeId>> {
     let tmp = dir.join(SNAPSHOT_TMP);
-    let mut file = std::fs::File::create(&tmp).map_err(snapshot_write_err)?;
-    file.write_all(&bytes).map_err(snapshot_write_err)?;
-    file.sync_all().map_err(snapshot_write_err)?;
+    let file = std::fs::File::create(&tmp).map_err(snapshot_write_err)?;
+    let mut out = std::io::BufWriter::with_capacity(
+        1024 * 1024,
+        PacedFile {
+            file,
+            written: 0,
+            since_sync: 0,
+        },
+    );
+    out.write_all(SNAPSHOT_MAGIC).map_err(snapshot_write_err)?;
+    postcard::to_io(meta, &mut out).map_err(snapshot_write_err)?;
+    write_body(&mut out).map_err(snapshot_write_err)?;
+    let paced = out
+        .into_inner()
+        .map_err(|e| snapshot_write_err(e.into_error()))?;
+    paced.file.sync_all().map_err(snapshot_write_err)?;
+    drop(paced.file);
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).map_err(snapshot_write_err)?;
     // The rename is durable only once the directory is.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(snapshot_write_err)?;
-    Ok(())
+    Ok(paced.written)
+}
+
+/// Encodes `body` into a new snapshot file in `dir` (blocking); returns its metadata and
+/// size.
+fn write_snapshot(
+    dir: &Path,
+    body: &SnapshotBody,
+) -> Result<(SnapshotMeta<NodeId, NodeAddr>, u64), StorageError<NodeId>> {
+    // Unique per build: openraft tells transfers apart by id. The size is not known before
+    // the streamed encoding, so the build time stands in for it.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let snapshot_id = match body.last_applied {
+        Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
+        None => format!("empty-{nanos}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: body.last_applied,
+        last_membership: body.membership.clone(),
+        snapshot_id,
+    };
+    let bytes = persist_snapshot(dir, &meta, |out| {
+        postcard::to_io(body, out)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    })?;
+    Ok((meta, bytes))
 }
 
 /// Runs blocking work on the blocking pool.
@@ -143,6 +272,7 @@ impl StateMachineStore {
         dir: &Path,
         limits: DedupLimits,
         max_bytes: u64,
+        metrics: SnapshotMetrics,
     ) -> Result<Self, StorageError<NodeId>> {
         std::fs::create_dir_all(dir).map_err(snapshot_read_err)?;
         let mut initial = QueueState::new(limits);
@@ -153,6 +283,8 @@ impl StateMachineStore {
                 applied: watch::channel(0).0,
                 snapshots_installed: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
+                snapshot_bytes: AtomicU64::new(0),
+                metrics,
             }),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -161,6 +293,8 @@ impl StateMachineStore {
         if let Some(stored) = load_snapshot(dir)? {
             let body = postcard::from_bytes(&stored.data).map_err(snapshot_read_err)?;
             store.restore(body);
+            let size = std::fs::metadata(dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len());
+            store.shared.set_snapshot_bytes(size);
         }
         Ok(store)
     }
@@ -203,29 +337,22 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .ok_or_else(|| snapshot_write_err(std::io::Error::other("builder used twice")))?;
         let dir = self.dir.clone();
-        let stored = blocking(move || {
-            let data = postcard::to_allocvec(&body).map_err(snapshot_write_err)?;
-            let snapshot_id = match body.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-                None => format!("empty-{}", data.len()),
-            };
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: body.last_applied,
-                    last_membership: body.membership,
-                    snapshot_id,
-                },
-                data,
-            };
-            persist_snapshot(&dir, &stored)?;
-            Ok(stored)
-        })
-        .await?;
-        self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot = %stored.meta.snapshot_id, "built snapshot");
+        let started = Instant::now();
+        let (meta, bytes) = blocking(move || write_snapshot(&dir, &body)).await?;
+        let shared = &self.shared;
+        shared
+            .metrics
+            .build_seconds
+            .observe(started.elapsed().as_secs_f64());
+        shared.set_snapshot_bytes(bytes);
+        shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "built snapshot");
+        // openraft 0.9 keeps only the metadata of a built snapshot (sm::Worker maps the
+        // result to `Response::BuildSnapshot(meta)` and drops the data); a follower is sent
+        // the file through `get_current_snapshot`. So no copy of the body is held here.
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -290,25 +417,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, NodeAddr>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
+        let data = snapshot.into_inner();
+        let meta_owned = meta.clone();
         let dir = self.dir.clone();
         // Persist first: once the state machine moves to the snapshot, a restart must
         // find it on disk (the log below it may already be gone).
-        let (stored, body) = blocking(move || {
-            let body: SnapshotBody =
-                postcard::from_bytes(&stored.data).map_err(snapshot_read_err)?;
-            persist_snapshot(&dir, &stored)?;
-            Ok((stored, body))
+        let (body, bytes) = blocking(move || {
+            let body: SnapshotBody = postcard::from_bytes(&data).map_err(snapshot_read_err)?;
+            let bytes = persist_snapshot(&dir, &meta_owned, |out| out.write_all(&data))?;
+            Ok((body, bytes))
         })
         .await?;
         self.restore(body);
+        self.shared.set_snapshot_bytes(bytes);
         self.shared
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot = %stored.meta.snapshot_id, "installed snapshot from leader");
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "installed snapshot from leader");
         Ok(())
     }
 
@@ -330,19 +455,86 @@ mod tests {
     use queue::Command;
     use queue::QueuedPacket;
 
+    fn packet(seq: u64, len: usize) -> QueuedPacket {
+        QueuedPacket {
+            sender: 1,
+            session: 2,
+            seq,
+            received_at_us: 4,
+            source: "127.0.0.1:9".parse().unwrap(),
+            datagram: vec![seq as u8; len],
+        }
+    }
+
+    fn open(dir: &Path) -> StateMachineStore {
+        StateMachineStore::open(dir, DedupLimits::default(), 0, SnapshotMetrics::default()).unwrap()
+    }
+
+    fn entry(index: u64, command: Command) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    /// A snapshot built by streaming (larger than the writer's buffer and than one
+    /// pacing step) restores to the state it was built from: on restart from the file,
+    /// and on a follower that installs the bytes `get_current_snapshot` sends.
+    #[tokio::test]
+    async fn streamed_snapshot_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        // 40 batches of 100 packets of 5000 bytes: about 20 MB, above PACE_BYTES.
+        let entries: Vec<_> = (0..40u64)
+            .map(|b| {
+                let batch = (b * 100..b * 100 + 100).map(|s| packet(s, 5000)).collect();
+                entry(b + 1, Command::Append { batch })
+            })
+            .collect();
+        store.apply(entries).await.unwrap();
+        let state = store.shared().read().clone();
+        assert_eq!(state.summary().depth, 4000);
+
+        let mut builder = store.get_snapshot_builder().await;
+        let built = builder.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(40));
+        let size = std::fs::metadata(dir.path().join(SNAPSHOT_FILE))
+            .unwrap()
+            .len();
+        assert!(size > PACE_BYTES, "{size}");
+        assert_eq!(store.shared().snapshot_bytes(), size);
+        assert!(!dir.path().join(SNAPSHOT_TMP).exists());
+
+        // Restart from the file.
+        let mut reopened = open(dir.path());
+        assert_eq!(*reopened.shared().read(), state);
+        assert_eq!(
+            reopened.applied_state().await.unwrap().0,
+            built.meta.last_log_id
+        );
+
+        // What a lagging follower is sent, installed on an empty follower.
+        let current = reopened.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let follower_dir = tempfile::tempdir().unwrap();
+        let mut follower = open(follower_dir.path());
+        follower
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(*follower.shared().read(), state);
+        assert_eq!(follower.shared().snapshots_installed(), 1);
+        // And the follower's own file restores too.
+        assert_eq!(*open(follower_dir.path()).shared().read(), state);
+    }
+
+    /// A file of the layout before streaming (one postcard `StoredSnapshot`) still loads.
     #[test]
-    fn snapshot_file_round_trips() {
+    fn snapshot_file_of_the_previous_layout_loads() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = QueueState::new(DedupLimits::default());
         state.apply(Command::Append {
-            batch: vec![QueuedPacket {
-                sender: 1,
-                session: 2,
-                seq: 3,
-                received_at_us: 4,
-                source: "127.0.0.1:9".parse().unwrap(),
-                datagram: vec![1, 2, 3],
-            }],
+            batch: vec![packet(3, 3)],
         });
         let body = SnapshotBody {
             last_applied: None,
@@ -353,8 +545,12 @@ mod tests {
             meta: SnapshotMeta::default(),
             data: postcard::to_allocvec(&body).unwrap(),
         };
-        persist_snapshot(dir.path(), &stored).unwrap();
-        let store = StateMachineStore::open(dir.path(), DedupLimits::default(), 0).unwrap();
+        std::fs::write(
+            dir.path().join(SNAPSHOT_FILE),
+            postcard::to_allocvec(&stored).unwrap(),
+        )
+        .unwrap();
+        let store = open(dir.path());
         assert_eq!(*store.shared().read(), state);
     }
 
@@ -362,6 +558,22 @@ mod tests {
     fn corrupt_snapshot_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
-        assert!(StateMachineStore::open(dir.path(), DedupLimits::default(), 0).is_err());
+        assert!(StateMachineStore::open(
+            dir.path(),
+            DedupLimits::default(),
+            0,
+            SnapshotMetrics::default()
+        )
+        .is_err());
+        let mut truncated = SNAPSHOT_MAGIC.to_vec();
+        truncated.push(1);
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), truncated).unwrap();
+        assert!(StateMachineStore::open(
+            dir.path(),
+            DedupLimits::default(),
+            0,
+            SnapshotMetrics::default()
+        )
+        .is_err());
     }
 }
