@@ -9,9 +9,12 @@
 //! batches of `--latency-batch`, each append timed from send to commit), and, with
 //! `--spawn`, `failover` (`--kills` times: SIGKILL the leader under open-loop load and keep
 //! it dead; time to a new leader and to the first ACK of an append sent after the kill;
-//! then restart it). With `--spawn` every phase also prints the Raft log syncs
-//! (fdatasync) per second of each node and the Raft term before and after, so a run of
-//! `--phase latency --duration 600` shows whether any election happened.
+//! then restart it), and `fill` (no consumer: append `--fill` packets as fast as they
+//! commit, then run the latency phase while the nodes snapshot and purge the big queue).
+//! With `--spawn` every phase also prints the Raft log syncs (fdatasync) per second of
+//! each node and the Raft term before and after, so a run of `--phase latency --duration
+//! 600` shows whether any election happened, and each node's snapshots built (with their
+//! build seconds), log purges, last snapshot size, peak RSS and data directory size.
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -29,6 +32,7 @@ enum Phase {
     Latency,
     Both,
     Failover,
+    Fill,
 }
 
 /// Raft queue benchmark.
@@ -71,6 +75,9 @@ struct Args {
     /// Print every append slower than this many ms, with its send time (latency phase).
     #[arg(long)]
     show_slow_ms: Option<u64>,
+    /// Packets appended by the fill phase before its latency phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    fill: u64,
     /// Leader kills in the failover phase.
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -185,6 +192,254 @@ fn report_scrapes(phase: &str, before: &[Option<Scrape>], after: &[Option<Scrape
     }
     println!("{phase}: raft log syncs (fdatasync) {}", syncs.join(", "));
     println!("{phase}: raft terms {}", terms.join(", "));
+}
+
+/// Per-node figures gathered while a phase runs (spawned nodes only).
+#[derive(Clone, Debug, Default)]
+struct NodeWatch {
+    /// Seconds of each snapshot build seen (a poll that saw two builds records their mean
+    /// twice).
+    builds: Vec<f64>,
+    /// Seconds of each log purge seen (likewise).
+    purges: Vec<f64>,
+    /// Last snapshot size (bytes), as last scraped.
+    snapshot_bytes: Option<f64>,
+    /// Highest and last VmRSS (bytes).
+    rss_max: u64,
+    rss_last: u64,
+    /// Highest and last data directory size (bytes).
+    dir_max: u64,
+    dir_last: u64,
+    /// Last (count, sum) of the build and purge histograms.
+    build_seen: Option<(f64, f64)>,
+    purge_seen: Option<(f64, f64)>,
+}
+
+/// The count and sum of histogram `name` in a metrics text.
+fn histogram(text: &str, name: &str) -> Option<(f64, f64)> {
+    let value = |suffix: &str| -> Option<f64> {
+        let full = format!("{name}{suffix}");
+        text.lines().find_map(|l| {
+            l.strip_prefix(full.as_str())?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some((value("_count")?, value("_sum")?))
+}
+
+/// New observations of a histogram since `seen`, each the mean of the new ones.
+fn new_samples(seen: &mut Option<(f64, f64)>, now: Option<(f64, f64)>, out: &mut Vec<f64>) {
+    let Some((count, sum)) = now else { return };
+    if let Some((c0, s0)) = *seen {
+        let n = (count - c0).round();
+        if n >= 1.0 {
+            for _ in 0..n as usize {
+                out.push((sum - s0) / n);
+            }
+        }
+    }
+    *seen = Some((count, sum));
+}
+
+fn vm_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Polls every spawned node (metrics, RSS, data dir) until `stop` is set.
+fn spawn_watch(
+    pids: Vec<Option<u32>>,
+    dirs: Vec<PathBuf>,
+    http: reqwest::Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<NodeWatch>> {
+    tokio::spawn(async move {
+        let mut watch = vec![NodeWatch::default(); pids.len()];
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut round = 0u64;
+        loop {
+            tick.tick().await;
+            let last = stop.load(Ordering::Relaxed);
+            for (i, w) in watch.iter_mut().enumerate() {
+                let text = async {
+                    http.get(format!("{}/metrics", Cluster::admin(i)))
+                        .send()
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()
+                }
+                .await;
+                if let Some(text) = text {
+                    let builds = histogram(&text, "cma_raft_snapshot_build_seconds");
+                    new_samples(&mut w.build_seen, builds, &mut w.builds);
+                    let purges = histogram(&text, "cma_raft_log_purge_seconds");
+                    new_samples(&mut w.purge_seen, purges, &mut w.purges);
+                    if let Some(b) = text.lines().find_map(|l| {
+                        l.strip_prefix("cma_raft_snapshot_bytes ")?
+                            .trim()
+                            .parse()
+                            .ok()
+                    }) {
+                        w.snapshot_bytes = Some(b);
+                    }
+                }
+                if let Some(rss) = pids[i].and_then(vm_rss) {
+                    w.rss_max = w.rss_max.max(rss);
+                    w.rss_last = rss;
+                }
+                if round % 4 == 0 || last {
+                    let size = dir_size(&dirs[i]);
+                    w.dir_max = w.dir_max.max(size);
+                    w.dir_last = size;
+                }
+            }
+            round += 1;
+            if last {
+                return watch;
+            }
+        }
+    })
+}
+
+/// Prints what [`spawn_watch`] gathered.
+fn report_watch(phase: &str, watch: &[NodeWatch]) {
+    let mb = |b: f64| b / 1_048_576.0;
+    let stats = |v: &[f64]| -> String {
+        if v.is_empty() {
+            return "none".into();
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        format!(
+            "{} (p50 {:.2} s, max {:.2} s)",
+            s.len(),
+            percentile(&s, 0.5),
+            percentile(&s, 1.0)
+        )
+    };
+    for (i, w) in watch.iter().enumerate() {
+        let metrics = if w.build_seen.is_some() {
+            format!(
+                "snapshots built {}, log purges {}, last snapshot {}",
+                stats(&w.builds),
+                stats(&w.purges),
+                w.snapshot_bytes
+                    .map_or("-".into(), |b| format!("{:.1} MiB", mb(b))),
+            )
+        } else {
+            "no snapshot metrics (node predates them)".into()
+        };
+        println!(
+            "{phase}: node{} {metrics}; RSS max {:.0} MiB, end {:.0} MiB; data dir max {:.0} MiB, \
+             end {:.0} MiB",
+            i + 1,
+            mb(w.rss_max as f64),
+            mb(w.rss_last as f64),
+            mb(w.dir_max as f64),
+            mb(w.dir_last as f64),
+        );
+    }
+}
+
+/// Appends `--fill` packets (batches of `--batch`, `--concurrency` appenders) as fast as
+/// they commit; nothing is consumed.
+async fn fill(client: &QueueClient, args: &Args) -> anyhow::Result<()> {
+    const FILL_DEADLINE: Duration = Duration::from_secs(600);
+    let remaining = Arc::new(AtomicU64::new(args.fill));
+    let stored = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..args.concurrency {
+        let (client, remaining, stored, retries) = (
+            client.clone(),
+            remaining.clone(),
+            stored.clone(),
+            retries.clone(),
+        );
+        let (batch, size) = (args.batch as u64, args.packet_size);
+        let session = args_session_base(args) + 3000 + task as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut next = 0u64;
+            loop {
+                let take = remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                        Some(r.saturating_sub(batch))
+                    })
+                    .unwrap_or(0)
+                    .min(batch);
+                if take == 0 {
+                    break;
+                }
+                let packets: Vec<_> = (next..next + take)
+                    .map(|s| packet(session, s, size))
+                    .collect();
+                next += take;
+                // Retried on any error but a full queue, until a deadline: a retry of a
+                // batch that did commit is deduplicated (same session and ids).
+                loop {
+                    match client.append(packets.clone()).await {
+                        Ok(r) => {
+                            stored.fetch_add(r.stored as u64, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e @ queue::ClientError::QueueFull { .. }) => {
+                            return Err(anyhow::Error::new(e)
+                                .context("fill: raise [queue] max_bytes with --node-config"));
+                        }
+                        Err(e) if started.elapsed() < FILL_DEADLINE => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("fill: append retried: {e}");
+                        }
+                        Err(e) => return Err(anyhow::Error::new(e).context("fill deadline")),
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = stored.load(Ordering::Relaxed);
+    println!(
+        "fill: {n} packets of {} B stored in {secs:.1} s = {:.0} packets/s (batch {}, \
+         concurrency {}, no consumer, {} appends retried)",
+        args.packet_size,
+        n as f64 / secs,
+        args.batch,
+        args.concurrency,
+        retries.load(Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 /// A scratch directory removed on drop (no extra dependency for one directory).
@@ -632,28 +887,85 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let high_water = Arc::new(AtomicU64::new(0));
-    let consumer = (!args.no_consumer).then(|| spawn_consumer(&client, high_water.clone()));
+    // The fill phase measures a queue nobody consumes.
+    let consume = !args.no_consumer && args.phase != Phase::Fill;
+    let consumer = consume.then(|| spawn_consumer(&client, high_water.clone()));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let spawned = cluster.as_ref().map_or(0, |c| c.children.len());
     let mut scrapes = scrape_all(&http, spawned).await;
     let mut since = Instant::now();
-    let mut report =
-        |phase: &str, scrapes: &mut Vec<Option<Scrape>>, after: Vec<Option<Scrape>>| {
-            if spawned > 0 {
-                report_scrapes(phase, scrapes, &after, since.elapsed().as_secs_f64());
-            }
-            *scrapes = after;
-            since = Instant::now();
-        };
-    if matches!(args.phase, Phase::Throughput | Phase::Both) {
-        throughput(&client, &args, high_water.clone()).await?;
-        report("throughput", &mut scrapes, scrape_all(&http, spawned).await);
+    let (pids, dirs): (Vec<Option<u32>>, Vec<PathBuf>) = match &cluster {
+        Some(c) => (
+            c.children
+                .iter()
+                .map(|ch| ch.as_ref().map(|ch| ch.id()))
+                .collect(),
+            (1..=c.children.len())
+                .map(|i| c._dir.path().join(format!("d{i}")))
+                .collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    // Per phase: a watch of every spawned node (snapshots, purges, RSS, data dir).
+    let watch = || {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = spawn_watch(pids.clone(), dirs.clone(), http.clone(), stop.clone());
+        (stop, task)
+    };
+    let mut report = |phase: &str,
+                      scrapes: &mut Vec<Option<Scrape>>,
+                      after: Vec<Option<Scrape>>,
+                      watched: Vec<NodeWatch>| {
+        if spawned > 0 {
+            report_scrapes(phase, scrapes, &after, since.elapsed().as_secs_f64());
+            report_watch(phase, &watched);
+        }
+        *scrapes = after;
+        since = Instant::now();
+    };
+    async fn finish(
+        w: (
+            Arc<std::sync::atomic::AtomicBool>,
+            tokio::task::JoinHandle<Vec<NodeWatch>>,
+        ),
+    ) -> Vec<NodeWatch> {
+        w.0.store(true, Ordering::Relaxed);
+        w.1.await.unwrap_or_default()
     }
-    if matches!(args.phase, Phase::Latency | Phase::Both) {
+    if args.phase == Phase::Fill {
+        let w = watch();
+        fill(&client, &args).await?;
+        let watched = finish(w).await;
+        report(
+            "fill",
+            &mut scrapes,
+            scrape_all(&http, spawned).await,
+            watched,
+        );
+    }
+    if matches!(args.phase, Phase::Throughput | Phase::Both) {
+        let w = watch();
+        throughput(&client, &args, high_water.clone()).await?;
+        let watched = finish(w).await;
+        report(
+            "throughput",
+            &mut scrapes,
+            scrape_all(&http, spawned).await,
+            watched,
+        );
+    }
+    if matches!(args.phase, Phase::Latency | Phase::Both | Phase::Fill) {
+        let w = watch();
         latency(&client, &args, session, high_water.clone()).await?;
-        report("latency", &mut scrapes, scrape_all(&http, spawned).await);
+        let watched = finish(w).await;
+        report(
+            "latency",
+            &mut scrapes,
+            scrape_all(&http, spawned).await,
+            watched,
+        );
     }
     if args.phase == Phase::Failover {
         let cluster = cluster.as_mut().context("--phase failover needs --spawn")?;
