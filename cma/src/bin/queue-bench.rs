@@ -282,9 +282,15 @@ fn spawn_watch(
         let mut watch = vec![NodeWatch::default(); pids.len()];
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut round = 0u64;
+        let mut last_dir_walk = Instant::now();
         loop {
             tick.tick().await;
             let last = stop.load(Ordering::Relaxed);
+            // The data dirs are walked once a second, the rest polled every 250 ms.
+            let dir_due = round == 0 || last_dir_walk.elapsed() >= Duration::from_secs(1);
+            if dir_due {
+                last_dir_walk = Instant::now();
+            }
             for (i, w) in watch.iter_mut().enumerate() {
                 let text = async {
                     http.get(format!("{}/metrics", Cluster::admin(i)))
@@ -314,7 +320,7 @@ fn spawn_watch(
                     w.rss_max = w.rss_max.max(rss);
                     w.rss_last = rss;
                 }
-                if round % 4 == 0 || last {
+                if dir_due || last {
                     let size = dir_size(&dirs[i]);
                     w.dir_max = w.dir_max.max(size);
                     w.dir_last = size;
