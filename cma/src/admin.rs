@@ -227,6 +227,11 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         g.queue_max_bytes.clone(),
     );
     r.register(
+        "raft_prompt_elections",
+        "Elections this node called because its leader was silent for a whole lease",
+        m.prompt_elections.clone(),
+    );
+    r.register(
         "raft_log_syncs",
         "Completed syncs (fdatasync) of the Raft log",
         m.syncs.clone(),

@@ -16,6 +16,7 @@
 //! snapshot_after_logs = 2000
 //! snapshot_log_ratio = 1.0
 //! logs_to_keep_after_snapshot = 500
+//! prompt_election = true
 //!
 //! [queue]
 //! dedup_window = 1024
@@ -124,6 +125,10 @@ pub struct RaftConfig {
     pub connect_timeout_ms: u64,
     /// Pause before retrying an unreachable peer (default 200 ms).
     pub peer_retry_backoff_ms: u64,
+    /// When the leader has been silent for a whole lease, the follower with the greatest
+    /// log calls the election at once, instead of waiting for its randomised timer
+    /// (default true; docs/queue.md "Failover").
+    pub prompt_election: bool,
 }
 
 impl Default for RaftConfig {
@@ -139,6 +144,7 @@ impl Default for RaftConfig {
             install_snapshot_timeout_ms: 10_000,
             connect_timeout_ms: 1000,
             peer_retry_backoff_ms: 200,
+            prompt_election: true,
         }
     }
 }
@@ -300,6 +306,7 @@ impl Config {
             budget,
             handshake_timeout: self.limits.handshake_timeout(),
             max_queue_bytes: self.queue.max_bytes,
+            prompt_election: r.prompt_election,
         })
     }
 }

@@ -168,6 +168,23 @@ pub struct LogStore {
     meta: sled::Tree,
     syncer: Arc<Syncer>,
     flusher: mpsc::UnboundedSender<(LogFlushed<TypeConfig>, u64)>,
+    last_log: LastLogId,
+}
+
+/// The id of the last entry in the log, kept up to date by the store (append, truncate),
+/// for the prompt election, which compares logs the way a vote does. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LastLogId(Arc<Mutex<Option<LogId<NodeId>>>>);
+
+impl LastLogId {
+    /// The last log id (None: empty log, nothing purged).
+    pub fn get(&self) -> Option<LogId<NodeId>> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, id: Option<LogId<NodeId>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
 }
 
 /// Runs a synchronous sled call. sled blocks the calling thread when its write buffers
@@ -216,12 +233,31 @@ impl LogStore {
         });
         let (flusher, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_flusher(syncer.clone(), rx));
-        Ok(LogStore {
+        let store = LogStore {
             logs,
             meta,
             syncer,
             flusher,
-        })
+            last_log: LastLogId::default(),
+        };
+        store.last_log.set(store.stored_last_log_id()?);
+        Ok(store)
+    }
+
+    /// The tracker of the last log id (shared with the prompt election).
+    pub fn last_log(&self) -> LastLogId {
+        self.last_log.clone()
+    }
+
+    /// The id of the last stored entry, or the last purged one when the log is empty.
+    fn stored_last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        match self.logs.last().map_err(read_err)? {
+            Some((_, bytes)) => {
+                let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
+                Ok(Some(entry.log_id))
+            }
+            None => self.get_meta(LAST_PURGED_KEY),
+        }
     }
 
     /// Syncs completed since open (`cma_raft_log_syncs_total` counts them for operators).
@@ -319,13 +355,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(LAST_PURGED_KEY)?;
-        let last = match self.logs.last().map_err(read_err)? {
-            Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
-                Some(entry.log_id)
-            }
-            None => last_purged_log_id,
-        };
+        let last = self.stored_last_log_id()?;
+        self.last_log.set(last);
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last,
@@ -378,8 +409,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = sled::Batch::default();
         let mut last = 0;
         let mut appended = 0u64;
+        let mut last_id = None;
         for entry in entries {
             last = entry.log_id.index;
+            last_id = Some(entry.log_id);
             let bytes = postcard::to_allocvec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             appended += bytes.len() as u64;
@@ -387,6 +420,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         sled_io(|| self.logs.apply_batch(batch)).map_err(write_err)?;
         self.syncer.metrics.appended_bytes.inc_by(appended);
+        if last_id.is_some() {
+            self.last_log.set(last_id);
+        }
         if let Err(mpsc::error::SendError((callback, last))) = self.flusher.send((callback, last)) {
             // The flusher only stops with the runtime; sync inline rather than lose the ack.
             callback.log_io_completed(self.syncer.sync(last).await);
@@ -408,6 +444,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             self.logs.apply_batch(batch).map_err(write_err)?;
         }
+        self.last_log.set(self.stored_last_log_id()?);
         // No sync of its own: sled recovers its operations in order, and the entries that
         // replace the truncated ones are acknowledged only after a sync, which covers the
         // truncation too. A crash before it leaves the old entries, which were never

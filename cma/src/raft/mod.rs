@@ -8,6 +8,8 @@
 //! - [`peer`]: the node-to-node messages, carried on the queue crate's authenticated
 //!   connections beside the client requests.
 //! - [`network`]: openraft's view of the transport.
+//! - [`prompt_election`]: the best-placed follower calls the election as soon as the
+//!   leader's lease runs out.
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
 
@@ -15,6 +17,7 @@ pub(crate) mod log_store;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod peer;
+pub mod prompt_election;
 pub(crate) mod queue_state;
 pub(crate) mod server;
 pub mod snapshot_policy;

@@ -1,8 +1,9 @@
 //! The in-process handle on a running Raft node: start it, propose entries, read the
 //! applied state, watch progress. The worker (same process) and the TCP server use it.
 
-use super::log_store::{LogStore, StoreMetrics};
+use super::log_store::{LastLogId, LogStore, StoreMetrics};
 use super::network::Network;
+use super::prompt_election::{self, LeaseView};
 use super::queue_state::{DedupLimits, QueueState};
 use super::snapshot_policy::SnapshotRule;
 use super::state_machine::{SharedState, SnapshotMetrics, StateMachineStore};
@@ -58,6 +59,8 @@ pub struct NodeSettings {
     /// Byte budget of the in-memory queue (0: unlimited); appends beyond it are refused
     /// with [`ProposeError::QueueFull`].
     pub max_queue_bytes: u64,
+    /// Run the prompt election ([`super::prompt_election`]).
+    pub prompt_election: bool,
 }
 
 /// Why a node could not start.
@@ -141,6 +144,8 @@ pub struct NodeMetrics {
     pub queue_full: Counter,
     /// Seconds from propose to applied, for appends proposed on this node.
     pub commit_seconds: Histogram,
+    /// Elections this node called by the prompt election.
+    pub prompt_elections: Counter,
     /// Connections refused or dropped, by reason.
     pub connection_errors: Family<ReasonLabel, Counter>,
     /// Connections turned away before the handshake (limits) and failed accepts, by
@@ -166,6 +171,7 @@ impl Default for NodeMetrics {
             syncs: Counter::default(),
             queue_full: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            prompt_elections: Counter::default(),
             connection_errors: Family::default(),
             connections_refused: Family::default(),
             snapshot: SnapshotMetrics::default(),
@@ -184,6 +190,7 @@ struct Inner {
     metrics: NodeMetrics,
     local_addr: SocketAddr,
     gate: ConnectionGate,
+    last_log: LastLogId,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -224,6 +231,7 @@ impl Node {
             appended_bytes: metrics.log_appended_bytes.clone(),
         };
         let log_store = LogStore::open(&db, &log_dir, store_metrics, None)?;
+        let last_log = log_store.last_log();
         let state_machine = StateMachineStore::open(
             &settings.data_dir.join("snapshot"),
             settings.dedup,
@@ -238,6 +246,7 @@ impl Node {
             settings.peer_retry_backoff,
         );
         let settings_budget = settings.budget;
+        let lease = Duration::from_millis(config.election_timeout_max);
         let raft = Raft::new(settings.id, config, network, log_store, state_machine).await?;
         let snapshot_bytes = {
             let shared = shared.clone();
@@ -250,6 +259,16 @@ impl Node {
             snapshot_bytes,
             metrics.log_bytes_since_snapshot.clone(),
         ));
+        if settings.prompt_election {
+            tokio::spawn(prompt_election::run(
+                raft.clone(),
+                settings.id,
+                last_log.clone(),
+                settings.secret,
+                lease,
+                metrics.prompt_elections.clone(),
+            ));
+        }
         Ok(Node {
             inner: Arc::new(Inner {
                 id: settings.id,
@@ -259,8 +278,16 @@ impl Node {
                 metrics,
                 local_addr,
                 gate: ConnectionGate::new(&settings_budget),
+                last_log,
             }),
         })
+    }
+
+    /// What this node knows of its leader, for a peer's prompt election probe.
+    pub async fn lease_view(&self) -> Option<LeaseView> {
+        prompt_election::local_view(&self.inner.raft, &self.inner.last_log)
+            .await
+            .map(|(view, _)| view)
     }
 
     /// This node's id.

@@ -2,6 +2,7 @@
 //! [`queue::rpc::Request`] and [`queue::rpc::Reply`] on the same authenticated connections
 //! as queue clients.
 
+use super::prompt_election::LeaseView;
 use super::{NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -19,6 +20,9 @@ pub enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     /// One chunk of a snapshot from the leader.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A voter asks what this node knows of its leader (prompt elections). Added last: an
+    /// older node closes the (probe's own) connection on it, which only delays the probe.
+    LeaseProbe,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -32,6 +36,8 @@ pub enum PeerReply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    /// Answer to `LeaseProbe`.
+    LeaseProbe(LeaseView),
 }
 
 /// Any request a node serves: a peer's Raft RPC or a queue client's call.

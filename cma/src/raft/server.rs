@@ -179,6 +179,10 @@ async fn answer(node: &Node, request: Request) -> Reply {
         Request::Peer(PeerRequest::InstallSnapshot(rpc)) => Reply::Peer(
             PeerReply::InstallSnapshot(node.raft().install_snapshot(rpc).await),
         ),
+        Request::Peer(PeerRequest::LeaseProbe) => match node.lease_view().await {
+            Some(view) => Reply::Peer(PeerReply::LeaseProbe(view)),
+            None => Reply::Error("raft stopped".to_string()),
+        },
         Request::Append(batch) => match node.append(batch).await {
             Ok(result) => Reply::Appended(result),
             Err(e) => not_leader(e),

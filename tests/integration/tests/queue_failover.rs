@@ -1,7 +1,10 @@
 //! Must show (a): 10,000 appended batches while the leader is SIGKILLed twice; every batch
 //! whose append returned success is read back exactly once, in order, from the new leader.
+//! Each new leader is elected by the prompt election (a survivor counts the election it
+//! called in `cma_raft_prompt_elections_total`), not by openraft's randomised timers.
 
 use integration::cluster::{check_exactly_once, packet, read_all, Cluster, CmaCluster, TEST_RAFT};
+use integration::reader::{sample, scrape};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,7 +67,23 @@ fn acknowledged_appends_survive_two_leader_kills() {
             "SIGKILL leader {leader} at batch {}",
             progress.load(Ordering::Relaxed)
         );
+        let survivors: Vec<u64> = cluster
+            .running()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .collect();
+        let before = prompt_elections(&cluster, &survivors);
         cluster.kill(leader);
+        // The TEST_RAFT lease is 2.4 s; its randomised timers would call the election 3.6 to
+        // 4.8 s after the last heartbeat, so a prompt election is the first to fire.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while prompt_elections(&cluster, &survivors) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no survivor called a prompt election after leader {leader} was killed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         std::thread::sleep(Duration::from_secs(2));
         cluster.start(leader);
     }
@@ -107,4 +126,13 @@ fn acknowledged_appends_survive_two_leader_kills() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Elections called by the prompt election on `nodes`, summed.
+fn prompt_elections(cluster: &Cluster, nodes: &[u64]) -> f64 {
+    nodes
+        .iter()
+        .filter_map(|&id| scrape(cluster.node(id).admin))
+        .map(|text| sample(&text, "cma_raft_prompt_elections_total"))
+        .sum()
 }
