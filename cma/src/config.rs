@@ -123,6 +123,9 @@ pub struct RaftConfig {
     /// log calls the election at once, instead of waiting for its randomised timer
     /// (default true; docs/queue.md "Failover").
     pub prompt_election: bool,
+    /// Most proposals and linearizable reads a node hands Raft at once (default 64); more
+    /// callers wait, so an overloaded leader keeps its heartbeats and votes on time.
+    pub max_inflight_proposals: usize,
 }
 
 impl Default for RaftConfig {
@@ -138,6 +141,7 @@ impl Default for RaftConfig {
             connect_timeout_ms: 1000,
             peer_retry_backoff_ms: 200,
             prompt_election: true,
+            max_inflight_proposals: 64,
         }
     }
 }
@@ -290,6 +294,7 @@ impl Config {
             handshake_timeout: self.limits.handshake_timeout(),
             max_queue_bytes: self.queue.max_bytes,
             prompt_election: r.prompt_election,
+            max_inflight_proposals: r.max_inflight_proposals,
         })
     }
 }
