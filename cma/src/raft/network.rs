@@ -23,13 +23,10 @@ use std::time::Duration;
 /// fewer entries (at least one) per request.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
-/// Shortest time a Raft RPC may take. openraft 0.9 gives AppendEntries and Vote one
-/// heartbeat interval (100 ms by default), but the answer to either waits for an fdatasync
-/// on the peer (the appended entries, the vote), which a busy disk can stretch past that;
-/// timing out would only resend the same request to the same slow disk, and a node
-/// catching up after a restart, or a vote, would never get through. Followers reset their
-/// election timer when a request arrives, not when they answer it, so a longer wait does
-/// not cost leadership.
+/// Shortest time a Raft RPC may take at this layer. openraft 0.9 bounds AppendEntries by
+/// one heartbeat interval and Vote by `election_timeout_min` with timeouts of its own,
+/// which win; this floor only matters for the calls it does not bound itself (a snapshot
+/// chunk gets `install_snapshot_timeout`, at least this).
 pub const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Rough encoded size of an entry: packet bytes plus fixed overhead.
