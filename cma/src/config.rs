@@ -16,6 +16,7 @@
 //! snapshot_after_logs = 2000
 //! logs_to_keep_after_snapshot = 500
 //! prompt_election = true
+//! max_inflight_proposals = 64
 //!
 //! [queue]
 //! dedup_window = 1024
@@ -102,8 +103,9 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomised election timeout (default 800 ms). openraft 0.9
     /// also makes a follower honour its leader's lease, as long as this bound, so a
-    /// follower calls an election `max + its timeout` after the last heartbeat: at most
-    /// 1.6 s with the defaults.
+    /// follower's own timer calls an election `max + its timeout` after the last
+    /// heartbeat (at most 1.6 s with the defaults); the prompt election calls it as soon
+    /// as the lease runs out when the leader's process is gone.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
     /// are cheap while consumers keep the queue short, and they bound the sled log.
