@@ -232,6 +232,11 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         m.prompt_elections.clone(),
     );
     r.register(
+        "raft_proposals_waited",
+        "Proposals and reads that waited for a slot (max_inflight_proposals in flight)",
+        m.proposals_waited.clone(),
+    );
+    r.register(
         "raft_log_syncs",
         "Completed syncs (fdatasync) of the Raft log",
         m.syncs.clone(),

@@ -17,6 +17,7 @@
 //! snapshot_log_ratio = 1.0
 //! logs_to_keep_after_snapshot = 500
 //! prompt_election = true
+//! max_inflight_proposals = 64
 //!
 //! [queue]
 //! dedup_window = 1024
@@ -104,8 +105,9 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomised election timeout (default 800 ms). openraft 0.9
     /// also makes a follower honour its leader's lease, as long as this bound, so a
-    /// follower calls an election `max + its timeout` after the last heartbeat: at most
-    /// 1.6 s with the defaults.
+    /// follower's own timer calls an election `max + its timeout` after the last
+    /// heartbeat (at most 1.6 s with the defaults); the prompt election calls it as soon
+    /// as the lease runs out when the leader's process is gone.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
     /// are cheap while consumers keep the queue short, and they bound the sled log.
@@ -129,6 +131,9 @@ pub struct RaftConfig {
     /// log calls the election at once, instead of waiting for its randomised timer
     /// (default true; docs/queue.md "Failover").
     pub prompt_election: bool,
+    /// Most proposals and linearizable reads a node hands Raft at once (default 64); more
+    /// callers wait, so an overloaded leader keeps its heartbeats and votes on time.
+    pub max_inflight_proposals: usize,
 }
 
 impl Default for RaftConfig {
@@ -145,6 +150,7 @@ impl Default for RaftConfig {
             connect_timeout_ms: 1000,
             peer_retry_backoff_ms: 200,
             prompt_election: true,
+            max_inflight_proposals: 64,
         }
     }
 }
@@ -307,6 +313,7 @@ impl Config {
             handshake_timeout: self.limits.handshake_timeout(),
             max_queue_bytes: self.queue.max_bytes,
             prompt_election: r.prompt_election,
+            max_inflight_proposals: r.max_inflight_proposals,
         })
     }
 }

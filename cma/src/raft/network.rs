@@ -14,6 +14,7 @@ use openraft::raft::{
 use openraft::EntryPayload;
 use queue::rpc::CallError;
 use queue::Command;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +23,10 @@ use std::time::Duration;
 /// fewer entries (at least one) per request.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
-/// Shortest time a Raft RPC may take. openraft 0.9 gives AppendEntries and Vote one
-/// heartbeat interval (100 ms by default), but the answer to either waits for an fdatasync
-/// on the peer (the appended entries, the vote), which a busy disk can stretch past that;
-/// timing out would only resend the same request to the same slow disk, and a node
-/// catching up after a restart, or a vote, would never get through. Followers reset their
-/// election timer when a request arrives, not when they answer it, so a longer wait does
-/// not cost leadership.
+/// Shortest time a Raft RPC may take at this layer. openraft 0.9 bounds AppendEntries by
+/// one heartbeat interval and Vote by `election_timeout_min` with timeouts of its own,
+/// which win; this floor only matters for the calls it does not bound itself (a snapshot
+/// chunk gets `install_snapshot_timeout`, at least this).
 pub const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Rough encoded size of an entry: packet bytes plus fixed overhead.
@@ -65,12 +63,16 @@ fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> usize {
     entries.len()
 }
 
-/// Creates per-target network clients.
+/// Creates per-target network clients. They share one connection per target: openraft
+/// 0.9 makes a new client for every vote request and every linearizable read's heartbeat
+/// round, and a connection (TCP + handshake) per call would cost more than the call, and
+/// most under load, when calls time out and are retried.
 #[derive(Clone)]
 pub struct Network {
     secret: Arc<[u8; 32]>,
     connect_timeout: Duration,
     retry_backoff: Duration,
+    pool: Arc<std::sync::Mutex<HashMap<NodeId, Arc<PeerConnection>>>>,
 }
 
 impl Network {
@@ -80,6 +82,42 @@ impl Network {
             secret: Arc::new(secret),
             connect_timeout,
             retry_backoff,
+            pool: Arc::default(),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<PeerConnection>>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open connection to `target`, if any.
+    fn pooled(&self, target: NodeId) -> Option<Arc<PeerConnection>> {
+        self.pool().get(&target).filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// Opens a connection to `target` at `addr` and shares it.
+    async fn connect(
+        &self,
+        target: NodeId,
+        addr: std::net::SocketAddr,
+    ) -> Result<Arc<PeerConnection>, CallError> {
+        let c = Arc::new(PeerConnection::open(addr, &self.secret, self.connect_timeout).await?);
+        let mut pool = self.pool();
+        // Another client may have connected meanwhile: keep one.
+        match pool.get(&target).filter(|c| !c.is_closed()) {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                pool.insert(target, c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// Forgets a broken connection to `target` (only if it is still the pooled one).
+    fn forget(&self, target: NodeId, broken: &Arc<PeerConnection>) {
+        let mut pool = self.pool();
+        if pool.get(&target).is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            pool.remove(&target);
         }
     }
 }
@@ -92,17 +130,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             network: self.clone(),
-            connection: None,
         }
     }
 }
 
-/// The Raft client for one peer.
+/// The Raft client for one peer (its connection is the network's shared one).
 pub struct PeerClient {
     target: NodeId,
     node: NodeAddr,
     network: Network,
-    connection: Option<Arc<PeerConnection>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,22 +151,19 @@ impl PeerClient {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerReply, RPCError<NodeId, NodeAddr, E>> {
-        let connection = match &self.connection {
-            Some(c) if !c.is_closed() => c.clone(),
-            _ => {
+        let connection = match self.network.pooled(self.target) {
+            Some(c) => c,
+            None => {
                 let addr = self.node.raft_addr().ok_or_else(|| {
                     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
                         "node {} has a malformed address {}",
                         self.target, self.node.raft
                     ))))
                 })?;
-                let c =
-                    PeerConnection::open(addr, &self.network.secret, self.network.connect_timeout)
-                        .await
-                        .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-                let c = Arc::new(c);
-                self.connection = Some(c.clone());
-                c
+                self.network
+                    .connect(self.target, addr)
+                    .await
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
             }
         };
         match connection
@@ -148,7 +181,7 @@ impl PeerClient {
             // stays usable; only a broken connection is dropped.
             Err(e @ CallError::Timeout(_)) => Err(RPCError::Network(NetworkError::new(&e))),
             Err(e) => {
-                self.connection = None;
+                self.network.forget(self.target, &connection);
                 Err(match e {
                     CallError::Timeout(_) | CallError::Codec(_) => {
                         RPCError::Network(NetworkError::new(&e))

@@ -22,6 +22,8 @@ use super::peer::{NodeReply, NodeRequest, PeerConnection, PeerReply, PeerRequest
 use super::{NodeId, Raft};
 use openraft::{LogId, ServerState, Vote};
 use prometheus_client::metrics::counter::Counter;
+use queue::rpc::CallError;
+use queue::wire::WireError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -51,6 +53,18 @@ pub struct LeaseView {
     pub last_log_id: Option<LogId<NodeId>>,
 }
 
+/// What came of probing one voter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered.
+    Answered(LeaseView),
+    /// Its port refused or reset the connection: the process is not running.
+    Unreachable,
+    /// No answer in time on an open connection, or the connect timed out: it may be a
+    /// dead host, or a live node too busy to answer.
+    NoAnswer,
+}
+
 /// What a voter should do, by [`decide`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -68,18 +82,23 @@ pub enum WaitReason {
     LeaseRunning,
     /// A node answered as the live leader, or with a newer term.
     LeaderOrNewerTerm,
+    /// The leader did not answer, but did not refuse either: it may only be busy. The
+    /// election is left to openraft's timers.
+    LeaderMaybeAlive,
     /// Fewer than a quorum of voters have stopped hearing the leader.
     NoQuorum,
     /// Another silent voter has a greater log (or an equal one and a lower id).
     OtherCandidate,
 }
 
-/// Decides whether voter `me` calls an election now. `answers` are the other voters' views
-/// (those that answered in time); `lease` is the leader lease (`election_timeout_max`).
+/// Decides whether voter `me` calls an election now. `probes` are the other voters'
+/// answers; `lease` is the leader lease (`election_timeout_max`). Only a leader known not
+/// to run (its port refuses) or known to have stepped down lets a prompt election go: a
+/// leader that is merely slow to answer, or a dead host, is left to openraft's timers.
 pub fn decide(
     me: NodeId,
     mine: &LeaseView,
-    answers: &[(NodeId, LeaseView)],
+    probes: &[(NodeId, Probe)],
     voters: &BTreeSet<NodeId>,
     lease: Duration,
 ) -> Decision {
@@ -88,11 +107,25 @@ pub fn decide(
     if mine.is_leader || !mine.vote.is_committed() || !lease_over(mine) {
         return Decision::Wait(WaitReason::LeaseRunning);
     }
+    let answers: Vec<(NodeId, LeaseView)> = probes
+        .iter()
+        .filter_map(|(id, p)| match p {
+            Probe::Answered(v) => Some((*id, v.clone())),
+            _ => None,
+        })
+        .collect();
     if answers
         .iter()
         .any(|(_, v)| v.is_leader || v.vote.leader_id().term > mine.vote.leader_id().term)
     {
         return Decision::Wait(WaitReason::LeaderOrNewerTerm);
+    }
+    let leader = mine.vote.leader_id().voted_for();
+    let leader_gone = probes
+        .iter()
+        .any(|(id, p)| Some(*id) == leader && matches!(p, Probe::Unreachable | Probe::Answered(_)));
+    if leader.is_some_and(|l| l != me) && !leader_gone {
+        return Decision::Wait(WaitReason::LeaderMaybeAlive);
     }
     // Voters that would grant a vote now: their lease ran out too, and they have not voted
     // in a newer term (checked above).
@@ -139,13 +172,13 @@ pub async fn local_view(raft: &Raft, last_log: &LastLogId) -> Option<(LeaseView,
     Some((view, utime))
 }
 
-/// Probes one peer; `None` when it does not answer in time.
+/// Probes one peer.
 async fn probe(
     connections: &tokio::sync::Mutex<HashMap<NodeId, Arc<PeerConnection>>>,
     id: NodeId,
     addr: SocketAddr,
     secret: &[u8; 32],
-) -> Option<LeaseView> {
+) -> Probe {
     let work = async {
         let existing = connections
             .lock()
@@ -155,28 +188,36 @@ async fn probe(
             .cloned();
         let connection = match existing {
             Some(c) => c,
-            None => {
-                let c = Arc::new(
-                    PeerConnection::open(addr, secret, PROBE_TIMEOUT)
-                        .await
-                        .ok()?,
-                );
-                connections.lock().await.insert(id, c.clone());
-                c
-            }
+            None => match PeerConnection::open(addr, secret, PROBE_TIMEOUT).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    connections.lock().await.insert(id, c.clone());
+                    c
+                }
+                Err(CallError::Wire(WireError::Io(e)))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Probe::Unreachable;
+                }
+                Err(_) => return Probe::NoAnswer,
+            },
         };
         match connection
             .call(NodeRequest::Peer(PeerRequest::LeaseProbe), PROBE_TIMEOUT)
             .await
         {
-            Ok(NodeReply::Peer(PeerReply::LeaseProbe(view))) => Some(view),
-            _ => None,
+            Ok(NodeReply::Peer(PeerReply::LeaseProbe(view))) => Probe::Answered(view),
+            // The connection broke (reset, closed by the peer): the process went away.
+            Err(CallError::Wire(_)) => Probe::Unreachable,
+            _ => Probe::NoAnswer,
         }
     };
     tokio::time::timeout(PROBE_TIMEOUT, work)
         .await
-        .ok()
-        .flatten()
+        .unwrap_or(Probe::NoAnswer)
 }
 
 /// Runs the prompt election of node `me` until Raft stops. `elections` counts the
@@ -228,20 +269,17 @@ pub async fn run(
             tokio::time::sleep(IDLE_PAUSE).await;
             continue;
         }
-        let answers: Vec<(NodeId, LeaseView)> = futures::future::join_all(
+        let probes: Vec<(NodeId, Probe)> = futures::future::join_all(
             peers
                 .iter()
                 .map(|(id, addr)| async { (*id, probe(&connections, *id, *addr, &secret).await) }),
         )
-        .await
-        .into_iter()
-        .filter_map(|(id, view)| Some((id, view?)))
-        .collect();
+        .await;
         // Decide on a fresh view of our own: the probes took time.
         let Some((mine, _)) = local_view(&raft, &last_log).await else {
             return;
         };
-        match decide(me, &mine, &answers, &voters, lease) {
+        match decide(me, &mine, &probes, &voters, lease) {
             Decision::Elect => {
                 tracing::info!(
                     vote = %mine.vote,
@@ -283,16 +321,27 @@ mod tests {
         ids.iter().copied().collect()
     }
 
+    /// Probes: the dead leader 1 refuses, the others answer with `views`.
+    fn probes(views: &[(NodeId, LeaseView)]) -> Vec<(NodeId, Probe)> {
+        std::iter::once((1, Probe::Unreachable))
+            .chain(
+                views
+                    .iter()
+                    .map(|(id, v)| (*id, Probe::Answered(v.clone()))),
+            )
+            .collect()
+    }
+
     #[test]
     fn the_follower_with_the_greater_log_calls_it_and_the_other_waits() {
         let v = voters(&[1, 2, 3]);
         let (two, three) = (follower(850, 100), follower(830, 90));
         assert_eq!(
-            decide(2, &two, &[(3, three.clone())], &v, LEASE),
+            decide(2, &two, &probes(&[(3, three.clone())]), &v, LEASE),
             Decision::Elect
         );
         assert_eq!(
-            decide(3, &three, &[(2, two)], &v, LEASE),
+            decide(3, &three, &probes(&[(2, two)]), &v, LEASE),
             Decision::Wait(WaitReason::OtherCandidate)
         );
     }
@@ -302,11 +351,11 @@ mod tests {
         let v = voters(&[1, 2, 3]);
         let (two, three) = (follower(900, 100), follower(900, 100));
         assert_eq!(
-            decide(2, &two, &[(3, three.clone())], &v, LEASE),
+            decide(2, &two, &probes(&[(3, three.clone())]), &v, LEASE),
             Decision::Elect
         );
         assert_eq!(
-            decide(3, &three, &[(2, two)], &v, LEASE),
+            decide(3, &three, &probes(&[(2, two)]), &v, LEASE),
             Decision::Wait(WaitReason::OtherCandidate)
         );
     }
@@ -315,7 +364,13 @@ mod tests {
     fn nothing_happens_while_this_node_still_hears_its_leader() {
         let v = voters(&[1, 2, 3]);
         assert_eq!(
-            decide(2, &follower(799, 100), &[(3, follower(900, 1))], &v, LEASE),
+            decide(
+                2,
+                &follower(799, 100),
+                &probes(&[(3, follower(900, 1))]),
+                &v,
+                LEASE
+            ),
             Decision::Wait(WaitReason::LeaseRunning)
         );
         let mut leader = follower(900, 100);
@@ -335,18 +390,20 @@ mod tests {
     #[test]
     fn a_starved_follower_does_not_disrupt_a_live_leader() {
         let v = voters(&[1, 2, 3]);
-        // Its peers still hear the leader, or the leader itself answers.
+        // The leader itself answers.
         let mut leader = follower(0, 100);
         leader.is_leader = true;
+        let answered = vec![(1, Probe::Answered(leader)), (3, Probe::NoAnswer)];
         assert_eq!(
-            decide(2, &follower(2000, 100), &[(1, leader)], &v, LEASE),
+            decide(2, &follower(2000, 100), &answered, &v, LEASE),
             Decision::Wait(WaitReason::LeaderOrNewerTerm)
         );
+        // The other follower still hears it.
         assert_eq!(
             decide(
                 2,
                 &follower(2000, 100),
-                &[(3, follower(50, 100))],
+                &probes(&[(3, follower(50, 100))]),
                 &v,
                 LEASE
             ),
@@ -355,18 +412,37 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_that_is_only_slow_to_answer_is_left_to_the_timers() {
+        let v = voters(&[1, 2, 3]);
+        let busy = vec![
+            (1, Probe::NoAnswer),
+            (3, Probe::Answered(follower(900, 90))),
+        ];
+        assert_eq!(
+            decide(2, &follower(900, 100), &busy, &v, LEASE),
+            Decision::Wait(WaitReason::LeaderMaybeAlive)
+        );
+    }
+
+    #[test]
     fn no_call_without_a_quorum_of_silent_voters_or_during_a_newer_term() {
-        // Five voters: only two silent ones answered (the leader and two others did not).
+        // Five voters: only two silent ones answered (two others did not).
         let v = voters(&[1, 2, 3, 4, 5]);
         assert_eq!(
-            decide(2, &follower(900, 100), &[(3, follower(900, 90))], &v, LEASE),
+            decide(
+                2,
+                &follower(900, 100),
+                &probes(&[(3, follower(900, 90))]),
+                &v,
+                LEASE
+            ),
             Decision::Wait(WaitReason::NoQuorum)
         );
         assert_eq!(
             decide(
                 2,
                 &follower(900, 100),
-                &[(3, follower(900, 90)), (4, follower(900, 80))],
+                &probes(&[(3, follower(900, 90)), (4, follower(900, 80))]),
                 &v,
                 LEASE
             ),
@@ -377,7 +453,7 @@ mod tests {
             decide(
                 2,
                 &follower(900, 100),
-                &[(3, follower(900, 90)), (9, follower(900, 80))],
+                &probes(&[(3, follower(900, 90)), (9, follower(900, 80))]),
                 &v,
                 LEASE
             ),
@@ -389,7 +465,7 @@ mod tests {
             decide(
                 2,
                 &follower(900, 100),
-                &[(3, newer)],
+                &probes(&[(3, newer)]),
                 &voters(&[1, 2, 3]),
                 LEASE
             ),
@@ -404,6 +480,9 @@ mod tests {
         newer.last_log_id = Some(LogId::new(CommittedLeaderId::new(5, 1), 50));
         let mut older = follower(900, 100);
         older.last_log_id = Some(LogId::new(CommittedLeaderId::new(4, 2), 100));
-        assert_eq!(decide(3, &newer, &[(2, older)], &v, LEASE), Decision::Elect);
+        assert_eq!(
+            decide(3, &newer, &probes(&[(2, older)]), &v, LEASE),
+            Decision::Elect
+        );
     }
 }
