@@ -217,6 +217,11 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         m.queue_full.clone(),
     );
     r.register(
+        "queue_full_early_refusals",
+        "Of those, refused by the leader before proposing (no Raft entry written)",
+        m.queue_full_early.clone(),
+    );
+    r.register(
         "queue_bytes",
         "Bytes the stored packets hold in memory (datagrams + per-packet overhead)",
         g.queue_bytes.clone(),
@@ -235,6 +240,21 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         "raft_proposals_waited",
         "Proposals and reads that waited for a slot (max_inflight_proposals in flight)",
         m.proposals_waited.clone(),
+    );
+    r.register(
+        "raft_proposals_shed",
+        "Client calls answered Busy: no proposal slot freed within max_proposal_wait_ms",
+        m.proposals_shed.clone(),
+    );
+    r.register(
+        "node_requests_in_flight",
+        "Peer and client requests being served by this node (all connections)",
+        m.requests_in_flight.clone(),
+    );
+    r.register(
+        "node_connection_reads_paused",
+        "Times a connection reached its in-flight request limit and was not read until one was answered",
+        m.connection_reads_paused.clone(),
     );
     r.register(
         "raft_log_syncs",

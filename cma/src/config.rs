@@ -18,6 +18,7 @@
 //! logs_to_keep_after_snapshot = 500
 //! prompt_election = true
 //! max_inflight_proposals = 64
+//! max_proposal_wait_ms = 250
 //!
 //! [queue]
 //! dedup_window = 1024
@@ -134,6 +135,11 @@ pub struct RaftConfig {
     /// Most proposals and linearizable reads a node hands Raft at once (default 64); more
     /// callers wait, so an overloaded leader keeps its heartbeats and votes on time.
     pub max_inflight_proposals: usize,
+    /// How long a client's append, read or offset commit waits for one of those slots
+    /// before the node answers `Busy` (default 250 ms): an overloaded leader sheds load at
+    /// once instead of queueing callers until they time out and retry. The node's own
+    /// worker is never shed.
+    pub max_proposal_wait_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -151,6 +157,7 @@ impl Default for RaftConfig {
             peer_retry_backoff_ms: 200,
             prompt_election: true,
             max_inflight_proposals: 64,
+            max_proposal_wait_ms: 250,
         }
     }
 }
@@ -314,6 +321,7 @@ impl Config {
             max_queue_bytes: self.queue.max_bytes,
             prompt_election: r.prompt_election,
             max_inflight_proposals: r.max_inflight_proposals,
+            max_proposal_wait: Duration::from_millis(r.max_proposal_wait_ms),
         })
     }
 }

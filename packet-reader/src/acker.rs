@@ -41,6 +41,7 @@ fn error_label(e: &ClientError) -> &'static str {
         ClientError::Unreachable(_) => "unreachable",
         ClientError::Rejected(_) => "rejected",
         ClientError::QueueFull { .. } => "queue_full",
+        ClientError::Busy { .. } => "busy",
         ClientError::Config(_) => "config",
     }
 }

@@ -95,6 +95,13 @@ pub enum ClientError {
         /// The budget.
         max_bytes: u64,
     },
+    /// The leader is overloaded and shed the call: nothing was done; retry after a
+    /// pause. Producers pass it on like [`ClientError::QueueFull`].
+    #[error("leader busy: no proposal slot within {waited_ms} ms")]
+    Busy {
+        /// How long the call waited on the node.
+        waited_ms: u64,
+    },
     /// Bad client configuration.
     #[error("client config: {0}")]
     Config(String),
@@ -378,6 +385,10 @@ impl QueueClient {
                         held_bytes,
                         max_bytes,
                     });
+                }
+                Ok(Reply::Busy { waited_ms }) => {
+                    *lock(&self.inner.preferred) = Some(target);
+                    return Err(ClientError::Busy { waited_ms });
                 }
                 Ok(reply) => {
                     *lock(&self.inner.preferred) = Some(target);

@@ -71,6 +71,12 @@ pub enum Reply<P> {
         /// The budget.
         max_bytes: u64,
     },
+    /// The node is overloaded: no proposal slot freed in time and nothing was done. Back
+    /// off and retry. (Added last: older clients fail to decode it and retry.)
+    Busy {
+        /// How long the request waited for a slot.
+        waited_ms: u64,
+    },
 }
 
 /// Request frame.

@@ -500,15 +500,50 @@ fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// Test support: a gate a [`SyncHook`] can hold fdatasyncs at.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// A gate the sync hook waits at while it is closed.
+    #[derive(Default)]
+    pub(crate) struct Gate {
+        pub(crate) closed: AtomicBool,
+        pub(crate) entered: Mutex<Vec<u64>>,
+        open: (Mutex<bool>, std::sync::Condvar),
+    }
+
+    impl Gate {
+        pub(crate) fn wait(&self, covered: u64) {
+            if !self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            self.entered.lock().unwrap().push(covered);
+            let (lock, cvar) = &self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cvar.wait(open).unwrap();
+            }
+        }
+
+        pub(crate) fn release(&self) {
+            self.closed.store(false, Ordering::SeqCst);
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::Gate;
     use super::*;
     use crate::raft::network::Network;
     use crate::raft::queue_state::DedupLimits;
     use crate::raft::state_machine::StateMachineStore;
     use crate::raft::{NodeAddr, Raft};
     use queue::Command;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     fn metrics() -> StoreMetrics {
@@ -526,34 +561,6 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .unwrap()
-    }
-
-    /// A gate the sync hook waits at while it is closed.
-    #[derive(Default)]
-    struct Gate {
-        closed: AtomicBool,
-        entered: Mutex<Vec<u64>>,
-        open: (Mutex<bool>, std::sync::Condvar),
-    }
-
-    impl Gate {
-        fn wait(&self, covered: u64) {
-            if !self.closed.load(Ordering::SeqCst) {
-                return;
-            }
-            self.entered.lock().unwrap().push(covered);
-            let (lock, cvar) = &self.open;
-            let mut open = lock.lock().unwrap();
-            while !*open {
-                open = cvar.wait(open).unwrap();
-            }
-        }
-
-        fn release(&self) {
-            self.closed.store(false, Ordering::SeqCst);
-            *self.open.0.lock().unwrap() = true;
-            self.open.1.notify_all();
-        }
     }
 
     /// openraft is told an entry is flushed (`LogFlushed`), and so commits it, only after

@@ -13,6 +13,8 @@
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
 
+#[cfg(test)]
+mod bounds_tests;
 pub(crate) mod log_store;
 pub(crate) mod network;
 pub mod node;
@@ -35,6 +37,15 @@ pub use queue_state::{DedupLimits, QueueState, StateSummary};
 /// Binds `settings.listen`, opens the node (storage, Raft) and serves peers and queue
 /// clients on the listener. Does not initialise a cluster: see [`Node::initialize`].
 pub async fn start(settings: node::NodeSettings) -> Result<Node, NodeError> {
+    start_with(settings, None).await
+}
+
+/// [`start`], with a hook run before every fdatasync of the Raft log (tests hold syncs
+/// back with it to drive the node's bounds).
+pub(crate) async fn start_with(
+    settings: node::NodeSettings,
+    sync_hook: Option<log_store::SyncHook>,
+) -> Result<Node, NodeError> {
     let listen = settings.listen;
     let listen_error = |source| NodeError::Listen {
         addr: listen,
@@ -44,7 +55,7 @@ pub async fn start(settings: node::NodeSettings) -> Result<Node, NodeError> {
         .await
         .map_err(listen_error)?;
     let local_addr = listener.local_addr().map_err(listen_error)?;
-    let node = Node::open(settings, local_addr).await?;
+    let node = Node::open(settings, local_addr, sync_hook).await?;
     tokio::spawn(server::serve(listener, node.clone()));
     Ok(node)
 }

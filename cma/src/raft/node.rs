@@ -63,6 +63,9 @@ pub struct NodeSettings {
     pub prompt_election: bool,
     /// Most proposals and linearizable reads this node hands Raft at once; more wait.
     pub max_inflight_proposals: usize,
+    /// Longest wait of a client's call for a slot; then it is answered
+    /// [`ProposeError::Busy`].
+    pub max_proposal_wait: Duration,
 }
 
 /// Why a node could not start.
@@ -117,9 +120,25 @@ pub enum ProposeError {
         /// The budget.
         max_bytes: u64,
     },
+    /// All proposal slots stayed taken for `max_proposal_wait`: the node is overloaded
+    /// and sheds the call; nothing was proposed. Retry after a pause.
+    #[error("busy: no proposal slot freed within {waited_ms} ms")]
+    Busy {
+        /// How long the call waited.
+        waited_ms: u64,
+    },
     /// The entry applied but produced an unexpected result.
     #[error("unexpected result: {0}")]
     Unexpected(String),
+}
+
+/// Whether a call waiting for a proposal slot may be shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// The node's own worker: it frees queue room, so it waits as long as it takes.
+    Wait,
+    /// A queue client: answered `Busy` after `max_proposal_wait`.
+    Shed,
 }
 
 /// Labels of the rejected-connection counter.
@@ -144,12 +163,21 @@ pub struct NodeMetrics {
     pub syncs: Counter,
     /// Appends refused because the queue held its byte budget.
     pub queue_full: Counter,
+    /// Of those, refused by the leader before proposing (no Raft entry written).
+    pub queue_full_early: Counter,
     /// Seconds from propose to applied, for appends proposed on this node.
     pub commit_seconds: Histogram,
     /// Elections this node called by the prompt election.
     pub prompt_elections: Counter,
     /// Proposals and reads that waited for a slot (`max_inflight_proposals` were in flight).
     pub proposals_waited: Counter,
+    /// Client calls answered `Busy`: no slot freed within `max_proposal_wait`.
+    pub proposals_shed: Counter,
+    /// Requests of peers and clients being served (all connections).
+    pub requests_in_flight: Gauge,
+    /// Times a connection had `MAX_REQUESTS_IN_FLIGHT` requests in flight, so the server
+    /// stopped reading it until one was answered.
+    pub connection_reads_paused: Counter,
     /// Connections refused or dropped, by reason.
     pub connection_errors: Family<ReasonLabel, Counter>,
     /// Connections turned away before the handshake (limits) and failed accepts, by
@@ -174,9 +202,13 @@ impl Default for NodeMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             syncs: Counter::default(),
             queue_full: Counter::default(),
+            queue_full_early: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             prompt_elections: Counter::default(),
             proposals_waited: Counter::default(),
+            proposals_shed: Counter::default(),
+            requests_in_flight: Gauge::default(),
+            connection_reads_paused: Counter::default(),
             connection_errors: Family::default(),
             connections_refused: Family::default(),
             snapshot: SnapshotMetrics::default(),
@@ -216,6 +248,7 @@ impl Node {
     pub(super) async fn open(
         settings: NodeSettings,
         local_addr: SocketAddr,
+        sync_hook: Option<super::log_store::SyncHook>,
     ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
         // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
@@ -240,7 +273,7 @@ impl Node {
             purge_seconds: metrics.purge_seconds.clone(),
             appended_bytes: metrics.log_appended_bytes.clone(),
         };
-        let log_store = LogStore::open(&db, &log_dir, store_metrics, None)?;
+        let log_store = LogStore::open(&db, &log_dir, store_metrics, sync_hook)?;
         let last_log = log_store.last_log();
         let state_machine = StateMachineStore::open(
             &settings.data_dir.join("snapshot"),
@@ -374,22 +407,48 @@ impl Node {
         m.membership_config.membership().get_node(&leader).cloned()
     }
 
-    /// A slot for one proposal or read, waiting while all are taken.
-    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ProposeError> {
+    /// A slot for one proposal or read, waiting while all are taken: without bound for
+    /// the node's own worker ([`Admission::Wait`]), at most `max_proposal_wait` for a
+    /// client ([`Admission::Shed`]), which then gets [`ProposeError::Busy`].
+    async fn slot(
+        &self,
+        admission: Admission,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ProposeError> {
         if let Ok(permit) = self.inner.slots.try_acquire() {
             return Ok(permit);
         }
         self.inner.metrics.proposals_waited.inc();
-        self.inner
-            .slots
-            .acquire()
-            .await
-            .map_err(|e| ProposeError::Raft(e.to_string()))
+        let acquire = self.inner.slots.acquire();
+        let acquired = match admission {
+            Admission::Wait => acquire.await,
+            Admission::Shed => {
+                let wait = self.inner.settings.max_proposal_wait;
+                match tokio::time::timeout(wait, acquire).await {
+                    Ok(acquired) => acquired,
+                    Err(_) => {
+                        self.inner.metrics.proposals_shed.inc();
+                        return Err(ProposeError::Busy {
+                            waited_ms: wait.as_millis() as u64,
+                        });
+                    }
+                }
+            }
+        };
+        acquired.map_err(|e| ProposeError::Raft(e.to_string()))
     }
 
-    /// Proposes an entry; returns once it is committed and applied on this node.
+    /// Proposes an entry for the node's own worker (never shed); returns once it is
+    /// committed and applied on this node.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
-        let _slot = self.slot().await?;
+        self.propose_with(command, Admission::Wait).await
+    }
+
+    async fn propose_with(
+        &self,
+        command: Command,
+        admission: Admission,
+    ) -> Result<CommandResult, ProposeError> {
+        let _slot = self.slot(admission).await?;
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -405,7 +464,26 @@ impl Node {
     /// Appends a batch of packets (duplicates stored once) and waits for commit.
     pub async fn append(&self, batch: Vec<QueuedPacket>) -> Result<AppendResult, ProposeError> {
         let started = std::time::Instant::now();
-        match self.propose(Command::Append { batch }).await? {
+        // A leader whose applied queue is at its budget refuses at once, without a Raft
+        // round: with the consumer stopped, refused appends would otherwise keep growing
+        // the log, and with it snapshots, purges and memory. (A follower leaves the
+        // answer to the leader: its state may lag.)
+        let early = if self.is_leader() {
+            self.state().refusal(&batch)
+        } else {
+            None
+        };
+        let outcome = match early {
+            Some(refused) => {
+                self.inner.metrics.queue_full_early.inc();
+                refused
+            }
+            None => {
+                self.propose_with(Command::Append { batch }, Admission::Shed)
+                    .await?
+            }
+        };
+        match outcome {
             CommandResult::Appended(result) => {
                 let m = &self.inner.metrics;
                 m.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -428,12 +506,15 @@ impl Node {
         }
     }
 
-    /// Commits a consumer offset through Raft.
+    /// Commits a consumer offset through Raft, for a queue client (shed when busy).
     pub async fn commit_offset(&self, consumer: &str, offset: u64) -> Result<(), ProposeError> {
-        self.propose(Command::CommitOffset {
-            consumer: consumer.to_string(),
-            offset,
-        })
+        self.propose_with(
+            Command::CommitOffset {
+                consumer: consumer.to_string(),
+                offset,
+            },
+            Admission::Shed,
+        )
         .await
         .map(|_| ())
     }
@@ -455,9 +536,20 @@ impl Node {
     }
 
     /// Waits until this node is sure it is the leader and has applied everything
-    /// committed before the call, so reads after it see every acknowledged write.
+    /// committed before the call, so reads after it see every acknowledged write. For the
+    /// node's own worker: never shed.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let _slot = self.slot().await?;
+        self.read_barrier_with(Admission::Wait).await
+    }
+
+    /// [`Node::read_barrier`] for a queue client's read: answered
+    /// [`ProposeError::Busy`] when no slot frees within `max_proposal_wait`.
+    pub async fn client_read_barrier(&self) -> Result<(), ProposeError> {
+        self.read_barrier_with(Admission::Shed).await
+    }
+
+    async fn read_barrier_with(&self, admission: Admission) -> Result<(), ProposeError> {
+        let _slot = self.slot(admission).await?;
         match self.inner.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(e) => match e.forward_to_leader::<NodeAddr>() {

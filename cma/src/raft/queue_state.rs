@@ -248,19 +248,28 @@ impl QueueState {
         }
     }
 
-    fn append(&mut self, batch: Vec<QueuedPacket>) -> CommandResult {
-        // Over the budget the whole batch is refused before the dedup window sees it, so
-        // its retransmissions are stored once room is made. An empty queue takes any
-        // batch, so one larger than the budget cannot block it for ever.
+    /// `Some(QueueFull)` when a batch of these packets would be refused by the budget now.
+    /// The leader asks before proposing, so a full queue answers at once and refused
+    /// appends do not grow the Raft log (nor the snapshots and purges that follow it);
+    /// applying the entry decides again, on the committed state.
+    pub fn refusal(&self, batch: &[QueuedPacket]) -> Option<CommandResult> {
+        // An empty queue takes any batch, so one larger than the budget cannot block it
+        // for ever.
         let incoming: u64 = batch.iter().map(packet_bytes).sum();
-        if self.max_bytes > 0
+        (self.max_bytes > 0
             && self.held_bytes > 0
-            && self.held_bytes.saturating_add(incoming) > self.max_bytes
-        {
-            return CommandResult::QueueFull {
+            && self.held_bytes.saturating_add(incoming) > self.max_bytes)
+            .then_some(CommandResult::QueueFull {
                 held_bytes: self.held_bytes,
                 max_bytes: self.max_bytes,
-            };
+            })
+    }
+
+    fn append(&mut self, batch: Vec<QueuedPacket>) -> CommandResult {
+        // Over the budget the whole batch is refused before the dedup window sees it, so
+        // its retransmissions are stored once room is made.
+        if let Some(refused) = self.refusal(&batch) {
+            return refused;
         }
         let first_offset = self.next_offset;
         let total = batch.len();

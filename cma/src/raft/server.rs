@@ -139,13 +139,23 @@ async fn handle(
         };
         let node = node.clone();
         let tx = tx.clone();
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break Ok(());
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                node.metrics().connection_reads_paused.inc();
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break Ok(());
+                };
+                permit
+            }
         };
+        let gauge = node.metrics().requests_in_flight.clone();
+        gauge.inc();
         // Each request runs on its own task: a client append waiting for commit must not
         // hold up the Raft RPCs sharing the listener.
         tokio::spawn(async move {
             let _permit = permit;
+            let _counted = InFlight(gauge);
             let reply = answer(&node, frame.request).await;
             match postcard::to_allocvec(&ReplyFrame {
                 id: frame.id,
@@ -164,6 +174,15 @@ async fn handle(
     result
 }
 
+/// One request counted in `cma_node_requests_in_flight`, until its task ends.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn not_leader(e: ProposeError) -> Reply {
     match e {
         ProposeError::NotLeader { leader, .. } => Reply::NotLeader {
@@ -176,6 +195,7 @@ fn not_leader(e: ProposeError) -> Reply {
             held_bytes,
             max_bytes,
         },
+        ProposeError::Busy { waited_ms } => Reply::Busy { waited_ms },
         other => Reply::Error(other.to_string()),
     }
 }
@@ -199,7 +219,7 @@ async fn answer(node: &Node, request: Request) -> Reply {
             Ok(result) => Reply::Appended(result),
             Err(e) => not_leader(e),
         },
-        Request::Read { from, max } => match node.read_barrier().await {
+        Request::Read { from, max } => match node.client_read_barrier().await {
             Ok(()) => Reply::Packets(node.read_local(from, max)),
             Err(e) => not_leader(e),
         },
