@@ -54,6 +54,10 @@ struct Args {
     /// Seconds per phase.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Seconds of the latency phase, when it should differ from `--duration` (e.g. 5
+    /// minutes at saturation, then 60 s at `--rate`).
+    #[arg(long)]
+    latency_duration: Option<u64>,
     /// Bytes per packet datagram.
     #[arg(long, default_value_t = 256)]
     packet_size: usize,
@@ -660,7 +664,8 @@ async fn latency(
     let appends_per_sec = (args.rate as f64 / batch as f64).max(1.0);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / appends_per_sec));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let total = (appends_per_sec * args.duration as f64) as usize;
+    let seconds = args.latency_duration.unwrap_or(args.duration);
+    let total = (appends_per_sec * seconds as f64) as usize;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
     for _ in 0..total {
