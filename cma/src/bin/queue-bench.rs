@@ -9,8 +9,11 @@
 //! batches of `--latency-batch`, each append timed from send to commit), and, with
 //! `--spawn`, `failover` (`--kills` times: SIGKILL the leader under open-loop load and keep
 //! it dead; time to a new leader and to the first ACK of an append sent after the kill;
-//! then restart it), and `fill` (no consumer: append `--fill` packets as fast as they
-//! commit, then run the latency phase while the nodes snapshot and purge the big queue).
+//! then restart it), `churn` (for `--duration` seconds, SIGKILL whoever leads every
+//! `--kill-every` seconds and restart it `--down` seconds later, under the same open-loop
+//! load; prints the longest stretch without any ACK and the ACK latency), and `fill` (no
+//! consumer: append `--fill` packets as fast as they commit, then run the latency phase
+//! while the nodes snapshot and purge the big queue).
 //! With `--spawn` every phase also prints the Raft log syncs (fdatasync) per second of
 //! each node and the Raft term before and after, so a run of `--phase latency --duration
 //! 600` shows whether any election happened, and each node's snapshots built (with their
@@ -33,6 +36,7 @@ enum Phase {
     Both,
     Failover,
     Fill,
+    Churn,
 }
 
 /// Raft queue benchmark.
@@ -85,6 +89,12 @@ struct Args {
     /// Leader kills in the failover phase.
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// Churn phase: seconds between two leader kills (`--duration` is the whole run).
+    #[arg(long, default_value_t = 5.0)]
+    kill_every: f64,
+    /// Churn phase: seconds a killed leader stays down before it is restarted.
+    #[arg(long, default_value_t = 3.5)]
+    down: f64,
     /// Extra `[raft]` / `[queue]` lines for the spawned nodes' configuration, e.g.
     /// "[queue]\nmax_bytes = 1000000" (the TOML is appended verbatim).
     #[arg(long, default_value = "")]
@@ -761,6 +771,161 @@ async fn wait_leader(
     None
 }
 
+/// An append of `--latency-batch` packets every 10 ms, each on its own task; records
+/// (sent, ACKed) of every append that succeeded and counts the others.
+struct OpenLoop {
+    acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OpenLoop {
+    fn start(
+        client: &QueueClient,
+        args: &Args,
+        session_offset: u64,
+        high_water: Arc<AtomicU64>,
+    ) -> OpenLoop {
+        let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, acks2, failed2, stop2) =
+            (client.clone(), acks.clone(), failed.clone(), stop.clone());
+        let (batch, size) = (args.latency_batch.max(1) as u64, args.packet_size);
+        let session = args_session_base(args) + session_offset;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut seq = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let packets = (seq..seq + batch)
+                    .map(|s| packet(session, s, size))
+                    .collect();
+                seq += batch;
+                let (client, acks, failed, high_water) = (
+                    client.clone(),
+                    acks2.clone(),
+                    failed2.clone(),
+                    high_water.clone(),
+                );
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    match client.append(packets).await {
+                        Ok(r) => {
+                            high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+                            acks.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((sent, Instant::now()));
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        OpenLoop {
+            acks,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops sending (appends in flight still complete and are recorded).
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+/// For `--duration` seconds, SIGKILLs whichever node leads every `--kill-every` seconds
+/// and restarts it `--down` seconds later, under open-loop load (see [`OpenLoop`]).
+/// Prints the longest stretch without any ACK, every stretch over a second, and the ACK
+/// latency of the appends sent.
+async fn churn(
+    cluster: &mut Cluster,
+    client: &QueueClient,
+    args: &Args,
+    http: &reqwest::Client,
+    high_water: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let n = cluster.children.len();
+    let all: Vec<usize> = (0..n).collect();
+    let every = Duration::from_secs_f64(args.kill_every.max(0.5));
+    let down = Duration::from_secs_f64(args.down.max(0.0)).min(every);
+    let load = OpenLoop::start(client, args, 3000, high_water);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration);
+    let mut kills = 0;
+    let mut next = started + every;
+    while next + down <= end {
+        tokio::time::sleep_until(next.into()).await;
+        match wait_leader(http, &all, every / 2).await {
+            Some((leader, _)) => {
+                cluster.kill(leader);
+                kills += 1;
+                println!(
+                    "churn: t={:.1} s node {} (leader) killed",
+                    started.elapsed().as_secs_f64(),
+                    leader + 1
+                );
+                tokio::time::sleep(down).await;
+                cluster.start(leader)?;
+            }
+            None => println!(
+                "churn: t={:.1} s no leader to kill",
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        next += every;
+    }
+    tokio::time::sleep_until(end.into()).await;
+    let failed = load.failed.clone();
+    let acks = load.acks.clone();
+    load.stop().await;
+    // Appends still in flight get a moment to finish (they count towards latency only).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acks = acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut done: Vec<Instant> = acks.iter().map(|&(_, d)| d).filter(|&d| d <= end).collect();
+    done.sort();
+    let mut gaps = Vec::new();
+    let mut prev = started;
+    for &d in done.iter().chain(std::iter::once(&end)) {
+        gaps.push((prev, d.saturating_duration_since(prev)));
+        prev = prev.max(d);
+    }
+    for &(from, gap) in gaps.iter().filter(|(_, g)| *g > Duration::from_secs(1)) {
+        println!(
+            "churn: no ACK for {:.0} ms from t={:.1} s",
+            gap.as_secs_f64() * 1000.0,
+            (from - started).as_secs_f64()
+        );
+    }
+    let longest = gaps.iter().map(|&(_, g)| g).max().unwrap_or_default();
+    let mut latency: Vec<f64> = acks
+        .iter()
+        .map(|&(s, d)| (d - s).as_secs_f64() * 1000.0)
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    println!(
+        "churn: {kills} leader kills in {} s (one every {:.1} s, down {:.1} s): longest \
+         stretch without an ACK {:.0} ms; {} appends ACKed (p50 {:.1} ms, p99 {:.0} ms, max \
+         {:.0} ms), {} failed",
+        args.duration,
+        every.as_secs_f64(),
+        down.as_secs_f64(),
+        longest.as_secs_f64() * 1000.0,
+        latency.len(),
+        percentile(&latency, 0.5),
+        percentile(&latency, 0.99),
+        percentile(&latency, 1.0),
+        failed.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
 /// Kills the leader `--kills` times under open-loop load (an append of `--latency-batch`
 /// packets every 10 ms) and measures the time to a new leader and to the first ACK of an
 /// append sent after the kill. The killed node stays dead until both are measured, then
@@ -773,34 +938,8 @@ async fn failover(
     high_water: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let n = cluster.children.len();
-    let acks = Arc::new(std::sync::Mutex::new(Vec::<(Instant, Instant)>::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loader = {
-        let (client, acks, stop) = (client.clone(), acks.clone(), stop.clone());
-        let (batch, size) = (args.latency_batch.max(1) as u64, args.packet_size);
-        let session = args_session_base(args) + 2000;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let packets = (seq..seq + batch)
-                    .map(|s| packet(session, s, size))
-                    .collect();
-                seq += batch;
-                let (client, acks, high_water) = (client.clone(), acks.clone(), high_water.clone());
-                tokio::spawn(async move {
-                    let sent = Instant::now();
-                    if let Ok(r) = client.append(packets).await {
-                        high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
-                        acks.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((sent, Instant::now()));
-                    }
-                });
-            }
-        })
-    };
+    let load = OpenLoop::start(client, args, 2000, high_water);
+    let acks = load.acks.clone();
     let all: Vec<usize> = (0..n).collect();
     let (mut to_leader, mut to_ack) = (Vec::new(), Vec::new());
     for k in 1..=args.kills {
@@ -847,8 +986,7 @@ async fn failover(
         tokio::time::sleep(Duration::from_secs(3)).await;
         acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = loader.await;
+    load.stop().await;
     to_leader.sort_by(f64::total_cmp);
     to_ack.sort_by(f64::total_cmp);
     println!(
@@ -981,6 +1119,10 @@ async fn main() -> anyhow::Result<()> {
     if args.phase == Phase::Failover {
         let cluster = cluster.as_mut().context("--phase failover needs --spawn")?;
         failover(cluster, &client, &args, &http, high_water.clone()).await?;
+    }
+    if args.phase == Phase::Churn {
+        let cluster = cluster.as_mut().context("--phase churn needs --spawn")?;
+        churn(cluster, &client, &args, &http, high_water.clone()).await?;
     }
     if let Some(consumer) = consumer {
         consumer.abort();

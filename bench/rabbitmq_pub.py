@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""RabbitMQ quorum-queue publisher for bench/queue-vs-nats.sh (RABBITMQ=1).
+
+Publishes persistent 256-byte messages to a quorum queue (3 replicas) with publisher
+confirms: a message counts once the broker confirms it, which for a quorum queue means
+written (fsynced by Ra's WAL) on a quorum. Two modes, matching loadgen's:
+  --rate 0: closed loop, --inflight messages awaiting their confirm at all times;
+  --rate N: open loop, N messages/s, each timed from publish to confirm.
+Prints one line in loadgen's format: acked_per_sec=... ack_latency_ms p50=... p99=...
+"""
+import argparse
+import asyncio
+import time
+
+import aio_pika
+
+
+def pct(sorted_ms, p):
+    if not sorted_ms:
+        return float("nan")
+    i = min(len(sorted_ms), max(1, int(-(-len(sorted_ms) * p // 1))))
+    return sorted_ms[i - 1]
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True, help="amqp:// URL of one node")
+    ap.add_argument("--queue", default="bench")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--inflight", type=int, default=1024)
+    ap.add_argument("--rate", type=int, default=0)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--create", action="store_true", help="(re)declare the quorum queue first")
+    args = ap.parse_args()
+
+    connection = await aio_pika.connect(args.url, timeout=10)
+    channel = await connection.channel(publisher_confirms=True)
+    if args.create:
+        await channel.queue_delete(args.queue)
+        await channel.declare_queue(
+            args.queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": 3},
+        )
+    exchange = channel.default_exchange
+    payload = b"\xa5" * args.size
+    latencies = []
+    acked = 0
+    failed = 0
+    start = time.monotonic()
+    end = start + args.duration
+    slots = asyncio.Semaphore(args.inflight)
+    tasks = set()
+
+    async def publish(sent):
+        nonlocal acked, failed
+        try:
+            await exchange.publish(
+                aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=args.queue,
+            )
+        except Exception:
+            failed += 1
+            return
+        finally:
+            slots.release()
+        done = time.monotonic()
+        if done <= end:
+            acked += 1
+        latencies.append((done - sent) * 1000.0)
+
+    sent = 0
+    interval = 1.0 / args.rate if args.rate else 0.0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if args.rate:
+            due = int((now - start) / interval) + 1
+            if sent >= due:
+                await asyncio.sleep(0.0005)
+                continue
+        await slots.acquire()
+        task = asyncio.create_task(publish(time.monotonic()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        sent += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=60)
+    await connection.close()
+    latencies.sort()
+    print(
+        f"rabbitmq sent={sent} acked={len(latencies)} failed={failed} "
+        f"rate={args.rate} inflight={args.inflight}"
+    )
+    print(
+        f"acked_per_sec={acked / args.duration:.0f} ack_latency_ms p50={pct(latencies, 0.5):.2f} "
+        f"p90={pct(latencies, 0.9):.2f} p99={pct(latencies, 0.99):.2f} max={pct(latencies, 1.0):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
