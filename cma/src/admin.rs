@@ -277,6 +277,11 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
         m.purge_seconds.clone(),
     );
     r.register(
+        "raft_log_write_seconds",
+        "Duration of a synchronous sled write Raft waits for (entries, committed index)",
+        m.log_write_seconds.clone(),
+    );
+    r.register(
         "raft_log_appended_bytes",
         "Bytes of entries appended to the Raft log",
         m.log_appended_bytes.clone(),

@@ -626,10 +626,15 @@ async fn throughput(
     let committed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let retried = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     for task in 0..args.concurrency {
         let high_water = high_water.clone();
         let client = client.clone();
         let committed = committed.clone();
+        let retried = retried.clone();
         let (batch, size) = (args.batch, args.packet_size);
         // One session per appender: each session's ids then arrive in order, as they do
         // from a real nanoprobe, and the dedup window never mistakes them for old ones.
@@ -639,10 +644,29 @@ async fn throughput(
             while Instant::now() < deadline {
                 let first = next;
                 next += batch as u64;
-                let packets = (first..next).map(|s| packet(session, s, size)).collect();
-                let r = client.append(packets).await?;
-                committed.fetch_add(r.stored as u64, Ordering::Relaxed);
-                high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+                let packets: Vec<_> = (first..next).map(|s| packet(session, s, size)).collect();
+                // A failed append is retried as a producer would (a retry of one that did
+                // commit is deduplicated), and counted by error.
+                loop {
+                    match client.append(packets.clone()).await {
+                        Ok(r) => {
+                            committed.fetch_add(r.stored as u64, Ordering::Relaxed);
+                            high_water.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) => {
+                            *retried
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(e.to_string())
+                                .or_default() += 1;
+                            if Instant::now() >= deadline {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
             }
             anyhow::Ok(())
         }));
@@ -652,6 +676,9 @@ async fn throughput(
     }
     let secs = started.elapsed().as_secs_f64();
     let n = committed.load(Ordering::Relaxed);
+    for (error, count) in retried.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        println!("throughput: {count} appends failed and were retried: {error}");
+    }
     println!(
         "throughput: {n} packets of {} B committed in {secs:.1} s = {:.0} packets/s \
          (batch {}, concurrency {})",

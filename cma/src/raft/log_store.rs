@@ -54,6 +54,9 @@ pub struct StoreMetrics {
     /// Bytes of encoded entries appended to the log (the snapshot policy compares the
     /// growth since the last snapshot with its size).
     pub appended_bytes: Counter,
+    /// Seconds per synchronous sled write made on Raft's behalf (entries, committed
+    /// index): Raft waits for each, so a slow one stalls the node.
+    pub write_seconds: Histogram,
 }
 
 /// The files sled writes, and the fdatasync that makes them durable.
@@ -187,6 +190,9 @@ impl LastLogId {
     }
 }
 
+/// A sled write slower than this is logged (see `LogStore::timed_write`).
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Runs a synchronous sled call. sled blocks the calling thread when its write buffers
 /// are full (a slow disk); on a multi-threaded runtime the worker first hands its other
 /// tasks (heartbeats, RPCs) to another thread, so one slow write cannot freeze the node.
@@ -288,8 +294,29 @@ impl LogStore {
         value: &T,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = postcard::to_allocvec(value).map_err(write_err)?;
-        self.meta.insert(key, bytes).map_err(write_err)?;
+        self.timed_write("meta", || self.meta.insert(key, bytes))
+            .map_err(write_err)?;
         Ok(())
+    }
+
+    /// A synchronous sled write (see [`sled_io`]), timed into `write_seconds`; one slower
+    /// than [`SLOW_WRITE`] is logged, as it holds up Raft on this node.
+    fn timed_write<T>(&self, what: &'static str, work: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = sled_io(work);
+        let took = started.elapsed();
+        self.syncer
+            .metrics
+            .write_seconds
+            .observe(took.as_secs_f64());
+        if took > SLOW_WRITE {
+            tracing::warn!(
+                what,
+                ms = took.as_millis() as u64,
+                "slow sled write; Raft on this node waited for it"
+            );
+        }
+        result
     }
 }
 
@@ -335,7 +362,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Bound::Excluded(key(i)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        sled_io(|| {
+        let started = Instant::now();
+        let read = sled_io(|| {
             let mut entries = Vec::new();
             for item in self
                 .logs
@@ -346,7 +374,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 entries.push(entry);
             }
             Ok(entries)
-        })
+        });
+        let took = started.elapsed();
+        if took > SLOW_WRITE {
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "slow sled read of log entries; replication to a follower waited for it"
+            );
+        }
+        read
     }
 }
 
@@ -418,7 +454,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             appended += bytes.len() as u64;
             batch.insert(&key(entry.log_id.index), bytes);
         }
-        sled_io(|| self.logs.apply_batch(batch)).map_err(write_err)?;
+        self.timed_write("entries", || self.logs.apply_batch(batch))
+            .map_err(write_err)?;
         self.syncer.metrics.appended_bytes.inc_by(appended);
         if last_id.is_some() {
             self.last_log.set(last_id);
@@ -494,7 +531,16 @@ fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
         for i in from..=to {
             batch.remove(&key(i));
         }
+        let started = Instant::now();
         logs.apply_batch(batch)?;
+        let took = started.elapsed();
+        if took > SLOW_WRITE {
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                entries = to + 1 - from,
+                "slow purge batch; sled blocks every other read and write of the node meanwhile"
+            );
+        }
         from = to + 1;
     }
     Ok(())
@@ -552,6 +598,7 @@ mod tests {
             syncs: Counter::default(),
             purge_seconds: Histogram::new([0.001]),
             appended_bytes: Counter::default(),
+            write_seconds: Histogram::new([0.001]),
         }
     }
 

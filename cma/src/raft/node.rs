@@ -187,6 +187,8 @@ pub struct NodeMetrics {
     pub snapshot: SnapshotMetrics,
     /// Seconds per background purge of the Raft log.
     pub purge_seconds: Histogram,
+    /// Seconds per synchronous sled write Raft waits for (entries, committed index).
+    pub log_write_seconds: Histogram,
     /// Bytes of entries appended to the Raft log.
     pub log_appended_bytes: Counter,
     /// Bytes appended to the Raft log since the last snapshot.
@@ -213,6 +215,7 @@ impl Default for NodeMetrics {
             connections_refused: Family::default(),
             snapshot: SnapshotMetrics::default(),
             purge_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            log_write_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
             log_appended_bytes: Counter::default(),
             log_bytes_since_snapshot: Gauge::default(),
         }
@@ -272,6 +275,7 @@ impl Node {
             syncs: metrics.syncs.clone(),
             purge_seconds: metrics.purge_seconds.clone(),
             appended_bytes: metrics.log_appended_bytes.clone(),
+            write_seconds: metrics.log_write_seconds.clone(),
         };
         let log_store = LogStore::open(&db, &log_dir, store_metrics, sync_hook)?;
         let last_log = log_store.last_log();
