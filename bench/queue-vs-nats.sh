@@ -14,7 +14,7 @@
 #
 # RABBITMQ=1 adds a third column: RabbitMQ quorum queues (3 nodes on 127.0.89.1-3, one
 # quorum queue of 3 replicas, persistent messages, publisher confirms: a confirm means
-# fsynced by Ra's WAL on a quorum), published by an aio-pika client with the same
+# fsynced by Ra's WAL on a quorum), published by an aiormq client with the same
 # messages and the same number in flight. It needs Debian's rabbitmq-server package
 # (`apt-get install -y --no-install-recommends rabbitmq-server`; the system service is
 # not used: the nodes run as this user with their own ports, epmd port and cookie).
@@ -30,14 +30,18 @@ NATS_VENV=${NATS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ringwatch-bench/venv}
 WORK=$(mktemp -d /tmp/ringwatch-vs-nats.XXXXXX)
 NATS_PIDS=()
 RABBIT_PIDS=()
+EPMD_PIDS=()
 RABBIT=/usr/lib/rabbitmq/bin
 cleanup() {
     for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     if [[ ${#RABBIT_PIDS[@]} -gt 0 ]]; then
         for id in 1 2 3; do rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" stop >/dev/null 2>&1 || true; done
-        for pid in "${RABBIT_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-        # The epmd the first node started on this script's own port: ask it to exit.
-        ERL_EPMD_PORT=4371 epmd -kill >/dev/null 2>&1 || true
+        # Each node was started in a process group of its own (setsid): end what is left.
+        for pid in "${RABBIT_PIDS[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+    fi
+    # This script's own epmd (started in the foreground, on its own port).
+    if [[ ${#EPMD_PIDS[@]} -gt 0 ]]; then
+        for pid in "${EPMD_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
@@ -55,9 +59,9 @@ if [[ $RABBITMQ == 1 ]]; then
         echo "RABBITMQ=1 needs Debian's rabbitmq-server: apt-get install -y --no-install-recommends rabbitmq-server" >&2
         exit 1
     fi
-    if ! "$NATS_VENV/bin/python" -c 'import aio_pika' 2>/dev/null; then
-        echo "== installing aio-pika into $NATS_VENV"
-        "$NATS_VENV/bin/pip" install -q aio-pika
+    if ! "$NATS_VENV/bin/python" -c 'import aiormq' 2>/dev/null; then
+        echo "== installing aiormq into $NATS_VENV"
+        "$NATS_VENV/bin/pip" install -q aiormq
     fi
 fi
 # Environment of RabbitMQ node $1 (rw$1@localhost, AMQP on 127.0.89.$1:5672).
@@ -122,6 +126,10 @@ echo "== NATS latency: $RATE messages/s"
 
 if [[ $RABBITMQ == 1 ]]; then
     mkdir -p "$WORK/rabbit"
+    # Erlang's port mapper for these nodes only: loopback, port 4371, in the foreground so
+    # that cleanup ends it by PID (the nodes would otherwise start a daemon of their own).
+    ERL_EPMD_ADDRESS=127.0.0.1 epmd -port 4371 >/dev/null 2>&1 &
+    EPMD_PIDS+=($!)
     od -An -tx1 -N16 /dev/urandom | tr -d ' \n' > "$WORK/rabbit/.erlang.cookie"
     chmod 400 "$WORK/rabbit/.erlang.cookie"
     for id in 1 2 3; do
@@ -129,12 +137,19 @@ if [[ $RABBITMQ == 1 ]]; then
         echo "[]." > "$WORK/rabbit/n$id/enabled_plugins"
         echo "[]." > "$WORK/rabbit/n$id/advanced.config"
         printf 'listeners.tcp.default = 127.0.89.%s:5672\nloopback_users = none\n' "$id" > "$WORK/rabbit/n$id/rabbitmq.conf"
-        rabbit_env "$id" "$RABBIT/rabbitmq-server" >"$WORK/rabbit/n$id.out" 2>&1 &
+        rabbit_env "$id" setsid "$RABBIT/rabbitmq-server" >"$WORK/rabbit/n$id.out" 2>&1 &
         RABBIT_PIDS+=($!)
     done
     for id in 1 2 3; do
-        rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" await_startup --timeout 120 >/dev/null \
-            || { echo "RabbitMQ node $id did not start" >&2; tail -20 "$WORK/rabbit/n$id.out" >&2; exit 1; }
+        up=0
+        for _ in $(seq 120); do
+            if rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" ping >/dev/null 2>&1 &&
+                rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" await_startup --timeout 60 >/dev/null 2>&1; then
+                up=1; break
+            fi
+            sleep 1
+        done
+        [[ $up == 1 ]] || { echo "RabbitMQ node $id did not start" >&2; tail -20 "$WORK/rabbit/n$id.out" >&2; exit 1; }
     done
     for id in 2 3; do
         rabbit_env "$id" "$RABBIT/rabbitmqctl" -n "rw$id@localhost" stop_app >/dev/null
