@@ -17,22 +17,14 @@ import time
 import aiormq
 from pamqp.commands import Basic
 
-
-def pct(sorted_ms, p):
-    if not sorted_ms:
-        return float("nan")
-    i = min(len(sorted_ms), max(1, int(-(-len(sorted_ms) * p // 1))))
-    return sorted_ms[i - 1]
+from pubstats import add_load_args, report
 
 
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True, help="amqp:// URL of one node")
     ap.add_argument("--queue", default="bench")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--inflight", type=int, default=1024)
-    ap.add_argument("--rate", type=int, default=0)
-    ap.add_argument("--duration", type=float, default=20)
+    add_load_args(ap)
     ap.add_argument("--create", action="store_true", help="(re)declare the quorum queue first")
     args = ap.parse_args()
 
@@ -92,15 +84,7 @@ async def main():
     if tasks:
         await asyncio.wait(tasks, timeout=60)
     await connection.close()
-    latencies.sort()
-    print(
-        f"rabbitmq sent={sent} acked={len(latencies)} failed={failed} "
-        f"rate={args.rate} inflight={args.inflight}"
-    )
-    print(
-        f"acked_per_sec={acked / args.duration:.0f} ack_latency_ms p50={pct(latencies, 0.5):.2f} "
-        f"p90={pct(latencies, 0.9):.2f} p99={pct(latencies, 0.99):.2f} max={pct(latencies, 1.0):.2f}"
-    )
+    report("rabbitmq", args, sent, acked, failed, latencies)
 
 
 if __name__ == "__main__":
