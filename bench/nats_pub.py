@@ -14,7 +14,7 @@ import time
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from pubstats import add_load_args, report
+from pubstats import Run, add_load_args
 
 
 async def main():
@@ -42,45 +42,26 @@ async def main():
             )
         )
     payload = b"\xa5" * args.size
-    latencies = []
-    acked = 0
-    failed = 0
-    start = time.monotonic()
-    end = start + args.duration
+    run = Run(args)
 
     # publish_async keeps up to --inflight messages awaiting their PubAck (its semaphore
     # blocks beyond that) without a coroutine per message, so the client stays cheap.
-    def on_done(sent, fut):
-        nonlocal acked, failed
-        done = time.monotonic()
+    def on_done(sent_at, fut):
         if fut.cancelled() or fut.exception() is not None:
-            failed += 1
-            return
-        if done <= end:
-            acked += 1
-        latencies.append((done - sent) * 1000.0)
+            run.fail()
+        else:
+            run.ok(sent_at)
 
-    sent = 0
-    interval = 1.0 / args.rate if args.rate else 0.0
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        if args.rate:
-            due = int((now - start) / interval) + 1
-            if sent >= due:
-                await asyncio.sleep(0.0005)
-                continue
+    async for _ in run.sends():
         t0 = time.monotonic()
         fut = await js.publish_async(subject, payload)
         fut.add_done_callback(lambda f, t0=t0: on_done(t0, f))
-        sent += 1
     try:
         await asyncio.wait_for(js.publish_async_completed(), timeout=60)
     except asyncio.TimeoutError:
         pass
     await nc.drain()
-    report("nats", args, sent, acked, failed, latencies)
+    run.report("nats")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import aiormq
 from pamqp.commands import Basic
 
-from pubstats import add_load_args, report
+from pubstats import Run, add_load_args
 
 
 async def main():
@@ -39,16 +39,11 @@ async def main():
         )
     persistent = Basic.Properties(delivery_mode=2)
     payload = b"\xa5" * args.size
-    latencies = []
-    acked = 0
-    failed = 0
-    start = time.monotonic()
-    end = start + args.duration
+    run = Run(args)
     slots = asyncio.Semaphore(args.inflight)
     tasks = set()
 
-    async def publish(sent):
-        nonlocal acked, failed
+    async def publish(sent_at):
         try:
             confirm = await channel.basic_publish(
                 payload, routing_key=args.queue, properties=persistent
@@ -56,35 +51,21 @@ async def main():
             if not isinstance(confirm, Basic.Ack):
                 raise RuntimeError(f"not confirmed: {confirm}")
         except Exception:
-            failed += 1
+            run.fail()
             return
         finally:
             slots.release()
-        done = time.monotonic()
-        if done <= end:
-            acked += 1
-        latencies.append((done - sent) * 1000.0)
+        run.ok(sent_at)
 
-    sent = 0
-    interval = 1.0 / args.rate if args.rate else 0.0
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        if args.rate:
-            due = int((now - start) / interval) + 1
-            if sent >= due:
-                await asyncio.sleep(0.0005)
-                continue
+    async for _ in run.sends():
         await slots.acquire()
         task = asyncio.create_task(publish(time.monotonic()))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        sent += 1
     if tasks:
         await asyncio.wait(tasks, timeout=60)
     await connection.close()
-    report("rabbitmq", args, sent, acked, failed, latencies)
+    run.report("rabbitmq")
 
 
 if __name__ == "__main__":
