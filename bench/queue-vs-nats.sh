@@ -117,12 +117,16 @@ for _ in $(seq 60); do
     sleep 1
 done
 [[ $created == 1 ]] || { echo "NATS cluster did not form" >&2; tail -5 "$WORK"/nats*.log >&2; exit 1; }
-echo "== NATS throughput: as fast as ACKs allow (max $INFLIGHT awaiting ACK)"
-"$PY" bench/nats_pub.py --servers "$SERVERS" --create --rate 0 --inflight "$INFLIGHT" \
-    --duration "$DURATION" | tee "$WORK/nats-throughput.txt"
-echo "== NATS latency: $RATE messages/s"
-"$PY" bench/nats_pub.py --servers "$SERVERS" --create --rate "$RATE" --inflight "$INFLIGHT" \
-    --duration "$DURATION" | tee "$WORK/nats-latency.txt"
+# two_phases NAME OUT PUBLISHER-COMMAND...: the throughput phase (--rate 0) into
+# $WORK/OUT-throughput.txt, then the latency phase (--rate $RATE) into OUT-latency.txt.
+two_phases() {
+    local name=$1 out=$2; shift 2
+    echo "== $name throughput: as fast as ACKs allow (max $INFLIGHT awaiting their ACK)"
+    "$@" --create --rate 0 --inflight "$INFLIGHT" --duration "$DURATION" | tee "$WORK/$out-throughput.txt"
+    echo "== $name latency: $RATE messages/s"
+    "$@" --create --rate "$RATE" --inflight "$INFLIGHT" --duration "$DURATION" | tee "$WORK/$out-latency.txt"
+}
+two_phases NATS nats "$PY" bench/nats_pub.py --servers "$SERVERS"
 
 if [[ $RABBITMQ == 1 ]]; then
     mkdir -p "$WORK/rabbit"
@@ -158,12 +162,7 @@ if [[ $RABBITMQ == 1 ]]; then
     done
     echo "== RabbitMQ $(rabbit_env 1 "$RABBIT/rabbitmqctl" -n rw1@localhost version 2>/dev/null): 3 nodes, quorum queue (3 replicas), persistent, publisher confirms"
     AMQP=amqp://guest:guest@127.0.89.1:5672/
-    echo "== RabbitMQ throughput: as fast as confirms allow (max $INFLIGHT awaiting a confirm)"
-    "$PY" bench/rabbitmq_pub.py --url "$AMQP" --create --rate 0 --inflight "$INFLIGHT" \
-        --duration "$DURATION" | tee "$WORK/rabbit-throughput.txt"
-    echo "== RabbitMQ latency: $RATE messages/s"
-    "$PY" bench/rabbitmq_pub.py --url "$AMQP" --create --rate "$RATE" --inflight "$INFLIGHT" \
-        --duration "$DURATION" | tee "$WORK/rabbit-latency.txt"
+    two_phases RabbitMQ rabbit "$PY" bench/rabbitmq_pub.py --url "$AMQP"
 fi
 
 # The n-th "acked_per_sec=... p50=... p99=..." line of a file: field values.
@@ -171,24 +170,22 @@ field() { grep '^acked_per_sec=' "$1" | sed -n "${2}p" | tr ' ' '\n' | sed -n "s
 rw_tput=$(field "$WORK/ringwatch.txt" 1 acked_per_sec)
 rw_p50=$(field "$WORK/ringwatch.txt" 2 p50)
 rw_p99=$(field "$WORK/ringwatch.txt" 2 p99)
-nats_tput=$(field "$WORK/nats-throughput.txt" 1 acked_per_sec)
-nats_p50=$(field "$WORK/nats-latency.txt" 1 p50)
-nats_p99=$(field "$WORK/nats-latency.txt" 1 p99)
+# compare LABEL OUT: Ringwatch against the peer whose phases are in $WORK/OUT-*.txt.
+compare() {
+    local tput p50 p99
+    tput=$(field "$WORK/$2-throughput.txt" 1 acked_per_sec)
+    p50=$(field "$WORK/$2-latency.txt" 1 p50)
+    p99=$(field "$WORK/$2-latency.txt" 1 p99)
+    printf '%-34s %14s %14s %10s\n' "" Ringwatch "$1" ratio
+    awk -v a="$rw_tput" -v b="$tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\n", "max durable throughput (msgs/s)", a, b, a/b}'
+    awk -v a="$rw_p50" -v b="$p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
+    awk -v a="$rw_p99" -v b="$p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
+    echo "(throughput ratio = Ringwatch / $1, higher is better; latency ratio = Ringwatch / $1, lower is better)"
+}
 echo
 echo "== side by side ($INFLIGHT in flight, 256-byte messages, ${DURATION}s per phase)$RATE_NOTE"
-printf '%-34s %14s %14s %10s\n' "" Ringwatch "NATS R3 fsync" ratio
-awk -v a="$rw_tput" -v b="$nats_tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\n", "max durable throughput (msgs/s)", a, b, a/b}'
-awk -v a="$rw_p50" -v b="$nats_p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
-awk -v a="$rw_p99" -v b="$nats_p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
-echo "(throughput ratio = Ringwatch / NATS, higher is better; latency ratio = Ringwatch / NATS, lower is better)"
+compare "NATS R3 fsync" nats
 if [[ $RABBITMQ == 1 ]]; then
-    rq_tput=$(field "$WORK/rabbit-throughput.txt" 1 acked_per_sec)
-    rq_p50=$(field "$WORK/rabbit-latency.txt" 1 p50)
-    rq_p99=$(field "$WORK/rabbit-latency.txt" 1 p99)
     echo
-    printf '%-34s %14s %14s %10s\n' "" Ringwatch "RabbitMQ QQ" ratio
-    awk -v a="$rw_tput" -v b="$rq_tput" 'BEGIN{printf "%-34s %14.0f %14.0f %9.2fx\n", "max durable throughput (msgs/s)", a, b, a/b}'
-    awk -v a="$rw_p50" -v b="$rq_p50" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p50 at " r "/s (ms)", a, b, a/b}'
-    awk -v a="$rw_p99" -v b="$rq_p99" -v r="$RATE" 'BEGIN{printf "%-34s %14.2f %14.2f %9.2fx\n", "ACK p99 at " r "/s (ms)", a, b, a/b}'
-    echo "(ratios = Ringwatch / RabbitMQ quorum queue, same reading as above)"
+    compare "RabbitMQ QQ" rabbit
 fi

@@ -190,8 +190,9 @@ impl LastLogId {
     }
 }
 
-/// A sled write slower than this is logged (see `LogStore::timed_write`).
-const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
+/// A sled call slower than this is logged (writes Raft waits for, entry reads, purge
+/// batches).
+const SLOW_SLED_CALL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs a synchronous sled call. sled blocks the calling thread when its write buffers
 /// are full (a slow disk); on a multi-threaded runtime the worker first hands its other
@@ -300,7 +301,7 @@ impl LogStore {
     }
 
     /// A synchronous sled write (see [`sled_io`]), timed into `write_seconds`; one slower
-    /// than [`SLOW_WRITE`] is logged, as it holds up Raft on this node.
+    /// than [`SLOW_SLED_CALL`] is logged, as it holds up Raft on this node.
     fn timed_write<T>(&self, what: &'static str, work: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let result = sled_io(work);
@@ -309,7 +310,7 @@ impl LogStore {
             .metrics
             .write_seconds
             .observe(took.as_secs_f64());
-        if took > SLOW_WRITE {
+        if took > SLOW_SLED_CALL {
             tracing::warn!(
                 what,
                 ms = took.as_millis() as u64,
@@ -376,7 +377,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Ok(entries)
         });
         let took = started.elapsed();
-        if took > SLOW_WRITE {
+        if took > SLOW_SLED_CALL {
             tracing::warn!(
                 ms = took.as_millis() as u64,
                 "slow sled read of log entries; replication to a follower waited for it"
@@ -537,7 +538,7 @@ fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
         let started = Instant::now();
         logs.apply_batch(batch)?;
         let took = started.elapsed();
-        if took > SLOW_WRITE {
+        if took > SLOW_SLED_CALL {
             tracing::warn!(
                 ms = took.as_millis() as u64,
                 entries = to + 1 - from,

@@ -332,31 +332,28 @@ mod tests {
             .collect()
     }
 
+    /// What followers 2 and 3 of the dead leader 1 each decide, seeing each other.
+    fn both_decide(two: LeaseView, three: LeaseView) -> (Decision, Decision) {
+        let v = voters(&[1, 2, 3]);
+        (
+            decide(2, &two, &probes(&[(3, three.clone())]), &v, LEASE),
+            decide(3, &three, &probes(&[(2, two)]), &v, LEASE),
+        )
+    }
+
     #[test]
     fn the_follower_with_the_greater_log_calls_it_and_the_other_waits() {
-        let v = voters(&[1, 2, 3]);
-        let (two, three) = (follower(850, 100), follower(830, 90));
         assert_eq!(
-            decide(2, &two, &probes(&[(3, three.clone())]), &v, LEASE),
-            Decision::Elect
-        );
-        assert_eq!(
-            decide(3, &three, &probes(&[(2, two)]), &v, LEASE),
-            Decision::Wait(WaitReason::OtherCandidate)
+            both_decide(follower(850, 100), follower(830, 90)),
+            (Decision::Elect, Decision::Wait(WaitReason::OtherCandidate))
         );
     }
 
     #[test]
     fn equal_logs_go_to_the_lowest_id() {
-        let v = voters(&[1, 2, 3]);
-        let (two, three) = (follower(900, 100), follower(900, 100));
         assert_eq!(
-            decide(2, &two, &probes(&[(3, three.clone())]), &v, LEASE),
-            Decision::Elect
-        );
-        assert_eq!(
-            decide(3, &three, &probes(&[(2, two)]), &v, LEASE),
-            Decision::Wait(WaitReason::OtherCandidate)
+            both_decide(follower(900, 100), follower(900, 100)),
+            (Decision::Elect, Decision::Wait(WaitReason::OtherCandidate))
         );
     }
 
