@@ -1,22 +1,28 @@
-//! The durable Raft log in sled.
+//! The durable Raft log: entries in segment files, vote and purge point in sled.
 //!
-//! Appends are written to the sled tree at once and acknowledged to openraft only after a
-//! sync covering them completes. One flusher task serves all appends: while a sync runs,
-//! later appends queue up and the next sync covers them all (group commit), so concurrent
-//! batches share one fdatasync.
+//! Entries go to [`SegmentLog`] (append-only files under `<data_dir>/entries`; see that
+//! module for why not sled) and are acknowledged to openraft only after a sync covering
+//! them completes. One flusher task serves all appends: while a sync runs, later appends
+//! queue up and the next sync covers them all (group commit), so concurrent batches share
+//! one fdatasync per file written.
 //!
-//! A sync is sled's `flush_async` followed by `fdatasync` of the files sled wrote. sled 0.34
-//! persists its buffers with `sync_file_range` on Linux, which writes the pages but neither
-//! flushes the device's write cache nor persists the file's metadata, so on its own it does
-//! not survive a power cut. [`DurableFiles`] closes that gap: it fdatasyncs sled's data file
-//! (`<dir>/db`, through a descriptor of our own: fsync acts on the inode, whichever
-//! descriptor wrote the pages) and every large-value file sled created under
-//! `<dir>/blobs/` (sled writes those without any sync), then the `blobs` directory.
+//! The vote, the committed index and the purge point stay in a small sled tree. A vote is
+//! synced before `save_vote` returns: sled's `flush_async`, then [`DurableFiles`]. sled
+//! 0.34 persists its buffers with `sync_file_range` on Linux, which writes the pages but
+//! neither flushes the device's write cache nor persists the file's metadata, so on its
+//! own it does not survive a power cut. [`DurableFiles`] closes that gap: it fdatasyncs
+//! sled's data file (`<dir>/db`, through a descriptor of our own: fsync acts on the
+//! inode, whichever descriptor wrote the pages) and every large-value file sled created
+//! under `<dir>/blobs/` (sled writes those without any sync), then the `blobs` directory.
+//!
+//! A data directory of an older version keeps its entries in a sled tree `log`; [`migrate`]
+//! copies them into segment files once, at open.
 
 // The storage helpers return openraft's `StorageError` because the storage traits do;
 // its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
+use super::segment_log::{self, SegmentLog};
 use super::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -133,6 +139,7 @@ impl DurableFiles {
 struct Syncer {
     db: sled::Db,
     files: Mutex<DurableFiles>,
+    log: Mutex<SegmentLog>,
     hook: Option<SyncHook>,
     metrics: StoreMetrics,
     syncs: AtomicU64,
@@ -140,34 +147,64 @@ struct Syncer {
 }
 
 impl Syncer {
-    /// sled flush, then fdatasync of its files (on the blocking pool). `covered` is the
-    /// highest log index written before the call.
-    async fn sync(self: &Arc<Self>, covered: u64) -> std::io::Result<()> {
+    fn log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// fdatasync of the segment files written so far (and of their directory when a file
+    /// was created or removed), on the blocking pool. `covered` is the highest log index
+    /// written before the call.
+    async fn sync_log(self: &Arc<Self>, covered: u64) -> std::io::Result<()> {
         let started = Instant::now();
-        self.db.flush_async().await.map_err(std::io::Error::other)?;
+        let (files, dir_dirty, dir) = {
+            let mut log = self.log();
+            let (files, dirty) = log.take_unsynced();
+            (files, dirty, log.dir().to_path_buf())
+        };
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(hook) = &me.hook {
                 hook(covered);
             }
+            segment_log::sync_files(&files, dir_dirty, &dir)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.synced(covered, started);
+        Ok(())
+    }
+
+    /// sled flush, then fdatasync of its files (on the blocking pool): makes the vote and
+    /// the purge point durable.
+    async fn sync_meta(self: &Arc<Self>) -> std::io::Result<()> {
+        let started = Instant::now();
+        self.db.flush_async().await.map_err(std::io::Error::other)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(hook) = &me.hook {
+                hook(0);
+            }
             me.files.lock().unwrap_or_else(|e| e.into_inner()).sync()
         })
         .await
         .map_err(std::io::Error::other)??;
+        self.synced(0, started);
+        Ok(())
+    }
+
+    fn synced(&self, covered: u64, started: Instant) {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         self.synced_index.fetch_max(covered, Ordering::SeqCst);
         self.metrics.syncs.inc();
         self.metrics
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 }
 
-/// The Raft log, vote and committed index, in two sled trees.
+/// The Raft log (segment files), vote, committed index and purge point (sled).
 #[derive(Clone)]
 pub struct LogStore {
-    logs: sled::Tree,
     meta: sled::Tree,
     syncer: Arc<Syncer>,
     flusher: mpsc::UnboundedSender<(LogFlushed<TypeConfig>, u64)>,
@@ -190,24 +227,24 @@ impl LastLogId {
     }
 }
 
-/// A sled call slower than this is logged (writes Raft waits for, entry reads, purge
-/// batches).
-const SLOW_SLED_CALL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A storage call slower than this is logged (writes Raft waits for, entry reads, purges).
+const SLOW_STORAGE_CALL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Runs a synchronous sled call. sled blocks the calling thread when its write buffers
-/// are full (a slow disk); on a multi-threaded runtime the worker first hands its other
-/// tasks (heartbeats, RPCs) to another thread, so one slow write cannot freeze the node.
-fn sled_io<T>(work: impl FnOnce() -> T) -> T {
+/// Bytes after which the log starts a new segment file. A purge deletes whole files, so
+/// the log keeps up to this much below the purge point on disk.
+pub const SEGMENT_BYTES: u64 = 32 << 20;
+
+/// Runs a synchronous storage call (sled, or a write to the segment files, which blocks
+/// when the kernel throttles dirty pages). On a multi-threaded runtime the worker first
+/// hands its other tasks (heartbeats, RPCs) to another thread, so one slow write cannot
+/// freeze the node.
+fn blocking_io<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
         }
         _ => work(),
     }
-}
-
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -218,21 +255,107 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_logs(&e).into()
 }
 
+fn decode(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+    let entry: Entry<TypeConfig> = postcard::from_bytes(bytes).map_err(read_err)?;
+    if entry.log_id.index != index {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "raft log: record at index {index} holds entry {}",
+                entry.log_id.index
+            ),
+        )));
+    }
+    Ok(entry)
+}
+
+/// Copies the entries of a data directory of an older version (sled tree `log`) into
+/// segment files at `entries_dir`, then drops the tree. The copy is built in a side
+/// directory, synced, and renamed into place, so a crash midway leaves either the old
+/// layout or the new one, never a mix. Returns the entries copied.
+pub fn migrate(db: &sled::Db, entries_dir: &Path) -> std::io::Result<u64> {
+    let old = db.open_tree("log").map_err(std::io::Error::other)?;
+    if old.is_empty() {
+        return Ok(0);
+    }
+    if entries_dir.exists() {
+        // A migration finished but the tree was not dropped yet.
+        db.drop_tree("log").map_err(std::io::Error::other)?;
+        db.flush().map_err(std::io::Error::other)?;
+        return Ok(0);
+    }
+    let side = entries_dir.with_extension("migrating");
+    match std::fs::remove_dir_all(&side) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let (mut log, _) = SegmentLog::open(&side, SEGMENT_BYTES, None)?;
+    let mut copied = 0u64;
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_first = 0;
+    for item in old.iter() {
+        let (k, v) = item.map_err(std::io::Error::other)?;
+        let index = k.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+            std::io::Error::other("raft log: a key of the old layout is not an index")
+        })?;
+        if batch.is_empty() {
+            batch_first = index;
+        }
+        batch.push(v.to_vec());
+        copied += 1;
+        if batch.len() >= 256 {
+            log.append(batch_first, &batch)?;
+            batch.clear();
+        }
+    }
+    log.append(batch_first, &batch)?;
+    let (files, dirty) = log.take_unsynced();
+    segment_log::sync_files(&files, dirty, &side)?;
+    drop(log);
+    std::fs::rename(&side, entries_dir)?;
+    if let Some(parent) = entries_dir.parent() {
+        sync_dir(parent)?;
+    }
+    db.drop_tree("log").map_err(std::io::Error::other)?;
+    db.flush().map_err(std::io::Error::other)?;
+    tracing::info!(
+        entries = copied,
+        dir = %entries_dir.display(),
+        "moved the raft log from sled into segment files"
+    );
+    Ok(copied)
+}
+
 impl LogStore {
-    /// Opens the log in `db` (sled directory `dir`) and starts its flusher task (needs a
-    /// tokio runtime). `hook`, when set, runs before every fdatasync.
+    /// Opens the log: entries in `entries_dir`, the rest in `db` (sled directory `dir`),
+    /// and starts its flusher task (needs a tokio runtime). `hook`, when set, runs before
+    /// every fdatasync.
     pub fn open(
         db: &sled::Db,
         dir: &Path,
+        entries_dir: &Path,
         metrics: StoreMetrics,
         hook: Option<SyncHook>,
     ) -> Result<Self, StorageError<NodeId>> {
-        let logs = db.open_tree("log").map_err(read_err)?;
+        migrate(db, entries_dir).map_err(write_err)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
         let files = DurableFiles::open(dir).map_err(write_err)?;
+        let purged: Option<LogId<NodeId>> = get_meta(&meta, LAST_PURGED_KEY)?;
+        let (log, recovery) = SegmentLog::open(entries_dir, SEGMENT_BYTES, purged.map(|p| p.index))
+            .map_err(read_err)?;
+        if recovery.discarded_bytes > 0 || recovery.removed_files > 0 {
+            tracing::info!(
+                records = recovery.records,
+                discarded_bytes = recovery.discarded_bytes,
+                removed_files = recovery.removed_files,
+                "raft log recovered"
+            );
+        }
         let syncer = Arc::new(Syncer {
             db: db.clone(),
             files: Mutex::new(files),
+            log: Mutex::new(log),
             hook,
             metrics,
             syncs: AtomicU64::new(0),
@@ -241,7 +364,6 @@ impl LogStore {
         let (flusher, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_flusher(syncer.clone(), rx));
         let store = LogStore {
-            logs,
             meta,
             syncer,
             flusher,
@@ -256,13 +378,28 @@ impl LogStore {
         self.last_log.clone()
     }
 
+    /// The entries `from..to` that are stored, read outside the log's lock.
+    fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let plans = self.syncer.log().plan(from, to);
+        let records = blocking_io(|| segment_log::read_plans(&plans)).map_err(read_err)?;
+        records
+            .iter()
+            .map(|(index, bytes)| decode(*index, bytes))
+            .collect()
+    }
+
     /// The id of the last stored entry, or the last purged one when the log is empty.
     fn stored_last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        match self.logs.last().map_err(read_err)? {
-            Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
-                Ok(Some(entry.log_id))
-            }
+        let last = self.syncer.log().last_index();
+        match last {
+            Some(last) => Ok(self
+                .read_range(last, last + 1)?
+                .pop()
+                .map(|entry| entry.log_id)),
             None => self.get_meta(LAST_PURGED_KEY),
         }
     }
@@ -283,10 +420,7 @@ impl LogStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError<NodeId>> {
-        match self.meta.get(key).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(read_err),
-        }
+        get_meta(&self.meta, key)
     }
 
     fn put_meta<T: serde::Serialize>(
@@ -300,24 +434,34 @@ impl LogStore {
         Ok(())
     }
 
-    /// A synchronous sled write (see [`sled_io`]), timed into `write_seconds`; one slower
-    /// than [`SLOW_SLED_CALL`] is logged, as it holds up Raft on this node.
+    /// A synchronous write (see [`blocking_io`]), timed into `write_seconds`; one slower
+    /// than [`SLOW_STORAGE_CALL`] is logged, as it holds up Raft on this node.
     fn timed_write<T>(&self, what: &'static str, work: impl FnOnce() -> T) -> T {
         let started = Instant::now();
-        let result = sled_io(work);
+        let result = blocking_io(work);
         let took = started.elapsed();
         self.syncer
             .metrics
             .write_seconds
             .observe(took.as_secs_f64());
-        if took > SLOW_SLED_CALL {
+        if took > SLOW_STORAGE_CALL {
             tracing::warn!(
                 what,
                 ms = took.as_millis() as u64,
-                "slow sled write; Raft on this node waited for it"
+                "slow raft log write; Raft on this node waited for it"
             );
         }
         result
+    }
+}
+
+fn get_meta<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError<NodeId>> {
+    match meta.get(key).map_err(read_err)? {
+        None => Ok(None),
+        Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(read_err),
     }
 }
 
@@ -334,7 +478,7 @@ async fn run_flusher(
             pending.push(more);
         }
         let covered = pending.iter().map(|(_, last)| *last).max().unwrap_or(0);
-        let result = syncer.sync(covered).await;
+        let result = syncer.sync_log(covered).await;
         for (callback, _) in pending.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),
@@ -359,28 +503,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(key(i)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
         };
         let started = Instant::now();
-        let read = sled_io(|| {
-            let mut entries = Vec::new();
-            for item in self
-                .logs
-                .range::<[u8; 8], _>((Bound::Included(key(start)), end))
-            {
-                let (_, bytes) = item.map_err(read_err)?;
-                let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes).map_err(read_err)?;
-                entries.push(entry);
-            }
-            Ok(entries)
-        });
+        let read = self.read_range(start, end);
         let took = started.elapsed();
-        if took > SLOW_SLED_CALL {
+        if took > SLOW_STORAGE_CALL {
             tracing::warn!(
                 ms = took.as_millis() as u64,
-                "slow sled read of log entries; replication to a follower waited for it"
+                "slow read of raft log entries; replication to a follower waited for it"
             );
         }
         read
@@ -409,7 +542,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             StorageError::from(StorageIOError::write_vote(&std::io::Error::other("encode")))
         })?;
         self.syncer
-            .sync(0)
+            .sync_meta()
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
         Ok(())
@@ -443,111 +576,84 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        let mut last = 0;
-        let mut appended = 0u64;
+        let mut payloads = Vec::new();
+        let mut first = None;
         let mut last_id = None;
+        let mut appended = 0u64;
         for entry in entries {
-            last = entry.log_id.index;
+            first.get_or_insert(entry.log_id.index);
             last_id = Some(entry.log_id);
             let bytes = postcard::to_allocvec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             appended += bytes.len() as u64;
-            batch.insert(&key(entry.log_id.index), bytes);
+            payloads.push(bytes);
         }
-        self.timed_write("entries", || self.logs.apply_batch(batch))
-            .map_err(write_err)?;
+        if let Some(first) = first {
+            self.timed_write("entries", || self.syncer.log().append(first, &payloads))
+                .map_err(write_err)?;
+        }
         self.syncer.metrics.appended_bytes.inc_by(appended);
+        let last = last_id.map_or(0, |id| id.index);
         if last_id.is_some() {
             self.last_log.set(last_id);
         }
         if let Err(mpsc::error::SendError((callback, last))) = self.flusher.send((callback, last)) {
             // The flusher only stops with the runtime; sync inline rather than lose the ack.
-            callback.log_io_completed(self.syncer.sync(last).await);
+            callback.log_io_completed(self.syncer.sync_log(last).await);
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let last = self
-            .logs
-            .last()
-            .map_err(read_err)?
-            .and_then(|(k, _)| index_of(&k));
-        if let Some(last) = last {
-            // Highest first, so a crash midway never leaves a hole.
-            let mut batch = sled::Batch::default();
-            for i in (log_id.index..=last).rev() {
-                batch.remove(&key(i));
-            }
-            self.logs.apply_batch(batch).map_err(write_err)?;
-        }
+        // Durable before it returns (see `SegmentLog::truncate`): the entries replacing
+        // the cut ones may be acknowledged by the next sync, and a crash after that must
+        // not bring the old ones back.
+        self.timed_write("truncate", || self.syncer.log().truncate(log_id.index))
+            .map_err(write_err)?;
         self.last_log.set(self.stored_last_log_id()?);
-        // No sync of its own: sled recovers its operations in order, and the entries that
-        // replace the truncated ones are acknowledged only after a sync, which covers the
-        // truncation too. A crash before it leaves the old entries, which were never
-        // reported as replaced.
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // Record the purge point durably first: from then on openraft never reads below
-        // it, so the entries can go in the background without leaving a hole. Deleting
-        // gigabytes of log inline would stall this node's runtime for seconds (sled's
-        // API is synchronous) and cost it its leadership.
-        // sled recovers its operations in order, so no recovered state has the deletions
-        // below without this record; no sync is needed (and none blocks Raft here).
+        // From here on openraft never reads at or below the purge point, so the segments
+        // wholly below it are forgotten at once. Their files are deleted in the background
+        // after the purge point is durable: a crash in between must not leave a log that
+        // starts past a purge point that was never recorded.
         self.put_meta(LAST_PURGED_KEY, &log_id)?;
-        let logs = self.logs.clone();
-        let seconds = self.syncer.metrics.purge_seconds.clone();
+        let detached = self.syncer.log().detach_upto(log_id.index);
+        if detached.is_empty() {
+            return Ok(());
+        }
+        let syncer = self.syncer.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            match delete_upto(&logs, log_id.index) {
-                Ok(()) => seconds.observe(started.elapsed().as_secs_f64()),
+            let done = syncer
+                .db
+                .flush()
+                .map_err(std::io::Error::other)
+                .and_then(|_| {
+                    syncer
+                        .files
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sync()
+                })
+                .and_then(|()| {
+                    let dir = syncer.log().dir().to_path_buf();
+                    segment_log::remove_files(&dir, &detached)
+                });
+            match done {
+                Ok(()) => syncer
+                    .metrics
+                    .purge_seconds
+                    .observe(started.elapsed().as_secs_f64()),
                 Err(e) => {
-                    tracing::warn!(error = %e, upto = log_id.index, "purging raft log failed")
+                    tracing::warn!(error = %e, upto = log_id.index, "purging raft log files failed")
                 }
             }
         });
         Ok(())
     }
-}
-
-/// Index of a stored key.
-fn index_of(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.try_into().ok()?))
-}
-
-/// Deletes the log entries with index <= `upto`, a chunk at a time, lowest first. Keys
-/// are dense indices, so they are removed by number without reading the (large) values.
-/// Chunks are small because sled applies a batch under a process-wide write lock: while
-/// one runs, every other read and write of the node (Raft's appends, replication's
-/// reads) waits. 256-entry chunks held it for 200–400 ms at saturation.
-fn delete_upto(logs: &sled::Tree, upto: u64) -> Result<(), sled::Error> {
-    const CHUNK: u64 = 32;
-    let Some(first) = logs.first()?.and_then(|(k, _)| index_of(&k)) else {
-        return Ok(());
-    };
-    let mut from = first;
-    while from <= upto {
-        let to = upto.min(from + CHUNK - 1);
-        let mut batch = sled::Batch::default();
-        for i in from..=to {
-            batch.remove(&key(i));
-        }
-        let started = Instant::now();
-        logs.apply_batch(batch)?;
-        let took = started.elapsed();
-        if took > SLOW_SLED_CALL {
-            tracing::warn!(
-                ms = took.as_millis() as u64,
-                entries = to + 1 - from,
-                "slow purge batch; sled blocks every other read and write of the node meanwhile"
-            );
-        }
-        from = to + 1;
-    }
-    Ok(())
 }
 
 /// Test support: a gate a [`SyncHook`] can hold fdatasyncs at.
@@ -624,7 +730,14 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let hook_gate = gate.clone();
         let hook: SyncHook = Arc::new(move |covered| hook_gate.wait(covered));
-        let store = LogStore::open(&db, &log_dir, metrics(), Some(hook)).unwrap();
+        let store = LogStore::open(
+            &db,
+            &log_dir,
+            &dir.path().join("entries"),
+            metrics(),
+            Some(hook),
+        )
+        .unwrap();
         let probe = store.clone();
         let sm = StateMachineStore::open(
             &dir.path().join("sm"),
@@ -701,11 +814,154 @@ mod tests {
     async fn votes_are_synced() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let mut store = LogStore::open(&db, dir.path(), metrics(), None).unwrap();
+        let mut store = LogStore::open(
+            &db,
+            dir.path(),
+            &dir.path().join("entries"),
+            metrics(),
+            None,
+        )
+        .unwrap();
         let before = store.syncs();
         store.save_vote(&Vote::new(3, 1)).await.unwrap();
         assert_eq!(store.syncs(), before + 1);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    }
+
+    /// Builds a fresh log store and state machine in a temporary directory for openraft's
+    /// storage test suite.
+    struct Builder;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir>
+        for Builder
+    {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
+        {
+            let dir = tempfile::tempdir().map_err(write_err)?;
+            let sled_dir = dir.path().join("log");
+            let db = open_db(&sled_dir);
+            let store =
+                LogStore::open(&db, &sled_dir, &dir.path().join("entries"), metrics(), None)?;
+            let sm = StateMachineStore::open(
+                &dir.path().join("sm"),
+                DedupLimits::default(),
+                0,
+                Default::default(),
+            )?;
+            Ok((dir, store, sm))
+        }
+    }
+
+    /// openraft's own storage suite: log state, reads, truncation, purge, votes and the
+    /// state machine, against the real stores.
+    #[test]
+    fn passes_openraft_storage_suite() {
+        openraft::testing::Suite::test_all(Builder).unwrap();
+    }
+
+    /// Entries survive a reopen, a purge deletes whole segment files once the purge point
+    /// is recorded, and the log reopens at the purge point.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_deletes_segment_files_and_reopens_at_the_purge_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = dir.path().join("log");
+        let entries = dir.path().join("entries");
+        let blank = |i: u64| openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+            payload: openraft::EntryPayload::Normal(Command::CommitOffset {
+                consumer: "c".repeat(300_000),
+                offset: i,
+            }),
+        };
+        {
+            let db = open_db(&sled_dir);
+            let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
+            // 300 KB entries: a 32 MiB segment holds about 110.
+            for i in 1..=400u64 {
+                append(&mut store, vec![blank(i)]).await;
+            }
+            let files = std::fs::read_dir(&entries).unwrap().count();
+            assert!(files >= 3, "{files} segment files");
+            store
+                .purge(LogId::new(openraft::CommittedLeaderId::new(1, 1), 250))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::fs::read_dir(&entries).unwrap().count() >= files {
+                assert!(
+                    Instant::now() < deadline,
+                    "purged segment files never deleted"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(250));
+            assert_eq!(state.last_log_id.map(|l| l.index), Some(400));
+        }
+        let db = reopen_db(&sled_dir).await;
+        let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(250));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(400));
+        let read = store.try_get_log_entries(251..=400).await.unwrap();
+        assert_eq!(read.len(), 150);
+        assert!(read.iter().zip(251..).all(|(e, i)| e.log_id.index == i));
+    }
+
+    /// A data directory of the previous layout (entries in a sled tree) is migrated into
+    /// segment files at open, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_of_the_sled_layout_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = dir.path().join("log");
+        let entries = dir.path().join("entries");
+        let entry = |i: u64| openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(2, 1), i),
+            payload: openraft::EntryPayload::Normal(Command::CommitOffset {
+                consumer: "old".into(),
+                offset: i,
+            }),
+        };
+        {
+            let db = open_db(&sled_dir);
+            let old = db.open_tree("log").unwrap();
+            for i in 5..=1000u64 {
+                old.insert(i.to_be_bytes(), postcard::to_allocvec(&entry(i)).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let db = reopen_db(&sled_dir).await;
+            let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
+            assert!(db.open_tree("log").unwrap().is_empty());
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(entry(1000).log_id));
+            let read = store.try_get_log_entries(5..=1000).await.unwrap();
+            assert_eq!(read, (5..=1000).map(entry).collect::<Vec<_>>());
+        }
+    }
+
+    /// Opens sled again once the previous store's tasks have let go of it (its flusher
+    /// stops when the last store handle is dropped).
+    async fn reopen_db(dir: &Path) -> sled::Db {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(None).open() {
+                Ok(db) => return db,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "sled still locked: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    async fn append(store: &mut LogStore, entries: Vec<openraft::Entry<TypeConfig>>) {
+        use openraft::storage::RaftLogStorageExt;
+        store.blocking_append(entries).await.unwrap();
     }
 
     /// Blob files sled creates for large values are synced, and only once.

@@ -21,6 +21,7 @@ pub mod node;
 pub(crate) mod peer;
 pub mod prompt_election;
 pub(crate) mod queue_state;
+pub(crate) mod segment_log;
 pub(crate) mod server;
 pub mod snapshot_policy;
 pub(crate) mod state_machine;

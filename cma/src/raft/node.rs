@@ -24,8 +24,9 @@ use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// sled's page cache for the Raft log.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache. sled holds only the vote, the committed index and the purge point
+/// (and, once, the log of an older version's data directory while it is migrated).
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Everything needed to start a node (built from the TOML config by `crate::config`).
 #[derive(Clone, Debug)]
@@ -254,15 +255,15 @@ impl Node {
         sync_hook: Option<super::log_store::SyncHook>,
     ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
-        // Layout: <data_dir>/log (sled: log, vote, committed), <data_dir>/snapshot.
+        // Layout: <data_dir>/entries (the log's segment files), <data_dir>/log (sled: vote,
+        // committed index, purge point), <data_dir>/snapshot.
         let log_dir = settings.data_dir.join("log");
         let db = sled::Config::new()
             .path(&log_dir)
-            // sled caches 1 GiB by default; the log is read back only for replication of
-            // recent entries, which the OS page cache serves as well.
+            // sled caches 1 GiB by default; it holds a few small keys.
             .cache_capacity(SLED_CACHE_BYTES)
-            // Durability comes from our own group-committed flushes; sled's periodic
-            // background flush would only compete with them.
+            // Durability comes from our own flushes (a vote, a purge point); sled's
+            // periodic background flush would only compete with the log's.
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()
@@ -277,7 +278,13 @@ impl Node {
             appended_bytes: metrics.log_appended_bytes.clone(),
             write_seconds: metrics.log_write_seconds.clone(),
         };
-        let log_store = LogStore::open(&db, &log_dir, store_metrics, sync_hook)?;
+        let log_store = LogStore::open(
+            &db,
+            &log_dir,
+            &settings.data_dir.join("entries"),
+            store_metrics,
+            sync_hook,
+        )?;
         let last_log = log_store.last_log();
         let state_machine = StateMachineStore::open(
             &settings.data_dir.join("snapshot"),
