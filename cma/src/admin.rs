@@ -208,7 +208,7 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
     );
     r.register(
         "raft_log_flush_seconds",
-        "Duration of a group sync of the Raft log (sled flush + fdatasync)",
+        "Duration of a group sync of the Raft log (fdatasync of the segment files written)",
         m.flush_seconds.clone(),
     );
     r.register(
@@ -278,7 +278,7 @@ fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
     );
     r.register(
         "raft_log_write_seconds",
-        "Duration of a synchronous sled write Raft waits for (entries, committed index)",
+        "Duration of a synchronous storage write Raft waits for (entries, committed index)",
         m.log_write_seconds.clone(),
     );
     r.register(

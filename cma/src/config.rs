@@ -71,7 +71,7 @@ pub struct Config {
     /// (default: none, acceptable only while the admin API listens on localhost).
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
-    /// sled data directory (Raft log, vote, snapshot).
+    /// Data directory (Raft log segments, sled for the vote, snapshot).
     pub data_dir: PathBuf,
     /// Cluster secret file: 64 hex digits, `#` comments allowed.
     pub cluster_secret_file: PathBuf,
@@ -111,7 +111,7 @@ pub struct RaftConfig {
     /// as the lease runs out when the leader's process is gone.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last (default 2000). Snapshots
-    /// are cheap while consumers keep the queue short, and they bound the sled log.
+    /// are cheap while consumers keep the queue short, and they bound the Raft log on disk.
     pub snapshot_after_logs: u64,
     /// ...and only once the log bytes appended since the last snapshot reach this multiple
     /// of its size (default 1.0; 0: entries alone decide). Bounds the snapshot writes to

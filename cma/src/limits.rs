@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Descriptors never given to client connections: storage (sled log, snapshots),
+    /// Descriptors never given to client connections: storage (log segments, sled, snapshots),
     /// outgoing peer connections, listeners, the runtime (default 256).
     pub fd_reserve: u64,
     /// Most connections on the Raft/queue port, authenticated or not (default 0: every

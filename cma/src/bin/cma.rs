@@ -16,7 +16,7 @@ struct Args {
     config: PathBuf,
 }
 
-/// Fewest runtime worker threads. sled's API is synchronous, so a long storage call holds
+/// Fewest runtime worker threads. Storage calls (log writes, sled) are synchronous, so a long one holds
 /// a worker; with one worker per core on a small machine that would stall heartbeats.
 const MIN_WORKER_THREADS: usize = 4;
 

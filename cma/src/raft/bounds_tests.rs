@@ -1,5 +1,5 @@
 //! The node's overload bounds driven to their limits on a real one-node cluster (real
-//! Raft, real sled log, real TCP server), with the Raft log's fdatasync held back by a
+//! Raft, real segment log, real TCP server), with the Raft log's fdatasync held back by a
 //! sync hook so that every proposal stays in flight until the test lets it through.
 
 use super::log_store::testing::Gate;

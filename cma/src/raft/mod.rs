@@ -1,7 +1,8 @@
-//! The Raft node behind the queue: openraft 0.9 with sled storage and an authenticated TCP
+//! The Raft node behind the queue: openraft 0.9 with a log of segment files and an authenticated TCP
 //! transport.
 //!
-//! - [`log_store`]: the durable Raft log (group-committed sled flushes).
+//! - [`log_store`]: the durable Raft log (group-committed fdatasync); entries in
+//!   [`segment_log`], vote and purge point in sled.
 //! - [`queue_state`]: the replicated queue, consumer offsets, dedup window and tables.
 //! - [`state_machine`]: openraft's state machine over it, with snapshot files.
 //! - [`snapshot_policy`]: when to build a snapshot (log bytes against snapshot size).

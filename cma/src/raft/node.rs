@@ -37,7 +37,7 @@ pub struct NodeSettings {
     pub listen: SocketAddr,
     /// How other nodes and `cmactl` reach this node (stored in the membership).
     pub advertise: NodeAddr,
-    /// sled directory (log, vote, snapshot).
+    /// Data directory (log segments, sled for the vote, snapshot).
     pub data_dir: PathBuf,
     /// Cluster secret authenticating every connection.
     pub secret: [u8; 32],
@@ -158,7 +158,7 @@ pub struct NodeMetrics {
     pub duplicate_packets: Counter,
     /// Append batches committed through this node.
     pub append_batches: Counter,
-    /// Seconds per group sync of the Raft log (sled flush + fdatasync).
+    /// Seconds per group sync of the Raft log (fdatasync of the segment files written).
     pub flush_seconds: Histogram,
     /// Completed syncs of the Raft log (fdatasync of its files).
     pub syncs: Counter,
@@ -188,7 +188,7 @@ pub struct NodeMetrics {
     pub snapshot: SnapshotMetrics,
     /// Seconds per background purge of the Raft log.
     pub purge_seconds: Histogram,
-    /// Seconds per synchronous sled write Raft waits for (entries, committed index).
+    /// Seconds per synchronous storage write Raft waits for (entries, committed index).
     pub log_write_seconds: Histogram,
     /// Bytes of entries appended to the Raft log.
     pub log_appended_bytes: Counter,
