@@ -640,10 +640,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 })
                 .and_then(|()| {
                     let dir = syncer.log().dir().to_path_buf();
-                    segment_log::remove_files(&dir, &detached)
+                    segment_log::release_files(&dir, &detached)
                 });
             match done {
-                Ok(()) => syncer
+                Ok(_) => syncer
                     .metrics
                     .purge_seconds
                     .observe(started.elapsed().as_secs_f64()),
