@@ -182,18 +182,30 @@ pub fn release_files(dir: &Path, paths: &[PathBuf]) -> io::Result<u64> {
     sync_dir(dir)?;
     let mut freed = 0;
     for path in &doomed {
-        let file = OpenOptions::new().write(true).open(path)?;
-        let mut len = file.metadata()?.len();
-        freed += len;
-        while len > RELEASE_CHUNK_BYTES {
-            len -= RELEASE_CHUNK_BYTES;
-            file.set_len(len)?;
-            std::thread::sleep(RELEASE_PAUSE);
-        }
-        drop(file);
-        std::fs::remove_file(path)?;
+        freed += shrink_and_remove(path)?;
     }
     Ok(freed)
+}
+
+/// Cuts a file from its end [`RELEASE_CHUNK_BYTES`] at a time, pausing between steps,
+/// then unlinks it (see [`release_files`] for why). The caller makes sure nothing needs
+/// the file any more. Returns its size.
+pub fn shrink_and_remove(path: &Path) -> io::Result<u64> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    let mut len = size;
+    while len > RELEASE_CHUNK_BYTES {
+        len -= RELEASE_CHUNK_BYTES;
+        file.set_len(len)?;
+        std::thread::sleep(RELEASE_PAUSE);
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(size)
 }
 
 /// Reads the records of one segment file; returns their offsets and the length of the

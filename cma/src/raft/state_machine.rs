@@ -54,6 +54,8 @@ struct StoredSnapshot {
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+/// The replaced snapshot, kept alive by a hard link until it is released in steps.
+const SNAPSHOT_OLD: &str = "snapshot.old";
 /// First bytes of a snapshot file in the streamed layout. A file of the previous layout
 /// starts with a postcard `Option` tag (0 or 1), never with `R`.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RWSNAP2\n";
@@ -219,11 +221,24 @@ fn persist_snapshot(
         .map_err(|e| snapshot_write_err(e.into_error()))?;
     paced.file.sync_all().map_err(snapshot_write_err)?;
     drop(paced.file);
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).map_err(snapshot_write_err)?;
+    // The rename would free the replaced file's blocks at once; with online discard that
+    // stalls the log's fdatasyncs for as long as the device takes to discard a snapshot
+    // of up to hundreds of MB. A second link keeps the old file until it is released in
+    // steps (`segment_log::shrink_and_remove`).
+    let current = dir.join(SNAPSHOT_FILE);
+    let old = dir.join(SNAPSHOT_OLD);
+    let _ = std::fs::remove_file(&old);
+    let kept = std::fs::hard_link(&current, &old).is_ok();
+    std::fs::rename(&tmp, &current).map_err(snapshot_write_err)?;
     // The rename is durable only once the directory is.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(snapshot_write_err)?;
+    if kept {
+        if let Err(e) = super::segment_log::shrink_and_remove(&old) {
+            tracing::warn!(error = %e, "removing the replaced snapshot file failed");
+        }
+    }
     Ok(paced.written)
 }
 
@@ -275,6 +290,12 @@ impl StateMachineStore {
         metrics: SnapshotMetrics,
     ) -> Result<Self, StorageError<NodeId>> {
         std::fs::create_dir_all(dir).map_err(snapshot_read_err)?;
+        // A replaced snapshot whose release a crash interrupted.
+        match std::fs::remove_file(dir.join(SNAPSHOT_OLD)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(snapshot_read_err(e)),
+        }
         let mut initial = QueueState::new(limits);
         initial.set_budget(max_bytes);
         let mut store = StateMachineStore {
@@ -526,6 +547,30 @@ mod tests {
         assert_eq!(follower.shared().snapshots_installed(), 1);
         // And the follower's own file restores too.
         assert_eq!(*open(follower_dir.path()).shared().read(), state);
+
+        // A second build replaces the file; the replaced one is released, not left.
+        store
+            .apply([entry(
+                41,
+                Command::CommitOffset {
+                    consumer: "c".into(),
+                    offset: 0,
+                },
+            )])
+            .await
+            .unwrap();
+        let rebuilt = store
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.meta.last_log_id.map(|l| l.index), Some(41));
+        assert!(!dir.path().join(SNAPSHOT_OLD).exists());
+        assert_eq!(
+            open(dir.path()).applied_state().await.unwrap().0,
+            rebuilt.meta.last_log_id
+        );
     }
 
     /// A file of the layout before streaming (one postcard `StoredSnapshot`) still loads.
