@@ -13,7 +13,7 @@
 //!
 //! [batch]
 //! max_packets = 512        # a batch is sent when it holds this many reports,
-//! max_bytes = 90112        # or this many datagram bytes (88 KiB: see BatchConfig),
+//! max_bytes = 262144       # or this many datagram bytes,
 //! max_delay_us = 1500      # or when its first report waited this long
 //! max_in_flight = 4        # appends awaiting commit at once
 //! pending_limit = 20000    # verified reports waiting for a batch; beyond: dropped, counted
@@ -27,13 +27,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use daemon::ConfigError;
-
-/// Encoded bookkeeping of one packet in a queue append beyond its datagram (ids, clock,
-/// source address), rounded up.
-pub const PACKET_OVERHEAD_BYTES: usize = 64;
-/// Largest append the CMA's Raft log (sled, 512 KiB segments) stores inline, with margin
-/// for the entry's own header: sled keeps records above a quarter segment as blob files.
-pub const INLINE_ENTRY_BYTES: usize = 124 * 1024;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -75,11 +68,9 @@ pub struct Config {
 pub struct BatchConfig {
     /// Most reports per append (default 512).
     pub max_packets: usize,
-    /// Most datagram bytes per append (default 88 KiB). One append is one Raft log entry;
-    /// the default keeps it, with `max_packets` packets' bookkeeping, below sled's 128 KiB
-    /// blob threshold: a larger entry is stored as a file of its own, and at saturation
-    /// such entries cost ten times the disk and memory and caused elections (measured in
-    /// docs/queue.md, "Entry size").
+    /// Most datagram bytes per append (default 256 KiB). One append is one Raft log
+    /// entry. (While the CMA's log was in sled, the default was 88 KiB to stay below
+    /// sled's blob threshold; the segment log has none: docs/queue.md.)
     pub max_bytes: usize,
     /// Longest a report waits for its batch to fill, in µs (default 1500).
     pub max_delay_us: u64,
@@ -100,7 +91,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_packets: 512,
-            max_bytes: 88 * 1024,
+            max_bytes: 256 * 1024,
             max_delay_us: 1500,
             max_in_flight: 4,
             pending_limit: 20_000,
@@ -158,22 +149,6 @@ impl Config {
     }
 
     /// Checks values that parse but make no sense.
-    /// A warning when an append of this configuration can exceed the size the CMA's Raft
-    /// log stores inline (see [`BatchConfig::max_bytes`]).
-    pub fn large_entry_warning(&self) -> Option<String> {
-        let b = &self.batch;
-        let worst = b.max_bytes + b.max_packets * PACKET_OVERHEAD_BYTES;
-        (worst > INLINE_ENTRY_BYTES).then(|| {
-            format!(
-                "batch.max_bytes ({}) + batch.max_packets ({}) x {PACKET_OVERHEAD_BYTES} bytes \
-                 can exceed {INLINE_ENTRY_BYTES} bytes per append: such Raft entries are stored \
-                 as files of their own (sled's blob threshold), which costs the CMA nodes far \
-                 more disk and memory at high rates",
-                b.max_bytes, b.max_packets
-            )
-        })
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.sockets == 0 || self.sockets > 64 {
@@ -229,16 +204,6 @@ mod tests {
         );
         let c: Config = toml::from_str(&many).unwrap();
         assert_eq!(c.listen.len(), 2);
-    }
-
-    #[test]
-    fn appends_that_sled_would_store_as_blobs_are_warned_about() {
-        let mut c: Config = toml::from_str(MINIMAL).unwrap();
-        assert_eq!(c.large_entry_warning(), None);
-        c.batch.max_bytes = 256 * 1024;
-        let warning = c.large_entry_warning().unwrap();
-        assert!(warning.contains("blob threshold"), "{warning}");
-        c.validate().unwrap();
     }
 
     #[test]

@@ -71,9 +71,6 @@ impl Reader {
     /// Binds the sockets and the metrics listener and starts every task.
     pub async fn start(config: &Config) -> Result<Reader, StartError> {
         config.validate()?;
-        if let Some(warning) = config.large_entry_warning() {
-            tracing::warn!("{warning}");
-        }
         let keys =
             Arc::new(
                 KeyRing::load(&config.key_file).map_err(|source| StartError::Keys {
