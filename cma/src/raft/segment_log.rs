@@ -240,6 +240,11 @@ impl SegmentLog {
         purged: Option<u64>,
     ) -> io::Result<(SegmentLog, Recovery)> {
         std::fs::create_dir_all(dir)?;
+        // The directory's own entry must be durable before anything in it is
+        // acknowledged.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         let mut firsts = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
