@@ -868,13 +868,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sled_dir = dir.path().join("log");
         let entries = dir.path().join("entries");
-        let blank = |i: u64| openraft::Entry::<TypeConfig> {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-            payload: openraft::EntryPayload::Normal(Command::CommitOffset {
-                consumer: "c".repeat(300_000),
-                offset: i,
-            }),
-        };
+        let big = "c".repeat(300_000);
+        let blank = |i: u64| offset_entry(1, i, &big);
         {
             let db = open_db(&sled_dir);
             let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
@@ -917,13 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sled_dir = dir.path().join("log");
         let entries = dir.path().join("entries");
-        let entry = |i: u64| openraft::Entry::<TypeConfig> {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(2, 1), i),
-            payload: openraft::EntryPayload::Normal(Command::CommitOffset {
-                consumer: "old".into(),
-                offset: i,
-            }),
-        };
+        let entry = |i: u64| offset_entry(2, i, "old");
         {
             let db = open_db(&sled_dir);
             let old = db.open_tree("log").unwrap();
@@ -941,6 +930,17 @@ mod tests {
             assert_eq!(state.last_log_id, Some(entry(1000).log_id));
             let read = store.try_get_log_entries(5..=1000).await.unwrap();
             assert_eq!(read, (5..=1000).map(entry).collect::<Vec<_>>());
+        }
+    }
+
+    /// An offset commit by `consumer` as the entry at `index` of leader term `term`.
+    fn offset_entry(term: u64, index: u64, consumer: &str) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: openraft::EntryPayload::Normal(Command::CommitOffset {
+                consumer: consumer.into(),
+                offset: index,
+            }),
         }
     }
 
