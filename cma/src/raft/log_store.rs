@@ -22,7 +22,7 @@
 // its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use super::segment_log::{self, SegmentLog};
+use super::segment_log::{self, sync_dir, SegmentLog};
 use super::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -71,10 +71,6 @@ pub struct DurableFiles {
     blobs_dir: PathBuf,
     /// Blob files already synced (the names present at the last sync).
     synced_blobs: HashSet<OsString>,
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl DurableFiles {
@@ -140,6 +136,8 @@ struct Syncer {
     db: sled::Db,
     files: Mutex<DurableFiles>,
     log: Mutex<SegmentLog>,
+    /// The segment files' directory.
+    entries_dir: PathBuf,
     hook: Option<SyncHook>,
     metrics: StoreMetrics,
     syncs: AtomicU64,
@@ -156,17 +154,13 @@ impl Syncer {
     /// written before the call.
     async fn sync_log(self: &Arc<Self>, covered: u64) -> std::io::Result<()> {
         let started = Instant::now();
-        let (files, dir_dirty, dir) = {
-            let mut log = self.log();
-            let (files, dirty) = log.take_unsynced();
-            (files, dirty, log.dir().to_path_buf())
-        };
+        let (files, dir_dirty) = self.log().take_unsynced();
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(hook) = &me.hook {
                 hook(covered);
             }
-            segment_log::sync_files(&files, dir_dirty, &dir)
+            segment_log::sync_files(&files, dir_dirty, &me.entries_dir)
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -178,18 +172,22 @@ impl Syncer {
     /// the purge point durable.
     async fn sync_meta(self: &Arc<Self>) -> std::io::Result<()> {
         let started = Instant::now();
-        self.db.flush_async().await.map_err(std::io::Error::other)?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Some(hook) = &me.hook {
-                hook(0);
-            }
-            me.files.lock().unwrap_or_else(|e| e.into_inner()).sync()
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        tokio::task::spawn_blocking(move || me.sync_meta_blocking())
+            .await
+            .map_err(std::io::Error::other)??;
         self.synced(0, started);
         Ok(())
+    }
+
+    /// The blocking part of [`Syncer::sync_meta`] (also run by a purge before it deletes
+    /// files).
+    fn sync_meta_blocking(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        if let Some(hook) = &self.hook {
+            hook(0);
+        }
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).sync()
     }
 
     fn synced(&self, covered: u64, started: Instant) {
@@ -232,7 +230,7 @@ const SLOW_STORAGE_CALL: std::time::Duration = std::time::Duration::from_millis(
 
 /// Bytes after which the log starts a new segment file. A purge deletes whole files, so
 /// the log keeps up to this much below the purge point on disk.
-pub const SEGMENT_BYTES: u64 = 32 << 20;
+const SEGMENT_BYTES: u64 = 32 << 20;
 
 /// Runs a synchronous storage call (sled, or a write to the segment files, which blocks
 /// when the kernel throttles dirty pages). On a multi-threaded runtime the worker first
@@ -273,7 +271,7 @@ fn decode(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<No
 /// segment files at `entries_dir`, then drops the tree. The copy is built in a side
 /// directory, synced, and renamed into place, so a crash midway leaves either the old
 /// layout or the new one, never a mix. Returns the entries copied.
-pub fn migrate(db: &sled::Db, entries_dir: &Path) -> std::io::Result<u64> {
+fn migrate(db: &sled::Db, entries_dir: &Path) -> std::io::Result<u64> {
     let old = db.open_tree("log").map_err(std::io::Error::other)?;
     if old.is_empty() {
         return Ok(0);
@@ -356,6 +354,7 @@ impl LogStore {
             db: db.clone(),
             files: Mutex::new(files),
             log: Mutex::new(log),
+            entries_dir: entries_dir.to_path_buf(),
             hook,
             metrics,
             syncs: AtomicU64::new(0),
@@ -628,20 +627,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let done = syncer
-                .db
-                .flush()
-                .map_err(std::io::Error::other)
-                .and_then(|_| {
-                    syncer
-                        .files
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .sync()
-                })
-                .and_then(|()| {
-                    let dir = syncer.log().dir().to_path_buf();
-                    segment_log::release_files(&dir, &detached)
-                });
+                .sync_meta_blocking()
+                .and_then(|()| segment_log::release_files(&syncer.entries_dir, &detached));
             match done {
                 Ok(_) => syncer
                     .metrics
@@ -905,8 +892,70 @@ mod tests {
         assert!(read.iter().zip(251..).all(|(e, i)| e.log_id.index == i));
     }
 
+    /// A purge deletes no segment file before its purge point is synced: while the sync
+    /// of the meta data is held back, every file is still there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_deletes_files_only_after_its_purge_point_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = dir.path().join("log");
+        let entries = dir.path().join("entries");
+        let gate = Arc::new(Gate::default());
+        let hook_gate = gate.clone();
+        let hook: SyncHook = Arc::new(move |covered| hook_gate.wait(covered));
+        let db = open_db(&sled_dir);
+        let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), Some(hook)).unwrap();
+        let big = "c".repeat(300_000);
+        for i in 1..=250u64 {
+            append(&mut store, vec![offset_entry(1, i, &big)]).await;
+        }
+        let names = || {
+            let mut names: Vec<_> = std::fs::read_dir(&entries)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = names();
+        assert!(before.len() >= 3, "{before:?}");
+        gate.closed.store(true, Ordering::SeqCst);
+        struct Release(Arc<Gate>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        let release = Release(gate.clone());
+        store
+            .purge(LogId::new(openraft::CommittedLeaderId::new(1, 1), 200))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !gate.entered.lock().unwrap().contains(&0) {
+            assert!(
+                Instant::now() < deadline,
+                "the purge never synced its purge point"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            names(),
+            before,
+            "files touched before the purge point was durable"
+        );
+        drop(release);
+        while names().len() >= before.len() {
+            assert!(
+                Instant::now() < deadline,
+                "purged segment files never deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A data directory of the previous layout (entries in a sled tree) is migrated into
-    /// segment files at open, once.
+    /// segment files at open, once, even over the leftovers of an interrupted copy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn entries_of_the_sled_layout_are_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -922,10 +971,19 @@ mod tests {
             }
             db.flush().unwrap();
         }
+        // A copy that a crash interrupted is thrown away and made again.
+        std::fs::create_dir_all(dir.path().join("entries.migrating")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("entries.migrating/00000000000000000005.seg"),
+            b"half",
+        )
+        .unwrap();
         for _ in 0..2 {
             let db = reopen_db(&sled_dir).await;
             let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
             assert!(db.open_tree("log").unwrap().is_empty());
+            assert!(!dir.path().join("entries.migrating").exists());
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id, Some(entry(1000).log_id));
             let read = store.try_get_log_entries(5..=1000).await.unwrap();

@@ -441,11 +441,6 @@ impl SegmentLog {
         (std::mem::take(&mut self.unsynced), dirty)
     }
 
-    /// The directory of the segment files.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Where to read the records of entries `from..to` (clamped to what is stored): one
     /// plan per segment touched. Reading them ([`read_plans`]) needs no lock on the log.
     pub fn plan(&self, from: u64, to: u64) -> Vec<ReadPlan> {
@@ -629,10 +624,10 @@ mod tests {
         assert_eq!(log.last_index(), Some(24));
     }
 
-    /// Purged files are cut in steps and deleted; one left half-released by a crash is
-    /// ignored and deleted at open.
+    /// Purged files are released (cut from the end, then deleted); one left half-released
+    /// by a crash is ignored and deleted at open.
     #[test]
-    fn purged_files_are_released_in_steps() {
+    fn purged_files_are_released_and_leftovers_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentLog::open(dir.path(), 3 << 20, None).unwrap();
         for i in 1..=8u64 {

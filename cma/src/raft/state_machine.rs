@@ -231,9 +231,7 @@ fn persist_snapshot(
     let kept = std::fs::hard_link(&current, &old).is_ok();
     std::fs::rename(&tmp, &current).map_err(snapshot_write_err)?;
     // The rename is durable only once the directory is.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(snapshot_write_err)?;
+    super::segment_log::sync_dir(dir).map_err(snapshot_write_err)?;
     if kept {
         if let Err(e) = super::segment_log::shrink_and_remove(&old) {
             tracing::warn!(error = %e, "removing the replaced snapshot file failed");
