@@ -7,7 +7,13 @@
 //! one fdatasync per file written.
 //!
 //! The vote, the committed index and the purge point stay in a small sled tree. A vote is
-//! synced before `save_vote` returns: sled's `flush_async`, then [`DurableFiles`]. sled
+//! synced before `save_vote` returns. The committed index and the purge point are synced
+//! by a second flusher task, beside the log's own syncs: each change wakes it, and changes
+//! that arrive while it syncs share the next sync. So after a crash or a power cut a node
+//! re-applies its log locally up to (nearly) the last committed index it knew, instead of
+//! waiting for its peers; what is lost is at most the changes of one sync, and reads never
+//! rely on it (see `Node::read_barrier`). A sync of the meta data is sled's flush, then
+//! [`DurableFiles`]. sled
 //! 0.34 persists its buffers with `sync_file_range` on Linux, which writes the pages but
 //! neither flushes the device's write cache nor persists the file's metadata, so on its
 //! own it does not survive a power cut. [`DurableFiles`] closes that gap: it fdatasyncs
@@ -142,6 +148,12 @@ struct Syncer {
     metrics: StoreMetrics,
     syncs: AtomicU64,
     synced_index: AtomicU64,
+    /// Changes of the committed index or purge point so far.
+    meta_changes: AtomicU64,
+    /// How many of those the meta flusher has made durable.
+    meta_durable: AtomicU64,
+    /// Wakes the meta flusher.
+    meta_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Syncer {
@@ -359,9 +371,16 @@ impl LogStore {
             metrics,
             syncs: AtomicU64::new(0),
             synced_index: AtomicU64::new(0),
+            meta_changes: AtomicU64::new(0),
+            meta_durable: AtomicU64::new(0),
+            meta_changed: Arc::new(tokio::sync::Notify::new()),
         });
         let (flusher, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_flusher(syncer.clone(), rx));
+        tokio::spawn(run_meta_flusher(
+            Arc::downgrade(&syncer),
+            syncer.meta_changed.clone(),
+        ));
         let store = LogStore {
             meta,
             syncer,
@@ -409,6 +428,13 @@ impl LogStore {
         self.syncer.syncs.load(Ordering::SeqCst)
     }
 
+    /// Whether every change of the committed index and purge point so far is durable.
+    #[cfg(test)]
+    pub fn meta_durable(&self) -> bool {
+        self.syncer.meta_durable.load(Ordering::SeqCst)
+            >= self.syncer.meta_changes.load(Ordering::SeqCst)
+    }
+
     /// Highest log index covered by a completed sync (0: none yet).
     #[cfg(test)]
     pub fn synced_index(&self) -> u64 {
@@ -420,6 +446,19 @@ impl LogStore {
         key: &[u8],
     ) -> Result<Option<T>, StorageError<NodeId>> {
         get_meta(&self.meta, key)
+    }
+
+    /// [`LogStore::put_meta`] for a value the meta flusher makes durable soon (committed
+    /// index, purge point).
+    fn put_meta_soon<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.put_meta(key, value)?;
+        self.syncer.meta_changes.fetch_add(1, Ordering::SeqCst);
+        self.syncer.meta_changed.notify_one();
+        Ok(())
     }
 
     fn put_meta<T: serde::Serialize>(
@@ -461,6 +500,35 @@ fn get_meta<T: serde::de::DeserializeOwned>(
     match meta.get(key).map_err(read_err)? {
         None => Ok(None),
         Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(read_err),
+    }
+}
+
+/// Syncs the meta data (committed index, purge point) whenever it changed, one sync at a
+/// time: changes made during a sync are covered by the next. Stops with the last store
+/// handle.
+async fn run_meta_flusher(syncer: std::sync::Weak<Syncer>, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        // A change notified while a sync ran left a permit: the next wait returns at once.
+        let wait = changed.notified();
+        let Some(strong) = syncer.upgrade() else {
+            return;
+        };
+        let changes = strong.meta_changes.load(Ordering::SeqCst);
+        if changes > strong.meta_durable.load(Ordering::SeqCst) {
+            match strong.sync_meta().await {
+                Ok(()) => strong.meta_durable.store(changes, Ordering::SeqCst),
+                Err(e) => {
+                    // Not fatal: retried, and reads never rely on it.
+                    tracing::warn!(error = %e, "syncing the raft committed index failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            continue;
+        }
+        // Wait for a change without keeping the store alive; wake now and then to notice
+        // that the store is gone.
+        drop(strong);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wait).await;
     }
 }
 
@@ -555,9 +623,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not flushed on its own: losing it only means re-applying from the snapshot, and
-        // the next log flush persists it anyway.
-        self.put_meta(COMMITTED_KEY, &committed)
+        // Synced soon by the meta flusher, not before this returns: losing the last
+        // change only means re-applying a little less locally after a crash; reads wait
+        // for the log itself (`Node::read_barrier`).
+        self.put_meta_soon(COMMITTED_KEY, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -618,7 +687,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // wholly below it are forgotten at once. Their files are deleted in the background
         // after the purge point is durable: a crash in between must not leave a log that
         // starts past a purge point that was never recorded.
-        self.put_meta(LAST_PURGED_KEY, &log_id)?;
+        self.put_meta_soon(LAST_PURGED_KEY, &log_id)?;
         let detached = self.syncer.log().detach_upto(log_id.index);
         if detached.is_empty() {
             return Ok(());
@@ -1020,6 +1089,63 @@ mod tests {
     async fn append(store: &mut LogStore, entries: Vec<openraft::Entry<TypeConfig>>) {
         use openraft::storage::RaftLogStorageExt;
         store.blocking_append(entries).await.unwrap();
+    }
+
+    /// The committed index and the purge point are made durable without a vote or a purge
+    /// that deletes files: a copy of the data directory taken while the store still runs
+    /// (the files as a SIGKILL leaves them; sled's unflushed buffers are lost) holds both.
+    /// Before the meta flusher, neither was ever written while the log lived in segment
+    /// files, and a restarted node re-applied only from its snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_and_purge_point_survive_a_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = dir.path().join("log");
+        let entries = dir.path().join("entries");
+        let db = open_db(&sled_dir);
+        let mut store = LogStore::open(&db, &sled_dir, &entries, metrics(), None).unwrap();
+        for i in 1..=40u64 {
+            append(&mut store, vec![offset_entry(1, i, "c")]).await;
+        }
+        let committed = offset_entry(1, 37, "c").log_id;
+        let purged = offset_entry(1, 12, "c").log_id;
+        store.save_committed(Some(committed)).await.unwrap();
+        store.purge(purged).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !store.meta_durable() {
+            assert!(Instant::now() < deadline, "committed index never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What a SIGKILL leaves: the files, not the process's buffers.
+        let copy = tempfile::tempdir().unwrap();
+        for sub in ["log", "entries"] {
+            copy_dir(&dir.path().join(sub), &copy.path().join(sub));
+        }
+        let copied_db = open_db(&copy.path().join("log"));
+        let mut reopened = LogStore::open(
+            &copied_db,
+            &copy.path().join("log"),
+            &copy.path().join("entries"),
+            metrics(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(reopened.read_committed().await.unwrap(), Some(committed));
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purged));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(40));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
     }
 
     /// Blob files sled creates for large values are synced, and only once.

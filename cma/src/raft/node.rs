@@ -69,6 +69,11 @@ pub struct NodeSettings {
     pub max_proposal_wait: Duration,
 }
 
+/// Longest a read waits for a new leader's state machine to apply its log (see
+/// [`Node::read_barrier`]); then the read is refused with [`ProposeError::CatchingUp`] and
+/// retried by its caller.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -131,6 +136,16 @@ pub enum ProposeError {
     /// The entry applied but produced an unexpected result.
     #[error("unexpected result: {0}")]
     Unexpected(String),
+    /// This node leads, but has not yet applied every entry its log held when it took
+    /// over, so its state could be older than what the cluster acknowledged; nothing was
+    /// read. Retry shortly (answered `Busy` to queue clients).
+    #[error("leader still applying its log: applied {applied} of {needed}")]
+    CatchingUp {
+        /// Index applied on this node.
+        applied: u64,
+        /// Index it must reach before it serves reads.
+        needed: u64,
+    },
 }
 
 /// Whether a call waiting for a proposal slot may be shed.
@@ -237,6 +252,9 @@ struct Inner {
     /// for seconds (seen under CPU starvation: a leader 19 s behind, elections every
     /// second).
     slots: tokio::sync::Semaphore,
+    /// The vote this node last served reads under as leader, and the last index of its
+    /// log when it first did: see [`Node::read_barrier`].
+    takeover: std::sync::Mutex<Option<(openraft::Vote<NodeId>, u64)>>,
 }
 
 /// A running Raft node. Cheap to clone.
@@ -335,6 +353,7 @@ impl Node {
                 gate: ConnectionGate::new(&settings_budget),
                 last_log,
                 slots: tokio::sync::Semaphore::new(max_inflight),
+                takeover: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -549,6 +568,14 @@ impl Node {
     /// Waits until this node is sure it is the leader and has applied everything
     /// committed before the call, so reads after it see every acknowledged write. For the
     /// node's own worker: never shed.
+    ///
+    /// openraft's `ensure_linearizable` alone is not enough after a restart: a node whose
+    /// committed vote names itself comes back as leader of the same term, with no blank
+    /// entry of its own, and asks the state machine only to reach the committed index it
+    /// knows, which can be the last snapshot's. So a read also waits until the state
+    /// machine has applied the last entry this node's log held when it first served
+    /// under its current vote (every entry of a leader's log commits while it leads):
+    /// at most [`CATCH_UP_WAIT`], then [`ProposeError::CatchingUp`].
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         self.read_barrier_with(Admission::Wait).await
     }
@@ -562,7 +589,7 @@ impl Node {
     async fn read_barrier_with(&self, admission: Admission) -> Result<(), ProposeError> {
         let _slot = self.slot(admission).await?;
         match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.caught_up(CATCH_UP_WAIT).await,
             Err(e) => match e.forward_to_leader::<NodeAddr>() {
                 Some(f) => Err(ProposeError::NotLeader {
                     leader_id: f.leader_id,
@@ -571,6 +598,46 @@ impl Node {
                 None => Err(ProposeError::Raft(e.to_string())),
             },
         }
+    }
+
+    /// The last index of this node's log when it first served a read under its current
+    /// vote (recorded now if it has not yet).
+    fn takeover_floor(&self) -> u64 {
+        let vote = self.inner.raft.metrics().borrow().vote;
+        let mut takeover = self
+            .inner
+            .takeover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *takeover {
+            Some((seen, floor)) if seen == vote => floor,
+            _ => {
+                let floor = self.inner.last_log.get().map_or(0, |l| l.index);
+                *takeover = Some((vote, floor));
+                floor
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until the state machine has applied the takeover floor.
+    async fn caught_up(&self, within: Duration) -> Result<(), ProposeError> {
+        let needed = self.takeover_floor();
+        let mut applied = self.subscribe_applied();
+        let reached = tokio::time::timeout(within, applied.wait_for(|a| *a >= needed)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Raft("state machine stopped".into())),
+            Err(_) => Err(ProposeError::CatchingUp {
+                applied: self.applied_index(),
+                needed,
+            }),
+        }
+    }
+
+    /// Whether this node, as leader, has applied everything its log held when it took
+    /// over (its reads are then as fresh as the cluster's). False on a follower.
+    pub fn leader_caught_up(&self) -> bool {
+        self.is_leader() && self.applied_index() >= self.takeover_floor()
     }
 
     /// Applied packets with offset >= `from`, at most `max` (no leader check).

@@ -196,6 +196,10 @@ fn not_leader(e: ProposeError) -> Reply {
             max_bytes,
         },
         ProposeError::Busy { waited_ms } => Reply::Busy { waited_ms },
+        // A leader still applying its log: the client backs off and retries, as for Busy.
+        ProposeError::CatchingUp { .. } => Reply::Busy {
+            waited_ms: super::node::CATCH_UP_WAIT.as_millis() as u64,
+        },
         other => Reply::Error(other.to_string()),
     }
 }

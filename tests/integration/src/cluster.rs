@@ -368,12 +368,24 @@ pub fn packet(session: u64, seq: u64) -> QueuedPacket {
     }
 }
 
-/// Reads every stored packet from offset 0 (bounded number of pages).
+/// Reads every stored packet from offset 0 (bounded number of pages). A read refused for
+/// a reason a client retries (no leader yet, the leader busy or still applying its log) is
+/// retried for up to 60 s, as a consumer would.
 pub async fn read_all(client: &QueueClient) -> Vec<(u64, QueuedPacket)> {
     let mut all = Vec::new();
     let mut from = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for _ in 0..10_000 {
-        let page = client.read(from, 5000).await.expect("read");
+        let page = loop {
+            match client.read(from, 5000).await {
+                Ok(page) => break page,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("read from {from}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("read from {from}: {e}"),
+            }
+        };
         let Some(&(last, _)) = page.last() else {
             return all;
         };
