@@ -7,13 +7,16 @@
 //!   queue test helpers;
 //! - [`reader`]: packet-reader processes and `/metrics` scraping;
 //! - [`lab`], [`labrun`]: the network-namespace lab;
-//! - [`verdicts`]: reading `cmactl --json failures` rows.
+//! - [`verdicts`]: reading `cmactl --json failures` rows;
+//! - [`nemesis`], [`checker`]: the fault-injection suite and the checker of its histories.
 
 pub mod attack;
+pub mod checker;
 pub mod cluster;
 pub mod lab;
 pub mod labrun;
 pub mod loopback;
+pub mod nemesis;
 pub mod procs;
 pub mod reader;
 pub mod verdicts;

@@ -1,0 +1,786 @@
+//! The fault-injection suite (docs/reliability.md): a cluster of 3 or 5 real `cma` nodes,
+//! each in a network namespace of its own behind one bridge (198.18.0.0/15 only), a
+//! workload of concurrent clients in a namespace of theirs, and a nemesis that injects
+//! faults at random from a seed: partitions (nftables in the nodes' namespaces), SIGKILL
+//! of one node, a majority or all of them, and SIGSTOP pauses longer than the election
+//! timeout. The history the clients record is then judged by [`crate::checker`].
+//!
+//! Everything is started and removed by the run itself: the namespaces (dropping the
+//! [`Lab`]), the processes (by PID, [`ProcGuard`]).
+
+use crate::checker::{self, AppendOp, CommitOp, History, PacketId, ReadOp};
+use crate::cluster::{hex, CmaCluster};
+use crate::lab::Lab;
+use crate::procs::{binary, output_of, wait_until, ProcGuard};
+use nix::sys::signal::Signal;
+use queue::{ClientConfig, QueueClient, QueuedPacket};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Raft timings of the suite's nodes: short, so that many faults fit in a run.
+const RAFT: &str = "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\n\
+                    election_timeout_max_ms = 1200\npeer_retry_backoff_ms = 100\n\
+                    connect_timeout_ms = 500\nsnapshot_after_logs = 2000\n\
+                    logs_to_keep_after_snapshot = 500\n";
+/// The longest election timeout above: pauses last longer than this.
+const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1200);
+const SECRET: [u8; 32] = [0x6e; 32];
+
+/// The kinds of fault the nemesis injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// The leader cut off from every other node.
+    IsolateLeader,
+    /// A random minority cut off from the majority.
+    MajorityMinority,
+    /// Two halves that cannot talk, and one node that talks to both.
+    Bridge,
+    /// Everything the leader sends to the others is lost; it still hears them.
+    OneWayFromLeader,
+    /// SIGKILL of one node, restarted after the hold.
+    KillOne,
+    /// SIGKILL of a majority at once, restarted after the hold.
+    KillMajority,
+    /// SIGKILL of every node at once (a crash of the whole cluster), restarted.
+    KillAll,
+    /// SIGSTOP of the leader for longer than the election timeout, then SIGCONT: it wakes
+    /// up believing it leads.
+    PauseLeader,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::IsolateLeader,
+        FaultKind::MajorityMinority,
+        FaultKind::Bridge,
+        FaultKind::OneWayFromLeader,
+        FaultKind::KillOne,
+        FaultKind::KillMajority,
+        FaultKind::KillAll,
+        FaultKind::PauseLeader,
+    ];
+
+    /// Name in reports and in `RINGWATCH_NEMESIS_FAULTS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::MajorityMinority => "majority-minority",
+            FaultKind::Bridge => "bridge",
+            FaultKind::OneWayFromLeader => "one-way",
+            FaultKind::KillOne => "kill-one",
+            FaultKind::KillMajority => "kill-majority",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::PauseLeader => "pause-leader",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Lab tag (namespace prefix `rwl<tag>-`).
+    pub tag: String,
+    /// CMA nodes (3 or 5).
+    pub nodes: u64,
+    /// How long faults are injected.
+    pub duration: Duration,
+    /// Seed of every random choice of the nemesis.
+    pub seed: u64,
+    /// The kinds injected (in turn, each fault's kind drawn from these).
+    pub kinds: Vec<FaultKind>,
+    /// Concurrent appending clients.
+    pub appenders: u64,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub faults: BTreeMap<FaultKind, usize>,
+    pub counts: checker::OpCounts,
+    pub anomalies: Vec<checker::Anomaly>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The report as printed by the suite and `bench/nemesis.sh`.
+    pub fn render(&self, config: &RunConfig) -> String {
+        let mut s = format!(
+            "nemesis: {} nodes, seed {}, {:.0} s\n",
+            config.nodes,
+            config.seed,
+            self.elapsed.as_secs_f64()
+        );
+        s.push_str("faults injected:\n");
+        for (kind, n) in &self.faults {
+            s.push_str(&format!("  {:<18} {n}\n", kind.name()));
+        }
+        let c = &self.counts;
+        s.push_str(&format!(
+            "operations: appends {} ok / {} failed ({} packets acknowledged), reads {} ok / {} \
+             failed, offset commits {} ok / {} failed\n",
+            c.appends_ok,
+            c.appends_failed,
+            c.packets_acked,
+            c.reads_ok,
+            c.reads_failed,
+            c.commits_ok,
+            c.commits_failed
+        ));
+        s.push_str("anomalies:\n");
+        for (kind, n) in checker::by_kind(&self.anomalies) {
+            s.push_str(&format!("  {:<20} {n}\n", kind.name()));
+        }
+        for a in self.anomalies.iter().take(20) {
+            s.push_str(&format!("  ! {}: {}\n", a.kind.name(), a.detail));
+        }
+        s
+    }
+}
+
+/// The nodes, their namespaces and processes.
+struct Nodes {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    count: u64,
+    procs: BTreeMap<u64, Option<ProcGuard>>,
+    client_ns: String,
+}
+
+fn node_addr(id: u64) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 10 + id as u8)
+}
+
+impl Nodes {
+    /// Namespaces: `sw` (a bridge), `n<i>` per node (198.18.0.1<i>), `cl` for the clients
+    /// (198.18.0.100), each plugged into the bridge.
+    fn build(tag: &str, count: u64) -> Result<Nodes, String> {
+        let mut lab = Lab::new(tag);
+        let sw = lab.add_ns("sw")?;
+        lab.ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        lab.ip_in(&sw, &["link", "set", "br0", "up"])?;
+        let plug = |lab: &mut Lab, short: &str, addr: Ipv4Addr| -> Result<String, String> {
+            let ns = lab.add_ns(short)?;
+            let port = format!("p{short}");
+            lab.link(&ns, "eth0", &sw, &port)?;
+            lab.ip_in(&sw, &["link", "set", &port, "master", "br0"])?;
+            lab.ip_in(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            Ok(ns)
+        };
+        for id in 1..=count {
+            plug(&mut lab, &format!("n{id}"), node_addr(id))?;
+        }
+        let client_ns = plug(&mut lab, "cl", Ipv4Addr::new(198, 18, 0, 100))?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let secret = dir.path().join("cluster.key");
+        crate::procs::write_secret(&secret, &hex(&SECRET)).map_err(|e| e.to_string())?;
+        for id in 1..=count {
+            let text = format!(
+                "node_id = {id}\nlisten = \"{addr}:7400\"\nadmin_listen = \"127.0.0.1:7480\"\n\
+                 data_dir = \"{data}\"\ncluster_secret_file = \"{secret}\"\n\n{RAFT}",
+                addr = node_addr(id),
+                data = dir.path().join(format!("data{id}")).display(),
+                secret = secret.display(),
+            );
+            std::fs::write(dir.path().join(format!("cma{id}.toml")), text)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Nodes {
+            lab,
+            dir,
+            count,
+            procs: BTreeMap::new(),
+            client_ns,
+        })
+    }
+
+    fn ns(&self, id: u64) -> String {
+        self.lab.ns(&format!("n{id}"))
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        (1..=self.count).collect()
+    }
+
+    /// Starts node `id` (not waiting for it).
+    fn start(&mut self, id: u64) {
+        let config = self.dir.path().join(format!("cma{id}.toml"));
+        let log = self.dir.path().join(format!("cma{id}.log"));
+        let proc = self
+            .lab
+            .spawn(
+                &self.ns(id),
+                &binary("cma"),
+                &["--config", &config.display().to_string()],
+                &[("RUST_LOG", "info,openraft=warn")],
+                &log,
+            )
+            .unwrap_or_else(|e| panic!("spawn cma {id}: {e}"));
+        self.procs.insert(id, Some(proc));
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut p) = self.procs.get_mut(&id).and_then(Option::take) {
+            p.kill();
+        }
+    }
+
+    fn signal(&self, id: u64, signal: Signal) {
+        if let Some(Some(p)) = self.procs.get(&id) {
+            let _ = p.signal(signal);
+        }
+    }
+
+    /// Cuts every pair in `cut` (both directions) and the one-way pairs `(from, to)`
+    /// (packets from `from` to `to` lost), replacing any earlier partition.
+    fn partition(&self, cut: &[(u64, u64)], one_way: &[(u64, u64)]) -> Result<(), String> {
+        self.heal();
+        for id in self.ids() {
+            let mut drop_in = BTreeSet::new();
+            let mut drop_out = BTreeSet::new();
+            for &(a, b) in cut {
+                if a == id {
+                    drop_in.insert(b);
+                    drop_out.insert(b);
+                }
+                if b == id {
+                    drop_in.insert(a);
+                    drop_out.insert(a);
+                }
+            }
+            for &(from, to) in one_way {
+                if from == id {
+                    drop_out.insert(to);
+                }
+                if to == id {
+                    drop_in.insert(from);
+                }
+            }
+            if drop_in.is_empty() && drop_out.is_empty() {
+                continue;
+            }
+            let set = |ids: &BTreeSet<u64>| {
+                ids.iter()
+                    .map(|i| node_addr(*i).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut rules = String::from("table inet nemesis {\n");
+            rules.push_str("  chain input { type filter hook input priority 0; policy accept;\n");
+            if !drop_in.is_empty() {
+                rules.push_str(&format!("    ip saddr {{ {} }} drop\n", set(&drop_in)));
+            }
+            rules.push_str(
+                "  }\n  chain output { type filter hook output priority 0; policy accept;\n",
+            );
+            if !drop_out.is_empty() {
+                rules.push_str(&format!("    ip daddr {{ {} }} drop\n", set(&drop_out)));
+            }
+            rules.push_str("  }\n}\n");
+            let file = self.dir.path().join(format!("nft-{id}.rules"));
+            std::fs::write(&file, rules).map_err(|e| e.to_string())?;
+            let out = self
+                .lab
+                .exec(&self.ns(id), "nft", &["-f", &file.display().to_string()])?;
+            if !out.status.success() {
+                return Err(format!(
+                    "nft in node {id}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every partition.
+    fn heal(&self) {
+        for id in self.ids() {
+            let _ = self
+                .lab
+                .exec(&self.ns(id), "nft", &["delete", "table", "inet", "nemesis"]);
+        }
+    }
+
+    /// The node that says it leads, if one answers within a short timeout.
+    fn leader(&self) -> Option<u64> {
+        self.running().into_iter().find(|id| {
+            self.cmactl_timeout(*id, &["--json", "cluster", "status"], "2")
+                .ok()
+                .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                .is_some_and(|s| s["state"] == "Leader")
+        })
+    }
+
+    fn cmactl_timeout(&self, id: u64, args: &[&str], timeout: &str) -> Result<String, String> {
+        let bin = binary("cmactl").display().to_string();
+        let ns = self.ns(id);
+        let mut full = vec!["netns", "exec", &ns, &bin, "--api", "http://127.0.0.1:7480"];
+        full.extend_from_slice(&["--timeout", timeout]);
+        full.extend_from_slice(args);
+        output_of(Command::new("ip").args(&full))
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut text = String::new();
+        for id in self.ids() {
+            let path = self.dir.path().join(format!("cma{id}.log"));
+            let body = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = body.lines().rev().take(12).collect();
+            text.push_str(&format!("---- cma{id} ----\n"));
+            for l in lines.iter().rev() {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl CmaCluster for Nodes {
+    fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
+        self.cmactl_timeout(id, args, "20")
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn addresses(&self, id: u64) -> (String, String) {
+        (format!("{}:7400", node_addr(id)), "127.0.0.1:7480".into())
+    }
+
+    fn diagnostics(&self) -> String {
+        self.logs_tail()
+    }
+}
+
+/// Moves the calling thread into network namespace `ns` (sockets it opens after this live
+/// there; the rest of the process is untouched).
+fn enter_netns(ns: &str) -> Result<(), String> {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+        .map_err(|e| format!("open netns {ns}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {ns}: {e}"))
+}
+
+/// The history being recorded, shared by the client threads.
+#[derive(Clone)]
+struct Recorder {
+    start: Instant,
+    history: Arc<Mutex<History>>,
+}
+
+impl Recorder {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn with(&self, f: impl FnOnce(&mut History)) {
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut h);
+    }
+}
+
+fn client(count: u64) -> QueueClient {
+    let nodes: Vec<SocketAddr> = (1..=count)
+        .map(|id| SocketAddr::from((node_addr(id), 7400)))
+        .collect();
+    let mut config = ClientConfig::new(nodes, SECRET);
+    config.request_timeout = Duration::from_secs(5);
+    config.attempt_timeout = Duration::from_secs(2);
+    config.connect_timeout = Duration::from_millis(500);
+    config.retry_pause = Duration::from_millis(100);
+    QueueClient::new(config).unwrap_or_else(|e| panic!("queue client: {e}"))
+}
+
+fn packet(sender: u64, seq: u64) -> QueuedPacket {
+    QueuedPacket {
+        sender,
+        session: 1,
+        seq,
+        received_at_us: seq,
+        source: SocketAddr::from(([198, 18, 0, 100], 9)),
+        datagram: seq.to_le_bytes().repeat(4),
+    }
+}
+
+fn rows(packets: Vec<(u64, QueuedPacket)>) -> Vec<(u64, PacketId)> {
+    packets
+        .into_iter()
+        .map(|(o, p)| (o, (p.sender, p.seq)))
+        .collect()
+}
+
+/// Runs `work` on a thread of its own inside namespace `ns` with a current-thread runtime.
+fn client_thread<F, Fut>(ns: String, work: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        runtime.block_on(work());
+    })
+}
+
+/// Appender `w`: one append in flight at a time, 1 to 4 packets, fresh report ids.
+async fn appender(w: u64, count: u64, rec: Recorder, stop: Arc<AtomicBool>, seed: u64) {
+    let client = client(count);
+    let mut rng = StdRng::seed_from_u64(seed ^ (w << 32));
+    let sender = 1000 + w;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let n = rng.random_range(1..=4u64);
+        let ids: Vec<u64> = (seq..seq + n).collect();
+        seq += n;
+        let batch = ids.iter().map(|&s| packet(sender, s)).collect();
+        let invoked = rec.now();
+        let result = client.append(batch).await;
+        let completed = rec.now();
+        let failed = result.is_err();
+        rec.with(|h| {
+            h.appends.push(AppendOp {
+                ids: ids.iter().map(|&s| (sender, s)).collect(),
+                invoked,
+                completed,
+                result: result
+                    .map(|r| (r.first_offset, r.stored, r.duplicates))
+                    .map_err(|e| e.to_string()),
+            })
+        });
+        if failed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The consumer: reads every offset in order and commits its offset now and then; after
+/// `stop`, drains until `drained`.
+async fn consumer(count: u64, rec: Recorder, stop: Arc<AtomicBool>, drained: Arc<AtomicBool>) {
+    let client = client(count);
+    let mut next = 0u64;
+    let mut committed = 0u64;
+    let mut empty_after_stop = 0;
+    let deadline_after_stop = Duration::from_secs(90);
+    let mut stopped_at = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            let at = *stopped_at.get_or_insert_with(Instant::now);
+            if empty_after_stop >= 3 || at.elapsed() > deadline_after_stop {
+                drained.store(empty_after_stop >= 3, Ordering::SeqCst);
+                return;
+            }
+        }
+        let max = 500;
+        let from = next;
+        let invoked = rec.now();
+        let result = client.read(from, max).await;
+        let completed = rec.now();
+        let got = result.map(rows).map_err(|e| e.to_string());
+        if let Ok(page) = &got {
+            match page.last() {
+                Some(&(last, _)) => next = last + 1,
+                None if stop.load(Ordering::SeqCst) => empty_after_stop += 1,
+                None => {}
+            }
+        }
+        let empty = got.as_ref().map_or(true, Vec::is_empty);
+        rec.with(|h| {
+            h.reads.push(ReadOp {
+                from,
+                max,
+                invoked,
+                completed,
+                result: got,
+            })
+        });
+        if next >= committed + 50 || (empty && next > committed) {
+            let invoked = rec.now();
+            let ok = client.commit_offset("nemesis", next).await.is_ok();
+            let completed = rec.now();
+            rec.with(|h| {
+                h.commits.push(CommitOp {
+                    offset: next,
+                    invoked,
+                    completed,
+                    ok,
+                })
+            });
+            if ok {
+                committed = next;
+            }
+        }
+        if empty {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
+/// The reader: reads the whole queue (from its first offset) again and again.
+async fn reader(count: u64, rec: Recorder, stop: Arc<AtomicBool>) {
+    let client = client(count);
+    while !stop.load(Ordering::SeqCst) {
+        let max = 5000;
+        let invoked = rec.now();
+        let result = client.read(0, max).await;
+        let completed = rec.now();
+        rec.with(|h| {
+            h.reads.push(ReadOp {
+                from: 0,
+                max,
+                invoked,
+                completed,
+                result: result.map(rows).map_err(|e| e.to_string()),
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the suite once: builds the lab, forms the cluster, runs the workload under the
+/// nemesis for `config.duration`, heals, drains, checks.
+pub fn run(config: &RunConfig) -> Report {
+    assert!(config.nodes >= 3, "the nemesis needs at least 3 nodes");
+    let started = Instant::now();
+    let mut nodes = Nodes::build(&config.tag, config.nodes).unwrap_or_else(|e| panic!("lab: {e}"));
+    for id in nodes.ids() {
+        nodes.start(id);
+    }
+    for id in nodes.ids() {
+        let up = wait_until(Duration::from_secs(30), || {
+            nodes
+                .cmactl_timeout(id, &["cluster", "status"], "2")
+                .is_ok()
+        });
+        assert!(up, "cma {id} never answered\n{}", nodes.logs_tail());
+    }
+    let others: Vec<u64> = (2..=config.nodes).collect();
+    nodes.form_cluster(1, &others);
+
+    let rec = Recorder {
+        start: Instant::now(),
+        history: Arc::new(Mutex::new(History::default())),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for w in 1..=config.appenders {
+        let (rec, stop, count, seed) = (rec.clone(), stop.clone(), config.nodes, config.seed);
+        threads.push(client_thread(nodes.client_ns.clone(), move || {
+            appender(w, count, rec, stop, seed)
+        }));
+    }
+    let consumer_stop = Arc::new(AtomicBool::new(false));
+    let consumer_thread = {
+        let (rec, stop, drained, count) = (
+            rec.clone(),
+            consumer_stop.clone(),
+            drained.clone(),
+            config.nodes,
+        );
+        client_thread(nodes.client_ns.clone(), move || {
+            consumer(count, rec, stop, drained)
+        })
+    };
+    {
+        let (rec, stop, count) = (rec.clone(), stop.clone(), config.nodes);
+        threads.push(client_thread(nodes.client_ns.clone(), move || {
+            reader(count, rec, stop)
+        }));
+    }
+
+    let faults = nemesis(&mut nodes, config);
+
+    // Heal: no partition, every node running and resumed, a leader.
+    nodes.heal();
+    for id in nodes.ids() {
+        nodes.signal(id, Signal::SIGCONT);
+        if !nodes.running().contains(&id) {
+            nodes.start(id);
+        }
+    }
+    let leader = wait_until(Duration::from_secs(60), || nodes.leader().is_some());
+    assert!(leader, "no leader after healing\n{}", nodes.logs_tail());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join()
+            .unwrap_or_else(|_| panic!("a client thread panicked"));
+    }
+    consumer_stop.store(true, Ordering::SeqCst);
+    consumer_thread
+        .join()
+        .unwrap_or_else(|_| panic!("the consumer panicked"));
+    assert!(
+        drained.load(Ordering::SeqCst),
+        "the consumer could not read to the end after healing\n{}",
+        nodes.logs_tail()
+    );
+    let history = rec
+        .history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let anomalies = checker::check(&history);
+    if !anomalies.is_empty() {
+        let keep = std::env::temp_dir().join(format!("ringwatch-nemesis-{}", config.seed));
+        let _ = std::fs::create_dir_all(&keep);
+        for id in nodes.ids() {
+            let name = format!("cma{id}.log");
+            let _ = std::fs::copy(nodes.dir.path().join(&name), keep.join(&name));
+        }
+        eprintln!("nemesis: node logs kept in {}", keep.display());
+    }
+    Report {
+        faults,
+        counts: history.counts(),
+        anomalies,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Injects faults until `config.duration` has passed; returns how many of each kind.
+fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
+    let until = Instant::now() + config.duration;
+    let ids = nodes.ids();
+    let majority = ids.len() / 2 + 1;
+    while Instant::now() < until {
+        let kind = config.kinds[rng.random_range(0..config.kinds.len())];
+        // A random leader stand-in when no node answers as leader (mid-election).
+        let leader = nodes
+            .leader()
+            .unwrap_or_else(|| ids[rng.random_range(0..ids.len())]);
+        let hold = Duration::from_millis(rng.random_range(500..3000));
+        let mut shuffled = ids.clone();
+        shuffled.shuffle(&mut rng);
+        let applied = match kind {
+            FaultKind::IsolateLeader => {
+                let cut: Vec<(u64, u64)> = ids
+                    .iter()
+                    .filter(|&&i| i != leader)
+                    .map(|&i| (leader, i))
+                    .collect();
+                nodes.partition(&cut, &[])
+            }
+            FaultKind::MajorityMinority => {
+                let (minority, rest) = shuffled.split_at(ids.len() - majority);
+                let cut: Vec<(u64, u64)> = minority
+                    .iter()
+                    .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
+                    .collect();
+                nodes.partition(&cut, &[])
+            }
+            FaultKind::Bridge => {
+                let (bridge, rest) = shuffled.split_at(1);
+                let (a, b) = rest.split_at(rest.len() / 2);
+                let cut: Vec<(u64, u64)> = a
+                    .iter()
+                    .flat_map(|&x| b.iter().map(move |&y| (x, y)))
+                    .collect();
+                let _ = bridge;
+                nodes.partition(&cut, &[])
+            }
+            FaultKind::OneWayFromLeader => {
+                let one_way: Vec<(u64, u64)> = ids
+                    .iter()
+                    .filter(|&&i| i != leader)
+                    .map(|&i| (leader, i))
+                    .collect();
+                nodes.partition(&[], &one_way)
+            }
+            FaultKind::KillOne => {
+                nodes.kill(shuffled[0]);
+                Ok(())
+            }
+            FaultKind::KillMajority => {
+                for &id in &shuffled[..majority] {
+                    nodes.kill(id);
+                }
+                Ok(())
+            }
+            FaultKind::KillAll => {
+                for &id in &ids {
+                    nodes.kill(id);
+                }
+                Ok(())
+            }
+            FaultKind::PauseLeader => {
+                nodes.signal(leader, Signal::SIGSTOP);
+                Ok(())
+            }
+        };
+        if let Err(e) = applied {
+            panic!("injecting {}: {e}", kind.name());
+        }
+        *injected.entry(kind).or_default() += 1;
+        let hold = if kind == FaultKind::PauseLeader {
+            hold + ELECTION_TIMEOUT_MAX
+        } else {
+            hold
+        };
+        std::thread::sleep(hold);
+        // Heal this fault.
+        nodes.heal();
+        for &id in &ids {
+            nodes.signal(id, Signal::SIGCONT);
+            if !nodes.running().contains(&id) {
+                nodes.start(id);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+    }
+    injected
+}
+
+/// The run configuration from the environment (`bench/nemesis.sh` sets it), with
+/// defaults for the short CI run: `RINGWATCH_NEMESIS_SECONDS`, `_SEED`, `_NODES`,
+/// `_FAULTS` (comma-separated kind names).
+pub fn config_from_env(tag: &str, nodes: u64, seconds: u64) -> RunConfig {
+    let var = |name: &str| std::env::var(format!("RINGWATCH_NEMESIS_{name}")).ok();
+    let seed = var("SEED").and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let kinds = var("FAULTS")
+        .map(|s| {
+            s.split(',')
+                .map(|k| FaultKind::parse(k.trim()).unwrap_or_else(|| panic!("unknown fault {k}")))
+                .collect()
+        })
+        .unwrap_or_else(|| FaultKind::ALL.to_vec());
+    RunConfig {
+        tag: tag.to_string(),
+        nodes: var("NODES").and_then(|s| s.parse().ok()).unwrap_or(nodes),
+        duration: Duration::from_secs(
+            var("SECONDS")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(seconds),
+        ),
+        seed,
+        kinds,
+        appenders: 3,
+    }
+}
