@@ -53,11 +53,14 @@ pub enum FaultKind {
     /// SIGSTOP of the leader for longer than the election timeout, then SIGCONT: it wakes
     /// up believing it leads.
     PauseLeader,
+    /// A follower removed from the membership, added back as a learner and promoted,
+    /// while a random minority is cut off.
+    Membership,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::IsolateLeader,
         FaultKind::MajorityMinority,
         FaultKind::Bridge,
@@ -66,6 +69,7 @@ impl FaultKind {
         FaultKind::KillMajority,
         FaultKind::KillAll,
         FaultKind::PauseLeader,
+        FaultKind::Membership,
     ];
 
     /// Name in reports and in `RINGWATCH_NEMESIS_FAULTS`.
@@ -79,6 +83,7 @@ impl FaultKind {
             FaultKind::KillMajority => "kill-majority",
             FaultKind::KillAll => "kill-all",
             FaultKind::PauseLeader => "pause-leader",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -311,6 +316,88 @@ impl Nodes {
                 .lab
                 .exec(&self.ns(id), "nft", &["delete", "table", "inet", "nemesis"]);
         }
+    }
+
+    /// Removes voter `id` and adds it back (learner, then voter), through the leader; each
+    /// step may fail under the faults of the moment: how far it got.
+    fn cycle_membership(&self, leader: u64, id: u64) -> usize {
+        let id_s = id.to_string();
+        let raft = format!("{}:7400", node_addr(id));
+        let steps: [Vec<&str>; 3] = [
+            vec!["cluster", "remove", "--id", &id_s],
+            vec![
+                "cluster",
+                "add-learner",
+                "--id",
+                &id_s,
+                "--raft",
+                &raft,
+                "--admin",
+                "127.0.0.1:7480",
+            ],
+            vec!["cluster", "promote", "--id", &id_s],
+        ];
+        for (done, args) in steps.iter().enumerate() {
+            if let Err(e) = self.cmactl_timeout(leader, args, "5") {
+                eprintln!("nemesis: membership step {args:?} on {leader}: {e}");
+                return done;
+            }
+        }
+        steps.len()
+    }
+
+    /// Voters as the leader sees them.
+    fn voters(&self, leader: u64) -> Option<BTreeSet<u64>> {
+        let out = self
+            .cmactl_timeout(leader, &["--json", "cluster", "status"], "5")
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_str(&out).ok()?;
+        Some(
+            status["voters"]
+                .as_array()?
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .collect(),
+        )
+    }
+
+    /// Makes every node a voter again (after membership faults), within `within`.
+    fn restore_membership(&self, within: Duration) -> bool {
+        let all: BTreeSet<u64> = self.ids().into_iter().collect();
+        wait_until(within, || {
+            let Some(leader) = self.leader() else {
+                std::thread::sleep(Duration::from_millis(200));
+                return false;
+            };
+            match self.voters(leader) {
+                Some(voters) if voters == all => true,
+                Some(voters) => {
+                    for id in all.difference(&voters) {
+                        let _ = self.cmactl_timeout(
+                            leader,
+                            &[
+                                "cluster",
+                                "add-learner",
+                                "--id",
+                                &id.to_string(),
+                                "--raft",
+                                &format!("{}:7400", node_addr(*id)),
+                                "--admin",
+                                "127.0.0.1:7480",
+                            ],
+                            "10",
+                        );
+                        let _ = self.cmactl_timeout(
+                            leader,
+                            &["cluster", "promote", "--id", &id.to_string()],
+                            "10",
+                        );
+                    }
+                    false
+                }
+                None => false,
+            }
+        })
     }
 
     /// The node that says it leads, if one answers within a short timeout.
@@ -621,6 +708,11 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let leader = wait_until(Duration::from_secs(60), || nodes.leader().is_some());
     assert!(leader, "no leader after healing\n{}", nodes.logs_tail());
+    assert!(
+        nodes.restore_membership(Duration::from_secs(60)),
+        "membership not restored after healing\n{}",
+        nodes.logs_tail()
+    );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::SeqCst);
     for t in threads {
@@ -663,6 +755,8 @@ pub fn run(config: &RunConfig) -> Report {
 fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
+    // Membership cycles by how many of their 3 steps succeeded.
+    let mut membership_steps: BTreeMap<usize, usize> = BTreeMap::new();
     let until = Instant::now() + config.duration;
     let ids = nodes.ids();
     let majority = ids.len() / 2 + 1;
@@ -672,7 +766,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
         let leader = nodes
             .leader()
             .unwrap_or_else(|| ids[rng.random_range(0..ids.len())]);
-        let hold = Duration::from_millis(rng.random_range(500..3000));
+        let hold = Duration::from_millis(rng.random_range(300..2500));
         let mut shuffled = ids.clone();
         shuffled.shuffle(&mut rng);
         let applied = match kind {
@@ -730,6 +824,20 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
                 nodes.signal(leader, Signal::SIGSTOP);
                 Ok(())
             }
+            FaultKind::Membership => {
+                let minority = &shuffled[..ids.len() - majority];
+                let rest: Vec<u64> = shuffled[ids.len() - majority..].to_vec();
+                let cut: Vec<(u64, u64)> = minority
+                    .iter()
+                    .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
+                    .collect();
+                let partitioned = nodes.partition(&cut, &[]);
+                if let Some(&follower) = ids.iter().find(|&&i| i != leader) {
+                    let steps = nodes.cycle_membership(leader, follower);
+                    *membership_steps.entry(steps).or_default() += 1;
+                }
+                partitioned
+            }
         };
         if let Err(e) = applied {
             panic!("injecting {}: {e}", kind.name());
@@ -749,7 +857,10 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
                 nodes.start(id);
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1200)));
+    }
+    if !membership_steps.is_empty() {
+        eprintln!("nemesis: membership cycles by steps completed (of 3): {membership_steps:?}");
     }
     injected
 }
