@@ -32,7 +32,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::net::SocketAddr;
 
-pub use node::{Node, NodeError, ProposeError};
+pub use node::{Freshness, Node, NodeError, ProposeError};
 pub use queue::{Command, CommandResult, TableWrite};
 pub use queue_state::{DedupLimits, QueueState, StateSummary};
 

@@ -255,6 +255,51 @@ struct Inner {
     /// The vote this node last served reads under as leader, and the last index of its
     /// log when it first did: see [`Node::read_barrier`].
     takeover: std::sync::Mutex<Option<(openraft::Vote<NodeId>, u64)>>,
+    /// The last AppendEntries (entries or heartbeat) this node accepted from a leader.
+    leader_contact: std::sync::Mutex<Option<LeaderContact>>,
+}
+
+/// When a follower last heard from a leader, and the commit index the leader sent.
+#[derive(Clone, Copy, Debug)]
+struct LeaderContact {
+    at: std::time::Instant,
+    leader: NodeId,
+    leader_commit: u64,
+}
+
+/// How fresh a read of this node's applied state is (see [`Node::freshness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// This node leads and passed the read barrier: the state reflects every write
+    /// acknowledged before the call.
+    Current {
+        /// Index applied.
+        applied: u64,
+    },
+    /// A follower in contact with its leader: the state lags the leader by what it has
+    /// not yet applied.
+    Follower {
+        /// Index applied here.
+        applied: u64,
+        /// The leader.
+        leader: NodeId,
+        /// The leader's commit index as of its last message.
+        leader_commit: u64,
+        /// Milliseconds since that message.
+        heard_ms_ago: u64,
+    },
+    /// No quorum reachable from here (a leader that cannot confirm its leadership, or a
+    /// follower that has heard no leader for an election timeout): the state is as of
+    /// `applied`, possibly old.
+    NoQuorum {
+        /// Index applied here.
+        applied: u64,
+        /// The last commit index a leader sent here, if any.
+        leader_commit: Option<u64>,
+        /// Milliseconds since a leader was last heard (follower) or a quorum last
+        /// acknowledged this leader, if ever.
+        heard_ms_ago: Option<u64>,
+    },
 }
 
 /// A running Raft node. Cheap to clone.
@@ -354,6 +399,7 @@ impl Node {
                 last_log,
                 slots: tokio::sync::Semaphore::new(max_inflight),
                 takeover: std::sync::Mutex::new(None),
+                leader_contact: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -631,6 +677,66 @@ impl Node {
                 applied: self.applied_index(),
                 needed,
             }),
+        }
+    }
+
+    /// Records an AppendEntries this node accepted from leader `leader` (called by the
+    /// server for every successful one, heartbeats included).
+    pub fn note_leader_contact(&self, leader: NodeId, leader_commit: u64) {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(LeaderContact {
+            at: std::time::Instant::now(),
+            leader,
+            leader_commit,
+        });
+    }
+
+    /// How fresh a read of this node's state made right after this call is. On the
+    /// leader it runs the read barrier (a heartbeat round to a quorum, at most `within`);
+    /// on a follower it looks at when it last heard from a leader.
+    pub async fn freshness(&self, within: Duration) -> Freshness {
+        let lease = Duration::from_millis(self.inner.settings.raft.election_timeout_max);
+        if self.is_leader() {
+            match tokio::time::timeout(within, self.client_read_barrier()).await {
+                Ok(Ok(())) => {
+                    return Freshness::Current {
+                        applied: self.applied_index(),
+                    }
+                }
+                Ok(Err(ProposeError::NotLeader { .. })) => {}
+                _ => {
+                    let acked = self.inner.raft.metrics().borrow().millis_since_quorum_ack;
+                    return Freshness::NoQuorum {
+                        applied: self.applied_index(),
+                        leader_commit: None,
+                        heard_ms_ago: acked,
+                    };
+                }
+            }
+        }
+        let contact = *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let applied = self.applied_index();
+        match contact {
+            Some(c) if c.at.elapsed() <= lease && self.leader_id() == Some(c.leader) => {
+                Freshness::Follower {
+                    applied,
+                    leader: c.leader,
+                    leader_commit: c.leader_commit,
+                    heard_ms_ago: c.at.elapsed().as_millis() as u64,
+                }
+            }
+            _ => Freshness::NoQuorum {
+                applied,
+                leader_commit: contact.map(|c| c.leader_commit),
+                heard_ms_ago: contact.map(|c| c.at.elapsed().as_millis() as u64),
+            },
         }
     }
 

@@ -206,9 +206,19 @@ fn not_leader(e: ProposeError) -> Reply {
 
 async fn answer(node: &Node, request: Request) -> Reply {
     match request {
-        Request::Peer(PeerRequest::AppendEntries(rpc)) => Reply::Peer(PeerReply::AppendEntries(
-            node.raft().append_entries(rpc).await,
-        )),
+        Request::Peer(PeerRequest::AppendEntries(rpc)) => {
+            let leader = rpc.vote.leader_id().voted_for();
+            let commit = rpc.leader_commit.map_or(0, |c| c.index);
+            let reply = node.raft().append_entries(rpc).await;
+            // Accepted (the leader's vote is current here): a follower in contact with its
+            // leader, for `Node::freshness`.
+            if let (Some(leader), Ok(r)) = (leader, &reply) {
+                if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                    node.note_leader_contact(leader, commit);
+                }
+            }
+            Reply::Peer(PeerReply::AppendEntries(reply))
+        }
         Request::Peer(PeerRequest::Vote(rpc)) => {
             Reply::Peer(PeerReply::Vote(node.raft().vote(rpc).await))
         }
