@@ -23,7 +23,8 @@
 use crate::limits::WarnEvery;
 use crate::raft::node::NodeMetrics;
 use crate::raft::node::ReasonLabel;
-use crate::raft::{Node, NodeAddr, NodeId, StateSummary};
+use crate::raft::{Node, NodeAddr, NodeId};
+use api::cluster::{ApiError, ClusterStatus, IdRequest, InitRequest, MemberSpec};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -36,7 +37,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -435,19 +435,6 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     next.run(request).await
 }
 
-/// Body of every error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiError {
-    /// What went wrong.
-    pub error: String,
-    /// The leader's id when the request must go to the leader.
-    #[serde(default)]
-    pub leader_id: Option<NodeId>,
-    /// The leader's admin address when the request must go to the leader.
-    #[serde(default)]
-    pub leader_admin: Option<String>,
-}
-
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -517,39 +504,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// A node's view of the cluster, as returned by `GET /cluster/status`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    /// The answering node.
-    pub node_id: NodeId,
-    /// Leader, Follower, Candidate or Learner.
-    pub state: String,
-    /// Current term.
-    pub term: u64,
-    /// Known leader.
-    pub leader_id: Option<NodeId>,
-    /// Last log index.
-    pub last_log_index: u64,
-    /// Last applied index.
-    pub applied_index: u64,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: u64,
-    /// Index up to which the log was purged.
-    pub purged_index: u64,
-    /// Voter ids.
-    pub voters: BTreeSet<NodeId>,
-    /// Learner ids.
-    pub learners: BTreeSet<NodeId>,
-    /// Addresses of every member.
-    pub nodes: BTreeMap<NodeId, NodeAddr>,
-    /// Queue counters.
-    pub queue: StateSummary,
-    /// Snapshots installed from a leader since this process started.
-    pub snapshots_installed: u64,
-    /// Snapshots built locally since this process started.
-    pub snapshots_built: u64,
-}
-
 /// Collects a node's view of the cluster.
 pub fn cluster_status(node: &Node) -> ClusterStatus {
     let m = node.raft_metrics();
@@ -575,32 +529,6 @@ pub fn cluster_status(node: &Node) -> ClusterStatus {
 
 async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
     Json(cluster_status(&state.node))
-}
-
-/// A member in `/cluster/init` and `/cluster/add-learner` bodies.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemberSpec {
-    /// Node id.
-    pub id: NodeId,
-    /// Raft/client address.
-    pub raft: String,
-    /// Admin address.
-    pub admin: String,
-}
-
-/// Body of `/cluster/init`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct InitRequest {
-    /// Initial voters; empty means this node alone.
-    #[serde(default)]
-    pub members: Vec<MemberSpec>,
-}
-
-/// Body of `/cluster/promote` and `/cluster/remove`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IdRequest {
-    /// Node id.
-    pub id: NodeId,
 }
 
 fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, String> {

@@ -32,9 +32,9 @@
 
 use crate::limits::{DescriptorBudget, LimitsConfig};
 use crate::raft::node::NodeSettings;
-use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
 use crate::raft::snapshot_policy::SnapshotRule;
 use crate::raft::NodeAddr;
+use queue::state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

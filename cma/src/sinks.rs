@@ -11,6 +11,8 @@
 
 pub mod alertmanager;
 
+pub use api::Event;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,21 +22,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-
-/// One event: a verdict or a state change, as stored and as delivered to sinks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Increasing id assigned by the worker through Raft (stable across leader changes).
-    pub id: u64,
-    /// Time of the event in µs since the Unix epoch (from the queue entry that caused it).
-    pub at_us: u64,
-    /// Dotted kind, e.g. `verdict.dead`, `verdict.switch_down`, `host.joined`, `host.left`.
-    pub kind: String,
-    /// One line for humans.
-    pub summary: String,
-    /// Structured details (hosts, evidence, ...).
-    pub data: serde_json::Value,
-}
 
 /// Which events a sink receives: a list of kind prefixes (`"verdict"` matches
 /// `verdict.dead`); `"*"` or an empty list means every event.

@@ -683,9 +683,9 @@ mod tests {
     use super::testing::Gate;
     use super::*;
     use crate::raft::network::Network;
-    use crate::raft::queue_state::DedupLimits;
     use crate::raft::state_machine::StateMachineStore;
     use crate::raft::{NodeAddr, Raft};
+    use queue::state::DedupLimits;
     use queue::Command;
     use std::time::Duration;
 

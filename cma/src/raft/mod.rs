@@ -3,7 +3,6 @@
 //!
 //! - [`log_store`]: the durable Raft log (group-committed fdatasync); entries in
 //!   [`segment_log`], vote and purge point in sled.
-//! - [`queue_state`]: the replicated queue, consumer offsets, dedup window and tables.
 //! - [`state_machine`]: openraft's state machine over it, with snapshot files.
 //! - [`snapshot_policy`]: when to build a snapshot (log bytes against snapshot size).
 //! - [`peer`]: the node-to-node messages, carried on the queue crate's authenticated
@@ -21,20 +20,17 @@ pub(crate) mod network;
 pub mod node;
 pub(crate) mod peer;
 pub mod prompt_election;
-pub(crate) mod queue_state;
 pub(crate) mod segment_log;
 pub(crate) mod server;
 pub mod snapshot_policy;
 pub(crate) mod state_machine;
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::io::Cursor;
-use std::net::SocketAddr;
 
 pub use node::{Node, NodeError, ProposeError};
+pub use queue::member::{NodeAddr, NodeId};
+pub use queue::state::{DedupLimits, QueueState, StateSummary};
 pub use queue::{Command, CommandResult, TableWrite};
-pub use queue_state::{DedupLimits, QueueState, StateSummary};
 
 /// Binds `settings.listen`, opens the node (storage, Raft) and serves peers and queue
 /// clients on the listener. Does not initialise a cluster: see [`Node::initialize`].
@@ -60,31 +56,6 @@ pub(crate) async fn start_with(
     let node = Node::open(settings, local_addr, sync_hook).await?;
     tokio::spawn(server::serve(listener, node.clone()));
     Ok(node)
-}
-
-/// Identifier of a Raft node (configured, unique in the cluster).
-pub type NodeId = u64;
-
-/// Where a cluster member can be reached; stored in the replicated membership.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeAddr {
-    /// Raft + queue client TCP address.
-    pub raft: String,
-    /// Admin HTTP address (for `cmactl` to follow the leader).
-    pub admin: String,
-}
-
-impl NodeAddr {
-    /// The Raft address parsed, if it is well formed.
-    pub fn raft_addr(&self) -> Option<SocketAddr> {
-        self.raft.parse().ok()
-    }
-}
-
-impl fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} admin={}", self.raft, self.admin)
-    }
 }
 
 openraft::declare_raft_types!(

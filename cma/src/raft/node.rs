@@ -4,7 +4,6 @@
 use super::log_store::{LastLogId, LogStore, StoreMetrics};
 use super::network::Network;
 use super::prompt_election::{self, LeaseView};
-use super::queue_state::{DedupLimits, QueueState};
 use super::snapshot_policy::SnapshotRule;
 use super::state_machine::{SharedState, SnapshotMetrics, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
@@ -16,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use queue::state::{DedupLimits, QueueState};
 use queue::QueuedPacket;
 use queue::{AppendResult, Command, CommandResult, TableWrite};
 use std::net::SocketAddr;

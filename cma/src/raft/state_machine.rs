@@ -17,7 +17,6 @@
 // its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use super::queue_state::{DedupLimits, QueueState};
 use super::{NodeAddr, NodeId, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -26,6 +25,7 @@ use openraft::{
 };
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use queue::state::{DedupLimits, QueueState};
 use queue::CommandResult;
 use serde::{Deserialize, Serialize};
 use std::io::{Cursor, Write};

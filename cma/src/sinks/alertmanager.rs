@@ -21,7 +21,7 @@
 
 use super::{SinkLabel, SinkMetrics};
 use crate::worker::tables;
-use crate::worker::views::{evidence_brief, FailureKind, FailureRow, FailureState, HostRow};
+use api::views::{evidence_brief, FailureKind, FailureRow, FailureState, HostRow};
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -342,7 +342,7 @@ mod tests {
             hostname: format!("h{id}"),
             addr: "127.0.0.1:7500".parse().unwrap(),
             switch: Some(switch.into()),
-            status: crate::worker::views::HostStatus::Up,
+            status: api::views::HostStatus::Up,
             since_us: 0,
             watchers: vec![],
             version: "0".into(),

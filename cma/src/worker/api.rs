@@ -5,28 +5,14 @@
 //! operator sees how far a follower lags.
 
 use super::tables;
-use super::views::{FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
 use crate::raft::Node;
-use crate::sinks::Event;
+use api::probe::{ProbeAnswer, ProbeRequest};
+use api::views::{Answer, FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
+use api::Event;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-
-/// Every answer: who answered, and the rows.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Answer<T> {
-    /// The answering node.
-    pub node_id: u64,
-    /// Whether it is the leader (followers may lag).
-    pub is_leader: bool,
-    /// The leader, if known.
-    pub leader_id: Option<u64>,
-    /// Raft log index applied on the answering node.
-    pub applied_index: u64,
-    /// The rows.
-    pub data: T,
-}
+use serde::Deserialize;
 
 fn answer<T>(node: &Node, data: T) -> Json<Answer<T>> {
     Json(Answer {
@@ -71,26 +57,6 @@ pub fn router(node: Node, probe: Option<ProbeContext>) -> Router {
         .route("/v1/events", get(events))
         .with_state(node)
         .merge(probe_routes)
-}
-
-/// `POST /v1/probe` body.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProbeRequest {
-    /// Host id to probe.
-    pub host: u64,
-    /// Timeout in ms (default 2000, at most 10000).
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-/// `POST /v1/probe` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProbeAnswer {
-    pub host: u64,
-    pub addr: std::net::SocketAddr,
-    /// `reachable` or `timeout`.
-    pub outcome: String,
-    pub rtt_us: Option<u64>,
 }
 
 async fn probe_host(
@@ -204,7 +170,7 @@ async fn rings(State(node): State<Node>) -> Json<Answer<Vec<RingRow>>> {
     answer(&node, data)
 }
 
-async fn topology(State(node): State<Node>) -> Json<Answer<super::topology::TopologyView>> {
+async fn topology(State(node): State<Node>) -> Json<Answer<api::topology::TopologyView>> {
     let data = tables::topology(&node.state());
     answer(&node, data)
 }

@@ -11,10 +11,10 @@ use super::outbox::Outbound;
 use super::run::{self, TurnInput};
 use super::state::{WorkerSettings, WorkerState};
 use super::tables;
-use super::views::{FailureRow, HostRow, RingRow};
-use crate::raft::queue_state::{DedupLimits, QueueState};
-use crate::sinks::Event;
+use api::views::{FailureRow, HostRow, RingRow};
+use api::Event;
 use proto::{Body, HostId, KeyId, KeyRing, Report, ReportBody, Sealer, SessionId};
+use queue::state::{DedupLimits, QueueState};
 use queue::{Command, QueuedPacket};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -234,7 +234,7 @@ impl Harness {
 mod tests {
     use super::*;
     use crate::worker::rings::{SwitchConfig, SwitchMap};
-    use crate::worker::views::{FailureKind, FailureState, HostStatus};
+    use api::views::{FailureKind, FailureState, HostStatus};
     use fsm::{Evidence, ReportKind};
     use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
     use std::collections::BTreeSet;
@@ -716,7 +716,7 @@ mod rows {
     use super::*;
     use crate::worker::rings::SwitchConfig;
     use crate::worker::rings::SwitchMap;
-    use crate::worker::views::HostStatus;
+    use api::views::HostStatus;
     use proptest::prelude::*;
     use proto::{CommandBody, ProbeOutcome};
 

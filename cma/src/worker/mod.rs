@@ -8,7 +8,7 @@
 //! - [`commander`] / [`outbox`]: reliable command delivery.
 //! - [`probe_limit`]: probe budget and rate limit.
 //! - [`sweep`]: block sweeps (a block of consecutive dead hosts found in parallel).
-//! - [`views`] / [`api`]: the rows operators read, and their HTTP routes.
+//! - [`api`]: the HTTP routes of the rows operators read (their types are the `api` crate's).
 //! - [`tables`]: table names, keys and encodings of those rows (the edge; nothing else
 //!   chooses them).
 //! - `harness` (tests only): the queue state and the worker loop in memory.
@@ -28,7 +28,6 @@ pub(crate) mod state;
 pub(crate) mod sweep;
 pub(crate) mod tables;
 pub mod topology;
-pub mod views;
 
 /// The worker's consumer name in the queue (its committed offset).
 pub const CONSUMER: &str = "worker";

@@ -12,7 +12,8 @@
 //! function of the member set only, so it is the same whatever the history of joins and
 //! leaves; the worker sends only the differences between two plans.
 
-use super::topology::Source;
+use api::topology::Source;
+use api::views::RingKind;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -285,36 +286,6 @@ impl SwitchMap {
             .iter()
             .find(|r| r.name == router)
             .and_then(|r| r.address)
-    }
-}
-
-/// What a ring spans. Serialized in lowercase (`switch`, `top`, `flat`), as the rings
-/// table and `cmactl rings --json` show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RingKind {
-    /// The hosts behind one switch.
-    Switch,
-    /// The representatives of every switch ring (and of the flat ring).
-    Top,
-    /// The hosts of unknown topology.
-    Flat,
-}
-
-impl RingKind {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RingKind::Switch => "switch",
-            RingKind::Top => "top",
-            RingKind::Flat => "flat",
-        }
-    }
-}
-
-impl std::fmt::Display for RingKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! One turn of the loop ([`turn`]) is pure: entries and a tick time in, the Raft entry and
 //! the effects out. The in-memory harness (`harness.rs`, tests only) drives the same
-//! function against a [`crate::raft::QueueState`], exactly as Raft applies it.
+//! function against a [`queue::state::QueueState`], exactly as Raft applies it.
 //!
 //! Failover: a new leader rebuilds the state committed with the offset, so every queue
 //! entry after it is processed again from the same state, giving the same decisions with

@@ -18,8 +18,9 @@
 use super::outbox::Outbound;
 use super::rings::{self, Ring, SwitchMap};
 use super::sweep::{Direction, RingKey, Standing, Sweep};
-use super::topology::{self, Learned, RouterView, SwitchView, TopologyView};
-use super::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
+use super::topology::{self, Learned};
+use api::topology::{RouterView, SwitchView, TopologyView};
+use api::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
 use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
 use queue::QueuedPacket;
@@ -101,7 +102,7 @@ pub enum EventData {
     },
 }
 
-/// One event as the core produces it (the edge turns it into a [`crate::sinks::Event`]).
+/// One event as the core produces it (the edge turns it into a [`api::Event`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerEvent {
     /// Increasing id (stable across leader changes).

@@ -13,10 +13,10 @@
 
 use super::outbox::Outbound;
 use super::state::{Change, HostRecord, RingSlot, WorkerEvent, WorkerMeta, WorkerState};
-use super::topology::TopologyView;
-use super::views::{FailureRow, HostRow, HostStatus, RingKind, RingRow};
-use crate::raft::queue_state::QueueState;
-use crate::sinks::Event;
+use api::topology::TopologyView;
+use api::views::{FailureRow, HostRow, HostStatus, RingKind, RingRow};
+use api::Event;
+use queue::state::QueueState;
 use queue::TableWrite;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ pub const WORKER_HOSTS: &str = "worker_hosts";
 pub const WORKER_FSM: &str = "worker_fsm";
 /// Table of [`FailureRow`], keyed by failure id ([`id_key`]).
 pub const FAILURES: &str = "failures";
-/// Table of [`crate::sinks::Event`], keyed by event id ([`id_key`]).
+/// Table of [`api::Event`], keyed by event id ([`id_key`]).
 pub const EVENTS: &str = "events";
 /// Table of the worker's counters (one row, [`META_KEY`]).
 pub const WORKER: &str = "worker";
@@ -391,7 +391,7 @@ pub(crate) mod tests {
     //! The JSON of every row type, pinned: the admin API serves these bytes and
     //! `cmactl --json` prints them, so a change here breaks operators' scripts.
     use super::*;
-    use crate::raft::queue_state::DedupLimits;
+    use queue::state::DedupLimits;
 
     /// A queue state holding `changes`, applied as Raft applies a worker entry.
     pub(crate) fn queue_with(changes: &[Change]) -> QueueState {
@@ -405,7 +405,7 @@ pub(crate) mod tests {
         q
     }
     use crate::worker::state::{EventData, EventKind};
-    use crate::worker::views::{FailureKind, FailureState, HostStatus, RingKind, WorkerStatus};
+    use api::views::{FailureKind, FailureState, HostStatus, RingKind, WorkerStatus};
     use fsm::{Evidence, ProbeId, ProbeTarget, ReportKind, SwitchId};
     use proto::HostId;
 

@@ -449,7 +449,7 @@ fn round_trip(state: &WorkerState) -> WorkerState {
         .map(crate::worker::tables::encode)
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let mut queue = crate::raft::queue_state::QueueState::new(Default::default());
+    let mut queue = queue::state::QueueState::new(Default::default());
     queue.apply(queue::Command::Apply {
         consumer: crate::worker::CONSUMER.into(),
         offset: None,

@@ -5,8 +5,8 @@
 //! Packets are kept in shared, immutable segments (one per `Append`), so copying the state
 //! for a snapshot costs one reference count per segment, not one copy per packet.
 
-use queue::QueuedPacket;
-use queue::{AppendResult, Command, CommandResult, TableWrite};
+use crate::QueuedPacket;
+use crate::{AppendResult, Command, CommandResult, TableWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 use super::api::Api;
 use super::monitor::Output;
 use anyhow::{bail, Context};
+use api::cluster::{ClusterStatus, IdRequest, InitRequest, MemberSpec};
 use clap::Subcommand;
-use cma::admin::{ClusterStatus, IdRequest, InitRequest, MemberSpec};
 
 /// `cmactl cluster` subcommands.
 #[derive(Subcommand)]

@@ -3,14 +3,12 @@
 //! "now", the time zone and the [`Style`].
 
 use super::render::{paint, table, when, Cell, Style, Tone};
+use api::cluster::ClusterStatus;
+use api::topology::TopologyView;
+use api::views::Answer;
+use api::views::{evidence_brief, FailureRow, FailureState, HostRow, RingRow, WorkerStatus};
+use api::Event;
 use chrono::TimeZone;
-use cma::admin::ClusterStatus;
-use cma::sinks::Event;
-use cma::worker::api::Answer;
-use cma::worker::topology::TopologyView;
-use cma::worker::views::{
-    evidence_brief, FailureRow, FailureState, HostRow, RingRow, WorkerStatus,
-};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -420,7 +418,7 @@ pub fn render_rings(a: &Answer<Vec<RingRow>>, style: Style) -> String {
 /// `cmactl topology`: one row per switch (address, router, hosts with their sources),
 /// then the routers, then the hosts of unknown switch.
 pub fn render_topology(a: &Answer<TopologyView>, style: Style) -> String {
-    let src = |s: Option<cma::worker::topology::Source>| s.map_or("-", |s| s.as_str());
+    let src = |s: Option<api::topology::Source>| s.map_or("-", |s| s.as_str());
     let rows: Vec<Vec<Cell>> = a
         .data
         .switches
@@ -553,8 +551,8 @@ pub fn render_cluster(s: &ClusterStatus, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::cluster::{NodeAddr, StateSummary};
     use chrono::Utc;
-    use cma::raft::{NodeAddr, StateSummary};
     use std::collections::{BTreeMap, BTreeSet};
 
     const NOW: u64 = 1_796_145_793_000_000;
@@ -597,7 +595,7 @@ mod tests {
     fn failure(id: u64, state: &str, at_us: u64) -> FailureRow {
         FailureRow {
             id,
-            kind: cma::worker::views::FailureKind::Dead,
+            kind: api::views::FailureKind::Dead,
             subject: "5".into(),
             hosts: vec![5],
             state: serde_json::from_value(serde_json::json!(state)).unwrap(),
@@ -707,9 +705,7 @@ mod tests {
 
     #[test]
     fn topology_shows_each_fact_with_its_source() {
-        use cma::worker::topology::{
-            HostPlacementView, RouterView, Source, SwitchView, TopologyView,
-        };
+        use api::topology::{HostPlacementView, RouterView, Source, SwitchView, TopologyView};
         let a = Answer {
             node_id: 1,
             is_leader: true,

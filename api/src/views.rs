@@ -1,16 +1,45 @@
 //! The rows the worker publishes for operators: hosts, rings, failures (and events, see
-//! [`crate::sinks::Event`]). Every node serves them from its own replica (the admin API),
+//! [`crate::Event`]). Every node serves them from its own replica (the admin API),
 //! so followers answer too. Where they are stored and how they are encoded is
-//! [`super::tables`]' business.
+//! the worker's `tables` business.
 //!
 //! States and kinds are enums whose serde names are the lowercase strings the admin API
 //! and `cmactl --json` have always shown (`up`, `dead`, `switch_down`, `open`, ...).
 
-pub use super::rings::RingKind;
 use fsm::{Evidence, VerdictKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
+
+/// What a ring spans. Serialized in lowercase (`switch`, `top`, `flat`), as the rings
+/// table and `cmactl rings --json` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingKind {
+    /// The hosts behind one switch.
+    Switch,
+    /// The representatives of every switch ring (and of the flat ring).
+    Top,
+    /// The hosts of unknown topology.
+    Flat,
+}
+
+impl RingKind {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RingKind::Switch => "switch",
+            RingKind::Top => "top",
+            RingKind::Flat => "flat",
+        }
+    }
+}
+
+impl std::fmt::Display for RingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 /// Where a monitored host stands, as the worker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -203,6 +232,21 @@ pub struct WorkerStatus {
     pub hosts_left: usize,
     /// Open failures.
     pub open_failures: usize,
+}
+
+/// Every answer: who answered, and the rows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer<T> {
+    /// The answering node.
+    pub node_id: u64,
+    /// Whether it is the leader (followers may lag).
+    pub is_leader: bool,
+    /// The leader, if known.
+    pub leader_id: Option<u64>,
+    /// Raft log index applied on the answering node.
+    pub applied_index: u64,
+    /// The rows.
+    pub data: T,
 }
 
 /// The evidence of a verdict in one line: who reported, and what the probes found, e.g.

@@ -8,10 +8,10 @@ use super::render::Style;
 use super::views::{self, MemberAnswer, StatusView};
 use super::{Health, WatchArgs};
 use anyhow::Context;
-use cma::admin::ClusterStatus;
-use cma::sinks::Event;
-use cma::worker::api::{Answer, ProbeAnswer, ProbeRequest};
-use cma::worker::views::{FailureRow, HostRow, RingRow, WorkerStatus};
+use api::cluster::ClusterStatus;
+use api::probe::{ProbeAnswer, ProbeRequest};
+use api::views::{Answer, FailureRow, HostRow, RingRow, WorkerStatus};
+use api::Event;
 use std::io::Write;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 fn health(failures: &[FailureRow]) -> Health {
     if failures
         .iter()
-        .any(|f| f.state == cma::worker::views::FailureState::Open)
+        .any(|f| f.state == api::views::FailureState::Open)
     {
         Health::OpenFailures
     } else {
@@ -269,7 +269,7 @@ pub async fn rings(api: &Api, out: Output) -> anyhow::Result<()> {
 
 /// `cmactl topology`.
 pub async fn topology(api: &Api, out: Output) -> anyhow::Result<()> {
-    let answer: Answer<cma::worker::topology::TopologyView> = api.get("/v1/topology").await?;
+    let answer: Answer<api::topology::TopologyView> = api.get("/v1/topology").await?;
     if out.json {
         return print_json(&answer.data);
     }
