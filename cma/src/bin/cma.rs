@@ -39,7 +39,7 @@ async fn run() -> anyhow::Result<()> {
     // Size every connection limit from the descriptor limit, so storage keeps its reserve
     // whatever clients do (docs/security.md).
     let (nofile, nofile_hard) =
-        cma::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
+        replica::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
     let budget = config
         .limits
         .budget(nofile)
@@ -55,7 +55,7 @@ async fn run() -> anyhow::Result<()> {
         "descriptor budget"
     );
     let settings = config.node_settings(budget)?;
-    let node = cma::raft::start(settings)
+    let node = replica::start(settings)
         .await
         .context("starting the raft node")?;
     tracing::info!(id = node.id(), listen = %node.local_addr(), "raft node serving");

@@ -51,9 +51,9 @@ pub trait AlertSource: Send + Sync + 'static {
     fn hosts(&self) -> Vec<HostRow>;
 }
 
-impl AlertSource for crate::raft::Node {
+impl AlertSource for replica::Node {
     fn is_leader(&self) -> bool {
-        crate::raft::Node::is_leader(self)
+        replica::Node::is_leader(self)
     }
 
     fn failures(&self) -> Vec<FailureRow> {

@@ -5,13 +5,13 @@
 //! operator sees how far a follower lags.
 
 use super::tables;
-use crate::raft::Node;
 use api::probe::{ProbeAnswer, ProbeRequest};
 use api::views::{Answer, FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
 use api::Event;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use replica::Node;
 use serde::Deserialize;
 
 fn answer<T>(node: &Node, data: T) -> Json<Answer<T>> {

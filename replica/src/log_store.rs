@@ -644,21 +644,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 /// Test support: a gate a [`SyncHook`] can hold fdatasyncs at.
-#[cfg(test)]
-pub(crate) mod testing {
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
     /// A gate the sync hook waits at while it is closed.
     #[derive(Default)]
-    pub(crate) struct Gate {
-        pub(crate) closed: AtomicBool,
-        pub(crate) entered: Mutex<Vec<u64>>,
+    pub struct Gate {
+        pub closed: AtomicBool,
+        pub entered: Mutex<Vec<u64>>,
         open: (Mutex<bool>, std::sync::Condvar),
     }
 
     impl Gate {
-        pub(crate) fn wait(&self, covered: u64) {
+        pub fn wait(&self, covered: u64) {
             if !self.closed.load(Ordering::SeqCst) {
                 return;
             }
@@ -670,7 +670,7 @@ pub(crate) mod testing {
             }
         }
 
-        pub(crate) fn release(&self) {
+        pub fn release(&self) {
             self.closed.store(false, Ordering::SeqCst);
             *self.open.0.lock().unwrap() = true;
             self.open.1.notify_all();
@@ -682,9 +682,9 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::Gate;
     use super::*;
-    use crate::raft::network::Network;
-    use crate::raft::state_machine::StateMachineStore;
-    use crate::raft::{NodeAddr, Raft};
+    use crate::network::Network;
+    use crate::state_machine::StateMachineStore;
+    use crate::{NodeAddr, Raft};
     use queue::state::DedupLimits;
     use queue::Command;
     use std::time::Duration;

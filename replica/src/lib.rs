@@ -1,5 +1,7 @@
-//! The Raft node behind the queue: openraft 0.9 with a log of segment files and an authenticated TCP
-//! transport.
+//! The replica: the Raft node that replicates the queue ([`queue::QueueState`]), openraft 0.9
+//! with a log of segment files and an authenticated TCP transport, and the limits that keep
+//! it within its descriptors and memory whatever clients do. The `cma` binary starts it; the
+//! worker sees it only through the `worker::Replica` door.
 //!
 //! - [`log_store`]: the durable Raft log (group-committed fdatasync); entries in
 //!   [`segment_log`], vote and purge point in sled.
@@ -12,10 +14,12 @@
 //!   leader's lease runs out.
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
+//! - [`metrics`]: the node's metrics in a Prometheus registry.
+//! - [`limits`]: the descriptor budget, the connection gate and rate-limited warnings.
 
-#[cfg(test)]
-mod bounds_tests;
-pub(crate) mod log_store;
+pub mod limits;
+pub mod log_store;
+pub mod metrics;
 pub(crate) mod network;
 pub mod node;
 pub(crate) mod peer;
@@ -27,10 +31,11 @@ pub(crate) mod state_machine;
 
 use std::io::Cursor;
 
-pub use node::{Node, NodeError, ProposeError};
+pub use node::{Node, NodeError, NodeSettings, ProposeError};
 pub use queue::member::{NodeAddr, NodeId};
 pub use queue::state::{DedupLimits, QueueState, StateSummary};
 pub use queue::{Command, CommandResult, TableWrite};
+pub use server::{ACCEPT_BACKOFF, MAX_REQUESTS_IN_FLIGHT};
 
 /// Binds `settings.listen`, opens the node (storage, Raft) and serves peers and queue
 /// clients on the listener. Does not initialise a cluster: see [`Node::initialize`].
@@ -40,7 +45,7 @@ pub async fn start(settings: node::NodeSettings) -> Result<Node, NodeError> {
 
 /// [`start`], with a hook run before every fdatasync of the Raft log (tests hold syncs
 /// back with it to drive the node's bounds).
-pub(crate) async fn start_with(
+pub async fn start_with(
     settings: node::NodeSettings,
     sync_hook: Option<log_store::SyncHook>,
 ) -> Result<Node, NodeError> {

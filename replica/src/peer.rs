@@ -2,13 +2,13 @@
 //! [`queue::rpc::Request`] and [`queue::rpc::Reply`] on the same authenticated connections
 //! as queue clients.
 
-use super::prompt_election::LeaseView;
 use super::{NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
 
 /// A Raft RPC from another node.
@@ -46,3 +46,18 @@ pub type NodeRequest = queue::rpc::Request<PeerRequest>;
 pub type NodeReply = queue::rpc::Reply<PeerReply>;
 /// A node's connection to another node.
 pub type PeerConnection = queue::rpc::Connection<PeerRequest, PeerReply>;
+
+/// What a voter says about its leader, in answer to [`PeerRequest::LeaseProbe`] (what
+/// [`crate::prompt_election`] decides on).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// The node's current vote (term, voted-for, committed).
+    pub vote: Vote<NodeId>,
+    /// True when the node is the leader of `vote`.
+    pub is_leader: bool,
+    /// Milliseconds since the node last heard from the leader of its vote (its vote's
+    /// lease was last renewed); `None` when unknown.
+    pub silent_ms: Option<u64>,
+    /// The id of the last entry in the node's log.
+    pub last_log_id: Option<LogId<NodeId>>,
+}

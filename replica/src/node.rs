@@ -28,7 +28,7 @@ use tokio::sync::watch;
 /// (and, once, the log of an older version's data directory while it is migrated).
 const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Everything needed to start a node (built from the TOML config by `crate::config`).
+/// Everything needed to start a node (built from the TOML config by `cma::config`).
 #[derive(Clone, Debug)]
 pub struct NodeSettings {
     /// This node's id.

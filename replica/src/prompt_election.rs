@@ -18,13 +18,13 @@
 //! no disruptive election.
 
 use super::log_store::LastLogId;
+pub use super::peer::LeaseView;
 use super::peer::{NodeReply, NodeRequest, PeerConnection, PeerReply, PeerRequest};
 use super::{NodeId, Raft};
-use openraft::{LogId, ServerState, Vote};
+use openraft::{ServerState, Vote};
 use prometheus_client::metrics::counter::Counter;
 use queue::rpc::CallError;
 use queue::wire::WireError;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,20 +38,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
 pub const PROBE_PAUSE: Duration = Duration::from_millis(20);
 /// How often a leader (or a node without a committed vote) looks again.
 const IDLE_PAUSE: Duration = Duration::from_millis(250);
-
-/// What a voter says about its leader, in answer to [`PeerRequest::LeaseProbe`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseView {
-    /// The node's current vote (term, voted-for, committed).
-    pub vote: Vote<NodeId>,
-    /// True when the node is the leader of `vote`.
-    pub is_leader: bool,
-    /// Milliseconds since the node last heard from the leader of its vote (its vote's
-    /// lease was last renewed); `None` when unknown.
-    pub silent_ms: Option<u64>,
-    /// The id of the last entry in the node's log.
-    pub last_log_id: Option<LogId<NodeId>>,
-}
 
 /// What came of probing one voter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,7 +289,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
+    use openraft::{CommittedLeaderId, LogId};
 
     const LEASE: Duration = Duration::from_millis(800);
 

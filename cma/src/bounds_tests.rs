@@ -2,14 +2,13 @@
 //! Raft, real segment log, real TCP server), with the Raft log's fdatasync held back by a
 //! sync hook so that every proposal stays in flight until the test lets it through.
 
-use super::log_store::testing::Gate;
-use super::log_store::SyncHook;
-use super::node::{Node, ProposeError};
-use super::server::MAX_REQUESTS_IN_FLIGHT;
 use crate::config::Config;
-use crate::limits::LimitsConfig;
 use queue::rpc::{Connection, NoPeer, Reply, Request};
 use queue::{Command, QueuedPacket};
+use replica::limits::LimitsConfig;
+use replica::log_store::testing::Gate;
+use replica::log_store::SyncHook;
+use replica::{Node, ProposeError, MAX_REQUESTS_IN_FLIGHT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ async fn one_node_with(raft_section: &str, more: &str) -> Cluster {
     let gate = Arc::new(Gate::default());
     let hook_gate = gate.clone();
     let hook: SyncHook = Arc::new(move |covered| hook_gate.wait(covered));
-    let node = super::start_with(settings, Some(hook)).await.unwrap();
+    let node = replica::start_with(settings, Some(hook)).await.unwrap();
     let members = [(1, node.advertise().clone())].into_iter().collect();
     node.initialize(members).await.unwrap();
     wait_for("leader", || node.is_leader()).await;
@@ -151,7 +150,7 @@ async fn client_calls_beyond_the_proposal_slots_are_shed() {
 async fn a_connection_is_not_read_beyond_its_in_flight_limit() {
     let c = one_node("max_inflight_proposals = 64\nmax_proposal_wait_ms = 60000").await;
     let metrics = c.node.metrics().clone();
-    let secret = *c.node.secret();
+    let secret = c.node.settings().secret;
     let conn = Arc::new(
         Connection::<NoPeer, NoPeer>::open(c.node.local_addr(), &secret, Duration::from_secs(5))
             .await
