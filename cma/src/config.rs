@@ -83,7 +83,7 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The monitoring worker (active on the leader); absent: this node only runs the queue.
     #[serde(default)]
-    pub worker: Option<crate::worker::config::WorkerSection>,
+    pub worker: Option<worker::config::WorkerSection>,
     /// Connection, handshake and admin API limits (docs/security.md).
     #[serde(default)]
     pub limits: LimitsConfig,

@@ -1,10 +1,10 @@
-//! Ringwatch central manager (CMA): the binary that wires the rooms together: its
-//! configuration, the queue replica (`replica`), the worker on the leader, the admin API
-//! and the sinks.
+//! Ringwatch central manager (CMA): the `cma` binary's wiring. Its configuration
+//! ([`config`]), the queue replica it starts (`replica`), the worker it runs on the leader
+//! (`worker`, through the [`door`] onto the replica) and the admin API it serves ([`admin`],
+//! with the worker's routes).
 
 pub mod admin;
 #[cfg(test)]
 mod bounds_tests;
 pub mod config;
-pub mod sinks;
-pub mod worker;
+pub mod door;

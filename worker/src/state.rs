@@ -1611,18 +1611,13 @@ fn ring_places(ring: &RingRow, old: Option<&RingRow>) -> Vec<Change> {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::tables;
     use super::*;
+    use crate::tables;
     use proto::{KeyId, KeyRing, Report, SessionId, Startup};
     use std::sync::Arc;
 
     /// `body` from `sender`, sealed with the test key, as a packet-reader queues it.
-    pub(in crate::worker) fn packet(
-        sender: u64,
-        id: u64,
-        at_us: u64,
-        body: ReportBody,
-    ) -> QueuedPacket {
+    pub(crate) fn packet(sender: u64, id: u64, at_us: u64, body: ReportBody) -> QueuedPacket {
         let keys = Arc::new(KeyRing::new(KeyId(1), vec![(KeyId(1), [1; 32])]).unwrap());
         let mut sealer = proto::Sealer::new(keys, HostId(sender), SessionId(1));
         let datagram = sealer.seal(&Body::Report(Report { id, body })).unwrap();

@@ -233,7 +233,7 @@ impl Harness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::rings::{SwitchConfig, SwitchMap};
+    use crate::rings::{SwitchConfig, SwitchMap};
     use api::views::{FailureKind, FailureState, HostStatus};
     use fsm::{Evidence, ReportKind};
     use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
@@ -714,8 +714,8 @@ mod rows {
     //! The worker's replicated state as rows: entries the size of the change, nothing
     //! written by an idle tick, and a state rebuilt from the rows that decides the same.
     use super::*;
-    use crate::worker::rings::SwitchConfig;
-    use crate::worker::rings::SwitchMap;
+    use crate::rings::SwitchConfig;
+    use crate::rings::SwitchMap;
     use api::views::HostStatus;
     use proptest::prelude::*;
     use proto::{CommandBody, ProbeOutcome};
@@ -868,7 +868,7 @@ mod rows {
                 switch("sw1", vec![1, 2, 3, 4], 1),
                 switch("sw2", vec![5, 6, 7], 2),
             ],
-            vec![crate::worker::rings::RouterConfig {
+            vec![crate::rings::RouterConfig {
                 name: "r1".into(),
                 address: Some("10.0.0.1".parse().unwrap()),
             }],

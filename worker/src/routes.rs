@@ -5,16 +5,16 @@
 //! operator sees how far a follower lags.
 
 use super::tables;
+use crate::door::Door;
 use api::probe::{ProbeAnswer, ProbeRequest};
 use api::views::{Answer, FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
 use api::Event;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use replica::Node;
 use serde::Deserialize;
 
-fn answer<T>(node: &Node, data: T) -> Json<Answer<T>> {
+fn answer<T>(node: &Door, data: T) -> Json<Answer<T>> {
     Json(Answer {
         node_id: node.id(),
         is_leader: node.is_leader(),
@@ -35,13 +35,13 @@ pub struct ProbeContext {
 
 #[derive(Clone)]
 struct ApiState {
-    node: Node,
+    node: Door,
     probe: Option<ProbeContext>,
 }
 
 /// The worker routes, to merge into the admin router. Without a probe context (no
 /// `[worker]` section), `POST /v1/probe` answers 503.
-pub fn router(node: Node, probe: Option<ProbeContext>) -> Router {
+pub fn router(node: Door, probe: Option<ProbeContext>) -> Router {
     let probe_routes = Router::new()
         .route("/v1/probe", axum::routing::post(probe_host))
         .with_state(ApiState {
@@ -134,7 +134,7 @@ async fn echo(
     }
 }
 
-async fn status(State(node): State<Node>) -> Json<Answer<WorkerStatus>> {
+async fn status(State(node): State<Door>) -> Json<Answer<WorkerStatus>> {
     let (hosts, failures, offset, queue_next) = {
         let state = node.state();
         (
@@ -160,17 +160,17 @@ async fn status(State(node): State<Node>) -> Json<Answer<WorkerStatus>> {
     answer(&node, status)
 }
 
-async fn hosts(State(node): State<Node>) -> Json<Answer<Vec<HostRow>>> {
+async fn hosts(State(node): State<Door>) -> Json<Answer<Vec<HostRow>>> {
     let data = tables::hosts(&node.state());
     answer(&node, data)
 }
 
-async fn rings(State(node): State<Node>) -> Json<Answer<Vec<RingRow>>> {
+async fn rings(State(node): State<Door>) -> Json<Answer<Vec<RingRow>>> {
     let data = tables::rings(&node.state());
     answer(&node, data)
 }
 
-async fn topology(State(node): State<Node>) -> Json<Answer<api::topology::TopologyView>> {
+async fn topology(State(node): State<Door>) -> Json<Answer<api::topology::TopologyView>> {
     let data = tables::topology(&node.state());
     answer(&node, data)
 }
@@ -183,7 +183,7 @@ struct FailureQuery {
 }
 
 async fn failures(
-    State(node): State<Node>,
+    State(node): State<Door>,
     Query(q): Query<FailureQuery>,
 ) -> Json<Answer<Vec<FailureRow>>> {
     let mut data: Vec<FailureRow> = tables::failures(&node.state());
@@ -214,7 +214,7 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(node): State<Node>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
+async fn events(State(node): State<Door>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let data: Vec<Event> = tables::events_from(&node.state(), since.saturating_add(1), limit);

@@ -20,7 +20,7 @@
 //! are counted as dropped.
 
 use super::{SinkLabel, SinkMetrics};
-use crate::worker::tables;
+use crate::tables;
 use api::views::{evidence_brief, FailureKind, FailureRow, FailureState, HostRow};
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,9 +51,9 @@ pub trait AlertSource: Send + Sync + 'static {
     fn hosts(&self) -> Vec<HostRow>;
 }
 
-impl AlertSource for replica::Node {
+impl AlertSource for crate::door::Door {
     fn is_leader(&self) -> bool {
-        replica::Node::is_leader(self)
+        crate::door::Replica::is_leader(&**self)
     }
 
     fn failures(&self) -> Vec<FailureRow> {

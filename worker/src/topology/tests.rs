@@ -1,11 +1,11 @@
 use super::*;
-use crate::worker::rings::{RouterConfig, SwitchConfig};
-use crate::worker::state::{Change, Effects, WorkerSettings, WorkerState};
+use crate::rings::{RouterConfig, SwitchConfig};
+use crate::state::{Change, Effects, WorkerSettings, WorkerState};
 use proto::discovery::{LinkProtocol, LLDP_KIND};
 use proto::Startup;
 use proto::{HbTimings, HostId, InterfaceAddr, ReportBody};
 
-use crate::worker::state::tests::packet;
+use crate::state::tests::packet;
 
 /// Host `h` on subnet 198.18.`net`.0/24 with gateway 198.18.`net`.1.
 fn startup(h: u64, net: u8) -> ReportBody {
@@ -446,16 +446,16 @@ fn round_trip(state: &WorkerState) -> WorkerState {
     let writes = state
         .all_rows()
         .iter()
-        .map(crate::worker::tables::encode)
+        .map(crate::tables::encode)
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let mut queue = queue::state::QueueState::new(Default::default());
     queue.apply(queue::Command::Apply {
-        consumer: crate::worker::CONSUMER.into(),
+        consumer: crate::CONSUMER.into(),
         offset: None,
         writes,
     });
-    crate::worker::tables::load_state(&queue, fsm::Config::default()).unwrap()
+    crate::tables::load_state(&queue, fsm::Config::default()).unwrap()
 }
 
 fn held_settings() -> WorkerSettings {
@@ -500,7 +500,7 @@ fn a_re_plugged_host_hearing_nothing_for_a_moment_goes_straight_to_its_new_switc
 
 #[test]
 fn a_host_flapping_between_two_switches_is_moved_a_bounded_number_of_times() {
-    use crate::worker::harness::Harness;
+    use crate::harness::Harness;
     let s = held_settings();
     let mut h = Harness::new(s.clone(), fsm::Config::default());
     let sw = |net: u8| {
@@ -540,7 +540,7 @@ fn a_host_flapping_between_two_switches_is_moved_a_bounded_number_of_times() {
     h.report(13, lldp(vec![sw(2)]));
     h.run_for(11_000, 100);
     assert_eq!(h.host(13).switch.as_deref(), Some("lab-sw2"));
-    let state = crate::worker::tables::load_state(&h.queue, fsm::Config::default()).unwrap();
+    let state = crate::tables::load_state(&h.queue, fsm::Config::default()).unwrap();
     // Every other report would have moved it: those not applied were held and counted.
     assert!(
         state.moves_held + moves >= flaps / 2,

@@ -20,12 +20,12 @@ use super::probe_limit::ProbeLimiter;
 use super::state::{Change, Effects, WorkerSettings, WorkerState};
 use super::tables::{self, DecodeError, EncodeError};
 use super::CONSUMER;
+use crate::door::{Door, ReplicaError};
 use crate::sinks::{Event, SinkError, SinkMetrics, Sinks};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use proto::{HostId, KeyFileError, KeyRing};
-use queue::QueuedPacket;
-use replica::{Command, Node, ProposeError};
+use queue::{Command, QueuedPacket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ pub enum WorkerError {
     Encode(#[from] EncodeError),
     /// Raft refused the read barrier or a proposal (lost leadership, shutting down).
     #[error("raft")]
-    Raft(#[from] ProposeError),
+    Raft(#[from] ReplicaError),
 }
 
 /// What one turn of the loop is given.
@@ -195,7 +195,7 @@ use daemon::clock::wall_clock_us as wall_us;
 
 /// Everything the worker needs, prepared by the `cma` binary.
 pub struct Worker {
-    node: Node,
+    node: Door,
     config: WorkerSection,
     settings: WorkerSettings,
     commander: Commander,
@@ -208,7 +208,7 @@ pub struct Worker {
 impl Worker {
     /// Binds the command socket and starts the sinks.
     pub async fn start(
-        node: Node,
+        node: Door,
         config: WorkerSection,
         metrics: WorkerMetrics,
     ) -> Result<Worker, WorkerError> {
@@ -245,8 +245,8 @@ impl Worker {
 
     /// What `POST /v1/probe` needs: the key ring and the command sealer (so a probe does
     /// not start a new session that makes nanoprobes refuse this node's commands).
-    pub fn probe_context(&self) -> super::api::ProbeContext {
-        super::api::ProbeContext {
+    pub fn probe_context(&self) -> crate::routes::ProbeContext {
+        crate::routes::ProbeContext {
             keys: self.keys.clone(),
             sealer: self.commander.sealer(),
         }

@@ -398,13 +398,13 @@ pub(crate) mod tests {
         let mut q = QueueState::new(DedupLimits::default());
         let writes = changes.iter().map(|c| encode(c).unwrap()).collect();
         q.apply(queue::Command::Apply {
-            consumer: crate::worker::CONSUMER.into(),
+            consumer: crate::CONSUMER.into(),
             offset: None,
             writes,
         });
         q
     }
-    use crate::worker::state::{EventData, EventKind};
+    use crate::state::{EventData, EventKind};
     use api::views::{FailureKind, FailureState, HostStatus, RingKind, WorkerStatus};
     use fsm::{Evidence, ProbeId, ProbeTarget, ReportKind, SwitchId};
     use proto::HostId;
@@ -506,7 +506,7 @@ pub(crate) mod tests {
         .map(|c| encode(c).unwrap())
         .collect();
         q.apply(queue::Command::Apply {
-            consumer: crate::worker::CONSUMER.into(),
+            consumer: crate::CONSUMER.into(),
             offset: None,
             writes,
         });
