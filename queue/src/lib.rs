@@ -5,7 +5,7 @@
 //!   applying them returns ([`AppendResult`], [`CommandResult`]);
 //! - [`wire`]: the authenticated, length-delimited TCP framing of every connection;
 //! - [`rpc`]: the requests and replies on those connections and the multiplexed
-//!   [`rpc::Connection`] (generic over the peer-to-peer messages, which `cma` defines);
+//!   [`rpc::Connection`] (generic over the peer-to-peer messages, which `replica` defines);
 //! - [`client`]: [`QueueClient`] for producers (packet-readers) and consumers, and the
 //!   cluster-secret loader;
 //! - [`state`]: [`QueueState`], the replicated state machine itself (packets, consumer

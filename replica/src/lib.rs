@@ -5,7 +5,7 @@
 //!
 //! - [`log_store`]: the durable Raft log (group-committed fdatasync); entries in
 //!   [`segment_log`], vote and purge point in sled.
-//! - [`state_machine`]: openraft's state machine over it, with snapshot files.
+//! - [`state_machine`]: openraft's state machine over [`queue::QueueState`], with snapshot files.
 //! - [`snapshot_policy`]: when to build a snapshot (log bytes against snapshot size).
 //! - [`peer`]: the node-to-node messages, carried on the queue crate's authenticated
 //!   connections beside the client requests.

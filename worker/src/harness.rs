@@ -818,7 +818,7 @@ mod rows {
     }
 
     /// The same at 10,000 hosts (slow in a debug build: run it with
-    /// `cargo test --release -p cma one_death_among_10000 -- --ignored --nocapture`).
+    /// `cargo test --release -p worker one_death_among_10000 -- --ignored --nocapture`).
     #[test]
     #[ignore]
     fn one_death_among_10000_hosts() {
