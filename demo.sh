@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== building (release)"
-cargo build --release -q -p cma -p packet-reader -p nanoprobe --bins
+cargo build --release -q -p cma -p cmactl -p packet-reader -p nanoprobe --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/ringwatch-demo.XXXXXX)
 PIDS=()

@@ -24,7 +24,7 @@ WAIT=${WAIT:-180}
 FORM_WAIT=${FORM_WAIT:-600}
 NET=127.0.83
 if [[ ${BUILD:-1} != 0 ]]; then
-    cargo build --release -q -p cma -p packet-reader -p nanoprobe --bins
+    cargo build --release -q -p cma -p cmactl -p packet-reader -p nanoprobe --bins
 fi
 BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release")
 WORK=$(mktemp -d /tmp/ringwatch-realblock.XXXXXX)

@@ -30,7 +30,7 @@ PHASES=" ${PHASES:-single rack block switch restart leaderkill} "
 phase() { [[ $PHASES == *" $1 "* ]]; }
 single="-" rack="-" block="-" switch="-"
 if [[ ${BUILD:-1} != 0 ]]; then
-    cargo build --release -q -p cma -p packet-reader -p fleetsim -p nanoprobe
+    cargo build --release -q -p cma -p cmactl -p packet-reader -p fleetsim -p nanoprobe
 fi
 BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release")
 PIDS=()

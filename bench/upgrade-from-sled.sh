@@ -3,7 +3,7 @@
 # (entries in sled) builds a log of ~3,000 entries on one node (127.0.78.1); the current
 # `cma` opens the same data directory, migrates the entries into segment files, and must
 # serve the same queue, take new appends, and come back after a restart.
-# Needs: cargo build --release -p cma -p packet-reader --bins (current) and the old build.
+# Needs: cargo build --release -p cma -p cmactl -p bench -p packet-reader --bins (current) and the old build.
 set -u
 OLD=${1:?usage: bench/upgrade-from-sled.sh OLD_RELEASE_DIR (target/release of a build before the segment log, e.g. fdea48b)}
 NEW=$(cd "$(dirname "$0")/.." && pwd)/target/release

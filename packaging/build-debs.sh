@@ -20,7 +20,7 @@ case "$profile" in
     *) bindir="$target/$profile" ;;
 esac
 echo "== $profile build"
-cargo build --profile "$profile" --locked -p nanoprobe -p packet-reader -p cma \
+cargo build --profile "$profile" --locked -p nanoprobe -p packet-reader -p cma -p cmactl \
     --bin nanoprobe --bin packet-reader --bin cma --bin cmactl
 
 echo "== cmactl man pages and completions"

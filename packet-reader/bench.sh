@@ -17,7 +17,7 @@ DURATION=${DURATION:-20}
 OUTSTANDING=${OUTSTANDING:-4000}
 PHASES=${PHASES:-throughput latency}
 if [[ ${BUILD:-1} != 0 ]]; then
-    cargo build --release -q -p cma -p packet-reader --bin cma --bin cmactl --bin packet-reader --bin loadgen
+    cargo build --release -q -p cma -p cmactl -p packet-reader --bin cma --bin cmactl --bin packet-reader --bin loadgen
 fi
 BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release")
 WORK=$(mktemp -d /tmp/ringwatch-reader-bench.XXXXXX)

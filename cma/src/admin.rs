@@ -20,10 +20,7 @@
 //! budget), header-read time, request time, concurrent requests and body size; every
 //! refusal is counted in `cma_admin_refused{reason}` (docs/security.md).
 
-use crate::limits::WarnEvery;
-use crate::raft::node::NodeMetrics;
-use crate::raft::node::ReasonLabel;
-use crate::raft::{Node, NodeAddr, NodeId, StateSummary};
+use api::cluster::{ApiError, ClusterStatus, IdRequest, InitRequest, MemberSpec};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -34,9 +31,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use replica::limits::WarnEvery;
+use replica::metrics::NodeGauges;
+use replica::node::ReasonLabel;
+use replica::{Node, NodeAddr, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +59,7 @@ pub struct AdminLimits {
 
 impl Default for AdminLimits {
     fn default() -> Self {
-        let l = crate::limits::LimitsConfig::default();
+        let l = replica::limits::LimitsConfig::default();
         AdminLimits {
             max_connections: l.admin_max_connections,
             max_concurrent_requests: l.admin_max_concurrent_requests,
@@ -71,30 +70,12 @@ impl Default for AdminLimits {
     }
 }
 
-/// Gauges refreshed from the node at every scrape.
-#[derive(Default)]
-struct Gauges {
-    term: Gauge,
-    leader: Gauge,
-    is_leader: Gauge,
-    applied_index: Gauge,
-    last_log_index: Gauge,
-    snapshot_index: Gauge,
-    queue_depth: Gauge,
-    queue_bytes: Gauge,
-    queue_max_bytes: Gauge,
-    queue_next_offset: Gauge,
-    snapshots_installed: Gauge,
-    connections_open: Gauge,
-    connections_in_handshake: Gauge,
-}
-
 /// Shared state of the admin handlers.
 #[derive(Clone)]
 pub struct AdminState {
     node: Node,
     registry: Arc<Registry>,
-    gauges: Arc<Gauges>,
+    gauges: Arc<NodeGauges>,
     token: Option<Arc<str>>,
     limits: AdminLimits,
     busy: Arc<Semaphore>,
@@ -110,8 +91,8 @@ impl AdminState {
         token: Option<String>,
         limits: AdminLimits,
     ) -> AdminState {
-        let gauges = Gauges::default();
-        register_node_metrics(&mut registry, node.metrics(), &gauges);
+        let gauges = NodeGauges::default();
+        gauges.register(&mut registry, node.metrics());
         let refused = Family::<ReasonLabel, Counter>::default();
         registry.sub_registry_with_prefix("cma").register(
             "admin_refused",
@@ -141,176 +122,6 @@ impl AdminState {
     pub fn node(&self) -> &Node {
         &self.node
     }
-}
-
-fn register_node_metrics(registry: &mut Registry, m: &NodeMetrics, g: &Gauges) {
-    let r = registry.sub_registry_with_prefix("cma");
-    r.register("raft_term", "Current Raft term", g.term.clone());
-    r.register(
-        "raft_leader",
-        "Id of the known leader (-1: none)",
-        g.leader.clone(),
-    );
-    r.register(
-        "raft_is_leader",
-        "1 while this node leads",
-        g.is_leader.clone(),
-    );
-    r.register(
-        "raft_applied_index",
-        "Last applied log index",
-        g.applied_index.clone(),
-    );
-    r.register(
-        "raft_last_log_index",
-        "Last log index",
-        g.last_log_index.clone(),
-    );
-    r.register(
-        "raft_snapshot_index",
-        "Last snapshot's log index",
-        g.snapshot_index.clone(),
-    );
-    r.register(
-        "raft_snapshots_installed",
-        "Snapshots installed from a leader since start",
-        g.snapshots_installed.clone(),
-    );
-    r.register(
-        "queue_depth",
-        "Packets stored and not yet trimmed",
-        g.queue_depth.clone(),
-    );
-    r.register(
-        "queue_next_offset",
-        "Offset of the next packet",
-        g.queue_next_offset.clone(),
-    );
-    r.register(
-        "queue_appended_packets",
-        "Packets stored by appends through this node",
-        m.appended_packets.clone(),
-    );
-    r.register(
-        "queue_duplicate_packets",
-        "Duplicate packets skipped by appends through this node",
-        m.duplicate_packets.clone(),
-    );
-    r.register(
-        "queue_append_batches",
-        "Append batches committed through this node",
-        m.append_batches.clone(),
-    );
-    r.register(
-        "queue_commit_seconds",
-        "Append latency from propose to apply",
-        m.commit_seconds.clone(),
-    );
-    r.register(
-        "raft_log_flush_seconds",
-        "Duration of a group sync of the Raft log (fdatasync of the segment files written)",
-        m.flush_seconds.clone(),
-    );
-    r.register(
-        "queue_full_refusals",
-        "Appends through this node refused because the queue held its byte budget",
-        m.queue_full.clone(),
-    );
-    r.register(
-        "queue_full_early_refusals",
-        "Of those, refused by the leader before proposing (no Raft entry written)",
-        m.queue_full_early.clone(),
-    );
-    r.register(
-        "queue_bytes",
-        "Bytes the stored packets hold in memory (datagrams + per-packet overhead)",
-        g.queue_bytes.clone(),
-    );
-    r.register(
-        "queue_max_bytes",
-        "Byte budget of the queue (0: unlimited)",
-        g.queue_max_bytes.clone(),
-    );
-    r.register(
-        "raft_prompt_elections",
-        "Elections this node called because its leader was silent for a whole lease",
-        m.prompt_elections.clone(),
-    );
-    r.register(
-        "raft_proposals_waited",
-        "Proposals and reads that waited for a slot (max_inflight_proposals in flight)",
-        m.proposals_waited.clone(),
-    );
-    r.register(
-        "raft_proposals_shed",
-        "Client calls answered Busy: no proposal slot freed within max_proposal_wait_ms",
-        m.proposals_shed.clone(),
-    );
-    r.register(
-        "node_requests_in_flight",
-        "Peer and client requests being served by this node (all connections)",
-        m.requests_in_flight.clone(),
-    );
-    r.register(
-        "node_connection_reads_paused",
-        "Times a connection reached its in-flight request limit and was not read until one was answered",
-        m.connection_reads_paused.clone(),
-    );
-    r.register(
-        "raft_log_syncs",
-        "Completed syncs (fdatasync) of the Raft log",
-        m.syncs.clone(),
-    );
-    r.register(
-        "raft_snapshot_build_seconds",
-        "Duration of building one snapshot (encode, write, fsync, rename)",
-        m.snapshot.build_seconds.clone(),
-    );
-    r.register(
-        "raft_snapshot_bytes",
-        "Size of the last snapshot built, installed or loaded",
-        m.snapshot.bytes.clone(),
-    );
-    r.register(
-        "raft_log_purge_seconds",
-        "Duration of one background purge of the Raft log",
-        m.purge_seconds.clone(),
-    );
-    r.register(
-        "raft_log_write_seconds",
-        "Duration of a synchronous storage write Raft waits for (entries, committed index)",
-        m.log_write_seconds.clone(),
-    );
-    r.register(
-        "raft_log_appended_bytes",
-        "Bytes of entries appended to the Raft log",
-        m.log_appended_bytes.clone(),
-    );
-    r.register(
-        "raft_log_bytes_since_snapshot",
-        "Bytes appended to the Raft log since the last snapshot",
-        m.log_bytes_since_snapshot.clone(),
-    );
-    r.register(
-        "connection_errors",
-        "Peer/client connections that failed the handshake or ended in error, by reason",
-        m.connection_errors.clone(),
-    );
-    r.register(
-        "connections_refused",
-        "Raft/queue connections turned away before the handshake, and failed accepts, by reason",
-        m.connections_refused.clone(),
-    );
-    r.register(
-        "connections_open",
-        "Connections open on the Raft/queue port",
-        g.connections_open.clone(),
-    );
-    r.register(
-        "connections_in_handshake",
-        "Connections on the Raft/queue port that have not finished the handshake",
-        g.connections_in_handshake.clone(),
-    );
 }
 
 /// The cluster routes and `/metrics`, with the request limits.
@@ -393,7 +204,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, app: Router) {
                 if let Some(suppressed) = refused_log.check() {
                     tracing::warn!(error = %e, suppressed, "admin accept failed; retrying in 100 ms");
                 }
-                tokio::time::sleep(crate::raft::server::ACCEPT_BACKOFF).await;
+                tokio::time::sleep(replica::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -435,19 +246,6 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     next.run(request).await
 }
 
-/// Body of every error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiError {
-    /// What went wrong.
-    pub error: String,
-    /// The leader's id when the request must go to the leader.
-    #[serde(default)]
-    pub leader_id: Option<NodeId>,
-    /// The leader's admin address when the request must go to the leader.
-    #[serde(default)]
-    pub leader_admin: Option<String>,
-}
-
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -479,30 +277,7 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Resp
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let node = &state.node;
-    let g = &state.gauges;
-    {
-        let m = node.raft_metrics();
-        let m = m.borrow();
-        g.term.set(m.current_term as i64);
-        g.leader
-            .set(m.current_leader.map(|l| l as i64).unwrap_or(-1));
-        g.is_leader
-            .set(i64::from(m.current_leader == Some(node.id())));
-        g.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-        g.snapshot_index
-            .set(m.snapshot.map(|s| s.index as i64).unwrap_or(0));
-    }
-    g.applied_index.set(node.applied_index() as i64);
-    g.connections_open.set(node.gate().open() as i64);
-    g.connections_in_handshake
-        .set(node.gate().in_handshake() as i64);
-    g.snapshots_installed.set(node.snapshots_installed() as i64);
-    let summary = node.state().summary();
-    g.queue_depth.set(summary.depth as i64);
-    g.queue_bytes.set(summary.bytes as i64);
-    g.queue_max_bytes.set(summary.max_bytes as i64);
-    g.queue_next_offset.set(summary.next_offset as i64);
+    state.gauges.refresh(&state.node);
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         Ok(()) => (
@@ -515,39 +290,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-/// A node's view of the cluster, as returned by `GET /cluster/status`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    /// The answering node.
-    pub node_id: NodeId,
-    /// Leader, Follower, Candidate or Learner.
-    pub state: String,
-    /// Current term.
-    pub term: u64,
-    /// Known leader.
-    pub leader_id: Option<NodeId>,
-    /// Last log index.
-    pub last_log_index: u64,
-    /// Last applied index.
-    pub applied_index: u64,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: u64,
-    /// Index up to which the log was purged.
-    pub purged_index: u64,
-    /// Voter ids.
-    pub voters: BTreeSet<NodeId>,
-    /// Learner ids.
-    pub learners: BTreeSet<NodeId>,
-    /// Addresses of every member.
-    pub nodes: BTreeMap<NodeId, NodeAddr>,
-    /// Queue counters.
-    pub queue: StateSummary,
-    /// Snapshots installed from a leader since this process started.
-    pub snapshots_installed: u64,
-    /// Snapshots built locally since this process started.
-    pub snapshots_built: u64,
 }
 
 /// Collects a node's view of the cluster.
@@ -575,32 +317,6 @@ pub fn cluster_status(node: &Node) -> ClusterStatus {
 
 async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
     Json(cluster_status(&state.node))
-}
-
-/// A member in `/cluster/init` and `/cluster/add-learner` bodies.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemberSpec {
-    /// Node id.
-    pub id: NodeId,
-    /// Raft/client address.
-    pub raft: String,
-    /// Admin address.
-    pub admin: String,
-}
-
-/// Body of `/cluster/init`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct InitRequest {
-    /// Initial voters; empty means this node alone.
-    #[serde(default)]
-    pub members: Vec<MemberSpec>,
-}
-
-/// Body of `/cluster/promote` and `/cluster/remove`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IdRequest {
-    /// Node id.
-    pub id: NodeId,
 }
 
 fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, String> {

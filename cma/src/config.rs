@@ -30,11 +30,11 @@
 //! An `admin_listen` that is not a loopback address needs `admin_token_file`; secret files
 //! with loose modes are refused ([`proto::secret_file`]).
 
-use crate::limits::{DescriptorBudget, LimitsConfig};
-use crate::raft::node::NodeSettings;
-use crate::raft::queue_state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
-use crate::raft::snapshot_policy::SnapshotRule;
-use crate::raft::NodeAddr;
+use queue::state::{DedupLimits, DEFAULT_DEDUP_SESSIONS, DEFAULT_DEDUP_WINDOW};
+use replica::limits::{DescriptorBudget, LimitsConfig};
+use replica::node::NodeSettings;
+use replica::snapshot_policy::SnapshotRule;
+use replica::NodeAddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The monitoring worker (active on the leader); absent: this node only runs the queue.
     #[serde(default)]
-    pub worker: Option<crate::worker::config::WorkerSection>,
+    pub worker: Option<worker::config::WorkerSection>,
     /// Connection, handshake and admin API limits (docs/security.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -293,7 +293,7 @@ impl Config {
             election_timeout_max: r.election_timeout_max_ms,
             install_snapshot_timeout: r.install_snapshot_timeout_ms,
             max_payload_entries: r.max_payload_entries,
-            // The node triggers snapshots itself (crate::raft::snapshot_policy).
+            // The node triggers snapshots itself (replica::snapshot_policy).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
             ..Default::default()

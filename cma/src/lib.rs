@@ -1,9 +1,10 @@
-//! Ringwatch central manager (CMA): the Raft-replicated packet queue, the worker on top of
-//! it, the admin API and the `cmactl` client.
+//! Ringwatch central manager (CMA): the `cma` binary's wiring. Its configuration
+//! ([`config`]), the queue replica it starts (`replica`), the worker it runs on the leader
+//! (`worker`, through the [`door`] onto the replica) and the admin API it serves ([`admin`],
+//! with the worker's routes).
 
 pub mod admin;
+#[cfg(test)]
+mod bounds_tests;
 pub mod config;
-pub mod limits;
-pub mod raft;
-pub mod sinks;
-pub mod worker;
+pub mod door;

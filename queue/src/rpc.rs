@@ -2,7 +2,7 @@
 //! connection (many requests in flight, matched to replies by id).
 //!
 //! Node-to-node (Raft) messages travel in the `Peer` variants. Their type is a parameter,
-//! defined by `cma` (which links openraft); queue clients use [`NoPeer`], which cannot be
+//! defined by `replica` (which links openraft); queue clients use [`NoPeer`], which cannot be
 //! constructed, so a client never sends or expects one. The encoding of every other
 //! variant does not depend on the parameter (postcard writes the variant index, then the
 //! fields), so a client's `Request<NoPeer>` is read by a node as its `Request<P>`.

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use cma::admin::{self, AdminState};
 use cma::config::Config;
+use cma::door::NodeDoor;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ async fn run() -> anyhow::Result<()> {
     // Size every connection limit from the descriptor limit, so storage keeps its reserve
     // whatever clients do (docs/security.md).
     let (nofile, nofile_hard) =
-        cma::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
+        replica::limits::raise_nofile_limit().context("reading RLIMIT_NOFILE")?;
     let budget = config
         .limits
         .budget(nofile)
@@ -55,7 +56,7 @@ async fn run() -> anyhow::Result<()> {
         "descriptor budget"
     );
     let settings = config.node_settings(budget)?;
-    let node = cma::raft::start(settings)
+    let node = replica::start(settings)
         .await
         .context("starting the raft node")?;
     tracing::info!(id = node.id(), listen = %node.local_addr(), "raft node serving");
@@ -64,11 +65,12 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding admin API on {}", config.admin_listen))?;
     let mut registry = prometheus_client::registry::Registry::default();
+    let door = NodeDoor::open(node.clone());
     let mut probe = None;
     if let Some(section) = config.worker.clone() {
-        let metrics = cma::worker::run::WorkerMetrics::default();
+        let metrics = worker::run::WorkerMetrics::default();
         metrics.register(&mut registry);
-        let worker = cma::worker::run::Worker::start(node.clone(), section, metrics)
+        let worker = worker::run::Worker::start(door.clone(), section, metrics)
             .await
             .context("starting the worker")?;
         probe = Some(worker.probe_context());
@@ -83,7 +85,7 @@ async fn run() -> anyhow::Result<()> {
         max_body_bytes: l.admin_max_body_bytes,
     };
     let state = AdminState::new(node.clone(), registry, token, admin_limits);
-    let app = admin::router_with(state.clone(), cma::worker::api::router(node.clone(), probe));
+    let app = admin::router_with(state.clone(), worker::routes::router(door, probe));
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, app));
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 
