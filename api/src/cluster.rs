@@ -36,6 +36,85 @@ pub struct ClusterStatus {
     pub snapshots_installed: u64,
     /// Snapshots built locally since this process started.
     pub snapshots_built: u64,
+    /// Whether this node's state is current, a follower's copy or cut off from a quorum
+    /// (absent from nodes of earlier versions).
+    #[serde(default)]
+    pub freshness: Option<Freshness>,
+}
+
+/// How fresh the state behind an answer is: every read of the admin API says it, so an
+/// operator or a tool never takes old state for current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Freshness {
+    /// Answered by the leader after a read barrier (a quorum confirmed its leadership and
+    /// it applied everything committed): reflects every write acknowledged before the
+    /// request.
+    Current {
+        /// Index applied on the answering node.
+        applied_index: u64,
+    },
+    /// Answered from a follower's copy, in contact with its leader: it lags by what it has
+    /// not yet applied.
+    Follower {
+        /// Index applied on the answering node.
+        applied_index: u64,
+        /// The leader.
+        leader_id: NodeId,
+        /// The leader's commit index as of its last message.
+        leader_commit: u64,
+        /// Milliseconds since that message.
+        heard_ms_ago: u64,
+    },
+    /// The answering node cannot reach a quorum (a leader that cannot confirm its
+    /// leadership, or a follower that has heard no leader for an election timeout): its
+    /// state is as of `applied_index` and may be old.
+    NoQuorum {
+        /// Index applied on the answering node.
+        applied_index: u64,
+        /// The last commit index a leader sent it, if any.
+        leader_commit: Option<u64>,
+        /// Milliseconds since it last heard a leader (or a quorum acknowledged it), if
+        /// ever.
+        heard_ms_ago: Option<u64>,
+    },
+}
+
+impl Freshness {
+    /// Whether the answer reflects every acknowledged write.
+    pub fn is_current(&self) -> bool {
+        matches!(self, Freshness::Current { .. })
+    }
+
+    /// One line saying how stale an answer of node `node` is; `None` when it is current.
+    pub fn warning(&self, node: NodeId) -> Option<String> {
+        let ago = |ms: u64| format!("{:.1} s ago", ms as f64 / 1000.0);
+        match *self {
+            Freshness::Current { .. } => None,
+            Freshness::Follower {
+                applied_index,
+                leader_id,
+                leader_commit,
+                heard_ms_ago,
+            } => Some(format!(
+                "stale: answered by follower {node} from its copy (applied index {applied_index}; leader {leader_id} had committed {leader_commit}, heard {})",
+                ago(heard_ms_ago)
+            )),
+            Freshness::NoQuorum {
+                applied_index,
+                leader_commit,
+                heard_ms_ago,
+            } => Some(format!(
+                "NO QUORUM: node {node} reaches no quorum; its state is as of applied index {applied_index}{}{}, and may be old",
+                leader_commit.map_or(String::new(), |c| format!(
+                    ", last commit index heard {c}"
+                )),
+                heard_ms_ago.map_or(", no leader heard since it started".to_string(), |ms| {
+                    format!(", leader last heard {}", ago(ms))
+                })
+            )),
+        }
+    }
 }
 
 /// A member in `/cluster/init` and `/cluster/add-learner` bodies.

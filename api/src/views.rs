@@ -245,8 +245,18 @@ pub struct Answer<T> {
     pub leader_id: Option<u64>,
     /// Raft log index applied on the answering node.
     pub applied_index: u64,
+    /// How fresh the rows are (absent from nodes of earlier versions).
+    #[serde(default)]
+    pub freshness: Option<crate::cluster::Freshness>,
     /// The rows.
     pub data: T,
+}
+
+impl<T> Answer<T> {
+    /// The line to show above the rows when they may be old; `None` when current.
+    pub fn stale_warning(&self) -> Option<String> {
+        self.freshness.and_then(|f| f.warning(self.node_id))
+    }
 }
 
 /// The evidence of a verdict in one line: who reported, and what the probes found, e.g.

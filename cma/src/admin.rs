@@ -292,8 +292,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// Collects a node's view of the cluster.
-pub fn cluster_status(node: &Node) -> ClusterStatus {
+/// Collects a node's view of the cluster, with how fresh it is.
+pub async fn cluster_status(node: &Node) -> ClusterStatus {
+    let freshness = crate::door::freshness(node).await;
     let m = node.raft_metrics();
     let m = m.borrow().clone();
     let membership = m.membership_config.membership();
@@ -312,11 +313,12 @@ pub fn cluster_status(node: &Node) -> ClusterStatus {
         queue: node.state().summary(),
         snapshots_installed: node.snapshots_installed(),
         snapshots_built: node.snapshots_built(),
+        freshness: Some(freshness),
     }
 }
 
 async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
-    Json(cluster_status(&state.node))
+    Json(cluster_status(&state.node).await)
 }
 
 fn check_addr(spec: &MemberSpec) -> Result<NodeAddr, String> {

@@ -1,6 +1,7 @@
 //! The worker's door opened onto this node's replica: [`worker::Replica`] for
 //! [`replica::Node`], and nothing more of the node.
 
+use api::cluster::Freshness;
 use futures::future::BoxFuture;
 use queue::{Command, CommandResult, QueueState, QueuedPacket};
 use std::sync::{Arc, RwLockReadGuard};
@@ -53,5 +54,42 @@ impl Replica for NodeDoor {
 
     fn propose(&self, command: Command) -> BoxFuture<'_, Result<CommandResult, ReplicaError>> {
         Box::pin(async move { Ok(self.0.propose(command).await?) })
+    }
+
+    fn freshness(&self) -> BoxFuture<'_, Freshness> {
+        Box::pin(freshness(&self.0))
+    }
+}
+
+/// Longest an admin read waits for the leader's read barrier before it answers with
+/// what it has, marked as without quorum.
+pub const FRESHNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How fresh a read of `node`'s state made right after this is, as the admin API says it.
+pub async fn freshness(node: &replica::Node) -> Freshness {
+    match node.freshness(FRESHNESS_WAIT).await {
+        replica::Freshness::Current { applied } => Freshness::Current {
+            applied_index: applied,
+        },
+        replica::Freshness::Follower {
+            applied,
+            leader,
+            leader_commit,
+            heard_ms_ago,
+        } => Freshness::Follower {
+            applied_index: applied,
+            leader_id: leader,
+            leader_commit,
+            heard_ms_ago,
+        },
+        replica::Freshness::NoQuorum {
+            applied,
+            leader_commit,
+            heard_ms_ago,
+        } => Freshness::NoQuorum {
+            applied_index: applied,
+            leader_commit,
+            heard_ms_ago,
+        },
     }
 }

@@ -63,16 +63,30 @@ impl Api {
             })
             .collect();
         let mut errors = Vec::new();
+        // A current answer (the leader's, past its read barrier) wins at once; otherwise
+        // the freshest of the others once all have answered.
+        let mut best: Option<(u64, &String, serde_json::Value)> = None;
         while let Some((base, outcome)) = calls.next().await {
             match outcome {
-                Ok(Outcome::Done(value)) => {
-                    return serde_json::from_value(value)
-                        .with_context(|| format!("unexpected answer from {base}{path}"))
-                }
+                Ok(Outcome::Done(value)) => match stale_rank(&value) {
+                    None => {
+                        return serde_json::from_value(value)
+                            .with_context(|| format!("unexpected answer from {base}{path}"))
+                    }
+                    Some(applied) => {
+                        if best.as_ref().is_none_or(|(b, _, _)| applied > *b) {
+                            best = Some((applied, base, value));
+                        }
+                    }
+                },
                 Ok(Outcome::Redirect(_)) => errors.push(format!("{base}: redirected")),
                 Ok(Outcome::Failed(e)) => errors.push(format!("{e:#}")),
                 Err(e) => errors.push(format!("{base}: {e:#}")),
             }
+        }
+        if let Some((_, base, value)) = best {
+            return serde_json::from_value(value)
+                .with_context(|| format!("unexpected answer from {base}{path}"));
         }
         Err(anyhow!("no admin API reachable: {}", errors.join("; ")))
     }
@@ -179,4 +193,36 @@ enum Outcome {
     Done(serde_json::Value),
     Redirect(String),
     Failed(anyhow::Error),
+}
+
+/// `None` when an answer is current (or says nothing of its freshness: a node of an
+/// earlier version); otherwise the index it has applied, to pick the freshest.
+fn stale_rank(value: &serde_json::Value) -> Option<u64> {
+    let freshness = value.get("freshness")?;
+    match serde_json::from_value::<api::cluster::Freshness>(freshness.clone()) {
+        Ok(f) if f.is_current() => None,
+        Ok(
+            api::cluster::Freshness::Follower { applied_index, .. }
+            | api::cluster::Freshness::NoQuorum { applied_index, .. },
+        ) => Some(applied_index),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_rank;
+
+    #[test]
+    fn a_current_answer_ranks_first_and_stale_ones_by_applied_index() {
+        let current = serde_json::json!({"freshness": {"kind": "current", "applied_index": 5}});
+        let follower = serde_json::json!({"freshness": {"kind": "follower", "applied_index": 9,
+            "leader_id": 1, "leader_commit": 10, "heard_ms_ago": 40}});
+        let cut_off = serde_json::json!({"freshness": {"kind": "no_quorum", "applied_index": 3,
+            "leader_commit": null, "heard_ms_ago": null}});
+        assert_eq!(stale_rank(&current), None);
+        assert_eq!(stale_rank(&follower), Some(9));
+        assert_eq!(stale_rank(&cut_off), Some(3));
+        assert_eq!(stale_rank(&serde_json::json!({"node_id": 1})), None);
+    }
 }

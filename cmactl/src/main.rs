@@ -23,6 +23,9 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit code: the cluster answered and at least one failure is open (`status` and
 /// `watch`, the health checks; `failures` lists and exits 0).
 pub const EXIT_OPEN_FAILURES: u8 = 4;
+/// Exit code: the node that answered reaches no quorum, so what it shows may be old
+/// (`status` and `watch`).
+pub const EXIT_NO_QUORUM: u8 = 5;
 
 const EXIT_CODES_HELP: &str = "\
 Exit status:
@@ -31,6 +34,12 @@ Exit status:
   2  bad command line
   3  no admin API node answered (unreachable)
   4  status, watch: the cluster answered and at least one failure is open
+  5  status, watch: the node that answered reaches no quorum (its state may be old)
+
+Every answer says how fresh it is: a follower's copy or a node without quorum is
+flagged by a line above the table (with --json: a line {\"stale\": ...} on stderr; the
+status screen's JSON has a \"freshness\" field). With several --api nodes, cmactl takes
+the leader's current answer when one comes.
 
 Colours are used only when standard output is a terminal and NO_COLOR is not set.
 Times are shown in the local time zone (TZ) with their age; --json prints the same
@@ -153,6 +162,8 @@ pub enum Health {
     Ok,
     /// At least one failure is open.
     OpenFailures,
+    /// The answering node reaches no quorum.
+    NoQuorum,
 }
 
 fn generate(command: &Command) -> Option<anyhow::Result<()>> {
@@ -228,6 +239,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(Health::Ok) => ExitCode::from(EXIT_OK),
         Ok(Health::OpenFailures) => ExitCode::from(EXIT_OPEN_FAILURES),
+        Ok(Health::NoQuorum) => ExitCode::from(EXIT_NO_QUORUM),
         Err(e) => {
             eprintln!("cmactl: {e:#}");
             if e.downcast_ref::<api::Unreachable>().is_some() {

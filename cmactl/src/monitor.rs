@@ -41,8 +41,29 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn health(failures: &[FailureRow]) -> Health {
-    if failures
+/// `--json` rows: the rows on stdout, unchanged in shape; when they may be old, one JSON
+/// line on stderr saying how (`{"stale": {...}, "answered_by": N}`).
+fn print_rows<T: serde::Serialize>(answer: &Answer<T>) -> anyhow::Result<()> {
+    note_stale(answer);
+    print_json(&answer.data)
+}
+
+fn note_stale<T>(answer: &Answer<T>) {
+    if let Some(f) = answer.freshness.filter(|f| !f.is_current()) {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "stale": f, "answered_by": answer.node_id })
+        );
+    }
+}
+
+/// The status screen's exit status: no quorum first (nothing it shows can be trusted),
+/// then open failures.
+fn health(view: &StatusView) -> Health {
+    if view.no_quorum() {
+        Health::NoQuorum
+    } else if view
+        .open_failures
         .iter()
         .any(|f| f.state == api::views::FailureState::Open)
     {
@@ -100,7 +121,7 @@ async fn status_frame(api: &Api, out: Output) -> Frame {
             Frame {
                 text,
                 key,
-                outcome: Ok(health(&view.open_failures)),
+                outcome: Ok(health(&view)),
             }
         }
         Err(e) => error_frame(e, out),
@@ -117,6 +138,7 @@ async fn failures_frame(api: &Api, all: bool, out: Output) -> Frame {
         Ok(answer) => {
             let key = serde_json::to_string(&answer.data).unwrap_or_default();
             let text = if out.json {
+                note_stale(&answer);
                 key.clone() + "\n"
             } else {
                 views::render_failures(&answer, now_us(), &chrono::Local, out.style)
@@ -214,7 +236,7 @@ pub async fn status(api: &Api, watch: WatchArgs, out: Output) -> anyhow::Result<
             views::render_status(&view, now_us(), &chrono::Local, out.style)
         );
     }
-    Ok(health(&view.open_failures))
+    Ok(health(&view))
 }
 
 /// `cmactl failures [--all] [--watch]`.
@@ -234,7 +256,7 @@ pub async fn failures(
     };
     let answer: Answer<Vec<FailureRow>> = api.get(path).await?;
     if out.json {
-        print_json(&answer.data)?;
+        print_rows(&answer)?;
     } else {
         print!(
             "{}",
@@ -248,7 +270,7 @@ pub async fn failures(
 pub async fn hosts(api: &Api, out: Output) -> anyhow::Result<()> {
     let answer: Answer<Vec<HostRow>> = api.get("/v1/hosts").await?;
     if out.json {
-        return print_json(&answer.data);
+        return print_rows(&answer);
     }
     print!(
         "{}",
@@ -261,7 +283,7 @@ pub async fn hosts(api: &Api, out: Output) -> anyhow::Result<()> {
 pub async fn rings(api: &Api, out: Output) -> anyhow::Result<()> {
     let answer: Answer<Vec<RingRow>> = api.get("/v1/rings").await?;
     if out.json {
-        return print_json(&answer.data);
+        return print_rows(&answer);
     }
     print!("{}", views::render_rings(&answer, out.style));
     Ok(())
@@ -271,7 +293,7 @@ pub async fn rings(api: &Api, out: Output) -> anyhow::Result<()> {
 pub async fn topology(api: &Api, out: Output) -> anyhow::Result<()> {
     let answer: Answer<api::topology::TopologyView> = api.get("/v1/topology").await?;
     if out.json {
-        return print_json(&answer.data);
+        return print_rows(&answer);
     }
     print!("{}", views::render_topology(&answer, out.style));
     Ok(())
@@ -287,6 +309,13 @@ pub async fn events(api: &Api, since: u64, follow: bool, out: Output) -> anyhow:
             .await
             .context("reading events")?;
         let now = now_us();
+        if let Some(w) = answer.stale_warning() {
+            if out.json {
+                note_stale(&answer);
+            } else {
+                eprintln!("{w}");
+            }
+        }
         for e in &answer.data {
             if out.json {
                 println!("{}", serde_json::to_string(e)?);

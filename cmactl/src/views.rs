@@ -3,7 +3,7 @@
 //! "now", the time zone and the [`Style`].
 
 use super::render::{paint, table, when, Cell, Style, Tone};
-use api::cluster::ClusterStatus;
+use api::cluster::{ClusterStatus, Freshness};
 use api::topology::TopologyView;
 use api::views::Answer;
 use api::views::{evidence_brief, FailureRow, FailureState, HostRow, RingRow, WorkerStatus};
@@ -51,6 +51,23 @@ pub struct StatusView {
     pub worker: WorkerStatus,
     /// Open failures, oldest first.
     pub open_failures: Vec<FailureRow>,
+    /// How fresh the answering node's state is (absent from nodes of earlier versions).
+    pub freshness: Option<Freshness>,
+}
+
+impl StatusView {
+    /// Whether the answering node said it reaches no quorum.
+    pub fn no_quorum(&self) -> bool {
+        matches!(self.freshness, Some(Freshness::NoQuorum { .. }))
+    }
+}
+
+/// `body` with a warning line above it when the answer may be old.
+fn with_warning(warning: Option<String>, body: String, style: Style) -> String {
+    match warning {
+        Some(w) => format!("{}\n{body}", paint(style, Tone::Bad, &w)),
+        None => body,
+    }
 }
 
 /// Queue figures of the status screen.
@@ -126,6 +143,7 @@ pub fn status_view(
         },
         worker: worker.data.clone(),
         open_failures: open,
+        freshness: cluster.freshness,
     }
 }
 
@@ -161,9 +179,18 @@ pub fn render_status<Tz: TimeZone>(v: &StatusView, now_us: u64, tz: &Tz, style: 
 where
     Tz::Offset: std::fmt::Display,
 {
-    let mut out = String::new();
+    let mut out = v
+        .freshness
+        .and_then(|f| f.warning(v.answered_by))
+        .map(|w| format!("{}\n", paint(style, Tone::Bad, &w)))
+        .unwrap_or_default();
     let leader = match v.leader_id {
-        Some(l) => paint(style, Tone::Good, &format!("node {l}")),
+        Some(l) if !v.no_quorum() => paint(style, Tone::Good, &format!("node {l}")),
+        Some(l) => paint(
+            style,
+            Tone::Bad,
+            &format!("node {l}, NOT CONFIRMED (no quorum)"),
+        ),
         None => paint(style, Tone::Bad, "NONE (no quorum?)"),
     };
     let reachable = v
@@ -351,7 +378,7 @@ where
         a.data.len() - open,
         paint(style, Tone::Dim, &source_line(a))
     );
-    out
+    with_warning(a.stale_warning(), out, style)
 }
 
 /// `cmactl hosts`.
@@ -388,7 +415,7 @@ where
         style,
     );
     let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
-    out
+    with_warning(a.stale_warning(), out, style)
 }
 
 /// `cmactl rings`.
@@ -412,7 +439,7 @@ pub fn render_rings(a: &Answer<Vec<RingRow>>, style: Style) -> String {
         .collect();
     let mut out = table(&["NAME", "KIND", "RING"], &rows, style);
     let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
-    out
+    with_warning(a.stale_warning(), out, style)
 }
 
 /// `cmactl topology`: one row per switch (address, router, hosts with their sources),
@@ -470,7 +497,7 @@ pub fn render_topology(a: &Answer<TopologyView>, style: Style) -> String {
         );
     }
     let _ = writeln!(out, "{}", paint(style, Tone::Dim, &source_line(a)));
-    out
+    with_warning(a.stale_warning(), out, style)
 }
 
 /// One line of `cmactl events`.
@@ -589,6 +616,7 @@ mod tests {
             },
             snapshots_installed: 0,
             snapshots_built: 0,
+            freshness: None,
         }
     }
 
@@ -617,6 +645,7 @@ mod tests {
             is_leader: true,
             leader_id: Some(1),
             applied_index: 100,
+            freshness: None,
             data: WorkerStatus {
                 offset: 25,
                 queue_next: 25,
@@ -711,6 +740,7 @@ mod tests {
             is_leader: true,
             leader_id: Some(1),
             applied_index: 9,
+            freshness: None,
             data: TopologyView {
                 switches: vec![SwitchView {
                     name: "lldp-sw1".into(),
@@ -756,6 +786,7 @@ mod tests {
             is_leader: false,
             leader_id: Some(1),
             applied_index: 7,
+            freshness: None,
             data: vec![
                 failure(1, "closed", NOW - 120_000_000),
                 failure(2, "open", NOW - 3_000_000),
@@ -776,5 +807,62 @@ mod tests {
             lines[3],
             "1 open, 1 closed (answered by node 2, follower, applied index 7)"
         );
+    }
+
+    #[test]
+    fn a_stale_answer_says_so_above_the_table() {
+        let mut a = Answer {
+            node_id: 2,
+            is_leader: false,
+            leader_id: Some(1),
+            applied_index: 7,
+            freshness: Some(Freshness::Follower {
+                applied_index: 7,
+                leader_id: 1,
+                leader_commit: 9,
+                heard_ms_ago: 120,
+            }),
+            data: vec![failure(2, "open", NOW - 3_000_000)],
+        };
+        let text = render_failures(&a, NOW, &Utc, Style::default());
+        assert_eq!(
+            text.lines().next(),
+            Some(
+                "stale: answered by follower 2 from its copy (applied index 7; leader 1 had \
+                 committed 9, heard 0.1 s ago)"
+            ),
+            "{text}"
+        );
+        a.freshness = Some(Freshness::NoQuorum {
+            applied_index: 7,
+            leader_commit: Some(9),
+            heard_ms_ago: Some(12_300),
+        });
+        let text = render_failures(&a, NOW, &Utc, Style::default());
+        assert!(
+            text.starts_with("NO QUORUM: node 2 reaches no quorum; its state is as of applied index 7, last commit index heard 9, leader last heard 12.3 s ago"),
+            "{text}"
+        );
+        a.freshness = Some(Freshness::Current { applied_index: 7 });
+        let text = render_failures(&a, NOW, &Utc, Style::default());
+        assert!(text.starts_with("ID  KIND"), "{text}");
+    }
+
+    #[test]
+    fn a_node_without_quorum_does_not_look_healthy_on_the_status_screen() {
+        let mut c = cluster(2, "Follower", 40, 40);
+        c.freshness = Some(Freshness::NoQuorum {
+            applied_index: 40,
+            leader_commit: Some(42),
+            heard_ms_ago: Some(9_000),
+        });
+        let v = status_view(&c, &[], &worker(), &[]);
+        assert!(v.no_quorum());
+        let text = render_status(&v, NOW, &Utc, Style::default());
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.starts_with("NO QUORUM: node 2"), "{text}");
+        assert!(text.contains("NOT CONFIRMED (no quorum)"), "{text}");
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["freshness"]["kind"], "no_quorum");
     }
 }

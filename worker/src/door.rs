@@ -36,4 +36,7 @@ pub trait Replica: Send + Sync + 'static {
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), ReplicaError>>;
     /// Proposes `command` through Raft and returns once it is applied.
     fn propose(&self, command: Command) -> BoxFuture<'_, Result<CommandResult, ReplicaError>>;
+    /// How fresh a read of [`Replica::state`] made right after this is (on the leader:
+    /// after a read barrier, bounded in time).
+    fn freshness(&self) -> BoxFuture<'_, api::cluster::Freshness>;
 }

@@ -14,12 +14,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-fn answer<T>(node: &Door, data: T) -> Json<Answer<T>> {
+/// Reads the rows with `read` after finding out how fresh they will be (on the leader, a
+/// read barrier first), and says so in the answer.
+async fn answer<T>(node: &Door, read: impl FnOnce(&Door) -> T) -> Json<Answer<T>> {
+    let freshness = node.freshness().await;
+    let data = read(node);
     Json(Answer {
         node_id: node.id(),
         is_leader: node.is_leader(),
         leader_id: node.leader_id(),
         applied_index: node.applied_index(),
+        freshness: Some(freshness),
         data,
     })
 }
@@ -95,7 +100,7 @@ async fn probe_host(
         .into(),
         rtt_us: outcome.map(|d| d.as_micros() as u64),
     };
-    Ok(answer(&api.node, answer_data))
+    Ok(answer(&api.node, |_| answer_data).await)
 }
 
 /// Sends one sealed `EchoRequest` and waits for the matching `EchoReply`.
@@ -135,6 +140,10 @@ async fn echo(
 }
 
 async fn status(State(node): State<Door>) -> Json<Answer<WorkerStatus>> {
+    answer(&node, worker_status).await
+}
+
+fn worker_status(node: &Door) -> WorkerStatus {
     let (hosts, failures, offset, queue_next) = {
         let state = node.state();
         (
@@ -145,7 +154,7 @@ async fn status(State(node): State<Door>) -> Json<Answer<WorkerStatus>> {
         )
     };
     let count = |s: HostStatus| hosts.iter().filter(|h| h.status == s).count();
-    let status = WorkerStatus {
+    WorkerStatus {
         offset,
         queue_next,
         backlog: queue_next.saturating_sub(offset),
@@ -156,23 +165,19 @@ async fn status(State(node): State<Door>) -> Json<Answer<WorkerStatus>> {
             .iter()
             .filter(|f| f.state == FailureState::Open)
             .count(),
-    };
-    answer(&node, status)
+    }
 }
 
 async fn hosts(State(node): State<Door>) -> Json<Answer<Vec<HostRow>>> {
-    let data = tables::hosts(&node.state());
-    answer(&node, data)
+    answer(&node, |n| tables::hosts(&n.state())).await
 }
 
 async fn rings(State(node): State<Door>) -> Json<Answer<Vec<RingRow>>> {
-    let data = tables::rings(&node.state());
-    answer(&node, data)
+    answer(&node, |n| tables::rings(&n.state())).await
 }
 
 async fn topology(State(node): State<Door>) -> Json<Answer<api::topology::TopologyView>> {
-    let data = tables::topology(&node.state());
-    answer(&node, data)
+    answer(&node, |n| tables::topology(&n.state())).await
 }
 
 /// `?all=true` includes closed failures; default: open ones and the last 100 closed.
@@ -186,8 +191,13 @@ async fn failures(
     State(node): State<Door>,
     Query(q): Query<FailureQuery>,
 ) -> Json<Answer<Vec<FailureRow>>> {
+    answer(&node, |n| failure_rows(n, q.all)).await
+}
+
+/// Open failures and, unless `all`, only the last 100 closed ones.
+fn failure_rows(node: &Door, all: bool) -> Vec<FailureRow> {
     let mut data: Vec<FailureRow> = tables::failures(&node.state());
-    if !q.all {
+    if !all {
         let closed = data
             .iter()
             .filter(|f| f.state != FailureState::Open)
@@ -204,7 +214,7 @@ async fn failures(
             true
         });
     }
-    answer(&node, data)
+    data
 }
 
 /// `?since=ID` returns events with a larger id; `?limit=N` (default 1000) the first N.
@@ -217,6 +227,8 @@ struct EventQuery {
 async fn events(State(node): State<Door>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let data: Vec<Event> = tables::events_from(&node.state(), since.saturating_add(1), limit);
-    answer(&node, data)
+    answer(&node, |n| {
+        tables::events_from(&n.state(), since.saturating_add(1), limit)
+    })
+    .await
 }
