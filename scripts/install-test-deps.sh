@@ -6,7 +6,7 @@
 # this script; run it as root or with sudo available.
 set -euo pipefail
 
-PACKAGES=(iproute2 iputils-ping nftables lldpd systemd prometheus-alertmanager dpkg-dev lintian)
+PACKAGES=(iproute2 iputils-ping nftables lldpd systemd prometheus-alertmanager dpkg-dev lintian fuse3)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
