@@ -31,6 +31,9 @@ cargo build --workspace --bins
 export RINGWATCH_LAB_REQUIRED=1
 export RINGWATCH_NEMESIS_SECONDS=$(( minutes * 60 ))
 export RINGWATCH_NEMESIS_SEED=$seed
+# Namespaces of their own (rwlL3-..., rwlL5-...): a short run of the test suite started
+# meanwhile removes only its own leftovers, not this run's.
+export RINGWATCH_NEMESIS_TAG=L$nodes
 [ -z "$faults" ] || export RINGWATCH_NEMESIS_FAULTS=$faults
 echo "nemesis: $nodes nodes, $minutes min, seed $seed${faults:+, faults $faults}"
 exec cargo test -p integration --test nemesis "$test" -- --nocapture --test-threads 1

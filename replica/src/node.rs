@@ -321,6 +321,12 @@ impl Node {
         // Layout: <data_dir>/entries (the log's segment files), <data_dir>/log (sled: vote,
         // committed index, purge point), <data_dir>/snapshot.
         let log_dir = settings.data_dir.join("log");
+        // The data directory and sled's own are durable before anything is written in
+        // them (sled creates them without syncing their parents).
+        super::segment_log::create_dir_durable(&log_dir).map_err(|e| NodeError::DataDir {
+            path: settings.data_dir.clone(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(&log_dir)
             // sled caches 1 GiB by default; it holds a few small keys.

@@ -287,7 +287,9 @@ impl StateMachineStore {
         max_bytes: u64,
         metrics: SnapshotMetrics,
     ) -> Result<Self, StorageError<NodeId>> {
-        std::fs::create_dir_all(dir).map_err(snapshot_read_err)?;
+        // Durable before a snapshot is written in it: a snapshot whose directory vanished
+        // at a power cut would leave a log purged up to it and nothing to start from.
+        super::segment_log::create_dir_durable(dir).map_err(snapshot_read_err)?;
         // A replaced snapshot whose release a crash interrupted.
         match std::fs::remove_file(dir.join(SNAPSHOT_OLD)) {
             Ok(()) => {}

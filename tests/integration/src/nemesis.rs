@@ -56,11 +56,16 @@ pub enum FaultKind {
     /// A follower removed from the membership, added back as a learner and promoted,
     /// while a random minority is cut off.
     Membership,
+    /// A power cut of the whole cluster: every node SIGKILLed and every write it had not
+    /// fsynced lost (its data directory is a lossyfs mount), then restarted.
+    PowerCut,
+    /// One node's disk slow: every fsync of its data directory delayed 0.3-2 s.
+    SlowDisk,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::IsolateLeader,
         FaultKind::MajorityMinority,
         FaultKind::Bridge,
@@ -70,6 +75,8 @@ impl FaultKind {
         FaultKind::KillAll,
         FaultKind::PauseLeader,
         FaultKind::Membership,
+        FaultKind::PowerCut,
+        FaultKind::SlowDisk,
     ];
 
     /// Name in reports and in `RINGWATCH_NEMESIS_FAULTS`.
@@ -84,6 +91,8 @@ impl FaultKind {
             FaultKind::KillAll => "kill-all",
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::Membership => "membership",
+            FaultKind::PowerCut => "power-cut",
+            FaultKind::SlowDisk => "slow-disk",
         }
     }
 
@@ -114,6 +123,8 @@ pub struct RunConfig {
 #[derive(Debug)]
 pub struct Report {
     pub faults: BTreeMap<FaultKind, usize>,
+    /// What the power cuts threw away, summed over the nodes' lossyfs mounts.
+    pub lost_at_cuts: LossCounts,
     pub counts: checker::OpCounts,
     pub anomalies: Vec<checker::Anomaly>,
     pub elapsed: Duration,
@@ -131,6 +142,12 @@ impl Report {
         s.push_str("faults injected:\n");
         for (kind, n) in &self.faults {
             s.push_str(&format!("  {:<18} {n}\n", kind.name()));
+        }
+        if self.faults.contains_key(&FaultKind::PowerCut) {
+            s.push_str(&format!(
+                "power cuts threw away {} unsynced operations ({} bytes) in all\n",
+                self.lost_at_cuts.ops, self.lost_at_cuts.bytes
+            ));
         }
         let c = &self.counts;
         s.push_str(&format!(
@@ -155,13 +172,25 @@ impl Report {
     }
 }
 
-/// The nodes, their namespaces and processes.
+/// Unsynced changes a power cut threw away.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LossCounts {
+    pub ops: u64,
+    pub bytes: u64,
+}
+
+/// The nodes, their namespaces and processes. Fields drop in order: the `cma` processes,
+/// then the lossyfs mounts under them, then the scratch directory and the namespaces.
 struct Nodes {
-    lab: Lab,
-    dir: tempfile::TempDir,
-    count: u64,
     procs: BTreeMap<u64, Option<ProcGuard>>,
+    /// Node id -> the lossyfs process serving its data directory (when power cuts or slow
+    /// disks are injected).
+    mounts: BTreeMap<u64, Option<ProcGuard>>,
+    dir: tempfile::TempDir,
+    lab: Lab,
+    count: u64,
     client_ns: String,
+    lost: LossCounts,
 }
 
 fn node_addr(id: u64) -> Ipv4Addr {
@@ -203,12 +232,89 @@ impl Nodes {
                 .map_err(|e| e.to_string())?;
         }
         Ok(Nodes {
-            lab,
-            dir,
-            count,
             procs: BTreeMap::new(),
+            mounts: BTreeMap::new(),
+            dir,
+            lab,
+            count,
             client_ns,
+            lost: LossCounts::default(),
         })
+    }
+
+    /// Node `id`'s lossyfs control directory.
+    fn ctl(&self, id: u64) -> std::path::PathBuf {
+        self.dir.path().join(format!("ctl{id}"))
+    }
+
+    /// Mounts node `id`'s data directory as lossyfs over `backing<id>` and waits until it
+    /// serves.
+    fn mount(&mut self, id: u64) -> Result<(), String> {
+        let backing = self.dir.path().join(format!("backing{id}"));
+        let mount = self.dir.path().join(format!("data{id}"));
+        let ctl = self.ctl(id);
+        for d in [&backing, &mount, &ctl] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let _ = std::fs::remove_file(ctl.join("state"));
+        let log = self.dir.path().join(format!("lossyfs{id}.log"));
+        let proc = crate::procs::spawn(
+            &binary("lossyfs"),
+            &[
+                "--backing",
+                &backing.display().to_string(),
+                "--mount",
+                &mount.display().to_string(),
+                "--control",
+                &ctl.display().to_string(),
+            ],
+            &[],
+            &log,
+        )
+        .map_err(|e| format!("spawn lossyfs: {e}"))?;
+        self.mounts.insert(id, Some(proc));
+        let state = ctl.join("state");
+        let up = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "mounted")
+        });
+        if up {
+            Ok(())
+        } else {
+            Err(format!("lossyfs {id} never mounted"))
+        }
+    }
+
+    /// Cuts the power of node `id`'s disk (its `cma` must be dead already): lossyfs
+    /// throws away what was not fsynced and exits; then it is mounted again.
+    fn power_cut_disk(&mut self, id: u64) -> Result<(), String> {
+        let ctl = self.ctl(id);
+        std::fs::write(ctl.join("command"), "cut\n").map_err(|e| e.to_string())?;
+        let state = ctl.join("state");
+        let cut = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "cut")
+        });
+        if !cut {
+            return Err(format!("lossyfs {id} did not cut"));
+        }
+        if let Some(mut p) = self.mounts.get_mut(&id).and_then(Option::take) {
+            p.wait_timeout(Duration::from_secs(10));
+        }
+        let counters = std::fs::read_to_string(ctl.join("counters")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            counters
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        self.lost.ops += field("ops_reverted");
+        self.lost.bytes += field("bytes_reverted");
+        self.mount(id)
+    }
+
+    /// Sets node `id`'s fsync delay (0: none).
+    fn slow_disk(&self, id: u64, delay_ms: u64) -> Result<(), String> {
+        std::fs::write(self.ctl(id).join("sync_delay_ms"), format!("{delay_ms}\n"))
+            .map_err(|e| e.to_string())
     }
 
     fn ns(&self, id: u64) -> String {
@@ -435,6 +541,29 @@ impl Nodes {
     }
 }
 
+impl Drop for Nodes {
+    /// The `cma` processes die first (SIGKILL), then every lossyfs mount is unmounted
+    /// cleanly (SIGTERM; a lazy unmount if it does not go), so that the scratch directory
+    /// can be removed and no mount is left behind.
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(mut p) = p.take() {
+                p.kill();
+            }
+        }
+        for (id, p) in &mut self.mounts {
+            if let Some(mut p) = p.take() {
+                let _ = p.terminate();
+                if p.wait_timeout(Duration::from_secs(5)).is_none() {
+                    p.kill();
+                }
+            }
+            let mount = self.dir.path().join(format!("data{id}"));
+            let _ = Command::new("umount").arg("-l").arg(&mount).output();
+        }
+    }
+}
+
 impl CmaCluster for Nodes {
     fn cmactl(&self, id: u64, args: &[&str]) -> Result<String, String> {
         self.cmactl_timeout(id, args, "20")
@@ -650,6 +779,15 @@ pub fn run(config: &RunConfig) -> Report {
     assert!(config.nodes >= 3, "the nemesis needs at least 3 nodes");
     let started = Instant::now();
     let mut nodes = Nodes::build(&config.tag, config.nodes).unwrap_or_else(|e| panic!("lab: {e}"));
+    let disk_faults = config
+        .kinds
+        .iter()
+        .any(|k| matches!(k, FaultKind::PowerCut | FaultKind::SlowDisk));
+    if disk_faults {
+        for id in nodes.ids() {
+            nodes.mount(id).unwrap_or_else(|e| panic!("lossyfs: {e}"));
+        }
+    }
     for id in nodes.ids() {
         nodes.start(id);
     }
@@ -745,6 +883,7 @@ pub fn run(config: &RunConfig) -> Report {
     }
     Report {
         faults,
+        lost_at_cuts: nodes.lost,
         counts: history.counts(),
         anomalies,
         elapsed: started.elapsed(),
@@ -824,6 +963,16 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
                 nodes.signal(leader, Signal::SIGSTOP);
                 Ok(())
             }
+            FaultKind::PowerCut => {
+                for &id in &ids {
+                    nodes.kill(id);
+                }
+                ids.iter().try_for_each(|&id| nodes.power_cut_disk(id))
+            }
+            FaultKind::SlowDisk => {
+                let delay = rng.random_range(300..2000);
+                nodes.slow_disk(shuffled[0], delay)
+            }
             FaultKind::Membership => {
                 let minority = &shuffled[..ids.len() - majority];
                 let rest: Vec<u64> = shuffled[ids.len() - majority..].to_vec();
@@ -851,6 +1000,11 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
         std::thread::sleep(hold);
         // Heal this fault.
         nodes.heal();
+        if kind == FaultKind::SlowDisk {
+            if let Err(e) = nodes.slow_disk(shuffled[0], 0) {
+                panic!("healing the slow disk: {e}");
+            }
+        }
         for &id in &ids {
             nodes.signal(id, Signal::SIGCONT);
             if !nodes.running().contains(&id) {
@@ -867,7 +1021,8 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
 
 /// The run configuration from the environment (`bench/nemesis.sh` sets it), with
 /// defaults for the short CI run: `RINGWATCH_NEMESIS_SECONDS`, `_SEED`, `_NODES`,
-/// `_FAULTS` (comma-separated kind names).
+/// `_FAULTS` (comma-separated kind names), `_TAG` (namespace prefix `rwl<tag>-`, at most
+/// 4 characters).
 pub fn config_from_env(tag: &str, nodes: u64, seconds: u64) -> RunConfig {
     let var = |name: &str| std::env::var(format!("RINGWATCH_NEMESIS_{name}")).ok();
     let seed = var("SEED").and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -883,7 +1038,9 @@ pub fn config_from_env(tag: &str, nodes: u64, seconds: u64) -> RunConfig {
         })
         .unwrap_or_else(|| FaultKind::ALL.to_vec());
     RunConfig {
-        tag: tag.to_string(),
+        // A long run (bench/nemesis.sh) sets its own tag, so that it and a short run
+        // never remove each other's namespaces as leftovers.
+        tag: var("TAG").unwrap_or_else(|| tag.to_string()),
         nodes: var("NODES").and_then(|s| s.parse().ok()).unwrap_or(nodes),
         duration: Duration::from_secs(
             var("SECONDS")
