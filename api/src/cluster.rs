@@ -117,6 +117,18 @@ impl Freshness {
     }
 }
 
+/// `GET /cluster/digest`: a digest of the node's replicated state at its applied index.
+/// Two nodes at the same applied index must show the same digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    /// The answering node.
+    pub node_id: NodeId,
+    /// Index applied when the digest was taken.
+    pub applied_index: u64,
+    /// blake3 of the replicated state, hex.
+    pub digest: String,
+}
+
 /// A member in `/cluster/init` and `/cluster/add-learner` bodies.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MemberSpec {

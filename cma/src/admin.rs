@@ -20,7 +20,7 @@
 //! budget), header-read time, request time, concurrent requests and body size; every
 //! refusal is counted in `cma_admin_refused{reason}` (docs/security.md).
 
-use api::cluster::{ApiError, ClusterStatus, IdRequest, InitRequest, MemberSpec};
+use api::cluster::{ApiError, ClusterStatus, IdRequest, InitRequest, MemberSpec, StateDigest};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -133,6 +133,7 @@ fn cluster_routes(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/cluster/status", get(status))
+        .route("/cluster/digest", get(digest))
         .route("/cluster/init", post(init))
         .route("/cluster/add-learner", post(add_learner))
         .route("/cluster/promote", post(promote))
@@ -314,6 +315,29 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         snapshots_installed: node.snapshots_installed(),
         snapshots_built: node.snapshots_built(),
         freshness: Some(freshness),
+    }
+}
+
+/// The replicated state's digest at this node's applied index (taken under the state's
+/// read lock, so the index and the digest match).
+async fn digest(State(state): State<AdminState>) -> Json<StateDigest> {
+    let node = state.node.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let q = node.state();
+        StateDigest {
+            node_id: node.id(),
+            applied_index: node.applied_index(),
+            digest: q.digest(),
+        }
+    })
+    .await;
+    match answer {
+        Ok(d) => Json(d),
+        Err(e) => Json(StateDigest {
+            node_id: state.node.id(),
+            applied_index: 0,
+            digest: format!("error: {e}"),
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 use super::api::Api;
 use super::monitor::Output;
 use anyhow::{bail, Context};
-use api::cluster::{ClusterStatus, IdRequest, InitRequest, MemberSpec};
+use api::cluster::{ClusterStatus, IdRequest, InitRequest, MemberSpec, StateDigest};
 use clap::Subcommand;
 
 /// `cmactl cluster` subcommands.
@@ -41,6 +41,9 @@ pub enum ClusterCommand {
     },
     /// Show the answering node's view of the cluster.
     Status,
+    /// A digest of the answering node's replicated state at its applied index: nodes at
+    /// the same applied index must show the same digest.
+    Digest,
 }
 
 fn parse_member(text: &str) -> anyhow::Result<MemberSpec> {
@@ -84,6 +87,18 @@ pub async fn run(api: &Api, command: &ClusterCommand, out: Output) -> anyhow::Re
         }
         ClusterCommand::Remove { id } => {
             api.post("/cluster/remove", &IdRequest { id: *id }).await?
+        }
+        ClusterCommand::Digest => {
+            let d: StateDigest = api.get("/cluster/digest").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                println!(
+                    "node {} at applied index {}: {}",
+                    d.node_id, d.applied_index, d.digest
+                );
+            }
+            return Ok(());
         }
         ClusterCommand::Status => {
             let status: ClusterStatus = api.get("/cluster/status").await?;

@@ -13,7 +13,9 @@
 //! - [`AnomalyKind::StaleRead`]: a read that ends before an append acknowledged before
 //!   the read began;
 //! - [`AnomalyKind::OffsetMovedBack`]: a read showing the queue start below a consumer
-//!   offset whose commit was acknowledged before the read began.
+//!   offset whose commit was acknowledged before the read began;
+//! - [`AnomalyKind::ReplicaDivergence`]: two nodes at the same applied index whose
+//!   replicated states differ (digests taken once the cluster is healed and idle).
 //!
 //! An operation that failed or timed out may or may not have taken effect: the checker
 //! never counts it either way.
@@ -59,6 +61,8 @@ pub struct History {
     pub appends: Vec<AppendOp>,
     pub reads: Vec<ReadOp>,
     pub commits: Vec<CommitOp>,
+    /// Each node's state digest at the end: (node, applied index, digest).
+    pub digests: Vec<(u64, u64, String)>,
 }
 
 /// What the checker can find.
@@ -70,17 +74,19 @@ pub enum AnomalyKind {
     AckOffsetMismatch,
     StaleRead,
     OffsetMovedBack,
+    ReplicaDivergence,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 6] = [
+    pub const ALL: [AnomalyKind; 7] = [
         AnomalyKind::LostAppend,
         AnomalyKind::DuplicateAppend,
         AnomalyKind::OrderDisagreement,
         AnomalyKind::AckOffsetMismatch,
         AnomalyKind::StaleRead,
         AnomalyKind::OffsetMovedBack,
+        AnomalyKind::ReplicaDivergence,
     ];
 
     /// Name in reports.
@@ -92,6 +98,7 @@ impl AnomalyKind {
             AnomalyKind::AckOffsetMismatch => "ack-offset-mismatch",
             AnomalyKind::StaleRead => "stale-read",
             AnomalyKind::OffsetMovedBack => "offset-moved-back",
+            AnomalyKind::ReplicaDivergence => "replica-divergence",
         }
     }
 }
@@ -282,6 +289,22 @@ pub fn check(history: &History) -> Vec<Anomaly> {
             );
         }
     }
+    // Replicas at one applied index hold one state.
+    let mut by_index: BTreeMap<u64, Vec<(u64, &str)>> = BTreeMap::new();
+    for (node, applied, digest) in &history.digests {
+        by_index
+            .entry(*applied)
+            .or_default()
+            .push((*node, digest.as_str()));
+    }
+    for (applied, nodes) in by_index {
+        if nodes.iter().any(|(_, d)| *d != nodes[0].1) {
+            report(
+                AnomalyKind::ReplicaDivergence,
+                format!("at applied index {applied}: {nodes:?}"),
+            );
+        }
+    }
     found
 }
 
@@ -339,6 +362,7 @@ mod tests {
             appends: vec![append(&[10, 11], 0, 0, 5), append(&[12], 2, 6, 9)],
             reads: vec![read(0, &[(0, 10), (1, 11), (2, 12)], 10, 12)],
             commits: vec![],
+            digests: vec![],
         }
     }
 
@@ -413,6 +437,19 @@ mod tests {
         h.reads.push(read(0, &[(2, 12)], 14, 15));
         h.reads.push(read(3, &[], 16, 17));
         assert_eq!(kinds(&h), vec![]);
+    }
+
+    #[test]
+    fn finds_replicas_that_diverge() {
+        let mut h = good();
+        h.digests = vec![
+            (1, 40, "aa".into()),
+            (2, 40, "aa".into()),
+            (3, 39, "bb".into()),
+        ];
+        assert_eq!(kinds(&h), vec![]);
+        h.digests.push((3, 40, "cc".into()));
+        assert_eq!(kinds(&h), vec![AnomalyKind::ReplicaDivergence]);
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct Report {
     /// What the power cuts threw away, summed over the nodes' lossyfs mounts.
     pub lost_at_cuts: LossCounts,
     pub counts: checker::OpCounts,
+    /// Each node's state digest at rest: (node, applied index, digest).
+    pub digests: Vec<(u64, u64, String)>,
     pub anomalies: Vec<checker::Anomaly>,
     pub elapsed: Duration,
 }
@@ -161,6 +163,14 @@ impl Report {
             c.commits_ok,
             c.commits_failed
         ));
+        if let Some((_, applied, digest)) = self.digests.first() {
+            let same = self.digests.iter().filter(|(_, _, d)| d == digest).count();
+            s.push_str(&format!(
+                "replica digests at applied index {applied}: {same} of {} nodes equal ({})\n",
+                self.digests.len(),
+                &digest[..digest.len().min(16)]
+            ));
+        }
         s.push_str("anomalies:\n");
         for (kind, n) in checker::by_kind(&self.anomalies) {
             s.push_str(&format!("  {:<20} {n}\n", kind.name()));
@@ -504,6 +514,36 @@ impl Nodes {
                 None => false,
             }
         })
+    }
+
+    /// Every node's state digest, once all have applied the same index (the cluster is
+    /// idle): (node, applied index, digest). Returns what it last saw after `within`.
+    fn digests_at_rest(&self, within: Duration) -> Vec<(u64, u64, String)> {
+        let mut last = Vec::new();
+        wait_until(within, || {
+            last = self
+                .ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let out = self
+                        .cmactl_timeout(id, &["--json", "cluster", "digest"], "10")
+                        .ok()?;
+                    let d: serde_json::Value = serde_json::from_str(&out).ok()?;
+                    Some((
+                        id,
+                        d["applied_index"].as_u64()?,
+                        d["digest"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            let settled = last.len() == self.ids().len()
+                && last.iter().all(|(_, applied, _)| *applied == last[0].1);
+            if !settled {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            settled
+        });
+        last
     }
 
     /// The node that says it leads, if one answers within a short timeout.
@@ -866,6 +906,13 @@ pub fn run(config: &RunConfig) -> Report {
         "the consumer could not read to the end after healing\n{}",
         nodes.logs_tail()
     );
+    let digests = nodes.digests_at_rest(Duration::from_secs(60));
+    assert!(
+        digests.len() == nodes.ids().len(),
+        "not every node gave its state digest at one applied index: {digests:?}\n{}",
+        nodes.logs_tail()
+    );
+    rec.with(|h| h.digests = digests);
     let history = rec
         .history
         .lock()
@@ -885,6 +932,7 @@ pub fn run(config: &RunConfig) -> Report {
         faults,
         lost_at_cuts: nodes.lost,
         counts: history.counts(),
+        digests: history.digests.clone(),
         anomalies,
         elapsed: started.elapsed(),
     }
