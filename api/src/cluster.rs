@@ -66,6 +66,13 @@ pub enum Freshness {
         /// Milliseconds since that message.
         heard_ms_ago: u64,
     },
+    /// The answering node leads and a quorum acknowledged it within the last election
+    /// timeout, but its read barrier did not pass in time (overloaded, or still applying
+    /// the log it took over): its state may lag what the cluster acknowledged.
+    Unconfirmed {
+        /// Index applied on the answering node.
+        applied_index: u64,
+    },
     /// The answering node cannot reach a quorum (a leader that cannot confirm its
     /// leadership, or a follower that has heard no leader for an election timeout): its
     /// state is as of `applied_index` and may be old.
@@ -99,6 +106,10 @@ impl Freshness {
             } => Some(format!(
                 "stale: answered by follower {node} from its copy (applied index {applied_index}; leader {leader_id} had committed {leader_commit}, heard {})",
                 ago(heard_ms_ago)
+            )),
+            Freshness::Unconfirmed { applied_index } => Some(format!(
+                "unconfirmed: leader {node} could not confirm its state in time (busy, or \
+                 still applying its log); applied index {applied_index}"
             )),
             Freshness::NoQuorum {
                 applied_index,

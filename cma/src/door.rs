@@ -82,6 +82,9 @@ pub async fn freshness(node: &replica::Node) -> Freshness {
             leader_commit,
             heard_ms_ago,
         },
+        replica::Freshness::Unconfirmed { applied } => Freshness::Unconfirmed {
+            applied_index: applied,
+        },
         replica::Freshness::NoQuorum {
             applied,
             leader_commit,

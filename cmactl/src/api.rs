@@ -203,6 +203,7 @@ fn stale_rank(value: &serde_json::Value) -> Option<u64> {
         Ok(f) if f.is_current() => None,
         Ok(
             api::cluster::Freshness::Follower { applied_index, .. }
+            | api::cluster::Freshness::Unconfirmed { applied_index }
             | api::cluster::Freshness::NoQuorum { applied_index, .. },
         ) => Some(applied_index),
         _ => None,

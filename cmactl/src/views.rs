@@ -843,6 +843,12 @@ mod tests {
             text.starts_with("NO QUORUM: node 2 reaches no quorum; its state is as of applied index 7, last commit index heard 9, leader last heard 12.3 s ago"),
             "{text}"
         );
+        a.freshness = Some(Freshness::Unconfirmed { applied_index: 7 });
+        let text = render_failures(&a, NOW, &Utc, Style::default());
+        assert!(
+            text.starts_with("unconfirmed: leader 2 could not confirm its state in time (busy, or still applying its log); applied index 7"),
+            "{text}"
+        );
         a.freshness = Some(Freshness::Current { applied_index: 7 });
         let text = render_failures(&a, NOW, &Utc, Style::default());
         assert!(text.starts_with("ID  KIND"), "{text}");

@@ -288,6 +288,13 @@ pub enum Freshness {
         /// Milliseconds since that message.
         heard_ms_ago: u64,
     },
+    /// This node leads and a quorum acknowledged it within the last election timeout, but
+    /// the read barrier did not pass in time (the node is overloaded, or still applying
+    /// the log it took over): the state may lag what the cluster acknowledged.
+    Unconfirmed {
+        /// Index applied here.
+        applied: u64,
+    },
     /// No quorum reachable from here (a leader that cannot confirm its leadership, or a
     /// follower that has heard no leader for an election timeout): the state is as of
     /// `applied`, possibly old.
@@ -715,6 +722,11 @@ impl Node {
                 Ok(Err(ProposeError::NotLeader { .. })) => {}
                 _ => {
                     let acked = self.inner.raft.metrics().borrow().millis_since_quorum_ack;
+                    if acked.is_some_and(|ms| u128::from(ms) <= lease.as_millis()) {
+                        return Freshness::Unconfirmed {
+                            applied: self.applied_index(),
+                        };
+                    }
                     return Freshness::NoQuorum {
                         applied: self.applied_index(),
                         leader_commit: None,
