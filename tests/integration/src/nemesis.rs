@@ -437,24 +437,16 @@ impl Nodes {
     /// Removes voter `id` and adds it back (learner, then voter), through the leader; each
     /// step may fail under the faults of the moment: how far it got.
     fn cycle_membership(&self, leader: u64, id: u64) -> usize {
-        let id_s = id.to_string();
-        let raft = format!("{}:7400", node_addr(id));
-        let steps: [Vec<&str>; 3] = [
-            vec!["cluster", "remove", "--id", &id_s],
-            vec![
-                "cluster",
-                "add-learner",
-                "--id",
-                &id_s,
-                "--raft",
-                &raft,
-                "--admin",
-                "127.0.0.1:7480",
-            ],
-            vec!["cluster", "promote", "--id", &id_s],
-        ];
+        let mut steps = vec![vec![
+            "cluster".to_string(),
+            "remove".into(),
+            "--id".into(),
+            id.to_string(),
+        ]];
+        steps.extend(rejoin_steps(id));
         for (done, args) in steps.iter().enumerate() {
-            if let Err(e) = self.cmactl_timeout(leader, args, "5") {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = self.cmactl_timeout(leader, &args, "5") {
                 eprintln!("nemesis: membership step {args:?} on {leader}: {e}");
                 return done;
             }
@@ -489,25 +481,10 @@ impl Nodes {
                 Some(voters) if voters == all => true,
                 Some(voters) => {
                     for id in all.difference(&voters) {
-                        let _ = self.cmactl_timeout(
-                            leader,
-                            &[
-                                "cluster",
-                                "add-learner",
-                                "--id",
-                                &id.to_string(),
-                                "--raft",
-                                &format!("{}:7400", node_addr(*id)),
-                                "--admin",
-                                "127.0.0.1:7480",
-                            ],
-                            "10",
-                        );
-                        let _ = self.cmactl_timeout(
-                            leader,
-                            &["cluster", "promote", "--id", &id.to_string()],
-                            "10",
-                        );
+                        for args in rejoin_steps(*id) {
+                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                            let _ = self.cmactl_timeout(leader, &args, "10");
+                        }
                     }
                     false
                 }
@@ -624,6 +601,24 @@ impl CmaCluster for Nodes {
     fn diagnostics(&self) -> String {
         self.logs_tail()
     }
+}
+
+/// The `cmactl` arguments that make node `id` a voter again: add it as a learner, promote.
+fn rejoin_steps(id: u64) -> [Vec<String>; 2] {
+    let id_s = id.to_string();
+    [
+        vec![
+            "cluster".into(),
+            "add-learner".into(),
+            "--id".into(),
+            id_s.clone(),
+            "--raft".into(),
+            format!("{}:7400", node_addr(id)),
+            "--admin".into(),
+            "127.0.0.1:7480".into(),
+        ],
+        vec!["cluster".into(), "promote".into(), "--id".into(), id_s],
+    ]
 }
 
 /// Moves the calling thread into network namespace `ns` (sockets it opens after this live
