@@ -31,11 +31,11 @@ fn run_and_check(tag: &str, nodes: u64, seconds: u64) {
 #[test]
 fn three_nodes_under_faults_lose_nothing_and_serve_no_stale_read() {
     require_lab!();
-    run_and_check("nm3", 3, 75);
+    run_and_check("ns3", 3, 75);
 }
 
 #[test]
 fn five_nodes_under_faults_lose_nothing_and_serve_no_stale_read() {
     require_lab!();
-    run_and_check("nm5", 5, 75);
+    run_and_check("ns5", 5, 75);
 }
