@@ -3,7 +3,7 @@
 
 use crate::commands::CommandMemory;
 use crate::config::Config;
-use crate::guard::{RateLimited, SourceGuard};
+use crate::guard::SourceGuard;
 use crate::heartbeat::{Action, HeartbeatEngine};
 use crate::lldp::{NeighbourTable, Observed};
 use crate::metrics::Metrics;
@@ -12,6 +12,7 @@ use crate::probes::{run_probe, EchoSetup};
 use crate::recv::{self, RecvBatch};
 use crate::reports::ReportSender;
 use crate::{capture, discovery, socket};
+use daemon::warn::WarnEvery;
 use proto::{
     Ack, Body, Command, CommandBody, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult,
     ReportBody, Sealer, SessionId, Startup, Verifier,
@@ -86,8 +87,8 @@ struct Node {
     /// Own sockets of authenticated peers, and what they read.
     peer_sockets: PeerSockets,
     from_peers: mpsc::Receiver<Forwarded>,
-    bad_mac_warning: RateLimited,
-    unacked_warning: RateLimited,
+    bad_mac_warning: WarnEvery,
+    unacked_warning: WarnEvery,
     lldp: NeighbourTable,
     /// The default gateway and its MAC as last reported (one router has one MAC on all
     /// its interfaces, which is how the CMA groups gateways into routers).
@@ -147,8 +148,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         guard: SourceGuard::default(),
         peer_sockets,
         from_peers,
-        bad_mac_warning: RateLimited::new(WARN_EVERY),
-        unacked_warning: RateLimited::new(WARN_EVERY),
+        bad_mac_warning: WarnEvery::new(WARN_EVERY),
+        unacked_warning: WarnEvery::new(WARN_EVERY),
         lldp: NeighbourTable::new(config.lldp.limits())
             .report_empty_after(Instant::now() + LLDP_START_GRACE),
         gateway: discovery::default_gateway(),
