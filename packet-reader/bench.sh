@@ -51,13 +51,9 @@ wait_api() {
     for _ in $(seq 300); do api "$1" cluster status >/dev/null 2>&1 && return; sleep 0.1; done
     echo "node $1 did not come up" >&2; exit 1
 }
-wait_api 1
-api 1 cluster init >/dev/null
-for id in 2 3; do
-    wait_api "$id"
-    api 1 cluster add-learner --id "$id" --raft "127.0.79.$id:7400" --admin "127.0.79.$id:7480" >/dev/null
-    api 1 cluster promote --id "$id" >/dev/null
-done
+for id in 1 2 3; do wait_api "$id"; done
+api 1 cluster init --wait 60 --member "1=127.0.79.1:7400,127.0.79.1:7480" \
+    --member "2=127.0.79.2:7400,127.0.79.2:7480" --member "3=127.0.79.3:7400,127.0.79.3:7480" >/dev/null
 
 cat > "$WORK/reader.toml" <<TOML
 host_id = 900001
