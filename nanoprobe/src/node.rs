@@ -1,7 +1,7 @@
 //! The daemon: one loop that reads the socket, feeds the pure engines (heartbeats,
 //! reports, commands) with events and time, and carries out what they return.
 
-use crate::commands::CommandMemory;
+use crate::commands::{self, Applied, CommandMemory, ProbeOrder, MAX_PROBE_TARGETS};
 use crate::config::Config;
 use crate::guard::SourceGuard;
 use crate::heartbeat::{Action, HeartbeatEngine};
@@ -14,8 +14,8 @@ use crate::reports::ReportSender;
 use crate::{capture, discovery, socket};
 use daemon::warn::WarnEvery;
 use proto::{
-    Ack, Body, Command, CommandBody, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult,
-    ReportBody, Sealer, SessionId, Startup, Verifier,
+    Ack, Body, Command, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult, ReportBody, Sealer,
+    SessionId, Startup, Verifier,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-/// Most targets probed for one `DoProbe`, so a command cannot spawn unbounded work.
-const MAX_PROBE_TARGETS: usize = 64;
 /// Most senders whose replay state is tracked.
 const MAX_SENDERS: usize = 4096;
 /// Most datagrams read from the socket in one go (in `recvmmsg` batches of
@@ -495,32 +493,20 @@ impl Node {
 
     async fn apply(&mut self, cmd: Command, now: Instant) {
         tracing::info!(id = cmd.id, kind = cmd.body.kind(), "applying command");
-        match cmd.body {
-            CommandBody::SendExpectHb { peers, timings } => match timings.validate() {
-                Ok(()) => self.engine.send_expect(&peers, timings, now),
-                Err(e) => {
-                    tracing::warn!(id = cmd.id, error = %e, "SendExpectHb with bad timings ignored")
-                }
-            },
-            CommandBody::StopSendExpectHb { peers } => self.engine.stop(&peers),
-            CommandBody::SetConfig(update) => {
-                if let Some(t) = update.timings {
-                    match t.validate() {
-                        Ok(()) => self.engine.set_timings(t, now),
-                        Err(e) => {
-                            tracing::warn!(id = cmd.id, error = %e, "SetConfig with bad timings ignored")
-                        }
-                    }
-                }
+        match commands::apply(&mut self.engine, cmd.body, now) {
+            Applied::Done => {}
+            Applied::BadTimings { command, error } => {
+                tracing::warn!(id = cmd.id, %error, "{command} with bad timings ignored")
             }
-            CommandBody::DoProbe {
-                probe_id,
-                targets,
-                kind,
-                timeout_ms,
-            } => {
-                let timeout = Duration::from_millis(timeout_ms.into());
-                for target in targets.into_iter().take(MAX_PROBE_TARGETS) {
+            Applied::Probe(order) => {
+                let timeout = order.timeout();
+                let ProbeOrder {
+                    probe_id,
+                    targets,
+                    kind,
+                    ..
+                } = order;
+                for target in targets {
                     let echo = match kind {
                         ProbeKind::UdpEcho { .. } => {
                             // One request per attempt, each with its own nonce and envelope
