@@ -6,9 +6,10 @@
 api() { "$BIN/cmactl" --api "http://$NET.$1:7480" "${@:2}"; }
 apis() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.3:7480" "$@"; }
 
-# start_cluster [TOML_FILE]: nodes 1-3 at $NET.{1,2,3} (Raft :7400, admin :7480), with
-# TOML_FILE appended to each node's config (e.g. a declared topology); the cluster is
-# initialised on node 1 with the three nodes as voters.
+# start_cluster [TOML_FILE]: nodes 1-3 at $NET.{1,2,3} (Raft :7400, admin :7480), with a
+# worker (WORKER=0: none, the queue alone) and TOML_FILE appended to each node's config
+# (e.g. a declared topology); the cluster is initialised on node 1 with the three nodes as
+# voters.
 start_cluster() {
     local extra=${1:-/dev/null} id
     for id in 1 2 3; do
@@ -19,10 +20,10 @@ admin_listen = "$NET.$id:7480"
 data_dir = "$WORK/data$id"
 cluster_secret_file = "$WORK/cluster.key"
 
-[worker]
-key_file = "$WORK/keys.toml"
-
 TOML
+        if [[ ${WORKER:-1} != 0 ]]; then
+            printf '[worker]\nkey_file = "%s"\n\n' "$WORK/keys.toml" >> "$WORK/n$id.toml"
+        fi
         cat "$extra" >> "$WORK/n$id.toml"
         "$BIN/cma" --config "$WORK/n$id.toml" >"$WORK/n$id.log" 2>&1 &
         PIDS+=($!)
