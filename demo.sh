@@ -48,13 +48,11 @@ TOML
     PIDS+=($!)
 done
 cmactl() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.3:7480" "$@"; }
-for _ in $(seq 100); do "$BIN/cmactl" --api "http://$NET.1:7480" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
-"$BIN/cmactl" --api "http://$NET.1:7480" cluster init >/dev/null
-for id in 2 3; do
+for id in 1 2 3; do
     for _ in $(seq 100); do "$BIN/cmactl" --api "http://$NET.$id:7480" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
-    cmactl cluster add-learner --id "$id" --raft "$NET.$id:7400" --admin "$NET.$id:7480" >/dev/null
-    cmactl cluster promote --id "$id" >/dev/null
 done
+"$BIN/cmactl" --api "http://$NET.1:7480" cluster init --wait 60 --member "1=$NET.1:7400,$NET.1:7480" \
+    --member "2=$NET.2:7400,$NET.2:7480" --member "3=$NET.3:7400,$NET.3:7480" >/dev/null
 
 echo "== starting a packet-reader"
 cat > "$WORK/reader.toml" <<TOML

@@ -6,9 +6,10 @@
 api() { "$BIN/cmactl" --api "http://$NET.$1:7480" "${@:2}"; }
 apis() { "$BIN/cmactl" --api "http://$NET.1:7480,http://$NET.2:7480,http://$NET.3:7480" "$@"; }
 
-# start_cluster [TOML_FILE]: nodes 1-3 at $NET.{1,2,3} (Raft :7400, admin :7480), with
-# TOML_FILE appended to each node's config (e.g. a declared topology); the cluster is
-# initialised on node 1 and nodes 2 and 3 join as voters.
+# start_cluster [TOML_FILE]: nodes 1-3 at $NET.{1,2,3} (Raft :7400, admin :7480), with a
+# worker (WORKER=0: none, the queue alone) and TOML_FILE appended to each node's config
+# (e.g. a declared topology); the cluster is initialised on node 1 with the three nodes as
+# voters.
 start_cluster() {
     local extra=${1:-/dev/null} id
     for id in 1 2 3; do
@@ -19,10 +20,10 @@ admin_listen = "$NET.$id:7480"
 data_dir = "$WORK/data$id"
 cluster_secret_file = "$WORK/cluster.key"
 
-[worker]
-key_file = "$WORK/keys.toml"
-
 TOML
+        if [[ ${WORKER:-1} != 0 ]]; then
+            printf '[worker]\nkey_file = "%s"\n\n' "$WORK/keys.toml" >> "$WORK/n$id.toml"
+        fi
         cat "$extra" >> "$WORK/n$id.toml"
         "$BIN/cma" --config "$WORK/n$id.toml" >"$WORK/n$id.log" 2>&1 &
         PIDS+=($!)
@@ -30,11 +31,8 @@ TOML
     for id in 1 2 3; do
         for _ in $(seq 300); do api "$id" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
     done
-    api 1 cluster init >/dev/null
-    for id in 2 3; do
-        api 1 cluster add-learner --id "$id" --raft "$NET.$id:7400" --admin "$NET.$id:7480" >/dev/null
-        api 1 cluster promote --id "$id" >/dev/null
-    done
+    api 1 cluster init --wait 60 --member "1=$NET.1:7400,$NET.1:7480" \
+        --member "2=$NET.2:7400,$NET.2:7480" --member "3=$NET.3:7400,$NET.3:7480" >/dev/null
 }
 
 # start_reader: a packet-reader at $NET.10:7300 (metrics at $NET.10:7381) feeding the

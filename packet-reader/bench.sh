@@ -35,44 +35,12 @@ hex32 > "$WORK/cluster.key"
 printf 'primary = 1\n\n[[keys]]\nid = 1\nsecret = "%s"\n' "$(hex32)" > "$WORK/keys.toml"
 chmod 600 "$WORK/keys.toml" "$WORK/cluster.key"
 
-for id in 1 2 3; do
-    cat > "$WORK/n$id.toml" <<TOML
-node_id = $id
-listen = "127.0.79.$id:7400"
-admin_listen = "127.0.79.$id:7480"
-data_dir = "$WORK/data$id"
-cluster_secret_file = "$WORK/cluster.key"
-TOML
-    "$BIN/cma" --config "$WORK/n$id.toml" >"$WORK/n$id.log" 2>&1 &
-    PIDS+=($!)
-done
-api() { "$BIN/cmactl" --api "http://127.0.79.$1:7480" "${@:2}"; }
-wait_api() {
-    for _ in $(seq 300); do api "$1" cluster status >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "node $1 did not come up" >&2; exit 1
-}
-wait_api 1
-api 1 cluster init >/dev/null
-for id in 2 3; do
-    wait_api "$id"
-    api 1 cluster add-learner --id "$id" --raft "127.0.79.$id:7400" --admin "127.0.79.$id:7480" >/dev/null
-    api 1 cluster promote --id "$id" >/dev/null
-done
-
-cat > "$WORK/reader.toml" <<TOML
-host_id = 900001
-listen = "127.0.79.10:7300"
-key_file = "$WORK/keys.toml"
-cma_nodes = ["127.0.79.1:7400", "127.0.79.2:7400", "127.0.79.3:7400"]
-cluster_secret_file = "$WORK/cluster.key"
-metrics_listen = "127.0.79.10:7381"
-TOML
-"$BIN/packet-reader" --config "$WORK/reader.toml" >"$WORK/reader.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.79.10/7381) 2>/dev/null && break
-    sleep 0.1
-done
+NET=127.0.79
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+# The queue alone (no worker), then the packet-reader feeding it.
+WORKER=0 start_cluster
+start_reader
 
 # Raft log syncs of node $1 so far (cma_raft_log_syncs_total).
 syncs_of() {

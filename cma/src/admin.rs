@@ -27,14 +27,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use daemon::metrics::Reason;
+use daemon::warn::WarnEvery;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use replica::limits::WarnEvery;
 use replica::metrics::NodeGauges;
-use replica::node::ReasonLabel;
 use replica::{Node, NodeAddr, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -79,7 +79,7 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     limits: AdminLimits,
     busy: Arc<Semaphore>,
-    refused: Family<ReasonLabel, Counter>,
+    refused: Family<Reason, Counter>,
 }
 
 impl AdminState {
@@ -93,7 +93,7 @@ impl AdminState {
     ) -> AdminState {
         let gauges = NodeGauges::default();
         gauges.register(&mut registry, node.metrics());
-        let refused = Family::<ReasonLabel, Counter>::default();
+        let refused = Family::<Reason, Counter>::default();
         registry.sub_registry_with_prefix("cma").register(
             "admin_refused",
             "Admin API connections and requests refused, by reason",
@@ -111,11 +111,7 @@ impl AdminState {
     }
 
     fn count_refusal(&self, reason: &str) {
-        self.refused
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.refused.get_or_create(&Reason::of(reason)).inc();
     }
 
     /// The node served.
@@ -190,45 +186,51 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
 /// `state`'s limits; returns only if the listener fails for good (it does not: failed
 /// accepts are counted and retried after a pause).
 pub async fn serve(listener: TcpListener, state: AdminState, app: Router) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let connections = Arc::new(Semaphore::new(state.limits.max_connections));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    let refused_log = WarnEvery::new(Duration::from_secs(10));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                state.count_refusal("accept_error");
-                if let Some(suppressed) = refused_log.check() {
-                    tracing::warn!(error = %e, suppressed, "admin accept failed; retrying in 100 ms");
-                }
-                tokio::time::sleep(replica::ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            state.count_refusal("connection_limit");
-            if let Some(suppressed) = refused_log.check() {
-                tracing::warn!(%peer, suppressed, "admin connection refused: connection limit");
-            }
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    state.count_refusal("header_timeout");
-                }
-                tracing::debug!(%peer, error = %e, "admin connection ended");
-            }
-            drop(permit);
-        });
+    let bounds = daemon::http::Bounds {
+        max_connections: state.limits.max_connections,
+        header_read_timeout: state.limits.header_read_timeout,
+        max_buf_size: Some(64 * 1024),
+        connection_lifetime: None,
+    };
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let refusals = AdminRefusals {
+        state,
+        log: WarnEvery::new(Duration::from_secs(10)),
+    };
+    daemon::http::serve_bounded(listener, bounds, service, refusals).await
+}
+
+/// Counts the admin listener's refusals in `cma_admin_refused{reason}`; logs the ones an
+/// attacker could repeat at most once per 10 s.
+#[derive(Clone)]
+struct AdminRefusals {
+    state: AdminState,
+    log: WarnEvery,
+}
+
+impl daemon::http::Refusals for AdminRefusals {
+    fn accept_failed(&mut self, error: &std::io::Error) {
+        self.state.count_refusal("accept_error");
+        if let Some(suppressed) = self.log.check(std::time::Instant::now()) {
+            tracing::warn!(%error, suppressed, "admin accept failed; retrying in 100 ms");
+        }
     }
+
+    fn over_limit(&mut self, peer: std::net::SocketAddr) {
+        self.state.count_refusal("connection_limit");
+        if let Some(suppressed) = self.log.check(std::time::Instant::now()) {
+            tracing::warn!(%peer, suppressed, "admin connection refused: connection limit");
+        }
+    }
+
+    fn connection_failed(&self, peer: std::net::SocketAddr, error: &hyper::Error) {
+        if error.is_timeout() {
+            self.state.count_refusal("header_timeout");
+        }
+        tracing::debug!(%peer, %error, "admin connection ended");
+    }
+
+    fn lifetime_reached(&self, _peer: std::net::SocketAddr) {}
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {

@@ -7,19 +7,19 @@
 //! connection within [`Limits::connection_lifetime`]. Refusals are counted by reason in
 //! `metrics_listener_refused_total`.
 
+use crate::http::{serve_bounded, Bounds, Refusals};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Content type of the Prometheus/OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -45,24 +45,34 @@ impl Default for Limits {
     }
 }
 
-/// Label of the refusal counter.
+/// The `reason` label of a refusal or error counter, shared by every daemon (here:
+/// `connections`, over the limit, or `lifetime`, closed at the lifetime bound).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// `connections` (over the limit) or `lifetime` (closed at the lifetime bound).
-    pub reason: &'static str,
+pub struct Reason {
+    /// Why (a short stable name such as `bad_mac` or `connection_limit`).
+    pub reason: String,
+}
+
+impl Reason {
+    /// The label for `reason`.
+    pub fn of(reason: &str) -> Reason {
+        Reason {
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// Counters of the listener, to register with the daemon's other metrics.
 #[derive(Clone, Debug, Default)]
 pub struct ListenerStats {
-    refused: Family<ReasonLabel, Counter>,
+    refused: Family<Reason, Counter>,
 }
 
 impl ListenerStats {
     /// Registers the counters as `metrics_listener_refused_total{reason}`.
     pub fn register(&self, registry: &mut Registry) {
         for reason in ["connections", "lifetime"] {
-            let _ = self.refused.get_or_create(&ReasonLabel { reason });
+            let _ = self.refused.get_or_create(&Reason::of(reason));
         }
         registry.register(
             "metrics_listener_refused",
@@ -72,7 +82,7 @@ impl ListenerStats {
     }
 
     fn count(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+        self.refused.get_or_create(&Reason::of(reason)).inc();
     }
 }
 
@@ -94,39 +104,32 @@ where
     F: Fn() -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.count("connections");
-            continue;
-        };
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let render = render.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let render = render.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &*render)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            if tokio::time::timeout(limits.connection_lifetime, connection)
-                .await
-                .is_err()
-            {
-                stats.count("lifetime");
-            }
-            drop(slot);
-        });
+        async move { Ok::<_, std::convert::Infallible>(answer(&request, &*render)) }
+    });
+    let bounds = Bounds {
+        max_connections: limits.max_connections.max(1),
+        header_read_timeout: limits.header_timeout,
+        max_buf_size: None,
+        connection_lifetime: Some(limits.connection_lifetime),
+    };
+    serve_bounded(listener, bounds, service, stats).await
+}
+
+impl Refusals for ListenerStats {
+    fn accept_failed(&mut self, error: &std::io::Error) {
+        tracing::warn!(%error, "metrics listener: accept failed");
+    }
+
+    fn over_limit(&mut self, _peer: SocketAddr) {
+        self.count("connections");
+    }
+
+    fn connection_failed(&self, _peer: SocketAddr, _error: &hyper::Error) {}
+
+    fn lifetime_reached(&self, _peer: SocketAddr) {
+        self.count("lifetime");
     }
 }
 

@@ -13,13 +13,13 @@
 //! the wire are derived from it and the `(Instant, wall µs)` epoch given at construction.
 
 use crate::world::{Fault, World};
-use nanoprobe::commands::CommandMemory;
+use nanoprobe::commands::{self, Applied, CommandMemory, ProbeOrder};
 use nanoprobe::config::ReportsConfig;
 use nanoprobe::heartbeat::{Action, Detection, HeartbeatEngine};
 use nanoprobe::reports::ReportSender;
 use proto::{
-    Ack, Body, Command, CommandBody, HbTimings, HostId, InterfaceAddr, KeyRing, ProbeKind,
-    ProbeOutcome, ProbeResult, ProbeTarget, ReportBody, Sealer, SessionId, Startup, Verifier,
+    Ack, Body, Command, HbTimings, HostId, InterfaceAddr, KeyRing, ProbeKind, ProbeOutcome,
+    ProbeResult, ProbeTarget, ReportBody, Sealer, SessionId, Startup, Verifier,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,8 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most targets of one `DoProbe` (the real nanoprobe's bound).
-const MAX_PROBE_TARGETS: usize = 64;
 /// Senders whose replay state one host tracks (the real nanoprobe's bound).
 const MAX_SENDERS: usize = 4096;
 /// Round-trip time reported for a probe that got an answer (a LAN).
@@ -593,47 +591,36 @@ impl Sim {
         let Some(h) = self.hosts.get_mut(i as usize).and_then(Option::as_mut) else {
             return;
         };
-        match cmd.body {
-            CommandBody::SendExpectHb { peers, timings } => {
-                if timings.validate().is_ok() {
-                    h.hb.send_expect(&peers, timings, now);
-                }
-            }
-            CommandBody::StopSendExpectHb { peers } => h.hb.stop(&peers),
-            CommandBody::SetConfig(update) => {
-                if let Some(t) = update.timings.filter(|t| t.validate().is_ok()) {
-                    h.hb.set_timings(t, now);
-                }
-            }
-            CommandBody::DoProbe {
+        let Applied::Probe(order) = commands::apply(&mut h.hb, cmd.body, now) else {
+            return;
+        };
+        let ProbeOrder {
+            probe_id,
+            targets,
+            kind,
+            timeout_ms,
+        } = order;
+        let session = h.session;
+        for target in targets {
+            let (outcome, rtt_us) = self.probe_outcome(i, &target, kind);
+            let result = ProbeResult {
                 probe_id,
-                targets,
+                target,
                 kind,
-                timeout_ms,
-            } => {
-                let session = h.session;
-                for target in targets.into_iter().take(MAX_PROBE_TARGETS) {
-                    let (outcome, rtt_us) = self.probe_outcome(i, &target, kind);
-                    let result = ProbeResult {
-                        probe_id,
-                        target,
-                        kind,
-                        outcome: outcome.clone(),
-                        rtt_us,
-                    };
-                    if outcome == ProbeOutcome::Reachable {
-                        self.report(i, ReportBody::ProbeResult(result), now);
-                    } else {
-                        self.probe_seq += 1;
-                        self.probes.push(Reverse(DueProbe {
-                            at: now + Duration::from_millis(timeout_ms.into()),
-                            seq: self.probe_seq,
-                            host: i,
-                            session,
-                            result: ProbeResultKey(result),
-                        }));
-                    }
-                }
+                outcome: outcome.clone(),
+                rtt_us,
+            };
+            if outcome == ProbeOutcome::Reachable {
+                self.report(i, ReportBody::ProbeResult(result), now);
+            } else {
+                self.probe_seq += 1;
+                self.probes.push(Reverse(DueProbe {
+                    at: now + Duration::from_millis(timeout_ms.into()),
+                    seq: self.probe_seq,
+                    host: i,
+                    session,
+                    result: ProbeResultKey(result),
+                }));
             }
         }
     }
@@ -667,7 +654,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::world::{Shape, World};
-    use proto::{decode_verified, KeyId, Peer, Report};
+    use proto::{decode_verified, CommandBody, KeyId, Peer, Report};
 
     const READER: &str = "127.0.0.9:7300";
     const CMA: u64 = 4_000_000_001;

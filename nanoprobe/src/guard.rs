@@ -4,7 +4,8 @@
 //! the daemon verify: beyond a burst, datagrams from that source are dropped before any
 //! MAC is computed, until its budget refills. A source that sent an authentic datagram
 //! recently is never limited, so garbage sent with a peer's (spoofed) address cannot
-//! silence that peer. [`RateLimited`] spaces out warnings an attacker could repeat.
+//! silence that peer. The warnings an attacker could repeat are spaced out by
+//! [`daemon::warn::WarnEvery`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -73,38 +74,6 @@ impl SourceGuard {
     }
 }
 
-/// Says yes at most once per period; counts the no's in between.
-pub struct RateLimited {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    /// At most once per `period`.
-    pub fn new(period: Duration) -> RateLimited {
-        RateLimited {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since the last yes)` when the event should be logged now.
-    pub fn check(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.period => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,15 +126,5 @@ mod tests {
             }
         }
         assert!(admitted <= FAILURE_BURST as usize, "{admitted}");
-    }
-
-    #[test]
-    fn warnings_are_spaced() {
-        let mut w = RateLimited::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(w.check(t0), Some(0));
-        assert_eq!(w.check(t0 + Duration::from_secs(1)), None);
-        assert_eq!(w.check(t0 + Duration::from_secs(2)), None);
-        assert_eq!(w.check(t0 + Duration::from_secs(11)), Some(2));
     }
 }

@@ -5,9 +5,10 @@
 //!   martians), one timer structure for all peers.
 //! - [`reports`]: reliable reports (ids, bounded backoff, reader choice and fail-over,
 //!   bounded queue).
-//! - [`commands`]: idempotent command application.
+//! - [`commands`]: idempotent command application (pure: dedup, then the engine's part
+//!   of each command; probes come back as orders).
 //! - [`probes`]: ICMP echo, TCP connect and UDP echo probes.
-//! - [`guard`]: per-source failure budget and rate-limited warnings (flood resistance).
+//! - [`guard`]: per-source failure budget (flood resistance).
 //! - [`lldp`]: the LLDP/CDP frame parser and the bounded neighbour table (pure).
 //! - [`discovery`]: hostname, interfaces, default gateway, LLDP neighbour.
 //! - [`capture`]: the filtered AF_PACKET socket that hears LLDP/CDP frames.

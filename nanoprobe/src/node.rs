@@ -1,9 +1,9 @@
 //! The daemon: one loop that reads the socket, feeds the pure engines (heartbeats,
 //! reports, commands) with events and time, and carries out what they return.
 
-use crate::commands::CommandMemory;
+use crate::commands::{self, Applied, CommandMemory, ProbeOrder, MAX_PROBE_TARGETS};
 use crate::config::Config;
-use crate::guard::{RateLimited, SourceGuard};
+use crate::guard::SourceGuard;
 use crate::heartbeat::{Action, HeartbeatEngine};
 use crate::lldp::{NeighbourTable, Observed};
 use crate::metrics::Metrics;
@@ -12,9 +12,10 @@ use crate::probes::{run_probe, EchoSetup};
 use crate::recv::{self, RecvBatch};
 use crate::reports::ReportSender;
 use crate::{capture, discovery, socket};
+use daemon::warn::WarnEvery;
 use proto::{
-    Ack, Body, Command, CommandBody, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult,
-    ReportBody, Sealer, SessionId, Startup, Verifier,
+    Ack, Body, Command, Heartbeat, HostId, KeyRing, ProbeKind, ProbeResult, ReportBody, Sealer,
+    SessionId, Startup, Verifier,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-/// Most targets probed for one `DoProbe`, so a command cannot spawn unbounded work.
-const MAX_PROBE_TARGETS: usize = 64;
 /// Most senders whose replay state is tracked.
 const MAX_SENDERS: usize = 4096;
 /// Most datagrams read from the socket in one go (in `recvmmsg` batches of
@@ -86,8 +85,8 @@ struct Node {
     /// Own sockets of authenticated peers, and what they read.
     peer_sockets: PeerSockets,
     from_peers: mpsc::Receiver<Forwarded>,
-    bad_mac_warning: RateLimited,
-    unacked_warning: RateLimited,
+    bad_mac_warning: WarnEvery,
+    unacked_warning: WarnEvery,
     lldp: NeighbourTable,
     /// The default gateway and its MAC as last reported (one router has one MAC on all
     /// its interfaces, which is how the CMA groups gateways into routers).
@@ -147,8 +146,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         guard: SourceGuard::default(),
         peer_sockets,
         from_peers,
-        bad_mac_warning: RateLimited::new(WARN_EVERY),
-        unacked_warning: RateLimited::new(WARN_EVERY),
+        bad_mac_warning: WarnEvery::new(WARN_EVERY),
+        unacked_warning: WarnEvery::new(WARN_EVERY),
         lldp: NeighbourTable::new(config.lldp.limits())
             .report_empty_after(Instant::now() + LLDP_START_GRACE),
         gateway: discovery::default_gateway(),
@@ -494,32 +493,20 @@ impl Node {
 
     async fn apply(&mut self, cmd: Command, now: Instant) {
         tracing::info!(id = cmd.id, kind = cmd.body.kind(), "applying command");
-        match cmd.body {
-            CommandBody::SendExpectHb { peers, timings } => match timings.validate() {
-                Ok(()) => self.engine.send_expect(&peers, timings, now),
-                Err(e) => {
-                    tracing::warn!(id = cmd.id, error = %e, "SendExpectHb with bad timings ignored")
-                }
-            },
-            CommandBody::StopSendExpectHb { peers } => self.engine.stop(&peers),
-            CommandBody::SetConfig(update) => {
-                if let Some(t) = update.timings {
-                    match t.validate() {
-                        Ok(()) => self.engine.set_timings(t, now),
-                        Err(e) => {
-                            tracing::warn!(id = cmd.id, error = %e, "SetConfig with bad timings ignored")
-                        }
-                    }
-                }
+        match commands::apply(&mut self.engine, cmd.body, now) {
+            Applied::Done => {}
+            Applied::BadTimings { command, error } => {
+                tracing::warn!(id = cmd.id, %error, "{command} with bad timings ignored")
             }
-            CommandBody::DoProbe {
-                probe_id,
-                targets,
-                kind,
-                timeout_ms,
-            } => {
-                let timeout = Duration::from_millis(timeout_ms.into());
-                for target in targets.into_iter().take(MAX_PROBE_TARGETS) {
+            Applied::Probe(order) => {
+                let timeout = order.timeout();
+                let ProbeOrder {
+                    probe_id,
+                    targets,
+                    kind,
+                    ..
+                } = order;
+                for target in targets {
                     let echo = match kind {
                         ProbeKind::UdpEcho { .. } => {
                             // One request per attempt, each with its own nonce and envelope

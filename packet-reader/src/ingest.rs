@@ -4,6 +4,7 @@
 
 use crate::accepted::Accepted;
 use crate::metrics::{Metrics, Reason};
+use daemon::warn::WarnEvery;
 use proto::{Body, KeyRing, Verifier, MAX_DATAGRAM};
 use queue::QueuedPacket;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -52,7 +53,7 @@ pub async fn receive_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut verifier = Verifier::new(keys, max_senders);
-    let mut auth_warning = AuthWarning::default();
+    let mut auth_warning = auth_warning();
     // One byte more than the largest datagram so oversized ones are seen as such.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
@@ -98,26 +99,8 @@ pub const AUTH_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(
 
 /// Rate limit of the warning about datagrams that fail authentication, which names the
 /// source so an operator finds a host with the wrong key (or the origin of a flood).
-#[derive(Default)]
-pub struct AuthWarning {
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl AuthWarning {
-    /// `Some(suppressed since the last warning)` when a warning should be logged now.
-    pub fn check(&mut self, now: std::time::Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < AUTH_WARN_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
+pub fn auth_warning() -> WarnEvery {
+    WarnEvery::new(AUTH_WARN_EVERY)
 }
 
 fn handle(
@@ -127,7 +110,7 @@ fn handle(
     verifier: &mut Verifier,
     tx: &mpsc::Sender<Accepted>,
     metrics: &Metrics,
-    auth_warning: &mut AuthWarning,
+    auth_warning: &mut WarnEvery,
 ) {
     metrics.received.inc();
     let verified = match verifier.verify(datagram) {
@@ -213,7 +196,7 @@ mod tests {
 
     #[test]
     fn auth_warnings_are_spaced() {
-        let mut w = AuthWarning::default();
+        let mut w = auth_warning();
         let t0 = std::time::Instant::now();
         assert_eq!(w.check(t0), Some(0));
         assert_eq!(w.check(t0), None);
@@ -228,7 +211,7 @@ mod tests {
         let metrics = Metrics::default();
         let (tx, mut rx) = mpsc::channel(1);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let mut warn = AuthWarning::default();
+        let mut warn = auth_warning();
         let report = Body::Report(Report {
             id: 42,
             body: ReportBody::HbShutdown,

@@ -1,27 +1,13 @@
 //! Prometheus metrics of the packet-reader and the `/metrics` listener.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// A `reason` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Reason {
-    /// Why (a short stable name such as `bad_mac` or `overload`).
-    pub reason: String,
-}
-
-impl Reason {
-    /// The label for `reason`.
-    pub fn of(reason: &str) -> Reason {
-        Reason {
-            reason: reason.to_string(),
-        }
-    }
-}
+/// A `reason` label (the one every daemon uses).
+pub use daemon::metrics::Reason;
 
 /// Every counter of the daemon.
 #[derive(Clone)]

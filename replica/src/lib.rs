@@ -15,7 +15,7 @@
 //! - [`server`]: the TCP listener serving peers and queue clients.
 //! - [`node`]: the in-process handle that wires it all together.
 //! - [`metrics`]: the node's metrics in a Prometheus registry.
-//! - [`limits`]: the descriptor budget, the connection gate and rate-limited warnings.
+//! - [`limits`]: the descriptor budget and the connection gate.
 
 pub mod limits;
 pub mod log_store;

@@ -317,41 +317,6 @@ impl ConnectionGate {
     }
 }
 
-/// Rate limit for a warning that an attacker could otherwise repeat thousands of times a
-/// second: [`WarnEvery::check`] says yes at most once per period, with the number of
-/// occurrences it said no to since.
-pub struct WarnEvery {
-    period: Duration,
-    state: Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl WarnEvery {
-    /// At most one warning per `period`.
-    pub fn new(period: Duration) -> WarnEvery {
-        WarnEvery {
-            period,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// `Some(suppressed)` when the warning should be logged now.
-    pub fn check(&self) -> Option<u64> {
-        let mut state = self.state.lock().ok()?;
-        let now = std::time::Instant::now();
-        match state.0 {
-            Some(last) if now.duration_since(last) < self.period => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = state.1;
-                *state = (Some(now), 0);
-                Some(suppressed)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,16 +392,5 @@ mod tests {
         drop(fifth);
         assert!(gate.admit(c).is_ok());
         drop(fourth);
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let w = WarnEvery::new(Duration::from_secs(3600));
-        assert_eq!(w.check(), Some(0));
-        assert_eq!(w.check(), None);
-        assert_eq!(w.check(), None);
-        let w = WarnEvery::new(Duration::ZERO);
-        assert_eq!(w.check(), Some(0));
-        assert_eq!(w.check(), Some(0));
     }
 }

@@ -8,9 +8,9 @@ use super::snapshot_policy::SnapshotRule;
 use super::state_machine::{SharedState, SnapshotMetrics, StateMachineStore};
 use super::{NodeAddr, NodeId, Raft};
 use crate::limits::ConnectionGate;
+use daemon::metrics::Reason;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -157,13 +157,6 @@ enum Admission {
     Shed,
 }
 
-/// Labels of the rejected-connection counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Why.
-    pub reason: String,
-}
-
 /// Counters and histograms the node updates; the admin API registers them.
 #[derive(Clone)]
 pub struct NodeMetrics {
@@ -195,10 +188,10 @@ pub struct NodeMetrics {
     /// stopped reading it until one was answered.
     pub connection_reads_paused: Counter,
     /// Connections refused or dropped, by reason.
-    pub connection_errors: Family<ReasonLabel, Counter>,
+    pub connection_errors: Family<Reason, Counter>,
     /// Connections turned away before the handshake (limits) and failed accepts, by
     /// reason.
-    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub connections_refused: Family<Reason, Counter>,
     /// Snapshot build seconds and the last snapshot's size.
     pub snapshot: SnapshotMetrics,
     /// Seconds per background purge of the Raft log.

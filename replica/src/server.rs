@@ -10,17 +10,20 @@
 //!
 //! [`ConnectionGate`]: crate::limits::ConnectionGate
 
-use super::node::{Node, ProposeError, ReasonLabel};
+use super::node::{Node, ProposeError};
 use super::peer::{NodeReply as Reply, NodeRequest as Request, PeerReply, PeerRequest};
-use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot, WarnEvery};
+use crate::limits::{Admitted, ConnectionSlot, HandshakeSlot};
+use daemon::metrics::Reason;
+use daemon::warn::WarnEvery;
 use queue::rpc::{ReplyFrame, RequestFrame};
 use queue::wire;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Pause after a failed `accept` (typically `EMFILE`), so the loop does not spin.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after a failed `accept` (typically `EMFILE`), so the loop does not spin (the
+/// same as the HTTP listeners').
+pub use daemon::http::ACCEPT_BACKOFF;
 
 /// Requests of one connection served at once. When they are all in flight the server
 /// stops reading that connection until one is answered, so TCP pushes back on a client
@@ -31,8 +34,8 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
 
 /// Accepts connections; never returns.
 pub async fn serve(listener: TcpListener, node: Node) {
-    let refused_log = WarnEvery::new(Duration::from_secs(10));
-    let accept_log = WarnEvery::new(Duration::from_secs(10));
+    let mut refused_log = WarnEvery::new(Duration::from_secs(10));
+    let mut accept_log = WarnEvery::new(Duration::from_secs(10));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -41,11 +44,9 @@ pub async fn serve(listener: TcpListener, node: Node) {
                     Err(refusal) => {
                         node.metrics()
                             .connections_refused
-                            .get_or_create(&ReasonLabel {
-                                reason: refusal.reason().to_string(),
-                            })
+                            .get_or_create(&Reason::of(refusal.reason()))
                             .inc();
-                        if let Some(suppressed) = refused_log.check() {
+                        if let Some(suppressed) = refused_log.check(std::time::Instant::now()) {
                             tracing::warn!(
                                 %peer,
                                 reason = refusal.reason(),
@@ -61,9 +62,7 @@ pub async fn serve(listener: TcpListener, node: Node) {
                 if admitted.evicted_older {
                     node.metrics()
                         .connections_refused
-                        .get_or_create(&ReasonLabel {
-                            reason: "evicted_oldest_handshake".to_string(),
-                        })
+                        .get_or_create(&Reason::of("evicted_oldest_handshake"))
                         .inc();
                 }
                 let node = node.clone();
@@ -74,9 +73,7 @@ pub async fn serve(listener: TcpListener, node: Node) {
                     if let Err(e) = handle(stream, node.clone(), slot, handshake).await {
                         node.metrics()
                             .connection_errors
-                            .get_or_create(&ReasonLabel {
-                                reason: e.reason().to_string(),
-                            })
+                            .get_or_create(&Reason::of(e.reason()))
                             .inc();
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
@@ -86,11 +83,9 @@ pub async fn serve(listener: TcpListener, node: Node) {
                 // Out of file descriptors and the like: back off instead of spinning.
                 node.metrics()
                     .connections_refused
-                    .get_or_create(&ReasonLabel {
-                        reason: "accept_error".to_string(),
-                    })
+                    .get_or_create(&Reason::of("accept_error"))
                     .inc();
-                if let Some(suppressed) = accept_log.check() {
+                if let Some(suppressed) = accept_log.check(std::time::Instant::now()) {
                     tracing::warn!(error = %e, suppressed, "accept failed; retrying in 100 ms");
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;

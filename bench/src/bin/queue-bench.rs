@@ -555,31 +555,16 @@ async fn spawn_cluster(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cmactl(&exe_dir, api, &["cluster", "init"])?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for i in 2..=n {
-        let raft = format!("127.0.77.{i}:7400");
-        let admin = format!("127.0.77.{i}:7480");
-        let id = i.to_string();
-        let add = [
-            "cluster",
-            "add-learner",
-            "--id",
-            &id,
-            "--raft",
-            &raft,
-            "--admin",
-            &admin,
-        ];
-        let started = Instant::now();
-        while let Err(e) = cmactl(&exe_dir, api, &add) {
-            if started.elapsed() > Duration::from_secs(20) {
-                return Err(e);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        cmactl(&exe_dir, api, &["cluster", "promote", "--id", &id])?;
+    // Every node a voter at once: one `cmactl cluster init --member ...`, as the scripts
+    // and the tests form their clusters.
+    let members: Vec<String> = (1..=n)
+        .map(|i| format!("{i}=127.0.77.{i}:7400,127.0.77.{i}:7480"))
+        .collect();
+    let mut init = vec!["cluster", "init", "--wait", "30"];
+    for member in &members {
+        init.extend(["--member", member.as_str()]);
     }
+    cmactl(&exe_dir, api, &init)?;
     Ok((cluster, nodes, secret))
 }
 

@@ -1,5 +1,6 @@
 //! The one way tests form and query a CMA cluster: [`CmaCluster`] holds the `cmactl`
-//! choreography (init, add-learner, promote, wait for a leader) for any set of running
+//! calls (one `cluster init --member ...` for every voter at once, add-learner and promote
+//! for a node joining later, wait for a leader) for any set of running
 //! `cma` nodes, whether on loopback ([`Cluster`]) or in the lab's namespaces
 //! (`labrun::Ringwatch`). Also the queue tests' helpers (test packets, reading
 //! everything back, the exactly-once check).
@@ -118,13 +119,23 @@ pub trait CmaCluster {
         );
     }
 
-    /// Bootstraps the cluster on `first` (running) and joins `others` (running) as voters.
+    /// Bootstraps the cluster on `first` (running) with `first` and `others` (running) as
+    /// its voters at once: one `cmactl cluster init --member ID=RAFT,ADMIN ...` call, as
+    /// every script does, which waits until `first` knows a leader and every member votes.
     fn form_cluster(&self, first: u64, others: &[u64]) {
-        self.cmactl_retry(first, &["cluster", "init"], Duration::from_secs(60));
-        self.wait_leader(Duration::from_secs(30));
-        for &id in others {
-            self.join(id);
+        let members: Vec<String> = std::iter::once(first)
+            .chain(others.iter().copied())
+            .map(|id| {
+                let (raft, admin) = self.addresses(id);
+                format!("{id}={raft},{admin}")
+            })
+            .collect();
+        let mut args = vec!["cluster", "init", "--wait", "60"];
+        for member in &members {
+            args.extend(["--member", member.as_str()]);
         }
+        self.cmactl_retry(first, &args, Duration::from_secs(60));
+        self.wait_leader(Duration::from_secs(30));
     }
 }
 
