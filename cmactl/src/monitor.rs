@@ -303,19 +303,23 @@ pub async fn topology(api: &Api, out: Output) -> anyhow::Result<()> {
 /// `--json`).
 pub async fn events(api: &Api, since: u64, follow: bool, out: Output) -> anyhow::Result<()> {
     let mut since = since;
+    // In follow mode a stale source is said once, and again only when it changes kind.
+    let mut last_kind = None;
     loop {
         let answer: Answer<Vec<Event>> = api
             .get(&format!("/v1/events?since={since}&limit=1000"))
             .await
             .context("reading events")?;
         let now = now_us();
-        if let Some(w) = answer.stale_warning() {
+        let kind = answer.freshness.map(std::mem::discriminant);
+        if let Some(w) = answer.stale_warning().filter(|_| kind != last_kind) {
             if out.json {
                 note_stale(&answer);
             } else {
                 eprintln!("{w}");
             }
         }
+        last_kind = kind;
         for e in &answer.data {
             if out.json {
                 println!("{}", serde_json::to_string(e)?);
