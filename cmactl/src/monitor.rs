@@ -311,7 +311,7 @@ pub async fn events(api: &Api, since: u64, follow: bool, out: Output) -> anyhow:
             .await
             .context("reading events")?;
         let now = now_us();
-        let kind = answer.freshness.map(std::mem::discriminant);
+        let kind = answer.freshness.as_ref().map(std::mem::discriminant);
         if let Some(w) = answer.stale_warning().filter(|_| kind != last_kind) {
             if out.json {
                 note_stale(&answer);
