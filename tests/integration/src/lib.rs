@@ -8,7 +8,8 @@
 //! - [`reader`]: packet-reader processes and `/metrics` scraping;
 //! - [`lab`], [`labrun`]: the network-namespace lab;
 //! - [`verdicts`]: reading `cmactl --json failures` rows;
-//! - [`nemesis`], [`checker`]: the fault-injection suite and the checker of its histories.
+//! - [`nemesis`], [`checker`], [`lossy`]: the fault-injection suite, the checker of its
+//!   histories, and data directories on lossyfs (power cuts, slow disks).
 
 pub mod attack;
 pub mod checker;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod lab;
 pub mod labrun;
 pub mod loopback;
+pub mod lossy;
 pub mod nemesis;
 pub mod procs;
 pub mod reader;

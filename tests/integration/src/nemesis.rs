@@ -11,6 +11,7 @@
 use crate::checker::{self, AppendOp, CommitOp, History, PacketId, ReadOp};
 use crate::cluster::{hex, CmaCluster};
 use crate::lab::Lab;
+use crate::lossy::{LossCounts, LossyDisk};
 use crate::procs::{binary, output_of, wait_until, ProcGuard};
 use nix::sys::signal::Signal;
 use queue::{ClientConfig, QueueClient, QueuedPacket};
@@ -182,20 +183,13 @@ impl Report {
     }
 }
 
-/// Unsynced changes a power cut threw away.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LossCounts {
-    pub ops: u64,
-    pub bytes: u64,
-}
-
 /// The nodes, their namespaces and processes. Fields drop in order: the `cma` processes,
 /// then the lossyfs mounts under them, then the scratch directory and the namespaces.
 struct Nodes {
     procs: BTreeMap<u64, Option<ProcGuard>>,
-    /// Node id -> the lossyfs process serving its data directory (when power cuts or slow
-    /// disks are injected).
-    mounts: BTreeMap<u64, Option<ProcGuard>>,
+    /// Node id -> the lossyfs mount of its data directory (when power cuts or slow disks
+    /// are injected).
+    mounts: BTreeMap<u64, LossyDisk>,
     dir: tempfile::TempDir,
     lab: Lab,
     count: u64,
@@ -252,79 +246,38 @@ impl Nodes {
         })
     }
 
-    /// Node `id`'s lossyfs control directory.
-    fn ctl(&self, id: u64) -> std::path::PathBuf {
-        self.dir.path().join(format!("ctl{id}"))
-    }
-
-    /// Mounts node `id`'s data directory as lossyfs over `backing<id>` and waits until it
-    /// serves.
+    /// Mounts node `id`'s data directory as lossyfs.
     fn mount(&mut self, id: u64) -> Result<(), String> {
-        let backing = self.dir.path().join(format!("backing{id}"));
-        let mount = self.dir.path().join(format!("data{id}"));
-        let ctl = self.ctl(id);
-        for d in [&backing, &mount, &ctl] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        let _ = std::fs::remove_file(ctl.join("state"));
-        let log = self.dir.path().join(format!("lossyfs{id}.log"));
-        let proc = crate::procs::spawn(
-            &binary("lossyfs"),
-            &[
-                "--backing",
-                &backing.display().to_string(),
-                "--mount",
-                &mount.display().to_string(),
-                "--control",
-                &ctl.display().to_string(),
-            ],
-            &[],
-            &log,
-        )
-        .map_err(|e| format!("spawn lossyfs: {e}"))?;
-        self.mounts.insert(id, Some(proc));
-        let state = ctl.join("state");
-        let up = wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "mounted")
-        });
-        if up {
-            Ok(())
-        } else {
-            Err(format!("lossyfs {id} never mounted"))
-        }
+        let at = |name: String| self.dir.path().join(name);
+        let disk = LossyDisk::mount(
+            &at(format!("backing{id}")),
+            &at(format!("data{id}")),
+            &at(format!("ctl{id}")),
+            &at(format!("lossyfs{id}.log")),
+        )?;
+        self.mounts.insert(id, disk);
+        Ok(())
     }
 
-    /// Cuts the power of node `id`'s disk (its `cma` must be dead already): lossyfs
-    /// throws away what was not fsynced and exits; then it is mounted again.
+    /// Cuts the power of node `id`'s disk (its `cma` must be dead already) and mounts it
+    /// again.
     fn power_cut_disk(&mut self, id: u64) -> Result<(), String> {
-        let ctl = self.ctl(id);
-        std::fs::write(ctl.join("command"), "cut\n").map_err(|e| e.to_string())?;
-        let state = ctl.join("state");
-        let cut = wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "cut")
-        });
-        if !cut {
-            return Err(format!("lossyfs {id} did not cut"));
-        }
-        if let Some(mut p) = self.mounts.get_mut(&id).and_then(Option::take) {
-            p.wait_timeout(Duration::from_secs(10));
-        }
-        let counters = std::fs::read_to_string(ctl.join("counters")).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            counters
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-                .unwrap_or(0)
-        };
-        self.lost.ops += field("ops_reverted");
-        self.lost.bytes += field("bytes_reverted");
-        self.mount(id)
+        let disk = self
+            .mounts
+            .get_mut(&id)
+            .ok_or_else(|| format!("node {id} has no lossyfs disk"))?;
+        let lost = disk.power_cut()?;
+        self.lost.ops += lost.ops;
+        self.lost.bytes += lost.bytes;
+        Ok(())
     }
 
     /// Sets node `id`'s fsync delay (0: none).
     fn slow_disk(&self, id: u64, delay_ms: u64) -> Result<(), String> {
-        std::fs::write(self.ctl(id).join("sync_delay_ms"), format!("{delay_ms}\n"))
-            .map_err(|e| e.to_string())
+        self.mounts
+            .get(&id)
+            .ok_or_else(|| format!("node {id} has no lossyfs disk"))?
+            .set_sync_delay(delay_ms)
     }
 
     fn ns(&self, id: u64) -> String {
@@ -568,16 +521,8 @@ impl Drop for Nodes {
                 p.kill();
             }
         }
-        for (id, p) in &mut self.mounts {
-            if let Some(mut p) = p.take() {
-                let _ = p.terminate();
-                if p.wait_timeout(Duration::from_secs(5)).is_none() {
-                    p.kill();
-                }
-            }
-            let mount = self.dir.path().join(format!("data{id}"));
-            let _ = Command::new("umount").arg("-l").arg(&mount).output();
-        }
+        // Then the mounts, now that nothing uses them.
+        self.mounts.clear();
     }
 }
 
