@@ -751,12 +751,6 @@ impl Node {
         }
     }
 
-    /// Whether this node, as leader, has applied everything its log held when it took
-    /// over (its reads are then as fresh as the cluster's). False on a follower.
-    pub fn leader_caught_up(&self) -> bool {
-        self.is_leader() && self.applied_index() >= self.takeover_floor()
-    }
-
     /// Applied packets with offset >= `from`, at most `max` (no leader check).
     pub fn read_local(&self, from: u64, max: usize) -> Vec<(u64, QueuedPacket)> {
         self.state()

@@ -100,7 +100,16 @@ async fn probe_host(
         .into(),
         rtt_us: outcome.map(|d| d.as_micros() as u64),
     };
-    Ok(answer(&api.node, |_| answer_data).await)
+    // A probe's answer is about the host, not the replicated state: no read barrier.
+    let node = &api.node;
+    Ok(Json(Answer {
+        node_id: node.id(),
+        is_leader: node.is_leader(),
+        leader_id: node.leader_id(),
+        applied_index: node.applied_index(),
+        freshness: None,
+        data: answer_data,
+    }))
 }
 
 /// Sends one sealed `EchoRequest` and waits for the matching `EchoReply`.
