@@ -79,7 +79,7 @@ fn batch(session: u64) -> Vec<QueuedPacket> {
         seq: 1,
         received_at_us: 1,
         source: "127.0.0.1:9".parse().unwrap(),
-        datagram: vec![1; 64],
+        report: vec![1; 64],
     }]
 }
 

@@ -26,7 +26,7 @@ impl Batch {
         if self.items.is_empty() {
             self.opened = Some(now);
         }
-        self.bytes += item.packet.datagram.len();
+        self.bytes += item.packet.report.len();
         self.items.push(item);
     }
 
@@ -163,7 +163,7 @@ mod tests {
                 seq: 1,
                 received_at_us: 0,
                 source: "127.0.0.1:1".parse().unwrap(),
-                datagram: vec![0; len],
+                report: vec![0; len],
             },
             report_id: 1,
             reply_to: "127.0.0.1:1".parse().unwrap(),

@@ -136,9 +136,10 @@ fn handle(
         }
     };
     metrics.verified.inc();
-    let report_id = match &verified.body {
-        Body::Report(report) => report.id,
-        Body::Heartbeat(_) => {
+    // The report alone is queued: the worker decodes it and never this envelope again.
+    let (report_id, report) = match (&verified.body, proto::report_bytes(datagram)) {
+        (Body::Report(report), Some(bytes)) => (report.id, bytes),
+        (Body::Heartbeat(_), _) => {
             // Heartbeats go between nanoprobes; one arriving here is misdirected.
             metrics
                 .dropped
@@ -146,7 +147,7 @@ fn handle(
                 .inc();
             return;
         }
-        other => {
+        (other, _) => {
             tracing::debug!(%from, kind = other.kind(), "not a report; dropped");
             metrics
                 .dropped
@@ -162,7 +163,7 @@ fn handle(
             seq: report_id,
             received_at_us: daemon::clock::wall_clock_us(),
             source: from,
-            datagram: datagram.to_vec(),
+            report: report.to_vec(),
         },
         report_id,
         reply_to: from,
@@ -225,7 +226,8 @@ mod tests {
         );
         let p = &accepted.packet;
         assert_eq!((p.sender, p.session, p.seq), (5, 77, 42));
-        assert_eq!(p.datagram, genuine);
+        assert_eq!(proto::decode_report(&p.report).unwrap().id, 42);
+        assert_eq!(p.report, proto::report_bytes(&genuine).unwrap());
 
         // Replay, heartbeat, and a report beyond the channel bound.
         handle(3, &genuine, from, &mut verifier, &tx, &metrics, &mut warn);

@@ -344,6 +344,58 @@ fn decode_body(sender: HostId, datagram: &[u8]) -> Result<Body, Rejection> {
     Ok(body)
 }
 
+/// The postcard bytes of the [`Report`](crate::messages::Report) inside a datagram whose
+/// body is `Body::Report`, or `None` for any other datagram. The packet-reader queues these
+/// bytes after [`Verifier::verify`] accepted the datagram, so the worker decodes the report
+/// with [`decode_report`] and never the envelope a second time. Slicing relies on postcard's
+/// enum encoding (the variant index as a varint, then the variant's fields), which a test
+/// below checks against a sealed report.
+pub fn report_bytes(datagram: &[u8]) -> Option<&[u8]> {
+    let end = datagram.len().checked_sub(MAC_LEN)?;
+    let body = datagram.get(HEADER_LEN..end)?;
+    let (variant, report) = postcard::take_from_bytes::<u32>(body).ok()?;
+    (variant == REPORT_VARIANT).then_some(report)
+}
+
+/// `Body::Report`'s variant index in postcard (its position in [`Body`]).
+const REPORT_VARIANT: u32 = 1;
+
+/// Decodes a report read back from the committed queue: the bytes [`report_bytes`] took
+/// from a verified datagram. Trailing bytes are refused as in [`Verifier::verify`].
+///
+/// Queues written before entries carried the report alone hold whole envelopes; those are
+/// told apart by the envelope's [`MAGIC`], which no report starts with (it would be report
+/// id 82 with `ReportBody` variant 87, and there are far fewer variants: a test pins it),
+/// and decoded as before, so an upgrade needs no drained queue.
+pub fn decode_report(bytes: &[u8]) -> Result<crate::messages::Report, StoredReportError> {
+    if bytes.starts_with(&MAGIC) {
+        return match decode_verified(bytes).map_err(StoredReportError::Envelope)?.body {
+            Body::Report(report) => Ok(report),
+            other => Err(StoredReportError::NotReport { kind: other.kind() }),
+        };
+    }
+    let (report, rest) = postcard::take_from_bytes(bytes).map_err(StoredReportError::Malformed)?;
+    if rest.is_empty() {
+        Ok(report)
+    } else {
+        Err(StoredReportError::TrailingBytes { extra: rest.len() })
+    }
+}
+
+/// Why a report read back from the queue does not decode (a version mismatch: every entry
+/// was verified before it was queued).
+#[derive(Debug, thiserror::Error)]
+pub enum StoredReportError {
+    #[error("undecodable report: {0}")]
+    Malformed(postcard::Error),
+    #[error("{extra} trailing bytes after the report")]
+    TrailingBytes { extra: usize },
+    #[error("stored envelope: {0}")]
+    Envelope(Rejection),
+    #[error("stored envelope holds a {kind}, not a report")]
+    NotReport { kind: &'static str },
+}
+
 /// Decodes a datagram that was verified earlier (for example read back from the committed
 /// queue), checking its framing but neither its MAC (its key may have been retired since)
 /// nor replay state.

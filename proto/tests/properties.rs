@@ -189,6 +189,15 @@ proptest! {
                 prop_assert_eq!(verified.header.key_id, KeyId(1));
                 // Read back from the queue without the keys.
                 prop_assert_eq!(decode_verified(&datagram).unwrap().body, verified.body);
+                // What the packet-reader queues of a report is the report, and nothing of
+                // another body.
+                match &body {
+                    Body::Report(report) => {
+                        let bytes = report_bytes(&datagram).unwrap();
+                        prop_assert_eq!(&decode_report(bytes).unwrap(), report);
+                    }
+                    _ => prop_assert!(report_bytes(&datagram).is_none()),
+                }
             }
             // Only oversized bodies may be refused.
             Err(SealError::TooLarge { len, .. }) => prop_assert!(len > proto::envelope::MAX_BODY),
@@ -228,7 +237,33 @@ proptest! {
         let mut verifier = Verifier::new(ring(), 16);
         prop_assert!(verifier.verify(&bytes).is_err());
         let _ = decode_verified(&bytes);
+        if let Some(report) = report_bytes(&bytes) {
+            let _ = decode_report(report);
+        }
     }
+}
+
+/// A queued report is told from a legacy queued envelope by the envelope's magic: no report
+/// may start with it (report id 82, `ReportBody` variant 87).
+#[test]
+fn no_report_starts_with_the_envelope_magic() {
+    let mut bytes = proto::envelope::MAGIC.to_vec();
+    bytes.extend_from_slice(&[0; 64]);
+    assert!(postcard::from_bytes::<Report>(&bytes).is_err());
+}
+
+/// An entry queued by an older packet-reader (the whole envelope) still decodes.
+#[test]
+fn a_queued_envelope_still_decodes_as_its_report() {
+    let mut sealer = Sealer::new(ring(), HostId(3), SessionId(4));
+    let report = Report {
+        id: 9,
+        body: ReportBody::HbShutdown,
+    };
+    let datagram = sealer.seal(&Body::Report(report.clone())).unwrap();
+    assert_eq!(decode_report(&datagram).unwrap(), report);
+    let ack = sealer.seal(&Body::Ack(Ack { session: SessionId(1), id: 1 })).unwrap();
+    assert!(decode_report(&ack).is_err());
 }
 
 #[test]

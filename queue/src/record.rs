@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// One verified report as stored in the queue.
 ///
-/// The queue treats the datagram as opaque bytes; only the dedup key
+/// The queue treats the report as opaque bytes; only the dedup key
 /// (`sender`, `session`, `seq`) is interpreted by the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedPacket {
@@ -19,9 +19,12 @@ pub struct QueuedPacket {
     pub received_at_us: u64,
     /// Datagram source address, where ACKs and commands go.
     pub source: std::net::SocketAddr,
-    /// The whole verified envelope; `proto::decode_verified()` decodes it.
+    /// The verified report (`proto::report_bytes()` of the datagram, postcard), without the
+    /// envelope the packet-reader checked: the worker decodes it with `proto::decode_report()`
+    /// and never the envelope again. Entries queued by earlier packet-readers hold the whole
+    /// envelope, which `decode_report()` also reads.
     #[serde(with = "byte_string")]
-    pub datagram: Vec<u8>,
+    pub report: Vec<u8>,
 }
 
 impl QueuedPacket {
@@ -87,7 +90,7 @@ mod tests {
             seq: 3,
             received_at_us: 4,
             source: "127.0.0.1:9".parse().unwrap(),
-            datagram: vec![0xff; 300],
+            report: vec![0xff; 300],
         };
         let bytes = postcard::to_allocvec(&p).unwrap();
         // One length prefix plus the raw bytes, not 300 separate integers.

@@ -101,7 +101,7 @@ pub const PACKET_OVERHEAD_BYTES: u64 = 96;
 
 /// Memory a packet costs in the queue, as counted against the byte budget.
 pub fn packet_bytes(packet: &QueuedPacket) -> u64 {
-    packet.datagram.len() as u64 + PACKET_OVERHEAD_BYTES
+    packet.report.len() as u64 + PACKET_OVERHEAD_BYTES
 }
 
 /// Packets stored by one `Append`, at offsets `first ..`. Shared and immutable.
@@ -489,7 +489,7 @@ mod tests {
             seq,
             received_at_us: seq * 10,
             source: "127.0.0.1:9".parse().unwrap(),
-            datagram: vec![seq as u8; 8],
+            report: vec![seq as u8; 8],
         }
     }
 

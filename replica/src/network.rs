@@ -37,7 +37,7 @@ fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
             OVERHEAD
                 + batch
                     .iter()
-                    .map(|p| p.datagram.len() + OVERHEAD)
+                    .map(|p| p.report.len() + OVERHEAD)
                     .sum::<usize>()
         }
         EntryPayload::Normal(Command::Apply { writes, .. }) => {
@@ -272,7 +272,7 @@ mod tests {
             seq: 1,
             received_at_us: 0,
             source: "127.0.0.1:9".parse().unwrap(),
-            datagram: vec![0; 256],
+            report: vec![0; 256],
         };
         openraft::Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

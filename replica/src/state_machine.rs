@@ -483,7 +483,7 @@ mod tests {
             seq,
             received_at_us: 4,
             source: "127.0.0.1:9".parse().unwrap(),
-            datagram: vec![seq as u8; len],
+            report: vec![seq as u8; len],
         }
     }
 

@@ -135,7 +135,7 @@ impl Harness {
             seq: id,
             received_at_us: self.now_us,
             source: format!("127.0.0.{}:7500", host % 250 + 1).parse().unwrap(),
-            datagram,
+            report: proto::report_bytes(&datagram).unwrap().to_vec(),
         };
         self.commit(Command::Append {
             batch: vec![packet],

@@ -22,7 +22,7 @@ use super::topology::{self, Learned};
 use api::topology::{RouterView, SwitchView, TopologyView};
 use api::views::{FailureKind, FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
 use fsm::{Action, Evidence, VerdictKind};
-use proto::{Body, Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
+use proto::{Command, CommandBody, HbTimings, HostId, Peer, ProbeKind, ReportBody};
 use queue::QueuedPacket;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -526,17 +526,14 @@ impl WorkerState {
 
     fn packet(&mut self, s: &WorkerSettings, packet: &QueuedPacket, fx: &mut Effects) {
         let now = self.advance(packet.received_at_us);
-        let verified = match proto::decode_verified(&packet.datagram) {
-            Ok(v) => v,
+        let report = match proto::decode_report(&packet.report) {
+            Ok(report) => report,
             Err(e) => {
                 // Verified by a packet-reader before it was queued: undecodable here means
                 // a version mismatch. Skip it rather than stall the queue.
                 tracing::warn!(sender = packet.sender, error = %e, "undecodable queue entry skipped");
                 return;
             }
-        };
-        let Body::Report(report) = verified.body else {
-            return;
         };
         let sender = packet.sender;
         if !matches!(report.body, ReportBody::Startup(_)) {
@@ -1613,7 +1610,7 @@ fn ring_places(ring: &RingRow, old: Option<&RingRow>) -> Vec<Change> {
 pub(super) mod tests {
     use super::*;
     use crate::tables;
-    use proto::{KeyId, KeyRing, Report, SessionId, Startup};
+    use proto::{Body, KeyId, KeyRing, Report, SessionId, Startup};
     use std::sync::Arc;
 
     /// `body` from `sender`, sealed with the test key, as a packet-reader queues it.
@@ -1627,7 +1624,7 @@ pub(super) mod tests {
             seq: id,
             received_at_us: at_us,
             source: "127.0.0.1:9".parse().unwrap(),
-            datagram,
+            report: proto::report_bytes(&datagram).unwrap().to_vec(),
         }
     }
 

@@ -575,7 +575,7 @@ fn packet(session: u64, seq: u64, size: usize) -> QueuedPacket {
         seq,
         received_at_us: 0,
         source: SocketAddr::from(([127, 0, 0, 1], 9)),
-        datagram: vec![0xA5; size],
+        report: vec![0xA5; size],
     }
 }
 

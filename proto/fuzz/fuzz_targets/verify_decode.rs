@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
     let mut verifier = Verifier::new(Arc::new(ring), 4);
     let _ = verifier.verify(data);
     let _ = proto::decode_verified(data);
+    if let Some(report) = proto::report_bytes(data) {
+        let _ = proto::decode_report(report);
+    }
 
     // Authenticated datagram with the fuzzer's bytes as body: reaches the decoder.
     if data.len() <= MAX_BODY {

@@ -375,7 +375,7 @@ pub fn packet(session: u64, seq: u64) -> QueuedPacket {
         seq,
         received_at_us: 1_700_000_000_000_000 + seq,
         source: SocketAddr::from(([127, 0, 0, 1], 9999)),
-        datagram: seq.to_le_bytes().repeat(8),
+        report: seq.to_le_bytes().repeat(8),
     }
 }
 

@@ -612,7 +612,7 @@ fn packet(sender: u64, seq: u64) -> QueuedPacket {
         seq,
         received_at_us: seq,
         source: SocketAddr::from(([198, 18, 0, 100], 9)),
-        datagram: seq.to_le_bytes().repeat(4),
+        report: seq.to_le_bytes().repeat(4),
     }
 }
 
