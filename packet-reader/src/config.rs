@@ -13,7 +13,7 @@
 //!
 //! [batch]
 //! max_packets = 512        # a batch is sent when it holds this many reports,
-//! max_bytes = 262144       # or this many datagram bytes,
+//! max_bytes = 262144       # or this many report bytes,
 //! max_delay_us = 1500      # or when its first report waited this long
 //! max_in_flight = 4        # appends awaiting commit at once
 //! pending_limit = 20000    # verified reports waiting for a batch; beyond: dropped, counted
@@ -68,7 +68,7 @@ pub struct Config {
 pub struct BatchConfig {
     /// Most reports per append (default 512).
     pub max_packets: usize,
-    /// Most datagram bytes per append (default 256 KiB). One append is one Raft log
+    /// Most report bytes per append (default 256 KiB). One append is one Raft log
     /// entry. (While the CMA's log was in sled, the default was 88 KiB to stay below
     /// sled's blob threshold; the segment log has none: docs/queue.md.)
     pub max_bytes: usize,

@@ -369,7 +369,10 @@ const REPORT_VARIANT: u32 = 1;
 /// and decoded as before, so an upgrade needs no drained queue.
 pub fn decode_report(bytes: &[u8]) -> Result<crate::messages::Report, StoredReportError> {
     if bytes.starts_with(&MAGIC) {
-        return match decode_verified(bytes).map_err(StoredReportError::Envelope)?.body {
+        return match decode_verified(bytes)
+            .map_err(StoredReportError::Envelope)?
+            .body
+        {
             Body::Report(report) => Ok(report),
             other => Err(StoredReportError::NotReport { kind: other.kind() }),
         };

@@ -19,9 +19,8 @@ pub mod replay;
 pub mod secret_file;
 
 pub use envelope::{
-    authenticate, decode_report, decode_verified, report_bytes, Header,
-    StoredReportError, Rejection, SealError, Sealer, Verified, Verifier,
-    MAX_DATAGRAM,
+    authenticate, decode_report, decode_verified, report_bytes, Header, Rejection, SealError,
+    Sealer, StoredReportError, Verified, Verifier, MAX_DATAGRAM,
 };
 pub use ids::{HostId, KeyId, SessionId};
 pub use keys::{KeyFileError, KeyRing};

@@ -262,7 +262,12 @@ fn a_queued_envelope_still_decodes_as_its_report() {
     };
     let datagram = sealer.seal(&Body::Report(report.clone())).unwrap();
     assert_eq!(decode_report(&datagram).unwrap(), report);
-    let ack = sealer.seal(&Body::Ack(Ack { session: SessionId(1), id: 1 })).unwrap();
+    let ack = sealer
+        .seal(&Body::Ack(Ack {
+            session: SessionId(1),
+            id: 1,
+        }))
+        .unwrap();
     assert!(decode_report(&ack).is_err());
 }
 

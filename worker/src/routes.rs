@@ -4,11 +4,10 @@
 //! each answer says which node answered, whether it leads, and its applied index, so an
 //! operator sees how far a follower lags.
 
-use super::tables;
+use super::tables::{self, RawRow};
 use crate::door::Door;
 use api::probe::{ProbeAnswer, ProbeRequest};
-use api::views::{Answer, FailureRow, FailureState, HostRow, HostStatus, RingRow, WorkerStatus};
-use api::Event;
+use api::views::{Answer, FailureState, HostStatus, RingRow, WorkerStatus};
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -177,8 +176,8 @@ fn worker_status(node: &Door) -> WorkerStatus {
     }
 }
 
-async fn hosts(State(node): State<Door>) -> Json<Answer<Vec<HostRow>>> {
-    answer(&node, |n| tables::hosts(&n.state())).await
+async fn hosts(State(node): State<Door>) -> Json<Answer<Vec<RawRow>>> {
+    answer(&node, |n| tables::raw_hosts(&n.state())).await
 }
 
 async fn rings(State(node): State<Door>) -> Json<Answer<Vec<RingRow>>> {
@@ -199,32 +198,13 @@ struct FailureQuery {
 async fn failures(
     State(node): State<Door>,
     Query(q): Query<FailureQuery>,
-) -> Json<Answer<Vec<FailureRow>>> {
-    answer(&node, |n| failure_rows(n, q.all)).await
+) -> Json<Answer<Vec<RawRow>>> {
+    let closed_kept = (!q.all).then_some(CLOSED_FAILURES_SHOWN);
+    answer(&node, |n| tables::raw_failures(&n.state(), closed_kept)).await
 }
 
-/// Open failures and, unless `all`, only the last 100 closed ones.
-fn failure_rows(node: &Door, all: bool) -> Vec<FailureRow> {
-    let mut data: Vec<FailureRow> = tables::failures(&node.state());
-    if !all {
-        let closed = data
-            .iter()
-            .filter(|f| f.state != FailureState::Open)
-            .count();
-        let mut skip = closed.saturating_sub(100);
-        data.retain(|f| {
-            if f.state == FailureState::Open {
-                return true;
-            }
-            if skip > 0 {
-                skip -= 1;
-                return false;
-            }
-            true
-        });
-    }
-    data
-}
+/// Closed failures `GET /v1/failures` shows without `?all=true` (the newest ones).
+const CLOSED_FAILURES_SHOWN: usize = 100;
 
 /// `?since=ID` returns events with a larger id; `?limit=N` (default 1000) the first N.
 #[derive(Debug, Deserialize)]
@@ -233,11 +213,14 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(node): State<Door>, Query(q): Query<EventQuery>) -> Json<Answer<Vec<Event>>> {
+async fn events(
+    State(node): State<Door>,
+    Query(q): Query<EventQuery>,
+) -> Json<Answer<Vec<RawRow>>> {
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     answer(&node, |n| {
-        tables::events_from(&n.state(), since.saturating_add(1), limit)
+        tables::raw_events_from(&n.state(), since.saturating_add(1), limit)
     })
     .await
 }

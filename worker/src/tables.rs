@@ -4,7 +4,8 @@
 //! API and the run loop read rows back with the readers below.
 //!
 //! Encodings: the operator rows (hosts, ring headers, failures, events) are JSON (what the
-//! admin API serves, and what `cmactl --json` prints); ring places, pending commands and
+//! admin API serves, and what `cmactl --json` prints: hosts, failures and events are served
+//! as the stored bytes, [`RawRow`], not parsed and printed again); ring places, pending commands and
 //! the worker's own rows (host records, fsm group rows, the counters row) are postcard.
 //!
 //! Rings are stored so that one death does not rewrite a 10,000-member row: a header row
@@ -14,7 +15,7 @@
 use super::outbox::Outbound;
 use super::state::{Change, HostRecord, RingSlot, WorkerEvent, WorkerMeta, WorkerState};
 use api::topology::TopologyView;
-use api::views::{FailureRow, HostRow, HostStatus, RingKind, RingRow};
+use api::views::{FailureRow, FailureState, HostRow, HostStatus, RingKind, RingRow};
 use api::Event;
 use queue::state::QueueState;
 use queue::TableWrite;
@@ -360,6 +361,73 @@ pub fn events_from(queue: &QueueState, from: u64, limit: usize) -> Vec<Event> {
     }
 }
 
+/// A stored operator row as the admin API serves it: the JSON the worker wrote, copied,
+/// never parsed into its struct and printed again. Only its syntax is checked, so a row
+/// that is not JSON (a damaged table) is skipped, as [`json_rows`] skips it.
+pub type RawRow = Box<serde_json::value::RawValue>;
+
+fn raw_row(bytes: &[u8]) -> Option<RawRow> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    serde_json::value::RawValue::from_string(text.to_owned()).ok()
+}
+
+/// Every host row as stored, by id.
+pub fn raw_hosts(queue: &QueueState) -> Vec<RawRow> {
+    queue
+        .table(HOSTS)
+        .map(|t| t.values().filter_map(|v| raw_row(v)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a stored failure row is open; `None` if it does not decode. Only the row's
+/// `state` is parsed.
+fn failure_is_open(bytes: &[u8]) -> Option<bool> {
+    #[derive(serde::Deserialize)]
+    struct StateOnly {
+        state: FailureState,
+    }
+    let row: StateOnly = serde_json::from_slice(bytes).ok()?;
+    Some(row.state == FailureState::Open)
+}
+
+/// The failure rows as stored, by id: every open one and, with `closed_kept`, only the
+/// last (newest) that many closed ones.
+pub fn raw_failures(queue: &QueueState, closed_kept: Option<usize>) -> Vec<RawRow> {
+    let Some(t) = queue.table(FAILURES) else {
+        return Vec::new();
+    };
+    let mut skip = closed_kept.map_or(0, |kept| {
+        t.values()
+            .filter(|v| failure_is_open(v) == Some(false))
+            .count()
+            .saturating_sub(kept)
+    });
+    t.values()
+        .filter(|v| match failure_is_open(v) {
+            Some(true) => true,
+            Some(false) if skip > 0 => {
+                skip -= 1;
+                false
+            }
+            Some(false) => true,
+            None => false,
+        })
+        .filter_map(|v| raw_row(v))
+        .collect()
+}
+
+/// At most `limit` events with an id of at least `from`, by id, as stored.
+pub fn raw_events_from(queue: &QueueState, from: u64, limit: usize) -> Vec<RawRow> {
+    match queue.table(EVENTS) {
+        Some(t) => t
+            .range(id_key(from)..)
+            .filter_map(|(_, v)| raw_row(v))
+            .take(limit)
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
 /// The current topology view (empty before the first host joined): the switch and
 /// router rows, and the hosts of unknown switch from the hosts rows (not departed).
 pub fn topology(queue: &QueueState) -> TopologyView {
@@ -626,6 +694,65 @@ pub(crate) mod tests {
         assert_eq!(EventKind::FailureClosed.to_string(), "failure.closed");
         assert_eq!(EventKind::HostRestarted.to_string(), "host.restarted");
         assert_eq!(EventKind::HostDiscovery.to_string(), "host.discovery");
+    }
+
+    /// The admin API serves the stored bytes of hosts, failures and events unchanged;
+    /// without `?all`, every open failure and only the newest closed ones.
+    #[test]
+    fn raw_rows_are_the_stored_bytes() {
+        let host = |id| HostRow {
+            id,
+            hostname: format!("h{id}"),
+            addr: "10.0.0.3:7500".parse().unwrap(),
+            switch: None,
+            status: HostStatus::Up,
+            since_us: 5,
+            watchers: vec![],
+            version: "0.1.0".into(),
+        };
+        let failure = |id, state| FailureRow {
+            id,
+            kind: FailureKind::Dead,
+            subject: format!("{id}"),
+            hosts: vec![id],
+            state,
+            at_us: id,
+            closed_us: None,
+            summary: "s".into(),
+            evidence: vec![],
+        };
+        let changes = [
+            Change::Host(host(1)),
+            Change::Host(host(2)),
+            Change::Failure(failure(1, FailureState::Closed)),
+            Change::Failure(failure(2, FailureState::Open)),
+            Change::Failure(failure(3, FailureState::Closed)),
+            Change::Failure(failure(4, FailureState::Closed)),
+        ];
+        let mut q = queue_with(&changes);
+        let served = |rows: Vec<RawRow>| -> Vec<String> {
+            rows.iter().map(|r| r.get().to_owned()).collect()
+        };
+        assert_eq!(
+            served(raw_hosts(&q)),
+            vec![stored(&changes[0]), stored(&changes[1])]
+        );
+        let all: Vec<String> = changes[2..].iter().map(stored).collect();
+        assert_eq!(served(raw_failures(&q, None)), all);
+        // Open 2, and the newest two closed (3 and 4); the oldest closed (1) is left out.
+        assert_eq!(served(raw_failures(&q, Some(2))), all[1..].to_vec());
+        assert_eq!(served(raw_failures(&q, Some(0))), vec![all[1].clone()]);
+        // A damaged row is skipped, never served.
+        q.apply(queue::Command::Apply {
+            consumer: crate::CONSUMER.into(),
+            offset: None,
+            writes: vec![TableWrite {
+                table: FAILURES.into(),
+                key: id_key(9),
+                value: Some(b"{not json".to_vec()),
+            }],
+        });
+        assert_eq!(served(raw_failures(&q, None)), all);
     }
 
     #[test]
