@@ -236,8 +236,12 @@ mod tests {
     use crate::rings::{SwitchConfig, SwitchMap};
     use api::views::{FailureKind, FailureState, HostStatus};
     use fsm::{Evidence, ReportKind};
-    use proto::{CommandBody, HbTimings, ProbeOutcome, Startup};
-    use std::collections::BTreeSet;
+    use nanoprobe::commands::{self, Applied, ProbeOrder};
+    use nanoprobe::heartbeat::{Action, Detection, HeartbeatEngine};
+    use proto::{CommandBody, HbTimings, Peer, ProbeOutcome, Startup};
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::net::SocketAddr;
+    use std::time::Duration;
 
     pub(super) const TICK_MS: u64 = 200;
 
@@ -526,43 +530,134 @@ mod tests {
         );
     }
 
-    /// (watcher, dead peer) for every live host watching a host of `down`: the reports
-    /// the world will send.
-    fn live_watchers(h: &Harness, down: &BTreeSet<u64>) -> Vec<(u64, u64)> {
-        h.leader
-            .state
-            .peers
-            .iter()
-            .filter(|(w, _)| !down.contains(w))
-            .flat_map(|(w, ps)| {
-                ps.iter()
-                    .filter(|p| down.contains(p))
-                    .map(move |p| (*w, *p))
-            })
-            .collect()
+    /// The nanoprobes of the harness's hosts in simulated time: the real heartbeat engine
+    /// of every live host (`nanoprobe::heartbeat`), fed the commands the worker sends
+    /// through `nanoprobe::commands::apply`, the one place the daemon and the fleet
+    /// simulator apply them too. Hosts in `down` are dead: they neither send nor answer.
+    /// Only the network and the probes' answers are simulated.
+    struct Nanoprobes {
+        epoch: std::time::Instant,
+        start_us: u64,
+        engines: BTreeMap<u64, HeartbeatEngine>,
+        host_at: HashMap<SocketAddr, u64>,
+        addr_of: HashMap<u64, SocketAddr>,
     }
 
-    /// A world for the harness in simulated time: hosts in `down` are dead; a live host
-    /// told to expect heartbeats from a dead peer reports it dead one deadtime later; a
-    /// probe is answered as the real nanoprobe would (reachable at once, or a timeout
-    /// after `timeout_ms`). Runs until every host in `down` has a dead verdict, or
-    /// `limit_ms` passed; returns the simulated time that took (ms from now).
-    pub(super) fn run_world(
-        h: &mut Harness,
-        down: &BTreeSet<u64>,
-        initial: Vec<(u64, u64)>,
-        limit_ms: u64,
-    ) -> u64 {
-        let deadtime_us = u64::from(HbTimings::default().deadtime_ms) * 1000;
+    impl Nanoprobes {
+        /// Every live host's engine, expecting the peers the worker last commanded (the
+        /// rings as they stood before `down` died), all heard just now.
+        fn start(h: &Harness, down: &BTreeSet<u64>) -> Nanoprobes {
+            let addr_of: HashMap<u64, SocketAddr> =
+                h.hosts().iter().map(|r| (r.id, r.addr)).collect();
+            let host_at = addr_of.iter().map(|(id, a)| (*a, *id)).collect();
+            let epoch = std::time::Instant::now();
+            let mut engines = BTreeMap::new();
+            for (host, peers) in &h.leader.state.peers {
+                if down.contains(host) {
+                    continue;
+                }
+                let mut engine =
+                    HeartbeatEngine::new(HbTimings::default(), Duration::from_secs(60))
+                        .with_detection(Detection::default(), *host);
+                let peers: Vec<Peer> = peers
+                    .iter()
+                    .map(|p| Peer {
+                        host: HostId(*p),
+                        addr: addr_of[p],
+                    })
+                    .collect();
+                engine.send_expect(&peers, HbTimings::default(), epoch);
+                engines.insert(*host, engine);
+            }
+            Nanoprobes {
+                epoch,
+                start_us: h.now_us,
+                engines,
+                host_at,
+                addr_of,
+            }
+        }
+
+        fn instant(&self, now_us: u64) -> std::time::Instant {
+            self.epoch + Duration::from_micros(now_us - self.start_us)
+        }
+
+        /// Applies a command to its host's engine; a probe order comes back to be answered.
+        fn command(&mut self, to: u64, body: CommandBody, now_us: u64) -> Option<ProbeOrder> {
+            let now = self.instant(now_us);
+            let engine = self.engines.get_mut(&to)?;
+            match commands::apply(engine, body, now) {
+                Applied::Probe(order) => Some(order),
+                Applied::Done | Applied::BadTimings { .. } => None,
+            }
+        }
+
+        /// Runs every engine timer due by `until_us`, delivering heartbeats and echoes
+        /// between live hosts at once; returns the reports the engines sent, with the
+        /// simulated time each was sent at.
+        fn run_until(&mut self, until_us: u64) -> Vec<(u64, u64, ReportBody)> {
+            let until = self.instant(until_us);
+            let mut reports = Vec::new();
+            loop {
+                let next = self
+                    .engines
+                    .iter()
+                    .filter_map(|(host, e)| Some((e.next_deadline()?, *host)))
+                    .min();
+                let Some((at, host)) = next.filter(|(at, _)| *at <= until) else {
+                    return reports;
+                };
+                let at_us = self.start_us + at.duration_since(self.epoch).as_micros() as u64;
+                let actions = self
+                    .engines
+                    .get_mut(&host)
+                    .map(|e| e.poll(at))
+                    .unwrap_or_default();
+                let mut queue: Vec<(u64, Action)> =
+                    actions.into_iter().map(|a| (host, a)).collect();
+                while let Some((from, action)) = queue.pop() {
+                    match action {
+                        Action::SendHeartbeat { to } => {
+                            let Some(to) = self.host_at.get(&to).copied() else {
+                                continue;
+                            };
+                            let from_addr = self.addr_of[&from];
+                            if let Some(e) = self.engines.get_mut(&to) {
+                                let more =
+                                    e.on_heartbeat(HostId(from), from_addr, false, at, at_us);
+                                queue.extend(more.into_iter().map(|a| (to, a)));
+                            }
+                        }
+                        Action::SendEcho { peer, nonce, .. } => {
+                            if self.engines.contains_key(&peer.0) {
+                                if let Some(e) = self.engines.get_mut(&from) {
+                                    let more = e.on_echo_reply(peer, nonce, at, at_us);
+                                    queue.extend(more.into_iter().map(|a| (from, a)));
+                                }
+                            }
+                        }
+                        Action::Report(body) => reports.push((at_us, from, body)),
+                        Action::DeadAverted { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A world for the harness in simulated time: hosts in `down` are dead; the live
+    /// ones run the real heartbeat engines ([`Nanoprobes`]), and a probe is answered as the
+    /// real nanoprobe would (reachable at once, or a timeout after `timeout_ms`). Runs
+    /// until every host in `down` has a dead verdict, or `limit_ms` passed; returns the
+    /// simulated time that took (ms from now).
+    pub(super) fn run_world(h: &mut Harness, down: &BTreeSet<u64>, limit_ms: u64) -> u64 {
+        let mut probes = Nanoprobes::start(h, down);
         let start = h.now_us;
-        let mut due: Vec<(u64, u64, ReportBody)> = initial
-            .into_iter()
-            .map(|(reporter, peer)| (start + deadtime_us, reporter, dead(peer)))
-            .collect();
+        let mut due: Vec<(u64, u64, ReportBody)> = Vec::new();
         let mut seen = h.sent.len();
         while h.now_us < start + limit_ms * 1000 {
             h.advance_ms(TICK_MS);
             let now = h.now_us;
+            due.extend(probes.run_until(now));
             let (ready, later): (Vec<_>, Vec<_>) = due.into_iter().partition(|(t, _, _)| *t <= now);
             due = later;
             for (_, host, body) in ready {
@@ -571,39 +666,27 @@ mod tests {
             h.drain();
             h.turn(true);
             for c in &h.sent[seen..] {
-                if down.contains(&c.to.0) {
+                let Some(order) = probes.command(c.to.0, c.command.body.clone(), now) else {
                     continue;
-                }
-                match &c.command.body {
-                    CommandBody::SendExpectHb { peers, .. } => {
-                        for p in peers.iter().filter(|p| down.contains(&p.host.0)) {
-                            due.push((now + deadtime_us, c.to.0, dead(p.host.0)));
-                        }
-                    }
-                    CommandBody::DoProbe {
-                        probe_id,
-                        targets,
-                        kind,
-                        timeout_ms,
-                    } => {
-                        for t in targets {
-                            let dead_target = t.host.is_some_and(|x| down.contains(&x.0));
-                            let (at, outcome) = if dead_target {
-                                (now + u64::from(*timeout_ms) * 1000, ProbeOutcome::Timeout)
-                            } else {
-                                (now + 1000, ProbeOutcome::Reachable)
-                            };
-                            let result = proto::ProbeResult {
-                                probe_id: *probe_id,
-                                target: t.clone(),
-                                kind: *kind,
-                                outcome,
-                                rtt_us: None,
-                            };
-                            due.push((at, c.to.0, ReportBody::ProbeResult(result)));
-                        }
-                    }
-                    _ => {}
+                };
+                for t in order.targets.iter() {
+                    let dead_target = t.host.is_some_and(|x| down.contains(&x.0));
+                    let (at, outcome) = if dead_target {
+                        (
+                            now + u64::from(order.timeout_ms) * 1000,
+                            ProbeOutcome::Timeout,
+                        )
+                    } else {
+                        (now + 1000, ProbeOutcome::Reachable)
+                    };
+                    let result = proto::ProbeResult {
+                        probe_id: order.probe_id,
+                        target: t.clone(),
+                        kind: order.kind,
+                        outcome,
+                        rtt_us: None,
+                    };
+                    due.push((at, c.to.0, ReportBody::ProbeResult(result)));
                 }
             }
             seen = h.sent.len();
@@ -628,8 +711,7 @@ mod tests {
         // switch rings have no live watcher of their own; their representatives are a block
         // of the top ring, watched only from sw2 and sw8.
         let down: BTreeSet<u64> = (8..=32).collect();
-        let watchers = live_watchers(&h, &down);
-        let took_ms = run_world(&mut h, &down, watchers, 120_000);
+        let took_ms = run_world(&mut h, &down, 120_000);
         eprintln!(
             "block of {} over whole switch rings found after {took_ms} ms",
             down.len()
@@ -655,8 +737,7 @@ mod tests {
         let mut h = cluster_with(20 * hps, s, f);
         h.sent.clear();
         let down: BTreeSet<u64> = (221..=620).collect();
-        let watchers = live_watchers(&h, &down);
-        let took_ms = run_world(&mut h, &down, watchers, 120_000);
+        let took_ms = run_world(&mut h, &down, 120_000);
         // Checks of live hosts: the ends of the sweeps (and of the top-ring sweeps, which
         // reach past the block into live representatives).
         let live_probes = h
@@ -674,11 +755,12 @@ mod tests {
             down.len()
         );
         assert_only_the_block_is_dead(&h, &down);
-        // First verdicts (deadtime 3 s, window 2 s, switch check, host probes 2 s: 8.6 s),
-        // then one top-ring round and one round per whole switch ring (2 s each). A sweep
-        // of 16 per ring, or top-ring sweeps from hosts found by checks (which drain the
-        // probe budget on live representatives), need a third round or more.
-        assert!(took_ms <= 13_000, "block found after {took_ms} ms");
+        // First verdicts (deadtime 3 s and the nanoprobes' 0.5 s confirmation, window 2 s,
+        // switch check, host probes 2 s: 9.1 s), then one top-ring round and one round per
+        // whole switch ring (2 s each). A sweep of 16 per ring, or top-ring sweeps from
+        // hosts found by checks (which drain the probe budget on live representatives),
+        // need a third round or more.
+        assert!(took_ms <= 13_500, "block found after {took_ms} ms");
         // 121 here: top-ring sweeps started by hosts that checks found (they look like
         // representatives once the lower hosts of their ring died) made it 144, and at
         // 10,000 hosts drained the probe limiter so that ~50 hosts were found the slow way.
@@ -692,11 +774,12 @@ mod tests {
         // 40 consecutive hosts of the flat ring die; only 19 and 60 have live watchers
         // (19 watches 20, 60 watches 59).
         let down: BTreeSet<u64> = (20..=59).collect();
-        let took_ms = run_world(&mut h, &down, vec![(19, 20), (60, 59)], 120_000);
+        let took_ms = run_world(&mut h, &down, 120_000);
         assert_only_the_block_is_dead(&h, &down);
-        // One host per end every deadtime + window + probe (about 7 s) would take 140 s;
-        // the sweep needs the first verdicts (deadtime 3 s + window 2 s + probe 1 s) and
-        // then one round of checks per end (16 hosts, then the rest).
+        // One host per end every deadtime + confirmation + window + probe (about 7 s) would
+        // take 140 s; the sweep needs the first verdicts (deadtime 3 s + confirmation 0.5 s +
+        // window 2 s + probe 1 s) and then one round of checks per end (16 hosts, then the
+        // rest).
         eprintln!("block of {} found after {took_ms} ms", down.len());
         assert!(took_ms <= 12_000, "block found after {took_ms} ms");
         // The ring healed around the block: 19 and 60 watch each other.
