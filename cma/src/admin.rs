@@ -110,7 +110,7 @@ impl AdminState {
         }
     }
 
-    fn count_refusal(&self, reason: &str) {
+    fn count_refusal(&self, reason: &'static str) {
         self.refused.get_or_create(&Reason::of(reason)).inc();
     }
 

@@ -46,19 +46,38 @@ impl Default for Limits {
 }
 
 /// The `reason` label of a refusal or error counter, shared by every daemon (here:
-/// `connections`, over the limit, or `lifetime`, closed at the lifetime bound).
+/// `connections`, over the limit, or `lifetime`, closed at the lifetime bound). A static
+/// name, so counting a refusal during a flood allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     /// Why (a short stable name such as `bad_mac` or `connection_limit`).
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 impl Reason {
     /// The label for `reason`.
-    pub fn of(reason: &str) -> Reason {
-        Reason {
-            reason: reason.to_string(),
-        }
+    pub fn of(reason: &'static str) -> Reason {
+        Reason { reason }
+    }
+}
+
+impl From<&'static str> for Reason {
+    fn from(reason: &'static str) -> Reason {
+        Reason { reason }
+    }
+}
+
+/// The `kind` label of a counter by message kind (a report or command kind), shared by
+/// every daemon.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// The kind's short stable name (`hb_dead`, `send_expect_hb`, ...).
+    pub kind: &'static str,
+}
+
+impl From<&'static str> for Kind {
+    fn from(kind: &'static str) -> Kind {
+        Kind { kind }
     }
 }
 

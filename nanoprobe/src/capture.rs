@@ -346,7 +346,7 @@ fn link_info(addr: &socket2::SockAddr) -> Option<(u32, u8)> {
 }
 
 /// Reads frames until the receiver is gone: parses each, counts it by outcome
-/// (`nanoprobe_lldp_frames_total{name=...}`) and hands what parses to the daemon. Frames
+/// (`nanoprobe_lldp_frames_total{reason=...}`) and hands what parses to the daemon. Frames
 /// the daemon has no room for are dropped and counted (`queue_full`).
 pub async fn run(socket: Socket, tx: mpsc::Sender<Heard>, metrics: Arc<Metrics>) {
     // SAFETY: the socket owns its descriptor, which stays open and the same until the

@@ -1,25 +1,19 @@
 //! Counters for everything sent, dropped or retried, and the optional Prometheus
 //! `/metrics` listener (off unless `metrics_listen` is configured).
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// A `reason` or `kind` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Label {
-    /// The label value.
-    pub name: &'static str,
-}
+use daemon::metrics::{Kind, Reason};
 
 /// The nanoprobe's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Datagrams refused by the verifier, by `Rejection::reason`, and `rate_limited`.
-    pub rejected: Family<Label, Counter>,
+    pub rejected: Family<Reason, Counter>,
     /// The `rate_limited` series of `rejected`, held so that counting a flood's datagram
     /// is one atomic add, not a family lookup.
     pub rate_limited: Counter,
@@ -27,13 +21,13 @@ pub struct Metrics {
     /// (`SO_RXQ_OVFL`): never seen by the daemon, genuine ones included.
     pub receive_overflows: Counter,
     /// Reports dropped from the full outbound queue, by report kind.
-    pub reports_dropped: Family<Label, Counter>,
+    pub reports_dropped: Family<Kind, Counter>,
     /// Report sends, first copies and retransmissions, by report kind.
-    pub reports_sent: Family<Label, Counter>,
+    pub reports_sent: Family<Kind, Counter>,
     /// Report retransmissions, by report kind.
-    pub reports_retried: Family<Label, Counter>,
+    pub reports_retried: Family<Kind, Counter>,
     /// Commands received, by command kind (duplicates included).
-    pub commands: Family<Label, Counter>,
+    pub commands: Family<Kind, Counter>,
     /// Duplicate command copies (acknowledged, not applied again).
     pub command_duplicates: Counter,
     /// Heartbeats sent.
@@ -50,7 +44,7 @@ pub struct Metrics {
     /// LLDP/CDP frames by outcome: `accepted`, a parse refusal
     /// ([`crate::lldp::FrameError::reason`]), `table_full` (a new neighbour beyond the
     /// table's bound) or `queue_full` (the daemon had no room for it).
-    pub lldp_frames: Family<Label, Counter>,
+    pub lldp_frames: Family<Reason, Counter>,
     /// Neighbours in the LLDP/CDP table.
     pub lldp_neighbours: Gauge,
     /// 1 while the LLDP/CDP capture socket runs.
@@ -168,13 +162,11 @@ impl Metrics {
             "table_full",
             "queue_full",
         ]) {
-            let _ = m.lldp_frames.get_or_create(&Label { name });
+            let _ = m.lldp_frames.get_or_create(&Reason::of(name));
         }
         let rate_limited = m
             .rejected
-            .get_or_create(&Label {
-                name: "rate_limited",
-            })
+            .get_or_create(&Reason::of("rate_limited"))
             .clone();
         registry.register(
             "receive_overflows",
@@ -183,7 +175,7 @@ impl Metrics {
         );
         m.listener.register(&mut registry);
         for reason in proto::Rejection::REASONS {
-            let _ = m.rejected.get_or_create(&Label { name: reason });
+            let _ = m.rejected.get_or_create(&Reason::of(reason));
         }
         Metrics {
             registry,
@@ -192,9 +184,12 @@ impl Metrics {
         }
     }
 
-    /// Counts one under `name` in `family`.
-    pub fn inc(family: &Family<Label, Counter>, name: &'static str) {
-        family.get_or_create(&Label { name }).inc();
+    /// Counts one under `name` in `family` (a [`Reason`] or [`Kind`] family).
+    pub fn inc<L>(family: &Family<L, Counter>, name: &'static str)
+    where
+        L: From<&'static str> + Clone + std::hash::Hash + Eq,
+    {
+        family.get_or_create(&L::from(name)).inc();
     }
 
     /// The metrics in the Prometheus text format.
@@ -219,7 +214,7 @@ mod tests {
         m.dead_averted.inc();
         let text = m.render();
         assert!(
-            text.contains("nanoprobe_rejected_total{name=\"bad_mac\"} 1"),
+            text.contains("nanoprobe_rejected_total{reason=\"bad_mac\"} 1"),
             "{text}"
         );
         assert!(text.contains("nanoprobe_heartbeats_sent_total 1"), "{text}");

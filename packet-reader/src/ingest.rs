@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use proto::{HostId, KeyId, Report, ReportBody, Sealer, SessionId};
 
-    fn sample(metrics: &Metrics, family: &str, reason: &str) -> u64 {
+    fn sample(metrics: &Metrics, family: &str, reason: &'static str) -> u64 {
         let f = if family == "dropped" {
             &metrics.dropped
         } else {
