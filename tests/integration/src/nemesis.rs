@@ -878,118 +878,186 @@ pub fn run(config: &RunConfig) -> Report {
     }
 }
 
+/// What a fault acts on: faults of different classes are injected together (a paused
+/// leader during a partition, a kill on a slow disk), as Jepsen composes its nemeses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultClass {
+    /// nftables rules between nodes (and membership changes, made under a partition).
+    Network,
+    /// Signals to one node or a majority.
+    Process,
+    /// A node's disk.
+    Disk,
+    /// The whole cluster at once (every node killed): nothing else is injected with it.
+    Cluster,
+}
+
+impl FaultKind {
+    fn class(self) -> FaultClass {
+        match self {
+            FaultKind::IsolateLeader
+            | FaultKind::MajorityMinority
+            | FaultKind::Bridge
+            | FaultKind::OneWayFromLeader
+            | FaultKind::Membership => FaultClass::Network,
+            FaultKind::KillOne | FaultKind::KillMajority | FaultKind::PauseLeader => {
+                FaultClass::Process
+            }
+            FaultKind::SlowDisk => FaultClass::Disk,
+            FaultKind::KillAll | FaultKind::PowerCut => FaultClass::Cluster,
+        }
+    }
+}
+
+/// The faults of one step: first the kind injected least so far (ties broken at random),
+/// so that every kind gets its share of a run whatever the seed; then, unless it takes the
+/// whole cluster down, nine times in ten a second one of another class, at random (at
+/// most one per class).
+fn choose_faults(
+    rng: &mut StdRng,
+    kinds: &[FaultKind],
+    injected: &BTreeMap<FaultKind, usize>,
+) -> Vec<FaultKind> {
+    let count = |k: &FaultKind| injected.get(k).copied().unwrap_or(0);
+    let least = kinds.iter().map(count).min().unwrap_or(0);
+    let candidates: Vec<FaultKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| count(k) == least)
+        .collect();
+    let first = candidates[rng.random_range(0..candidates.len())];
+    let mut chosen = vec![first];
+    if first.class() == FaultClass::Cluster || !rng.random_bool(0.9) {
+        return chosen;
+    }
+    let others: Vec<FaultKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| k.class() != first.class() && k.class() != FaultClass::Cluster)
+        .collect();
+    if !others.is_empty() {
+        chosen.push(others[rng.random_range(0..others.len())]);
+    }
+    // Network rules first, so a kill or a pause meets the partition already in place.
+    chosen.sort_by_key(|k| k.class() != FaultClass::Network);
+    chosen
+}
+
 /// Injects faults until `config.duration` has passed; returns how many of each kind.
 fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
     // Membership cycles by how many of their 3 steps succeeded.
     let mut membership_steps: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut composed = 0usize;
     let until = Instant::now() + config.duration;
     let ids = nodes.ids();
     let majority = ids.len() / 2 + 1;
     while Instant::now() < until {
-        let kind = config.kinds[rng.random_range(0..config.kinds.len())];
+        let faults = choose_faults(&mut rng, &config.kinds, &injected);
         // A random leader stand-in when no node answers as leader (mid-election).
         let leader = nodes
             .leader()
             .unwrap_or_else(|| ids[rng.random_range(0..ids.len())]);
-        let hold = Duration::from_millis(rng.random_range(300..2500));
+        let mut hold = Duration::from_millis(rng.random_range(300..2000));
         let mut shuffled = ids.clone();
         shuffled.shuffle(&mut rng);
-        let applied = match kind {
-            FaultKind::IsolateLeader => {
-                let cut: Vec<(u64, u64)> = ids
-                    .iter()
-                    .filter(|&&i| i != leader)
-                    .map(|&i| (leader, i))
-                    .collect();
-                nodes.partition(&cut, &[])
-            }
-            FaultKind::MajorityMinority => {
-                let (minority, rest) = shuffled.split_at(ids.len() - majority);
-                let cut: Vec<(u64, u64)> = minority
-                    .iter()
-                    .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
-                    .collect();
-                nodes.partition(&cut, &[])
-            }
-            FaultKind::Bridge => {
-                let (bridge, rest) = shuffled.split_at(1);
-                let (a, b) = rest.split_at(rest.len() / 2);
-                let cut: Vec<(u64, u64)> = a
-                    .iter()
-                    .flat_map(|&x| b.iter().map(move |&y| (x, y)))
-                    .collect();
-                let _ = bridge;
-                nodes.partition(&cut, &[])
-            }
-            FaultKind::OneWayFromLeader => {
-                let one_way: Vec<(u64, u64)> = ids
-                    .iter()
-                    .filter(|&&i| i != leader)
-                    .map(|&i| (leader, i))
-                    .collect();
-                nodes.partition(&[], &one_way)
-            }
-            FaultKind::KillOne => {
-                nodes.kill(shuffled[0]);
-                Ok(())
-            }
-            FaultKind::KillMajority => {
-                for &id in &shuffled[..majority] {
-                    nodes.kill(id);
+        // The slow disk is another node than the one a kill picks first.
+        let slow = shuffled[shuffled.len() - 1];
+        for &kind in &faults {
+            let applied = match kind {
+                FaultKind::IsolateLeader => {
+                    let cut: Vec<(u64, u64)> = ids
+                        .iter()
+                        .filter(|&&i| i != leader)
+                        .map(|&i| (leader, i))
+                        .collect();
+                    nodes.partition(&cut, &[])
                 }
-                Ok(())
-            }
-            FaultKind::KillAll => {
-                for &id in &ids {
-                    nodes.kill(id);
+                FaultKind::MajorityMinority => {
+                    let (minority, rest) = shuffled.split_at(ids.len() - majority);
+                    let cut: Vec<(u64, u64)> = minority
+                        .iter()
+                        .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
+                        .collect();
+                    nodes.partition(&cut, &[])
                 }
-                Ok(())
-            }
-            FaultKind::PauseLeader => {
-                nodes.signal(leader, Signal::SIGSTOP);
-                Ok(())
-            }
-            FaultKind::PowerCut => {
-                for &id in &ids {
-                    nodes.kill(id);
+                FaultKind::Bridge => {
+                    // shuffled[0] is the bridge: it talks to both halves.
+                    let (a, b) = shuffled[1..].split_at((ids.len() - 1) / 2);
+                    let cut: Vec<(u64, u64)> = a
+                        .iter()
+                        .flat_map(|&x| b.iter().map(move |&y| (x, y)))
+                        .collect();
+                    nodes.partition(&cut, &[])
                 }
-                ids.iter().try_for_each(|&id| nodes.power_cut_disk(id))
-            }
-            FaultKind::SlowDisk => {
-                let delay = rng.random_range(300..2000);
-                nodes.slow_disk(shuffled[0], delay)
-            }
-            FaultKind::Membership => {
-                let minority = &shuffled[..ids.len() - majority];
-                let rest: Vec<u64> = shuffled[ids.len() - majority..].to_vec();
-                let cut: Vec<(u64, u64)> = minority
-                    .iter()
-                    .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
-                    .collect();
-                let partitioned = nodes.partition(&cut, &[]);
-                if let Some(&follower) = ids.iter().find(|&&i| i != leader) {
-                    let steps = nodes.cycle_membership(leader, follower);
-                    *membership_steps.entry(steps).or_default() += 1;
+                FaultKind::OneWayFromLeader => {
+                    let one_way: Vec<(u64, u64)> = ids
+                        .iter()
+                        .filter(|&&i| i != leader)
+                        .map(|&i| (leader, i))
+                        .collect();
+                    nodes.partition(&[], &one_way)
                 }
-                partitioned
+                FaultKind::KillOne => {
+                    nodes.kill(shuffled[0]);
+                    Ok(())
+                }
+                FaultKind::KillMajority => {
+                    for &id in &shuffled[..majority] {
+                        nodes.kill(id);
+                    }
+                    Ok(())
+                }
+                FaultKind::KillAll => {
+                    for &id in &ids {
+                        nodes.kill(id);
+                    }
+                    Ok(())
+                }
+                FaultKind::PauseLeader => {
+                    nodes.signal(leader, Signal::SIGSTOP);
+                    hold += ELECTION_TIMEOUT_MAX;
+                    Ok(())
+                }
+                FaultKind::PowerCut => {
+                    for &id in &ids {
+                        nodes.kill(id);
+                    }
+                    ids.iter().try_for_each(|&id| nodes.power_cut_disk(id))
+                }
+                FaultKind::SlowDisk => {
+                    let delay = rng.random_range(300..2000);
+                    nodes.slow_disk(slow, delay)
+                }
+                FaultKind::Membership => {
+                    let minority = &shuffled[..ids.len() - majority];
+                    let rest: Vec<u64> = shuffled[ids.len() - majority..].to_vec();
+                    let cut: Vec<(u64, u64)> = minority
+                        .iter()
+                        .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
+                        .collect();
+                    let partitioned = nodes.partition(&cut, &[]);
+                    if let Some(&follower) = ids.iter().find(|&&i| i != leader) {
+                        let steps = nodes.cycle_membership(leader, follower);
+                        *membership_steps.entry(steps).or_default() += 1;
+                    }
+                    partitioned
+                }
+            };
+            if let Err(e) = applied {
+                panic!("injecting {}: {e}", kind.name());
             }
-        };
-        if let Err(e) = applied {
-            panic!("injecting {}: {e}", kind.name());
+            *injected.entry(kind).or_default() += 1;
         }
-        *injected.entry(kind).or_default() += 1;
-        let hold = if kind == FaultKind::PauseLeader {
-            hold + ELECTION_TIMEOUT_MAX
-        } else {
-            hold
-        };
+        if faults.len() > 1 {
+            composed += 1;
+        }
         std::thread::sleep(hold);
-        // Heal this fault.
+        // Heal every fault of the step.
         nodes.heal();
-        if kind == FaultKind::SlowDisk {
-            if let Err(e) = nodes.slow_disk(shuffled[0], 0) {
+        if faults.contains(&FaultKind::SlowDisk) {
+            if let Err(e) = nodes.slow_disk(slow, 0) {
                 panic!("healing the slow disk: {e}");
             }
         }
@@ -999,8 +1067,9 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
                 nodes.start(id);
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..1200)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
     }
+    eprintln!("nemesis: {composed} steps injected two faults at once");
     if !membership_steps.is_empty() {
         eprintln!("nemesis: membership cycles by steps completed (of 3): {membership_steps:?}");
     }
