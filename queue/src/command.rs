@@ -46,6 +46,21 @@ pub enum Command {
         /// Consumer name.
         consumer: String,
     },
+    /// An `Apply` that also records what the consumer's turn read besides the queue
+    /// entries (opaque here: the worker's `TurnRecord`, its clock, tick time, settled
+    /// commands and the probes its limiter refused), so that its writes can be computed
+    /// again from the log alone and compared (`worker::replay`). Applied as `Apply`.
+    ApplyRecorded {
+        /// Consumer name (registered like `CommitOffset` when `offset` is set).
+        consumer: String,
+        /// Next offset the consumer will read, if it advanced.
+        offset: Option<u64>,
+        /// Table writes, applied in order.
+        writes: Vec<TableWrite>,
+        /// The consumer's record of the turn's other inputs.
+        #[serde(with = "crate::record::byte_string")]
+        input: Vec<u8>,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -61,6 +76,16 @@ impl std::fmt::Display for Command {
                 writes,
             } => write!(f, "Apply({consumer}, {offset:?}, {} writes)", writes.len()),
             Command::RemoveConsumer { consumer } => write!(f, "RemoveConsumer({consumer})"),
+            Command::ApplyRecorded {
+                consumer,
+                offset,
+                writes,
+                ..
+            } => write!(
+                f,
+                "ApplyRecorded({consumer}, {offset:?}, {} writes)",
+                writes.len()
+            ),
         }
     }
 }

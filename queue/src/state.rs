@@ -231,6 +231,12 @@ impl QueueState {
                 consumer,
                 offset,
                 writes,
+            }
+            | Command::ApplyRecorded {
+                consumer,
+                offset,
+                writes,
+                ..
             } => {
                 if let Some(offset) = offset {
                     self.commit_offset(consumer, offset);

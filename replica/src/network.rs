@@ -40,8 +40,15 @@ fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
                     .map(|p| p.report.len() + OVERHEAD)
                     .sum::<usize>()
         }
-        EntryPayload::Normal(Command::Apply { writes, .. }) => {
+        EntryPayload::Normal(
+            Command::Apply { writes, .. } | Command::ApplyRecorded { writes, .. },
+        ) => {
+            let input = match &entry.payload {
+                EntryPayload::Normal(Command::ApplyRecorded { input, .. }) => input.len(),
+                _ => 0,
+            };
             OVERHEAD
+                + input
                 + writes
                     .iter()
                     .map(|w| w.table.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len))

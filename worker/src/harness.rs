@@ -8,6 +8,8 @@
 //! equals the state that wrote them.
 
 use super::outbox::Outbound;
+use super::probe_limit::ProbeLimiter;
+use super::replay::{Replay, ReplayReport};
 use super::run::{self, TurnInput};
 use super::state::{WorkerSettings, WorkerState};
 use super::tables;
@@ -42,6 +44,14 @@ pub(crate) struct Harness {
     pub queue: QueueState,
     /// Every entry applied to `queue`, in order (the Raft log).
     pub log: Vec<Command>,
+    /// The term of the leader that wrote each entry of `log`.
+    pub terms: Vec<u64>,
+    /// The current leader's term: [`Harness::elect`] starts a new one.
+    term: u64,
+    /// The leader's probe limiter on the injected clock (`None`: every probe allowed).
+    pub limiter: Option<ProbeLimiter>,
+    /// Command ids acknowledged since the last turn, for the next one.
+    pub settled: Vec<u64>,
     settings: WorkerSettings,
     config: fsm::Config,
     leader: Leader,
@@ -66,6 +76,10 @@ impl Harness {
         Harness {
             queue,
             log: Vec::new(),
+            terms: Vec::new(),
+            term: 1,
+            limiter: None,
+            settled: Vec::new(),
             settings,
             config,
             leader,
@@ -98,6 +112,7 @@ impl Harness {
     /// Commits one entry: applies it to the queue state as Raft would, and logs it.
     pub fn commit(&mut self, entry: Command) {
         self.log.push(entry.clone());
+        self.terms.push(self.term);
         self.queue.apply(entry);
     }
 
@@ -105,6 +120,11 @@ impl Harness {
     /// as the run loop does, hands the events committed after `published_upto` to the
     /// sinks again.
     pub fn elect(&mut self) {
+        self.term += 1;
+        if let Some(l) = self.limiter.as_mut() {
+            // A new leader starts with fresh budgets, as the run loop does.
+            *l = ProbeLimiter::new(l.config());
+        }
         self.leader = Leader::load(&self.queue, self.config);
         let from = self.leader.state.published_upto + 1;
         for e in tables::events_from(&self.queue, from, usize::MAX) {
@@ -150,15 +170,21 @@ impl Harness {
         let input = TurnInput {
             entries: &entries,
             tick_at_us: tick.then_some(self.now_us),
-            settled: Vec::new(),
+            settled: std::mem::take(&mut self.settled),
         };
         let leader = &mut self.leader;
+        let now = std::time::Duration::from_micros(self.now_us);
+        let limiter = &mut self.limiter;
         let turn = run::turn(
             &mut leader.state,
             &self.settings,
             input,
             &mut leader.offset,
-            |_| true,
+            |investigation| {
+                limiter
+                    .as_mut()
+                    .is_none_or(|l| l.allow(investigation, now).is_ok())
+            },
         )
         .unwrap();
         let Some(entry) = turn.entry else {
@@ -202,6 +228,40 @@ impl Harness {
             self.drain();
             self.turn(true);
         }
+    }
+
+    /// Replays the log into a fresh worker ([`crate::replay`]) and asserts that every turn
+    /// computes the entry that was committed and that the replay ends with the same tables;
+    /// returns what it checked.
+    pub fn assert_replays(&self) -> ReplayReport {
+        let mut replay = Replay::new(self.settings.clone(), self.config, DedupLimits::default());
+        for (i, (entry, term)) in self.log.iter().zip(&self.terms).enumerate() {
+            replay.entry(i as u64 + 1, *term, Some(entry)).unwrap();
+        }
+        let (report, queue) = replay.finish();
+        assert!(
+            report.mismatches.is_empty(),
+            "{} of {} turns computed another entry, first: {:?}",
+            report.mismatches.len(),
+            report.turns,
+            report.mismatches.first()
+        );
+        assert_eq!(
+            queue.digest(),
+            self.queue.digest(),
+            "the replayed tables differ"
+        );
+        report
+    }
+
+    /// The log with each entry's term.
+    #[cfg(test)]
+    pub fn clone_log(&self) -> Vec<(Command, u64)> {
+        self.log
+            .iter()
+            .cloned()
+            .zip(self.terms.iter().copied())
+            .collect()
     }
 
     /// The host rows, as the admin API reads them.
@@ -923,6 +983,73 @@ mod rows {
         /// Answer the `n`th unanswered probe (modulo their number).
         Answer(usize, bool),
         Wait(u64),
+        /// A new leader (or the leader restarted): reload from the committed rows.
+        Elect,
+        /// The nanoprobe acknowledges the `n`th command sent (modulo their number).
+        Ack(usize),
+    }
+
+    /// The world's state between random steps: probes not answered yet, and how many sent
+    /// commands were looked at.
+    #[derive(Default)]
+    struct World {
+        open: Vec<(u64, u64, proto::ProbeTarget, proto::ProbeKind)>,
+        answered: usize,
+    }
+
+    /// One random step, then the queue drained and a tick.
+    fn step(h: &mut Harness, w: &mut World, op: Op) {
+        match op {
+            Op::Dead(a, b) if a != b => h.report(a, dead(b)),
+            Op::Alive(a, b) if a != b => h.report(
+                a,
+                ReportBody::HbBackAlive {
+                    peer: HostId(b),
+                    down_for_ms: 1_000,
+                },
+            ),
+            Op::Shutdown(a) => h.report(a, ReportBody::HbShutdown),
+            Op::Restart(a) => h.report(a, startup(a)),
+            Op::Answer(n, reachable) if !w.open.is_empty() => {
+                let (from, probe_id, target, kind) = w.open.remove(n % w.open.len());
+                let outcome = if reachable {
+                    ProbeOutcome::Reachable
+                } else {
+                    ProbeOutcome::Unreachable
+                };
+                h.report(
+                    from,
+                    ReportBody::ProbeResult(proto::ProbeResult {
+                        probe_id,
+                        target,
+                        kind,
+                        outcome,
+                        rtt_us: None,
+                    }),
+                );
+            }
+            Op::Wait(ms) => h.advance_ms(ms),
+            Op::Elect => h.elect(),
+            Op::Ack(n) if !h.sent.is_empty() => {
+                let id = h.sent[n % h.sent.len()].command.id;
+                h.settled.push(id);
+            }
+            _ => {}
+        }
+        h.drain();
+        h.turn(true);
+        for c in &h.sent[w.answered..] {
+            if let CommandBody::DoProbe {
+                probe_id,
+                targets,
+                kind,
+                ..
+            } = &c.command.body
+            {
+                w.open.push((c.to.0, *probe_id, targets[0].clone(), *kind));
+            }
+        }
+        w.answered = h.sent.len();
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -935,6 +1062,25 @@ mod rows {
             2 => (0..8usize, any::<bool>()).prop_map(|(n, r)| Op::Answer(n, r)),
             3 => (1..8_000u64).prop_map(Op::Wait),
         ]
+    }
+
+    /// [`op`], and leader changes and acknowledgements.
+    fn op_with_leaders() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            10 => op(),
+            1 => Just(Op::Elect),
+            2 => (0..64usize).prop_map(Op::Ack),
+        ]
+    }
+
+    /// 7 hosts behind two switches (host 8 never starts), started and settled.
+    fn seven_hosts() -> Harness {
+        let mut h = Harness::new(settings(two_switches()), fsm::Config::default());
+        for host in 1..=7 {
+            h.report(host, startup(host));
+        }
+        h.run_for(1_000, TICK_MS);
+        h
     }
 
     fn two_switches() -> SwitchMap {
@@ -968,37 +1114,10 @@ mod rows {
         /// the committed rows makes the same decisions as the old one.
         #[test]
         fn a_state_rebuilt_from_rows_equals_the_live_one(ops in proptest::collection::vec(op(), 1..40)) {
-            let mut h = Harness::new(settings(two_switches()), fsm::Config::default());
-            for host in 1..=7 {
-                h.report(host, startup(host));
-            }
-            h.run_for(1_000, TICK_MS);
-            let mut answered = 0;
-            let mut open: Vec<(u64, u64, proto::ProbeTarget, proto::ProbeKind)> = Vec::new();
+            let mut h = seven_hosts();
+            let mut w = World::default();
             for op in ops {
-                match op {
-                    Op::Dead(a, b) if a != b => h.report(a, dead(b)),
-                    Op::Alive(a, b) if a != b => h.report(a, ReportBody::HbBackAlive { peer: HostId(b), down_for_ms: 1_000 }),
-                    Op::Shutdown(a) => h.report(a, ReportBody::HbShutdown),
-                    Op::Restart(a) => h.report(a, startup(a)),
-                    Op::Answer(n, reachable) if !open.is_empty() => {
-                        let (from, probe_id, target, kind) = open.remove(n % open.len());
-                        let outcome = if reachable { ProbeOutcome::Reachable } else { ProbeOutcome::Unreachable };
-                        h.report(from, ReportBody::ProbeResult(proto::ProbeResult {
-                            probe_id, target, kind, outcome, rtt_us: None,
-                        }));
-                    }
-                    Op::Wait(ms) => h.advance_ms(ms),
-                    _ => {}
-                }
-                h.drain();
-                h.turn(true);
-                for c in &h.sent[answered..] {
-                    if let CommandBody::DoProbe { probe_id, targets, kind, .. } = &c.command.body {
-                        open.push((c.to.0, *probe_id, targets[0].clone(), *kind));
-                    }
-                }
-                answered = h.sent.len();
+                step(&mut h, &mut w, op);
             }
             // A new leader from the committed log, against the old one, for a while.
             let mut b = Harness::replica(h.settings.clone(), fsm::Config::default(), &h.log, h.now_us);
@@ -1010,5 +1129,58 @@ mod rows {
             let differences = b.leader.state.differences(&h.leader.state);
             prop_assert!(differences.is_empty(), "{:?}", differences);
         }
+
+        /// The worker is a pure function of its log: random reports, probe answers,
+        /// waits, acknowledgements and leader changes, with a probe limiter tight enough
+        /// to refuse probes; replaying the committed log into a fresh worker computes
+        /// every worker entry again, byte for byte, and ends with the same tables.
+        #[test]
+        fn a_replay_of_the_log_computes_every_worker_entry_again(
+            ops in proptest::collection::vec(op_with_leaders(), 1..60),
+        ) {
+            let mut h = seven_hosts();
+            h.limiter = Some(ProbeLimiter::new(crate::probe_limit::ProbeLimitConfig {
+                per_investigation: 2,
+                per_second: 0.5,
+                burst: 3,
+                budget_window_ms: 10_000,
+            }));
+            let mut w = World::default();
+            for op in ops {
+                step(&mut h, &mut w, op);
+            }
+            h.run_for(10_000, TICK_MS);
+            let report = h.assert_replays();
+            prop_assert!(report.turns > 0);
+            prop_assert_eq!(report.unrecorded, 0);
+        }
+    }
+
+    /// The replay finds a worker entry that its inputs do not explain.
+    #[test]
+    fn a_replay_finds_an_entry_its_inputs_do_not_explain() {
+        let mut h = seven_hosts();
+        step(&mut h, &mut World::default(), Op::Dead(2, 3));
+        h.run_for(5_000, TICK_MS);
+        h.assert_replays();
+        // A leader whose tick time was not what it recorded.
+        let mut forged = h.clone_log();
+        let Some(Command::ApplyRecorded { input, .. }) = forged
+            .iter_mut()
+            .rev()
+            .find(|(c, _)| matches!(c, Command::ApplyRecorded { offset: None, .. }))
+            .map(|(c, _)| c)
+        else {
+            panic!("no tick entry");
+        };
+        let mut record: crate::run::TurnRecord = postcard::from_bytes(input).unwrap();
+        record.tick_at_us = record.tick_at_us.map(|t| t + 60_000_000);
+        *input = postcard::to_allocvec(&record).unwrap();
+        let mut replay = Replay::new(h.settings.clone(), h.config, DedupLimits::default());
+        for (i, (entry, term)) in forged.iter().enumerate() {
+            replay.entry(i as u64 + 1, *term, Some(entry)).unwrap();
+        }
+        let (report, _) = replay.finish();
+        assert!(!report.mismatches.is_empty(), "{report:?}");
     }
 }

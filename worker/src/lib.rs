@@ -27,6 +27,7 @@ pub mod door;
 mod harness;
 pub(crate) mod outbox;
 pub(crate) mod probe_limit;
+pub mod replay;
 pub mod rings;
 pub mod routes;
 pub mod run;

@@ -71,6 +71,12 @@ impl ProbeLimiter {
         }
     }
 
+    /// The limits it enforces.
+    #[cfg(test)]
+    pub fn config(&self) -> ProbeLimitConfig {
+        self.config
+    }
+
     /// Asks to send one probe for `investigation` at `now`; takes a token and a unit of
     /// that investigation's budget when allowed.
     pub fn allow(&mut self, investigation: &str, now: Duration) -> Result<(), ProbeRefused> {

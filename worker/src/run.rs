@@ -66,6 +66,23 @@ pub(crate) struct TurnInput<'a> {
     pub settled: Vec<u64>,
 }
 
+/// What a turn read besides the queue entries, recorded in its Raft entry
+/// (`Command::ApplyRecorded`, postcard), so that the turn can be computed again from the
+/// log alone and its writes compared ([`crate::replay`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TurnRecord {
+    /// The worker's clock before the turn: ticks that changed nothing wrote no entry, but
+    /// moved it.
+    pub clock_us: u64,
+    /// [`TurnInput::tick_at_us`].
+    pub tick_at_us: Option<u64>,
+    /// [`TurnInput::settled`].
+    pub settled: Vec<u64>,
+    /// Which of the turn's probe requests, by position, the probe limiter refused (its
+    /// budgets live in the leader's memory, not in the replicated state).
+    pub refused: Vec<u32>,
+}
+
 /// What one turn decided.
 pub(crate) struct Turn {
     /// The Raft entry to propose; `None` when nothing changed (a tick that fired no
@@ -91,6 +108,12 @@ pub(crate) fn turn(
     mut allow_probe: impl FnMut(&str) -> bool,
 ) -> Result<Turn, EncodeError> {
     let mut fx = Effects::default();
+    let mut record = TurnRecord {
+        clock_us: state.now_us,
+        tick_at_us: input.tick_at_us,
+        settled: input.settled.clone(),
+        refused: Vec::new(),
+    };
     let had_entries = !input.entries.is_empty();
     for (entry_offset, packet) in input.entries {
         state.step_packet_in_turn(settings, packet, &mut fx);
@@ -103,11 +126,16 @@ pub(crate) fn turn(
     fx.changes
         .extend(input.settled.into_iter().map(Change::CommandSettled));
     let mut probes_refused = 0;
-    for (investigation, command) in std::mem::take(&mut fx.probes) {
+    for (position, (investigation, command)) in
+        std::mem::take(&mut fx.probes).into_iter().enumerate()
+    {
         if allow_probe(&investigation) {
             fx.commands.push(command);
         } else {
             probes_refused += 1;
+            record
+                .refused
+                .push(u32::try_from(position).unwrap_or(u32::MAX));
         }
     }
     fx.changes
@@ -133,10 +161,11 @@ pub(crate) fn turn(
         .map(tables::sink_event)
         .collect::<Result<Vec<_>, _>>()?;
     turn.commands = fx.commands;
-    turn.entry = Some(Command::Apply {
+    turn.entry = Some(Command::ApplyRecorded {
         consumer: CONSUMER.into(),
         offset: had_entries.then_some(*offset),
         writes,
+        input: postcard::to_allocvec(&record).map_err(EncodeError::Record)?,
     });
     Ok(turn)
 }

@@ -113,6 +113,9 @@ pub enum EncodeError {
         #[source]
         source: postcard::Error,
     },
+    /// The turn's record (`run::TurnRecord`) could not be encoded.
+    #[error("postcard encoding of the turn record")]
+    Record(#[source] postcard::Error),
 }
 
 /// A row of the worker's replicated state could not be decoded (written by an
