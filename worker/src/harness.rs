@@ -254,6 +254,25 @@ impl Harness {
         report
     }
 
+    /// Host `from`'s nanoprobe reports the outcome of a probe it was ordered to run.
+    pub fn answer_probe(
+        &mut self,
+        from: u64,
+        probe_id: u64,
+        target: proto::ProbeTarget,
+        kind: proto::ProbeKind,
+        outcome: proto::ProbeOutcome,
+    ) {
+        let result = proto::ProbeResult {
+            probe_id,
+            target,
+            kind,
+            outcome,
+            rtt_us: None,
+        };
+        self.report(from, ReportBody::ProbeResult(result));
+    }
+
     /// The log with each entry's term.
     #[cfg(test)]
     pub fn clone_log(&self) -> Vec<(Command, u64)> {
@@ -523,16 +542,7 @@ mod tests {
             for (from, probe_id, target, kind) in probes {
                 assert!(target.host.is_none(), "a host probe: {target:?}");
                 assert!([4, 5, 6].contains(&from), "probed from sw1's side: {from}");
-                h.report(
-                    from,
-                    ReportBody::ProbeResult(proto::ProbeResult {
-                        probe_id,
-                        target,
-                        kind,
-                        outcome: ProbeOutcome::Unreachable,
-                        rtt_us: None,
-                    }),
-                );
+                h.answer_probe(from, probe_id, target, kind, ProbeOutcome::Unreachable);
             }
             if verdicts(&h, "verdict.switch_down") > 0 {
                 break;
@@ -1017,16 +1027,7 @@ mod rows {
                 } else {
                     ProbeOutcome::Unreachable
                 };
-                h.report(
-                    from,
-                    ReportBody::ProbeResult(proto::ProbeResult {
-                        probe_id,
-                        target,
-                        kind,
-                        outcome,
-                        rtt_us: None,
-                    }),
-                );
+                h.answer_probe(from, probe_id, target, kind, outcome);
             }
             Op::Wait(ms) => h.advance_ms(ms),
             Op::Elect => h.elect(),

@@ -943,6 +943,13 @@ fn choose_faults(
     chosen
 }
 
+/// Every pair (a, b) with a in `a` and b in `b`, other than a node with itself.
+fn between(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
+    a.iter()
+        .flat_map(|&x| b.iter().filter(move |&&y| y != x).map(move |&y| (x, y)))
+        .collect()
+}
+
 /// Injects faults until `config.duration` has passed; returns how many of each kind.
 fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> {
     let mut rng = StdRng::seed_from_u64(config.seed);
@@ -966,39 +973,17 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
         let slow = shuffled[shuffled.len() - 1];
         for &kind in &faults {
             let applied = match kind {
-                FaultKind::IsolateLeader => {
-                    let cut: Vec<(u64, u64)> = ids
-                        .iter()
-                        .filter(|&&i| i != leader)
-                        .map(|&i| (leader, i))
-                        .collect();
-                    nodes.partition(&cut, &[])
-                }
+                FaultKind::IsolateLeader => nodes.partition(&between(&[leader], &ids), &[]),
                 FaultKind::MajorityMinority => {
                     let (minority, rest) = shuffled.split_at(ids.len() - majority);
-                    let cut: Vec<(u64, u64)> = minority
-                        .iter()
-                        .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
-                        .collect();
-                    nodes.partition(&cut, &[])
+                    nodes.partition(&between(minority, rest), &[])
                 }
                 FaultKind::Bridge => {
                     // shuffled[0] is the bridge: it talks to both halves.
                     let (a, b) = shuffled[1..].split_at((ids.len() - 1) / 2);
-                    let cut: Vec<(u64, u64)> = a
-                        .iter()
-                        .flat_map(|&x| b.iter().map(move |&y| (x, y)))
-                        .collect();
-                    nodes.partition(&cut, &[])
+                    nodes.partition(&between(a, b), &[])
                 }
-                FaultKind::OneWayFromLeader => {
-                    let one_way: Vec<(u64, u64)> = ids
-                        .iter()
-                        .filter(|&&i| i != leader)
-                        .map(|&i| (leader, i))
-                        .collect();
-                    nodes.partition(&[], &one_way)
-                }
+                FaultKind::OneWayFromLeader => nodes.partition(&[], &between(&[leader], &ids)),
                 FaultKind::KillOne => {
                     nodes.kill(shuffled[0]);
                     Ok(())
@@ -1031,13 +1016,8 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
                     nodes.slow_disk(slow, delay)
                 }
                 FaultKind::Membership => {
-                    let minority = &shuffled[..ids.len() - majority];
-                    let rest: Vec<u64> = shuffled[ids.len() - majority..].to_vec();
-                    let cut: Vec<(u64, u64)> = minority
-                        .iter()
-                        .flat_map(|&a| rest.iter().map(move |&b| (a, b)))
-                        .collect();
-                    let partitioned = nodes.partition(&cut, &[]);
+                    let (minority, rest) = shuffled.split_at(ids.len() - majority);
+                    let partitioned = nodes.partition(&between(minority, rest), &[]);
                     if let Some(&follower) = ids.iter().find(|&&i| i != leader) {
                         let steps = nodes.cycle_membership(leader, follower);
                         *membership_steps.entry(steps).or_default() += 1;
