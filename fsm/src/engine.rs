@@ -81,6 +81,18 @@ pub enum HostState {
 }
 
 impl HostState {
+    /// The state of a suspect machine.
+    pub(crate) fn of(state: &State) -> HostState {
+        match state {
+            State::Watching {} => HostState::Watching,
+            State::Suspected {} => HostState::Suspected,
+            State::Investigating {} => HostState::Investigating,
+            State::Grouped {} => HostState::Grouped,
+            State::Down {} => HostState::Down,
+            State::Left {} => HostState::Left,
+        }
+    }
+
     /// The lowercase name (`watching`, `suspected`, `investigating`, `grouped`, `down`,
     /// `left`).
     pub fn as_str(self) -> &'static str {
@@ -166,14 +178,9 @@ impl Engine {
 
     /// The state of `host`'s machine (a host never reported on is `Watching`).
     pub fn host_state(&self, host: HostId) -> HostState {
-        match self.hosts.get(&host).map(|m| m.state()) {
-            None | Some(State::Watching {}) => HostState::Watching,
-            Some(State::Suspected {}) => HostState::Suspected,
-            Some(State::Investigating {}) => HostState::Investigating,
-            Some(State::Grouped {}) => HostState::Grouped,
-            Some(State::Down {}) => HostState::Down,
-            Some(State::Left {}) => HostState::Left,
-        }
+        self.hosts
+            .get(&host)
+            .map_or(HostState::Watching, |m| HostState::of(m.state()))
     }
 
     /// Whether any suspicion is still without verdict.

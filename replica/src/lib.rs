@@ -22,6 +22,7 @@ pub mod log_store;
 pub mod metrics;
 pub(crate) mod network;
 pub mod node;
+pub mod offline;
 pub(crate) mod peer;
 pub mod prompt_election;
 pub(crate) mod segment_log;

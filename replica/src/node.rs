@@ -302,6 +302,63 @@ pub enum Freshness {
     },
 }
 
+/// Opens a node's storage in `data_dir` (needs a tokio runtime: the log's flushers are
+/// tasks): the log (segment files in `entries`, sled in `log`) and the state machine
+/// (restored from the snapshot in `snapshot`).
+// NodeError carries openraft's StorageError (over 200 bytes), as Node::open's does.
+#[allow(clippy::result_large_err)]
+pub(crate) fn open_storage(
+    data_dir: &std::path::Path,
+    dedup: DedupLimits,
+    max_queue_bytes: u64,
+    metrics: &NodeMetrics,
+    sync_hook: Option<super::log_store::SyncHook>,
+) -> Result<(LogStore, StateMachineStore), NodeError> {
+    // Layout: <data_dir>/entries (the log's segment files), <data_dir>/log (sled: vote,
+    // committed index, purge point), <data_dir>/snapshot.
+    let log_dir = data_dir.join("log");
+    // The data directory and sled's own are durable before anything is written in
+    // them (sled creates them without syncing their parents).
+    super::segment_log::create_dir_durable(&log_dir).map_err(|e| NodeError::DataDir {
+        path: data_dir.to_path_buf(),
+        source: sled::Error::Io(e),
+    })?;
+    let db = sled::Config::new()
+        .path(&log_dir)
+        // sled caches 1 GiB by default; it holds a few small keys.
+        .cache_capacity(SLED_CACHE_BYTES)
+        // Durability comes from our own flushes (a vote, a purge point); sled's
+        // periodic background flush would only compete with the log's.
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|source| NodeError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+    let store_metrics = StoreMetrics {
+        flush_seconds: metrics.flush_seconds.clone(),
+        syncs: metrics.syncs.clone(),
+        purge_seconds: metrics.purge_seconds.clone(),
+        appended_bytes: metrics.log_appended_bytes.clone(),
+        write_seconds: metrics.log_write_seconds.clone(),
+    };
+    let log_store = LogStore::open(
+        &db,
+        &log_dir,
+        &data_dir.join("entries"),
+        store_metrics,
+        sync_hook,
+    )?;
+    let state_machine = StateMachineStore::open(
+        &data_dir.join("snapshot"),
+        dedup,
+        max_queue_bytes,
+        metrics.snapshot.clone(),
+    )?;
+    Ok((log_store, state_machine))
+}
+
 /// A running Raft node. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -318,49 +375,14 @@ impl Node {
         sync_hook: Option<super::log_store::SyncHook>,
     ) -> Result<Node, NodeError> {
         let metrics = NodeMetrics::default();
-        // Layout: <data_dir>/entries (the log's segment files), <data_dir>/log (sled: vote,
-        // committed index, purge point), <data_dir>/snapshot.
-        let log_dir = settings.data_dir.join("log");
-        // The data directory and sled's own are durable before anything is written in
-        // them (sled creates them without syncing their parents).
-        super::segment_log::create_dir_durable(&log_dir).map_err(|e| NodeError::DataDir {
-            path: settings.data_dir.clone(),
-            source: sled::Error::Io(e),
-        })?;
-        let db = sled::Config::new()
-            .path(&log_dir)
-            // sled caches 1 GiB by default; it holds a few small keys.
-            .cache_capacity(SLED_CACHE_BYTES)
-            // Durability comes from our own flushes (a vote, a purge point); sled's
-            // periodic background flush would only compete with the log's.
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| NodeError::DataDir {
-                path: settings.data_dir.clone(),
-                source,
-            })?;
-        let store_metrics = StoreMetrics {
-            flush_seconds: metrics.flush_seconds.clone(),
-            syncs: metrics.syncs.clone(),
-            purge_seconds: metrics.purge_seconds.clone(),
-            appended_bytes: metrics.log_appended_bytes.clone(),
-            write_seconds: metrics.log_write_seconds.clone(),
-        };
-        let log_store = LogStore::open(
-            &db,
-            &log_dir,
-            &settings.data_dir.join("entries"),
-            store_metrics,
+        let (log_store, state_machine) = open_storage(
+            &settings.data_dir,
+            settings.dedup,
+            settings.max_queue_bytes,
+            &metrics,
             sync_hook,
         )?;
         let last_log = log_store.last_log();
-        let state_machine = StateMachineStore::open(
-            &settings.data_dir.join("snapshot"),
-            settings.dedup,
-            settings.max_queue_bytes,
-            metrics.snapshot.clone(),
-        )?;
         let shared = state_machine.shared();
         let config = Arc::new(settings.raft.clone().validate()?);
         let network = Network::new(

@@ -1157,6 +1157,36 @@ mod rows {
         }
     }
 
+    /// Hosts that report their interfaces and gateway (as real nanoprobes do, here all
+    /// on one subnet behind one gateway): a death, then a second; the replay computes the
+    /// same entries.
+    #[test]
+    fn a_replay_with_learned_topology_computes_the_same_entries() {
+        let mut h = Harness::new(settings(SwitchMap::default()), fsm::Config::default());
+        for host in 1..=8u64 {
+            let ReportBody::Startup(mut s) = startup(host) else {
+                unreachable!()
+            };
+            s.interfaces = vec![proto::InterfaceAddr {
+                name: "eth0".into(),
+                addr: "192.0.2.2".parse().unwrap(),
+                prefix_len: 24,
+            }];
+            s.gateway = Some("192.0.2.1".parse().unwrap());
+            h.report(host, ReportBody::Startup(s));
+            h.run_for(TICK_MS, TICK_MS);
+        }
+        h.run_for(3_000, TICK_MS);
+        let mut w = World::default();
+        step(&mut h, &mut w, Op::Dead(4, 5));
+        step(&mut h, &mut w, Op::Dead(6, 5));
+        for _ in 0..40 {
+            step(&mut h, &mut w, Op::Answer(0, false));
+            step(&mut h, &mut w, Op::Wait(300));
+        }
+        h.assert_replays();
+    }
+
     /// The replay finds a worker entry that its inputs do not explain.
     #[test]
     fn a_replay_finds_an_entry_its_inputs_do_not_explain() {

@@ -64,8 +64,14 @@ impl Replay {
     /// A replay from an empty log, with the worker's settings and fsm config and the
     /// queue's deduplication limits (all as the live nodes have them).
     pub fn new(settings: WorkerSettings, config: fsm::Config, dedup: DedupLimits) -> Replay {
+        Replay::resume(QueueState::new(dedup), settings, config)
+    }
+
+    /// A replay that starts from a snapshot's state (the log before it purged): the
+    /// first worker entry reloads the worker state from its rows.
+    pub fn resume(queue: QueueState, settings: WorkerSettings, config: fsm::Config) -> Replay {
         Replay {
-            queue: QueueState::new(dedup),
+            queue,
             settings,
             config,
             leading: None,
@@ -249,8 +255,21 @@ fn first_difference(computed: &[TableWrite], committed: &[TableWrite]) -> Option
     };
     for (i, (a, b)) in computed.iter().zip(committed).enumerate() {
         if a != b {
+            let at = match (&a.value, &b.value) {
+                (Some(x), Some(y)) if a.table == b.table && a.key == b.key => {
+                    let at = x.iter().zip(y).take_while(|(p, q)| p == q).count();
+                    let around =
+                        |v: &[u8]| v[at.saturating_sub(4)..(at + 12).min(v.len())].to_vec();
+                    format!(
+                        "; values differ from byte {at}: computed {:02x?}, committed {:02x?}",
+                        around(x),
+                        around(y)
+                    )
+                }
+                _ => String::new(),
+            };
             return Some(format!(
-                "write {i}: computed {}, committed {}",
+                "write {i}: computed {}, committed {}{at}",
                 show(a),
                 show(b)
             ));

@@ -25,8 +25,70 @@ use std::collections::{BTreeMap, BTreeSet};
 /// facts known about it. Opaque: store it and give it back to [`Engine::from_records`].
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct HostRecord {
+    #[serde(with = "stable_machine")]
     machine: Option<StateMachine<Suspect>>,
     facts: Option<HostFacts>,
+}
+
+/// A machine as rows store it: its storage, then its state as a [`HostState`], whose
+/// declaration order pins the index postcard writes. statig 0.4's macro declares the
+/// `State` enum it generates in the iteration order of a `HashMap`, so the index its serde
+/// derive wrote changed from one compilation to the next: a row written by one build of
+/// `cma` was read as another state by another build (found by the worker replay check on
+/// a real cluster: a suspect written `grouped` was read back `down`). Same layout as
+/// statig's (storage, then the state's index), so rows of earlier builds still decode.
+mod stable_machine {
+    use super::super::HostState;
+    use crate::suspect::{State, Suspect};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use statig::blocking::{IntoStateMachineExt, StateMachine};
+
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        shared_storage: &'a Suspect,
+        state: HostState,
+    }
+
+    #[derive(Deserialize)]
+    struct Loaded {
+        shared_storage: Suspect,
+        state: HostState,
+    }
+
+    fn state_from(state: HostState) -> State {
+        match state {
+            HostState::Watching => State::Watching {},
+            HostState::Suspected => State::Suspected {},
+            HostState::Investigating => State::Investigating {},
+            HostState::Grouped => State::Grouped {},
+            HostState::Down => State::Down {},
+            HostState::Left => State::Left {},
+        }
+    }
+
+    pub fn serialize<S: Serializer>(
+        machine: &Option<StateMachine<Suspect>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        machine
+            .as_ref()
+            .map(|m| Stored {
+                shared_storage: m.inner(),
+                state: HostState::of(m.state()),
+            })
+            .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<StateMachine<Suspect>>, D::Error> {
+        let loaded: Option<Loaded> = Deserialize::deserialize(deserializer)?;
+        Ok(loaded.map(|l| {
+            let mut machine = l.shared_storage.uninitialized_state_machine();
+            *machine.state_mut() = state_from(l.state);
+            machine.into()
+        }))
+    }
 }
 
 impl PartialEq for HostRecord {
@@ -403,6 +465,43 @@ impl std::fmt::Debug for Engine {
 mod tests {
     use super::*;
     use crate::event::Event;
+
+    /// The stored state is `HostState`'s index in its declaration order, whatever order
+    /// statig's macro gave its `State` enum in this compilation, and reads back the same.
+    #[test]
+    fn the_stored_state_index_is_pinned() {
+        use crate::HostState;
+        use statig::blocking::IntoStateMachineExt;
+        let states = [
+            (HostState::Watching, 0u8),
+            (HostState::Suspected, 1),
+            (HostState::Investigating, 2),
+            (HostState::Grouped, 3),
+            (HostState::Down, 4),
+            (HostState::Left, 5),
+        ];
+        for (state, index) in states {
+            let mut machine = Suspect::new(HostId(5)).uninitialized_state_machine();
+            *machine.state_mut() = match state {
+                HostState::Watching => State::Watching {},
+                HostState::Suspected => State::Suspected {},
+                HostState::Investigating => State::Investigating {},
+                HostState::Grouped => State::Grouped {},
+                HostState::Down => State::Down {},
+                HostState::Left => State::Left {},
+            };
+            let record = HostRecord {
+                machine: Some(machine.into()),
+                facts: None,
+            };
+            let bytes = postcard::to_allocvec(&record).unwrap();
+            // ..., the state's index, then `facts: None`.
+            assert_eq!(bytes[bytes.len() - 2..], [index, 0], "{state:?}");
+            let back: HostRecord = postcard::from_bytes(&bytes).unwrap();
+            let read = back.machine.as_ref().map(|m| HostState::of(m.state()));
+            assert_eq!(read, Some(state));
+        }
+    }
 
     fn rebuilt(e: &Engine) -> Engine {
         // Through postcard, as the CMA stores the rows.

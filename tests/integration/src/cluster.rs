@@ -19,6 +19,37 @@ use std::time::Duration;
 /// Raft timings for tests: quick failover, but tolerant of a loaded 2-core machine.
 pub const TEST_RAFT: &str = "[raft]\nheartbeat_interval_ms = 250\nelection_timeout_min_ms = 1200\nelection_timeout_max_ms = 2400\n";
 
+/// Every node's `cmactl --json cluster digest` (`digest(id)` runs it), once all of `ids`
+/// have applied the same index (the cluster is idle): (node, applied index, digest).
+/// Returns what it last saw after `within`.
+pub fn digests_at_rest(
+    ids: &[u64],
+    within: Duration,
+    digest: impl Fn(u64) -> Option<String>,
+) -> Vec<(u64, u64, String)> {
+    let mut last = Vec::new();
+    wait_until(within, || {
+        last = ids
+            .iter()
+            .filter_map(|&id| {
+                let d: Value = serde_json::from_str(&digest(id)?).ok()?;
+                Some((
+                    id,
+                    d["applied_index"].as_u64()?,
+                    d["digest"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let settled =
+            last.len() == ids.len() && last.iter().all(|(_, applied, _)| *applied == last[0].1);
+        if !settled {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        settled
+    });
+    last
+}
+
 /// A set of `cma` nodes that `cmactl` can reach; the provided methods form and query the
 /// cluster the same way for every kind of test.
 pub trait CmaCluster {
@@ -47,6 +78,13 @@ pub trait CmaCluster {
             self.cmactl(id, &full)
                 .ok()
                 .and_then(|out| serde_json::from_str(&out).ok())
+        })
+    }
+
+    /// [`digests_at_rest`] of the running nodes.
+    fn digests_at_rest(&self, within: Duration) -> Vec<(u64, u64, String)> {
+        digests_at_rest(&self.running(), within, |id| {
+            self.cmactl(id, &["--json", "cluster", "digest"]).ok()
         })
     }
 
@@ -145,7 +183,8 @@ pub struct TestNode {
     pub raft: SocketAddr,
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
-    config: PathBuf,
+    /// Its `cma` config file.
+    pub config: PathBuf,
     log: PathBuf,
     proc: Option<ProcGuard>,
 }

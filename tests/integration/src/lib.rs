@@ -9,7 +9,9 @@
 //! - [`lab`], [`labrun`]: the network-namespace lab;
 //! - [`verdicts`]: reading `cmactl --json failures` rows;
 //! - [`nemesis`], [`checker`], [`lossy`]: the fault-injection suite, the checker of its
-//!   histories, and data directories on lossyfs (power cuts, slow disks).
+//!   histories, and data directories on lossyfs (power cuts, slow disks);
+//! - [`replay`]: a stopped node's log replayed into a fresh worker, compared with the
+//!   live cluster.
 
 pub mod attack;
 pub mod checker;
@@ -21,4 +23,5 @@ pub mod lossy;
 pub mod nemesis;
 pub mod procs;
 pub mod reader;
+pub mod replay;
 pub mod verdicts;

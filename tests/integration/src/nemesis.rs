@@ -446,34 +446,12 @@ impl Nodes {
         })
     }
 
-    /// Every node's state digest, once all have applied the same index (the cluster is
-    /// idle): (node, applied index, digest). Returns what it last saw after `within`.
+    /// Every node's state digest, once all have applied the same index.
     fn digests_at_rest(&self, within: Duration) -> Vec<(u64, u64, String)> {
-        let mut last = Vec::new();
-        wait_until(within, || {
-            last = self
-                .ids()
-                .into_iter()
-                .filter_map(|id| {
-                    let out = self
-                        .cmactl_timeout(id, &["--json", "cluster", "digest"], "10")
-                        .ok()?;
-                    let d: serde_json::Value = serde_json::from_str(&out).ok()?;
-                    Some((
-                        id,
-                        d["applied_index"].as_u64()?,
-                        d["digest"].as_str()?.to_string(),
-                    ))
-                })
-                .collect();
-            let settled = last.len() == self.ids().len()
-                && last.iter().all(|(_, applied, _)| *applied == last[0].1);
-            if !settled {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            settled
-        });
-        last
+        crate::cluster::digests_at_rest(&self.ids(), within, |id| {
+            self.cmactl_timeout(id, &["--json", "cluster", "digest"], "10")
+                .ok()
+        })
     }
 
     /// The node that says it leads, if one answers within a short timeout.

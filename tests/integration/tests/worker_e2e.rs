@@ -197,6 +197,49 @@ fn rings_verdicts_and_leader_failover() {
             "nanoprobe {h} refused CMA datagrams as a stale session"
         );
     }
+
+    // The worker is a pure function of the log: every node still running, stopped once
+    // the cluster is idle, has a stored log (its snapshot and the entries after it) that
+    // a fresh worker replays to the same entries, byte for byte, across the leader kill,
+    // and to the state the live nodes agreed on.
     drop(probes);
     drop(reader);
+    let at_rest = cluster.digests_at_rest(Duration::from_secs(60));
+    let (upto, digest) = match at_rest.first() {
+        Some((_, applied, digest)) => (*applied, digest.clone()),
+        None => panic!("no digest at rest"),
+    };
+    assert!(
+        at_rest.iter().all(|(_, a, d)| *a == upto && *d == digest),
+        "{at_rest:?}"
+    );
+    for (id, _, _) in &at_rest {
+        cluster.kill(*id);
+    }
+    for (id, _, _) in &at_rest {
+        let config = &cluster.nodes[(*id - 1) as usize].config;
+        let replayed = integration::replay::replay_node(config, upto)
+            .unwrap_or_else(|e| panic!("replaying node {id}: {e}"));
+        println!(
+            "node {id}: replayed {} worker turns ({} queue entries, {} leaderships) from index {} to {}: {} mismatches",
+            replayed.report.turns,
+            replayed.report.entries,
+            replayed.report.leaderships,
+            replayed.snapshot_index,
+            replayed.replayed_to,
+            replayed.report.mismatches.len()
+        );
+        assert!(
+            replayed.report.mismatches.is_empty(),
+            "node {id}: {:?}",
+            replayed.report.mismatches
+        );
+        assert_eq!(replayed.replayed_to, upto, "node {id}");
+        assert_eq!(replayed.digest, digest, "node {id}: replayed state differs");
+        assert!(
+            replayed.report.turns > 0,
+            "node {id}: {:?}",
+            replayed.report
+        );
+    }
 }
