@@ -94,6 +94,8 @@ pub(crate) struct Turn {
     pub events: Vec<Event>,
     /// Probe requests the limiter refused.
     pub probes_refused: u64,
+    /// Queue entries that did not decode as reports, with the first error.
+    pub undecodable: Option<(u64, String)>,
 }
 
 /// One turn of the worker loop, pure: steps `input`'s entries and tick on `state`, lets
@@ -147,6 +149,7 @@ pub(crate) fn turn(
         commands: Vec::new(),
         events: Vec::new(),
         probes_refused,
+        undecodable: fx.undecodable.take(),
     };
     if !had_entries && fx.changes.is_empty() {
         return Ok(turn);
@@ -181,6 +184,8 @@ pub struct WorkerMetrics {
     pub proposal_failures: Counter,
     /// Probe commands refused by the probe limiter.
     pub probes_refused: Counter,
+    /// Queue entries skipped because they did not decode as reports.
+    pub undecodable: Counter,
     /// Times this node's worker became active.
     pub activations: Counter,
     pub commander: CommanderMetrics,
@@ -209,6 +214,11 @@ impl WorkerMetrics {
             "ringwatch_worker_probes_refused",
             "Probe commands refused by the probe limiter",
             self.probes_refused.clone(),
+        );
+        registry.register(
+            "ringwatch_worker_undecodable_entries",
+            "Queue entries skipped because they did not decode as reports",
+            self.undecodable.clone(),
         );
         registry.register(
             "ringwatch_worker_activations",
@@ -316,6 +326,7 @@ impl Worker {
             state.published_upto = state.published_upto.max(e.id);
         }
         let mut limiter = ProbeLimiter::new(self.config.probes);
+        let mut undecodable_warning = daemon::warn::WarnEvery::new(Duration::from_secs(10));
         let started = Instant::now();
         let mut applied = self.node.subscribe_applied();
         let tick = Duration::from_millis(self.config.tick_ms.max(10));
@@ -352,6 +363,18 @@ impl Worker {
             )?;
             self.metrics.entries.inc_by(entries.len() as u64);
             self.metrics.probes_refused.inc_by(turn.probes_refused);
+            if let Some((count, first)) = &turn.undecodable {
+                self.metrics.undecodable.inc_by(*count);
+                if let Some(suppressed) = undecodable_warning.check(Instant::now()) {
+                    tracing::warn!(
+                        count,
+                        suppressed,
+                        first = %first,
+                        "queue entries that are not reports skipped (a packet-reader of \
+                         another version, or another producer)"
+                    );
+                }
+            }
             if let Some(entry) = turn.entry {
                 self.metrics.proposals.inc();
                 if let Err(e) = self.node.propose(entry).await {

@@ -259,6 +259,8 @@ pub struct Effects {
     /// Probe requests to pass through the rate limiter before sending: (investigation
     /// key, command).
     pub probes: Vec<(String, Outbound)>,
+    /// Queue entries that did not decode as reports (skipped), with the first error.
+    pub undecodable: Option<(u64, String)>,
 }
 
 /// Static settings of the worker (from the CMA config).
@@ -530,8 +532,12 @@ impl WorkerState {
             Ok(report) => report,
             Err(e) => {
                 // Verified by a packet-reader before it was queued: undecodable here means
-                // a version mismatch. Skip it rather than stall the queue.
-                tracing::warn!(sender = packet.sender, error = %e, "undecodable queue entry skipped");
+                // a version mismatch (or another producer). Skip it rather than stall the
+                // queue; the run loop counts it and warns, rate-limited.
+                let (count, _) = fx
+                    .undecodable
+                    .get_or_insert_with(|| (0, format!("from sender {}: {e}", packet.sender)));
+                *count += 1;
                 return;
             }
         };

@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 /// Raft timings of the suite's nodes: short, so that many faults fit in a run.
 const RAFT: &str = "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\n\
                     election_timeout_max_ms = 1200\npeer_retry_backoff_ms = 100\n\
-                    connect_timeout_ms = 500\nsnapshot_after_logs = 2000\n\
-                    logs_to_keep_after_snapshot = 500\n";
+                    connect_timeout_ms = 500\nlogs_to_keep_after_snapshot = 500\n";
 /// The longest election timeout above: pauses last longer than this.
 const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1200);
 const SECRET: [u8; 32] = [0x6e; 32];
@@ -118,6 +117,14 @@ pub struct RunConfig {
     pub kinds: Vec<FaultKind>,
     /// Concurrent appending clients.
     pub appenders: u64,
+    /// Nanoprobes (real processes in the clients' namespace, reporting through a real
+    /// packet-reader to the workers); the nemesis kills and restarts them as it goes.
+    pub hosts: u64,
+    /// The nodes' `raft.snapshot_after_logs`: 2000 puts snapshots and purges under the
+    /// faults; a bound the run never reaches keeps every node's whole log, so the worker
+    /// replay at the end covers the whole run, every leader change included (it starts
+    /// from a node's last snapshot).
+    pub snapshot_after_logs: u64,
 }
 
 /// What a run found.
@@ -131,6 +138,10 @@ pub struct Report {
     pub digests: Vec<(u64, u64, String)>,
     pub anomalies: Vec<checker::Anomaly>,
     pub elapsed: Duration,
+    /// Nanoprobes killed and restarted by the nemesis.
+    pub host_churn: (usize, usize),
+    /// Per node: what replaying its stored log into a fresh worker checked.
+    pub replays: Vec<String>,
 }
 
 impl Report {
@@ -164,6 +175,13 @@ impl Report {
             c.commits_ok,
             c.commits_failed
         ));
+        s.push_str(&format!(
+            "nanoprobes: {} killed, {} restarted by the nemesis\n",
+            self.host_churn.0, self.host_churn.1
+        ));
+        for line in &self.replays {
+            s.push_str(&format!("{line}\n"));
+        }
         if let Some((_, applied, digest)) = self.digests.first() {
             let same = self.digests.iter().filter(|(_, _, d)| d == digest).count();
             s.push_str(&format!(
@@ -186,6 +204,10 @@ impl Report {
 /// The nodes, their namespaces and processes. Fields drop in order: the `cma` processes,
 /// then the lossyfs mounts under them, then the scratch directory and the namespaces.
 struct Nodes {
+    /// Nanoprobe of host `h` (None while the nemesis holds it killed).
+    probes: BTreeMap<u64, Option<ProcGuard>>,
+    /// The packet-reader the nanoprobes report to.
+    reader: Option<ProcGuard>,
     procs: BTreeMap<u64, Option<ProcGuard>>,
     /// Node id -> the lossyfs mount of its data directory (when power cuts or slow disks
     /// are injected).
@@ -197,6 +219,9 @@ struct Nodes {
     lost: LossCounts,
 }
 
+/// The clients' address (appenders, readers, the packet-reader and the nanoprobes).
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+
 fn node_addr(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + id as u8)
 }
@@ -204,7 +229,7 @@ fn node_addr(id: u64) -> Ipv4Addr {
 impl Nodes {
     /// Namespaces: `sw` (a bridge), `n<i>` per node (198.18.0.1<i>), `cl` for the clients
     /// (198.18.0.100), each plugged into the bridge.
-    fn build(tag: &str, count: u64) -> Result<Nodes, String> {
+    fn build(tag: &str, count: u64, snapshot_after_logs: u64) -> Result<Nodes, String> {
         let mut lab = Lab::new(tag);
         let sw = lab.add_ns("sw")?;
         lab.ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
@@ -220,22 +245,30 @@ impl Nodes {
         for id in 1..=count {
             plug(&mut lab, &format!("n{id}"), node_addr(id))?;
         }
-        let client_ns = plug(&mut lab, "cl", Ipv4Addr::new(198, 18, 0, 100))?;
+        let client_ns = plug(&mut lab, "cl", CLIENT)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let secret = dir.path().join("cluster.key");
         crate::procs::write_secret(&secret, &hex(&SECRET)).map_err(|e| e.to_string())?;
+        let keys = dir.path().join("keys.toml");
+        proto::KeyRing::write_new_key_file(&keys, proto::KeyId(1)).map_err(|e| e.to_string())?;
         for id in 1..=count {
             let text = format!(
                 "node_id = {id}\nlisten = \"{addr}:7400\"\nadmin_listen = \"127.0.0.1:7480\"\n\
-                 data_dir = \"{data}\"\ncluster_secret_file = \"{secret}\"\n\n{RAFT}",
+                 data_dir = \"{data}\"\ncluster_secret_file = \"{secret}\"\n\n{RAFT}\
+                 snapshot_after_logs = {snapshot_after_logs}\n\n\
+                 [worker]\nkey_file = \"{keys}\"\ntick_ms = 100\nprobe_timeout_ms = 1000\n\n\
+                 [worker.timings]\ninterval_ms = 500\nwarntime_ms = 1000\ndeadtime_ms = 1500\n",
                 addr = node_addr(id),
                 data = dir.path().join(format!("data{id}")).display(),
                 secret = secret.display(),
+                keys = keys.display(),
             );
             std::fs::write(dir.path().join(format!("cma{id}.toml")), text)
                 .map_err(|e| e.to_string())?;
         }
         Ok(Nodes {
+            probes: BTreeMap::new(),
+            reader: None,
             procs: BTreeMap::new(),
             mounts: BTreeMap::new(),
             dir,
@@ -303,6 +336,122 @@ impl Nodes {
             )
             .unwrap_or_else(|e| panic!("spawn cma {id}: {e}"));
         self.procs.insert(id, Some(proc));
+    }
+
+    /// Starts the packet-reader in the clients' namespace (198.18.0.100:7300), in front of
+    /// every node.
+    fn start_reader(&mut self) {
+        let nodes: Vec<String> = self
+            .ids()
+            .iter()
+            .map(|id| format!("\"{}:7400\"", node_addr(*id)))
+            .collect();
+        let config = self.dir.path().join("reader.toml");
+        let text = format!(
+            "host_id = 900001\nlisten = \"{CLIENT}:7300\"\nkey_file = \"{}\"\n\
+             cma_nodes = [{}]\ncluster_secret_file = \"{}\"\n\
+             metrics_listen = \"127.0.0.1:7381\"\n\n[batch]\nmax_delay_us = 2000\n\
+             give_up_ms = 20000\nrequest_timeout_ms = 4000\n",
+            self.dir.path().join("keys.toml").display(),
+            nodes.join(", "),
+            self.dir.path().join("cluster.key").display(),
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("reader config: {e}"));
+        let proc = self
+            .lab
+            .spawn(
+                &self.client_ns,
+                &binary("packet-reader"),
+                &["--config", &config.display().to_string()],
+                &[("RUST_LOG", "info")],
+                &self.dir.path().join("reader.log"),
+            )
+            .unwrap_or_else(|e| panic!("spawn packet-reader: {e}"));
+        self.reader = Some(proc);
+    }
+
+    /// Starts nanoprobe `host` in the clients' namespace (198.18.0.100:7500 + host).
+    fn start_probe(&mut self, host: u64) {
+        let bind = format!("{CLIENT}:{}", 7500 + host);
+        let keys = self.dir.path().join("keys.toml").display().to_string();
+        let proc = self
+            .lab
+            .spawn(
+                &self.client_ns,
+                &binary("nanoprobe"),
+                &[
+                    "--host-id",
+                    &host.to_string(),
+                    "--bind",
+                    &bind,
+                    "--packet-reader",
+                    &format!("{CLIENT}:7300"),
+                    "--key-file",
+                    &keys,
+                ],
+                &[("RUST_LOG", "info")],
+                &self.dir.path().join(format!("nanoprobe{host}.log")),
+            )
+            .unwrap_or_else(|e| panic!("spawn nanoprobe {host}: {e}"));
+        self.probes.insert(host, Some(proc));
+    }
+
+    /// Kills nanoprobe `host` if it runs, or starts it again; true if it was killed.
+    fn toggle_probe(&mut self, host: u64) -> bool {
+        match self.probes.get_mut(&host).and_then(Option::take) {
+            Some(mut p) => {
+                p.kill();
+                true
+            }
+            None => {
+                self.start_probe(host);
+                false
+            }
+        }
+    }
+
+    /// Stops every node and replays its stored log up to `upto` (an index every node
+    /// applied with the digest `digest`) into a fresh worker: a summary line per node,
+    /// and the anomalies it found.
+    fn replay_all(&mut self, upto: u64, digest: &str) -> (Vec<String>, Vec<checker::Anomaly>) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+        let mut lines = Vec::new();
+        let mut anomalies = Vec::new();
+        for id in self.ids() {
+            let config = self.dir.path().join(format!("cma{id}.toml"));
+            let anomaly = |detail: String| checker::Anomaly {
+                kind: checker::AnomalyKind::WorkerReplay,
+                detail,
+            };
+            match crate::replay::replay_node(&config, upto) {
+                Ok(r) => {
+                    lines.push(format!(
+                        "worker replay of node {id}: index {} to {}, {} turns ({} queue \
+                         entries, {} leaderships), {} mismatches",
+                        r.snapshot_index,
+                        r.replayed_to,
+                        r.report.turns,
+                        r.report.entries,
+                        r.report.leaderships,
+                        r.report.mismatches.len()
+                    ));
+                    for m in r.report.mismatches.iter().take(5) {
+                        anomalies.push(anomaly(format!("node {id} index {}: {}", m.index, m.what)));
+                    }
+                    if r.replayed_to != upto || r.digest != digest {
+                        anomalies.push(anomaly(format!(
+                            "node {id}: replayed to {} with digest {}, the live state at {upto} \
+                             is {digest}",
+                            r.replayed_to, r.digest
+                        )));
+                    }
+                }
+                Err(e) => anomalies.push(anomaly(format!("node {id}: {e}"))),
+            }
+        }
+        (lines, anomalies)
     }
 
     fn kill(&mut self, id: u64) {
@@ -586,18 +735,32 @@ fn client(count: u64) -> QueueClient {
 fn packet(sender: u64, seq: u64) -> QueuedPacket {
     QueuedPacket {
         sender,
-        session: 1,
+        session: WORKLOAD_SESSION,
         seq,
         received_at_us: seq,
         source: SocketAddr::from(([198, 18, 0, 100], 9)),
-        report: seq.to_le_bytes().repeat(4),
+        // Not a report: it starts with the envelope's magic and is too short to be one, so
+        // the workers skip it (counted as undecodable) and work only on the nanoprobes'.
+        report: [&proto::envelope::MAGIC[..], &seq.to_le_bytes().repeat(3)].concat(),
     }
 }
+
+/// The session of the workload's packets; the nanoprobes' sessions are random.
+const WORKLOAD_SESSION: u64 = 1;
 
 fn rows(packets: Vec<(u64, QueuedPacket)>) -> Vec<(u64, PacketId)> {
     packets
         .into_iter()
-        .map(|(o, p)| (o, (p.sender, p.seq)))
+        .map(|(o, p)| {
+            // A nanoprobe's report gets an id of its own: (sender, session, seq) folded
+            // into one half the workload's ids never use (top bit set).
+            let id = if p.session == WORKLOAD_SESSION {
+                (p.sender, p.seq)
+            } else {
+                (1 << 63 | p.sender << 32 ^ p.session, p.seq)
+            };
+            (o, id)
+        })
         .collect()
 }
 
@@ -616,6 +779,22 @@ where
         runtime.block_on(work());
     })
 }
+
+/// Commits the workload consumer's offset 0 (registering it), retrying for up to 60 s.
+async fn register_consumer(count: u64) {
+    let client = client(count);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.commit_offset(CONSUMER, 0).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the workload consumer never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The workload consumer's name in the queue.
+const CONSUMER: &str = "nemesis";
 
 /// Appender `w`: one append in flight at a time, 1 to 4 packets, fresh report ids.
 async fn appender(w: u64, count: u64, rec: Recorder, stop: Arc<AtomicBool>, seed: u64) {
@@ -690,7 +869,7 @@ async fn consumer(count: u64, rec: Recorder, stop: Arc<AtomicBool>, drained: Arc
         });
         if next >= committed + 50 || (empty && next > committed) {
             let invoked = rec.now();
-            let ok = client.commit_offset("nemesis", next).await.is_ok();
+            let ok = client.commit_offset(CONSUMER, next).await.is_ok();
             let completed = rec.now();
             rec.with(|h| {
                 h.commits.push(CommitOp {
@@ -736,7 +915,8 @@ async fn reader(count: u64, rec: Recorder, stop: Arc<AtomicBool>) {
 pub fn run(config: &RunConfig) -> Report {
     assert!(config.nodes >= 3, "the nemesis needs at least 3 nodes");
     let started = Instant::now();
-    let mut nodes = Nodes::build(&config.tag, config.nodes).unwrap_or_else(|e| panic!("lab: {e}"));
+    let mut nodes = Nodes::build(&config.tag, config.nodes, config.snapshot_after_logs)
+        .unwrap_or_else(|e| panic!("lab: {e}"));
     let disk_faults = config
         .kinds
         .iter()
@@ -759,10 +939,25 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let others: Vec<u64> = (2..=config.nodes).collect();
     nodes.form_cluster(1, &others);
+    nodes.start_reader();
+    for host in 1..=config.hosts {
+        nodes.start_probe(host);
+    }
 
+    // The workload's consumer registers before anything is appended: the workers consume
+    // (and skip) the workload's packets too, and the queue would otherwise trim them as
+    // soon as the workers have, before the workload consumer ever read them.
+    let count = config.nodes;
+    client_thread(nodes.client_ns.clone(), move || register_consumer(count))
+        .join()
+        .unwrap_or_else(|_| panic!("registering the workload consumer"));
     let rec = Recorder {
         start: Instant::now(),
-        history: Arc::new(Mutex::new(History::default())),
+        // The workers consume the queue too.
+        history: Arc::new(Mutex::new(History {
+            other_consumers: true,
+            ..History::default()
+        })),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let drained = Arc::new(AtomicBool::new(false));
@@ -792,7 +987,7 @@ pub fn run(config: &RunConfig) -> Report {
         }));
     }
 
-    let faults = nemesis(&mut nodes, config);
+    let (faults, host_churn) = nemesis(&mut nodes, config);
 
     // Heal: no partition, every node running and resumed, a leader.
     nodes.heal();
@@ -830,13 +1025,22 @@ pub fn run(config: &RunConfig) -> Report {
         "not every node gave its state digest at one applied index: {digests:?}\n{}",
         nodes.logs_tail()
     );
+    // The worker is a pure function of the log: each node's stored log, replayed.
+    let (replays, replay_anomalies) = match digests.first() {
+        Some((_, upto, digest)) => {
+            let (upto, digest) = (*upto, digest.clone());
+            nodes.replay_all(upto, &digest)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     rec.with(|h| h.digests = digests);
     let history = rec
         .history
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let anomalies = checker::check(&history);
+    let mut anomalies = checker::check(&history);
+    anomalies.extend(replay_anomalies);
     if !anomalies.is_empty() {
         let keep = std::env::temp_dir().join(format!("ringwatch-nemesis-{}", config.seed));
         let _ = std::fs::create_dir_all(&keep);
@@ -853,6 +1057,8 @@ pub fn run(config: &RunConfig) -> Report {
         digests: history.digests.clone(),
         anomalies,
         elapsed: started.elapsed(),
+        host_churn,
+        replays,
     }
 }
 
@@ -929,12 +1135,13 @@ fn between(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
 }
 
 /// Injects faults until `config.duration` has passed; returns how many of each kind.
-fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> {
+fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>, (usize, usize)) {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
     // Membership cycles by how many of their 3 steps succeeded.
     let mut membership_steps: BTreeMap<usize, usize> = BTreeMap::new();
     let mut composed = 0usize;
+    let mut churn = (0usize, 0usize);
     let until = Instant::now() + config.duration;
     let ids = nodes.ids();
     let majority = ids.len() / 2 + 1;
@@ -1011,6 +1218,14 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
         if faults.len() > 1 {
             composed += 1;
         }
+        // A host dies or comes back while the cluster is under fault: the workers have
+        // verdicts to reach, rings to heal and probes to order.
+        if config.hosts > 0 && rng.random_bool(0.5) {
+            match nodes.toggle_probe(rng.random_range(1..=config.hosts)) {
+                true => churn.0 += 1,
+                false => churn.1 += 1,
+            }
+        }
         std::thread::sleep(hold);
         // Heal every fault of the step.
         nodes.heal();
@@ -1031,7 +1246,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> BTreeMap<FaultKind, usize> 
     if !membership_steps.is_empty() {
         eprintln!("nemesis: membership cycles by steps completed (of 3): {membership_steps:?}");
     }
-    injected
+    (injected, churn)
 }
 
 /// The run configuration from the environment (`bench/nemesis.sh` sets it), with
@@ -1065,5 +1280,9 @@ pub fn config_from_env(tag: &str, nodes: u64, seconds: u64) -> RunConfig {
         seed,
         kinds,
         appenders: 3,
+        hosts: var("HOSTS").and_then(|s| s.parse().ok()).unwrap_or(6),
+        snapshot_after_logs: var("SNAPSHOT_AFTER_LOGS")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
     }
 }
