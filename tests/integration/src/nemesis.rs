@@ -536,27 +536,54 @@ impl Nodes {
         }
     }
 
-    /// Removes voter `id` and adds it back (learner, then voter), through the leader; each
-    /// step may fail under the faults of the moment: how far it got.
-    fn cycle_membership(&self, leader: u64, id: u64) -> usize {
-        let mut steps = vec![vec![
-            "cluster".to_string(),
-            "remove".into(),
-            "--id".into(),
-            id.to_string(),
-        ]];
-        steps.extend(rejoin_steps(id));
+    /// One membership change through the leader of the moment (waited for up to 3 s:
+    /// the partition just made may have cut the old one off): a node missing from the
+    /// voters (an earlier cycle cut short) is added back as a learner and promoted;
+    /// otherwise the first of `order` that votes and does not lead is removed and added
+    /// back. Each step may fail under the faults of the moment: how far it got, of how
+    /// many steps.
+    fn cycle_membership(&self, order: &[u64]) -> (usize, usize) {
+        let mut leader = None;
+        wait_until(Duration::from_secs(3), || {
+            leader = self.leader();
+            if leader.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            leader.is_some()
+        });
+        let Some(leader) = leader else {
+            eprintln!("nemesis: membership: no leader");
+            return (0, 3);
+        };
+        let Some(voters) = self.voters(leader) else {
+            return (0, 3);
+        };
+        let steps = match order.iter().find(|id| !voters.contains(id)) {
+            Some(&missing) => rejoin_steps(missing).to_vec(),
+            None => {
+                let Some(&id) = order.iter().find(|&&id| id != leader) else {
+                    return (0, 3);
+                };
+                let mut steps = vec![vec![
+                    "cluster".to_string(),
+                    "remove".into(),
+                    "--id".into(),
+                    id.to_string(),
+                ]];
+                steps.extend(rejoin_steps(id));
+                steps
+            }
+        };
         for (done, args) in steps.iter().enumerate() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             if let Err(e) = self.cmactl_timeout(leader, &args, "5") {
                 eprintln!("nemesis: membership step {args:?} on {leader}: {e}");
-                return done;
+                return (done, steps.len());
             }
         }
-        steps.len()
+        (steps.len(), steps.len())
     }
 
-    /// Voters as the leader sees them.
     fn voters(&self, leader: u64) -> Option<BTreeSet<u64>> {
         let out = self
             .cmactl_timeout(leader, &["--json", "cluster", "status"], "5")
@@ -1138,8 +1165,9 @@ fn between(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
 fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>, (usize, usize)) {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
-    // Membership cycles by how many of their 3 steps succeeded.
-    let mut membership_steps: BTreeMap<usize, usize> = BTreeMap::new();
+    // Membership cycles by (steps that succeeded, steps): 3 for a remove and a rejoin,
+    // 2 for a rejoin of a node an earlier cycle left out.
+    let mut membership_steps: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     let mut composed = 0usize;
     let mut churn = (0usize, 0usize);
     let until = Instant::now() + config.duration;
@@ -1203,10 +1231,8 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
                 FaultKind::Membership => {
                     let (minority, rest) = shuffled.split_at(ids.len() - majority);
                     let partitioned = nodes.partition(&between(minority, rest), &[]);
-                    if let Some(&follower) = ids.iter().find(|&&i| i != leader) {
-                        let steps = nodes.cycle_membership(leader, follower);
-                        *membership_steps.entry(steps).or_default() += 1;
-                    }
+                    let steps = nodes.cycle_membership(&shuffled);
+                    *membership_steps.entry(steps).or_default() += 1;
                     partitioned
                 }
             };
@@ -1244,7 +1270,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
     }
     eprintln!("nemesis: {composed} steps injected two faults at once");
     if !membership_steps.is_empty() {
-        eprintln!("nemesis: membership cycles by steps completed (of 3): {membership_steps:?}");
+        eprintln!("nemesis: membership cycles by (steps completed, steps): {membership_steps:?}");
     }
     (injected, churn)
 }
