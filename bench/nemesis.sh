@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The fault-injection suite, long run (docs/reliability.md): real cma nodes in network
-# namespaces (198.18.0.0/15), concurrent appends, reads and offset commits, a nemesis of
-# partitions, SIGKILLs (one, a majority, all), leader pauses and membership changes, then
-# the checker. Prints faults injected by kind, operations, anomalies by kind; exits
-# non-zero on any anomaly. Needs root (network namespaces, nftables).
+# The fault-injection suite, long run (docs/reliability.md): real cma nodes with their
+# workers in network namespaces (198.18.0.0/15), real nanoprobes and a packet-reader,
+# concurrent appends, reads and offset commits, a nemesis composing partitions, SIGKILLs
+# (one, a majority, all), leader pauses, membership changes, slow disks and power cuts,
+# then the checker and the worker replay of every node's log. Prints faults injected by
+# kind, operations, anomalies by kind; exits non-zero on any anomaly. Needs root (network
+# namespaces, nftables, FUSE). RINGWATCH_NEMESIS_HOSTS (default 6) sets the nanoprobes,
+# RINGWATCH_NEMESIS_SNAPSHOT_AFTER_LOGS (default 2000) the nodes' snapshot interval.
 #
 #   bench/nemesis.sh --minutes 30 --nodes 3 --seed 42
 #   bench/nemesis.sh --minutes 5 --nodes 5 --faults kill-all,pause-leader
 #
 # Fault kinds: isolate-leader majority-minority bridge one-way kill-one kill-majority
-# kill-all pause-leader membership (default: all). The same seed replays the same
+# kill-all pause-leader membership power-cut slow-disk (default: all). The same seed replays the same
 # schedule of fault kinds and choices (timing still varies with the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
