@@ -4,8 +4,9 @@
 #   packaging/build-debs.sh            (needs cargo-deb: cargo install cargo-deb --locked)
 # DEB_PROFILE=dev packages the debug binaries instead: CI uses it to check the packaging
 # (contents, metadata, lintian) without a second, release build of the workspace.
-# The cmactl man pages and shell completions are generated from its clap definition
-# (`cmactl man`, `cmactl completions`) into packaging/build/ first.
+# The man pages and cmactl's shell completions are generated from the clap definitions
+# (`cmactl man`, `cma --man`, `nanoprobe --man`, `packet-reader --man`, `cmactl
+# completions`) into packaging/build/ first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo-deb >/dev/null 2>&1; then
@@ -23,12 +24,15 @@ echo "== $profile build"
 cargo build --profile "$profile" --locked -p nanoprobe -p packet-reader -p cma -p cmactl \
     --bin nanoprobe --bin packet-reader --bin cma --bin cmactl
 
-echo "== cmactl man pages and completions"
+echo "== man pages and cmactl completions"
 gen=packaging/build
 rm -rf "$gen"
-mkdir -p "$gen/man" "$gen/completions"
+mkdir -p "$gen/man" "$gen/man-nanoprobe" "$gen/man-packet-reader" "$gen/completions"
 "$bindir/cmactl" man --out-dir "$gen/man"
-gzip -9n "$gen"/man/*.1
+"$bindir/cma" --man > "$gen/man/cma.1"
+"$bindir/nanoprobe" --man > "$gen/man-nanoprobe/nanoprobe.1"
+"$bindir/packet-reader" --man > "$gen/man-packet-reader/packet-reader.1"
+gzip -9n "$gen"/man/*.1 "$gen"/man-nanoprobe/*.1 "$gen"/man-packet-reader/*.1
 "$bindir/cmactl" completions bash > "$gen/completions/cmactl"
 "$bindir/cmactl" completions zsh > "$gen/completions/_cmactl"
 "$bindir/cmactl" completions fish > "$gen/completions/cmactl.fish"

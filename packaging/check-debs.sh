@@ -59,11 +59,14 @@ common() { # package, unit name
         "usr/share/doc/$1/install.md" "usr/share/doc/$1/KEYS.md" "usr/share/doc/$1/copyright"
 }
 # shellcheck disable=SC2046
-check ringwatch-nanoprobe usr/bin/nanoprobe $(common ringwatch-nanoprobe nanoprobe)
+check ringwatch-nanoprobe usr/bin/nanoprobe usr/share/man/man1/nanoprobe.1.gz \
+    $(common ringwatch-nanoprobe nanoprobe)
 # shellcheck disable=SC2046
-check ringwatch-packet-reader usr/bin/packet-reader $(common ringwatch-packet-reader packet-reader)
+check ringwatch-packet-reader usr/bin/packet-reader usr/share/man/man1/packet-reader.1.gz \
+    $(common ringwatch-packet-reader packet-reader)
 # shellcheck disable=SC2046
-check ringwatch-cma usr/bin/cma usr/bin/cmactl usr/share/man/man1/cmactl.1.gz \
+check ringwatch-cma usr/bin/cma usr/bin/cmactl usr/share/man/man1/cma.1.gz \
+    usr/share/man/man1/cmactl.1.gz \
     usr/share/man/man1/cmactl-status.1.gz usr/share/bash-completion/completions/cmactl \
     usr/share/zsh/vendor-completions/_cmactl usr/share/fish/vendor_completions.d/cmactl.fish \
     $(common ringwatch-cma cma)

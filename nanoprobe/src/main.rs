@@ -99,7 +99,30 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The sections of `nanoprobe --man` after OPTIONS.
+const MAN: daemon::man::Sections<'static> = &[
+    ("Commands", &[
+        "nanoprobe keygen --out FILE [--key-id N]: writes a new key file with one random key (id N, default 1), mode 0600, and refuses to overwrite an existing file.",
+    ]),
+    ("Files", &[
+        "/etc/ringwatch/nanoprobe.toml: the configuration (host id, bind address, packet-readers, key file, timings, [detection], [reports], LLDP); the options above override it.",
+        "/etc/ringwatch/keys.toml: the key ring shared with the packet-readers and the CMA (mode 0640 root:ringwatch; looser modes are refused). nanoprobe keygen --out /etc/ringwatch/keys.toml writes a new one; /usr/share/doc/ringwatch-nanoprobe/KEYS.md says the rest.",
+    ]),
+    ("Signals", &[
+        "SIGTERM, SIGINT: tell the ring neighbours and the CMA that this host leaves (a left verdict, no alarm), then exit. The unit is Type=notify with a watchdog.",
+    ]),
+    ("Exit status", &["0 after a graceful stop; 2 on a configuration error; 1 on any other error."]),
+    ("Environment", &[
+        "RUST_LOG: the log filter (e.g. info). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
+    ]),
+    ("See also", &["cma(1), packet-reader(1), cmactl(1); /usr/share/doc/ringwatch-nanoprobe/install.md."]),
+];
+
 fn main() -> ExitCode {
+    if daemon::man::requested() {
+        use clap::CommandFactory;
+        return daemon::man::print(Cli::command(), MAN);
+    }
     daemon::logging::init("info");
     let cli = Cli::parse();
     if let Some(Cmd::Keygen { out, key_id }) = &cli.command {

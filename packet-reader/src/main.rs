@@ -89,7 +89,28 @@ impl Args {
     }
 }
 
+/// The sections of `packet-reader --man` after OPTIONS.
+const MAN: daemon::man::Sections<'static> = &[
+    ("Files", &[
+        "/etc/ringwatch/packet-reader.toml: the configuration (host id, UDP listen addresses and sockets, the CMA nodes, [batch]); the options above override it.",
+        "/etc/ringwatch/keys.toml, /etc/ringwatch/cluster.secret: the nanoprobes' key ring and the queue's secret (mode 0640 root:ringwatch; looser modes are refused); /usr/share/doc/ringwatch-packet-reader/KEYS.md says how to make them.",
+    ]),
+    ("Signals", &[
+        "SIGTERM, SIGINT: stop receiving, finish the batches in flight (their reports are acknowledged once committed), then exit. The unit is Type=notify with a watchdog.",
+    ]),
+    ("Exit status", &["0 after a graceful stop; 1 on a configuration, secret or socket error."]),
+    ("Environment", &[
+        "RUST_LOG: the log filter (e.g. info). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
+    ]),
+    ("See also", &["cma(1), nanoprobe(1), cmactl(1); /usr/share/doc/ringwatch-packet-reader/install.md."]),
+];
+
 fn main() -> anyhow::Result<()> {
+    if daemon::man::requested() {
+        use clap::CommandFactory;
+        let _ = daemon::man::print(Args::command(), MAN);
+        return Ok(());
+    }
     daemon::logging::init("info");
     let args = Args::parse();
     let mut config = Config::load(&args.config)?;

@@ -196,6 +196,44 @@ impl Write for PacedFile {
     }
 }
 
+/// A writer that keeps the first I/O error it met: postcard's `to_io` reports any write
+/// failure as "the serialize buffer is full", which on a full disk named the wrong cause
+/// in the error that stopped the node.
+struct KeepError<'a> {
+    inner: &'a mut dyn Write,
+    error: Option<std::io::Error>,
+}
+
+impl Write for KeepError<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `postcard::to_io` that returns the writer's own I/O error (a full disk, say) when it
+/// is why the encoding failed.
+fn encode_into(value: &impl serde::Serialize, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut writer = KeepError {
+        inner: out,
+        error: None,
+    };
+    match postcard::to_io(value, &mut writer) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(writer
+            .error
+            .take()
+            .unwrap_or_else(|| std::io::Error::other(e))),
+    }
+}
+
 /// Writes a snapshot file durably and atomically (blocking): `write_body` writes the
 /// postcard body after the header. Returns the file's size.
 fn persist_snapshot(
@@ -214,7 +252,7 @@ fn persist_snapshot(
         },
     );
     out.write_all(SNAPSHOT_MAGIC).map_err(snapshot_write_err)?;
-    postcard::to_io(meta, &mut out).map_err(snapshot_write_err)?;
+    encode_into(meta, &mut out).map_err(snapshot_write_err)?;
     write_body(&mut out).map_err(snapshot_write_err)?;
     let paced = out
         .into_inner()
@@ -261,11 +299,7 @@ fn write_snapshot(
         last_membership: body.membership.clone(),
         snapshot_id,
     };
-    let bytes = persist_snapshot(dir, &meta, |out| {
-        postcard::to_io(body, out)
-            .map(|_| ())
-            .map_err(std::io::Error::other)
-    })?;
+    let bytes = persist_snapshot(dir, &meta, |out| encode_into(body, out))?;
     Ok((meta, bytes))
 }
 
@@ -473,6 +507,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk is named as such in the error that stops the node, not as postcard's
+    /// "serialize buffer is full".
+    #[test]
+    fn a_full_disk_is_named_in_the_snapshot_error() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(28))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let body = vec![7u8; 4096];
+        let e = encode_into(&body, &mut Full).unwrap_err();
+        assert_eq!(e.raw_os_error(), None);
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        let stopped = snapshot_write_err(e);
+        let text = format!(
+            "{stopped}: {}",
+            std::error::Error::source(&stopped)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(text.contains("No space left on device"), "{text}");
+    }
     use queue::Command;
     use queue::QueuedPacket;
 

@@ -21,7 +21,31 @@ struct Args {
 /// a worker; with one worker per core on a small machine that would stall heartbeats.
 const MIN_WORKER_THREADS: usize = 4;
 
+/// The sections of `cma --man` after OPTIONS.
+const MAN: daemon::man::Sections<'static> = &[
+    ("Files", &[
+        "/etc/ringwatch/cma.toml: the configuration (node id, Raft and admin listen addresses, data directory, [raft], [queue], [limits], [worker] with its timings, switches and sinks).",
+        "/etc/ringwatch/cluster.secret, /etc/ringwatch/keys.toml, /etc/ringwatch/admin.token: the secrets (mode 0640 root:ringwatch; looser modes are refused); /usr/share/doc/ringwatch-cma/KEYS.md says how to make them.",
+        "/var/lib/ringwatch (data_dir): the Raft log (entries), its vote and metadata (log) and the last snapshot (snapshot).",
+    ]),
+    ("Signals", &[
+        "SIGTERM, SIGINT: stop: Raft is shut down and the process exits; the other nodes elect a leader if it led. The unit is Type=notify with a watchdog: the node reports ready once it serves, and systemd restarts it when it stops answering.",
+    ]),
+    ("Exit status", &[
+        "0 after a graceful stop; 1 on a configuration, secret or storage error (the last log line names it, a full disk included).",
+    ]),
+    ("Environment", &[
+        "RUST_LOG: the log filter (e.g. info,openraft=warn). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
+    ]),
+    ("See also", &["cmactl(1), nanoprobe(1), packet-reader(1); /usr/share/doc/ringwatch-cma/install.md."]),
+];
+
 fn main() -> anyhow::Result<()> {
+    if daemon::man::requested() {
+        use clap::CommandFactory;
+        let _ = daemon::man::print(Args::command(), MAN);
+        return Ok(());
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(MIN_WORKER_THREADS))

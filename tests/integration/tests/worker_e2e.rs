@@ -196,6 +196,19 @@ fn rings_verdicts_and_leader_failover() {
             !log.contains("replay_stale_session"),
             "nanoprobe {h} refused CMA datagrams as a stale session"
         );
+        // A log file (as the journal) gets no colour escapes.
+        assert!(
+            !log.contains('\x1b'),
+            "colour escapes in nanoprobe {h}'s log"
+        );
+    }
+    for node in 1..=3 {
+        let log = std::fs::read_to_string(cluster.dir.path().join(format!("node{node}.log")))
+            .unwrap_or_default();
+        assert!(
+            !log.is_empty() && !log.contains('\x1b'),
+            "cma {node}'s log: colour escapes"
+        );
     }
 
     // The worker is a pure function of the log: every node still running, stopped once
