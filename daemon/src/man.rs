@@ -8,6 +8,16 @@ use std::io::Write;
 /// The sections after OPTIONS, as (title, paragraphs); plain text, one paragraph a string.
 pub type Sections<'a> = &'a [(&'a str, &'a [&'a str])];
 
+/// The ENVIRONMENT section every daemon's page has.
+pub const ENVIRONMENT: (&str, &[&str]) = (
+    "Environment",
+    &[
+        "RUST_LOG: the log filter (e.g. info, or info,openraft=warn). Logs go to stderr, the \
+       journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is \
+       unset.",
+    ],
+);
+
 /// Whether the only argument is `--man`.
 pub fn requested() -> bool {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

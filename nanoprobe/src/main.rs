@@ -112,9 +112,7 @@ const MAN: daemon::man::Sections<'static> = &[
         "SIGTERM, SIGINT: tell the ring neighbours and the CMA that this host leaves (a left verdict, no alarm), then exit. The unit is Type=notify with a watchdog.",
     ]),
     ("Exit status", &["0 after a graceful stop; 2 on a configuration error; 1 on any other error."]),
-    ("Environment", &[
-        "RUST_LOG: the log filter (e.g. info). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
-    ]),
+    daemon::man::ENVIRONMENT,
     ("See also", &["cma(1), packet-reader(1), cmactl(1); /usr/share/doc/ringwatch-nanoprobe/install.md."]),
 ];
 

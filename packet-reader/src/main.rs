@@ -99,9 +99,7 @@ const MAN: daemon::man::Sections<'static> = &[
         "SIGTERM, SIGINT: stop receiving, finish the batches in flight (their reports are acknowledged once committed), then exit. The unit is Type=notify with a watchdog.",
     ]),
     ("Exit status", &["0 after a graceful stop; 1 on a configuration, secret or socket error."]),
-    ("Environment", &[
-        "RUST_LOG: the log filter (e.g. info). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
-    ]),
+    daemon::man::ENVIRONMENT,
     ("See also", &["cma(1), nanoprobe(1), cmactl(1); /usr/share/doc/ringwatch-packet-reader/install.md."]),
 ];
 

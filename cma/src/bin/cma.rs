@@ -34,9 +34,7 @@ const MAN: daemon::man::Sections<'static> = &[
     ("Exit status", &[
         "0 after a graceful stop; 1 on a configuration, secret or storage error (the last log line names it, a full disk included).",
     ]),
-    ("Environment", &[
-        "RUST_LOG: the log filter (e.g. info,openraft=warn). Logs go to stderr, the journal under systemd; colour escapes only when stderr is a terminal and NO_COLOR is unset.",
-    ]),
+    daemon::man::ENVIRONMENT,
     ("See also", &["cmactl(1), nanoprobe(1), packet-reader(1); /usr/share/doc/ringwatch-cma/install.md."]),
 ];
 

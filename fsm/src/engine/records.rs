@@ -55,7 +55,7 @@ mod stable_machine {
         state: HostState,
     }
 
-    fn state_from(state: HostState) -> State {
+    pub(super) fn state_from(state: HostState) -> State {
         match state {
             HostState::Watching => State::Watching {},
             HostState::Suspected => State::Suspected {},
@@ -482,14 +482,7 @@ mod tests {
         ];
         for (state, index) in states {
             let mut machine = Suspect::new(HostId(5)).uninitialized_state_machine();
-            *machine.state_mut() = match state {
-                HostState::Watching => State::Watching {},
-                HostState::Suspected => State::Suspected {},
-                HostState::Investigating => State::Investigating {},
-                HostState::Grouped => State::Grouped {},
-                HostState::Down => State::Down {},
-                HostState::Left => State::Left {},
-            };
+            *machine.state_mut() = super::stable_machine::state_from(state);
             let record = HostRecord {
                 machine: Some(machine.into()),
                 facts: None,
