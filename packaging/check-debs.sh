@@ -69,6 +69,7 @@ check ringwatch-cma usr/bin/cma usr/bin/cmactl usr/share/man/man1/cma.1.gz \
     usr/share/man/man1/cmactl.1.gz \
     usr/share/man/man1/cmactl-status.1.gz usr/share/bash-completion/completions/cmactl \
     usr/share/zsh/vendor-completions/_cmactl usr/share/fish/vendor_completions.d/cmactl.fish \
+    usr/share/ringwatch/ringwatch.rules.yml usr/share/ringwatch/grafana-dashboard.json \
     $(common ringwatch-cma cma)
 if [ "$fail" != 0 ]; then
     echo "check-debs: FAILED" >&2
