@@ -1121,9 +1121,11 @@ impl FaultKind {
 }
 
 /// The faults of one step: first the kind injected least so far (ties broken at random),
-/// so that every kind gets its share of a run whatever the seed; then, unless it takes the
-/// whole cluster down, nine times in ten a second one of another class, at random (at
-/// most one per class).
+/// so that every kind gets its share of a run whatever the seed; then, nine times in ten
+/// each, one fault at random of every other class it composes with (at most one per
+/// class): a partition, a kill or a pause, and a slow disk at once, or a whole-cluster
+/// crash or power cut that restarts into a partition, on a slow disk. A whole-cluster
+/// fault never comes with a kill or a pause: every node is down already.
 fn choose_faults(
     rng: &mut StdRng,
     kinds: &[FaultKind],
@@ -1138,18 +1140,22 @@ fn choose_faults(
         .collect();
     let first = candidates[rng.random_range(0..candidates.len())];
     let mut chosen = vec![first];
-    if first.class() == FaultClass::Cluster || !rng.random_bool(0.9) {
-        return chosen;
+    for class in [FaultClass::Network, FaultClass::Process, FaultClass::Disk] {
+        let composes = class != first.class()
+            && !(first.class() == FaultClass::Cluster && class == FaultClass::Process);
+        if !composes || !rng.random_bool(0.9) {
+            continue;
+        }
+        let of_class: Vec<FaultKind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| k.class() == class)
+            .collect();
+        if !of_class.is_empty() {
+            chosen.push(of_class[rng.random_range(0..of_class.len())]);
+        }
     }
-    let others: Vec<FaultKind> = kinds
-        .iter()
-        .copied()
-        .filter(|k| k.class() != first.class() && k.class() != FaultClass::Cluster)
-        .collect();
-    if !others.is_empty() {
-        chosen.push(others[rng.random_range(0..others.len())]);
-    }
-    // Network rules first, so a kill or a pause meets the partition already in place.
+    // Network rules first, so a kill, a pause or a restart meets the partition in place.
     chosen.sort_by_key(|k| k.class() != FaultClass::Network);
     chosen
 }
@@ -1241,9 +1247,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
             }
             *injected.entry(kind).or_default() += 1;
         }
-        if faults.len() > 1 {
-            composed += 1;
-        }
+        composed += faults.len() - 1;
         // A host dies or comes back while the cluster is under fault: the workers have
         // verdicts to reach, rings to heal and probes to order.
         if config.hosts > 0 && rng.random_bool(0.5) {
@@ -1268,7 +1272,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
     }
-    eprintln!("nemesis: {composed} steps injected two faults at once");
+    eprintln!("nemesis: {composed} faults injected on top of another one");
     if !membership_steps.is_empty() {
         eprintln!("nemesis: membership cycles by (steps completed, steps): {membership_steps:?}");
     }
