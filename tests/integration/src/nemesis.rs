@@ -536,43 +536,41 @@ impl Nodes {
         }
     }
 
-    /// One membership change through the leader of the moment (waited for up to 3 s:
-    /// the partition just made may have cut the old one off): a node missing from the
-    /// voters (an earlier cycle cut short) is added back as a learner and promoted;
-    /// otherwise the first of `order` that votes and does not lead is removed and added
-    /// back. Each step may fail under the faults of the moment: how far it got, of how
-    /// many steps.
-    fn cycle_membership(&self, order: &[u64]) -> (usize, usize) {
+    /// One membership change under a partition, through the leader of the moment on the
+    /// majority side `majority` (waited for up to 10 s: the partition just made may have
+    /// cut the old leader off, which believes it leads until its lease runs out). A node of
+    /// `majority` missing from the voters (removed by an earlier change) is added back as
+    /// a learner and promoted; otherwise a voter of the cut-off `minority` is removed, as
+    /// an operator removes a dead node (removing a node of the majority side could not
+    /// commit: the new configuration would need the cut-off nodes for its quorum). Each
+    /// step may fail under the faults of the moment: how far it got, of how many steps.
+    fn cycle_membership(&self, majority: &[u64], minority: &[u64]) -> (usize, usize) {
         let mut leader = None;
-        wait_until(Duration::from_secs(3), || {
-            leader = self.leader();
+        wait_until(Duration::from_secs(10), || {
+            leader = self.leader_among(majority);
             if leader.is_none() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             leader.is_some()
         });
         let Some(leader) = leader else {
-            eprintln!("nemesis: membership: no leader");
-            return (0, 3);
+            eprintln!("nemesis: membership: no leader on the majority side");
+            return (0, 1);
         };
         let Some(voters) = self.voters(leader) else {
-            return (0, 3);
+            return (0, 1);
         };
-        let steps = match order.iter().find(|id| !voters.contains(id)) {
+        let steps = match majority.iter().find(|id| !voters.contains(id)) {
             Some(&missing) => rejoin_steps(missing).to_vec(),
-            None => {
-                let Some(&id) = order.iter().find(|&&id| id != leader) else {
-                    return (0, 3);
-                };
-                let mut steps = vec![vec![
+            None => match minority.iter().find(|id| voters.contains(id)) {
+                Some(id) => vec![vec![
                     "cluster".to_string(),
                     "remove".into(),
                     "--id".into(),
                     id.to_string(),
-                ]];
-                steps.extend(rejoin_steps(id));
-                steps
-            }
+                ]],
+                None => return (0, 0),
+            },
         };
         for (done, args) in steps.iter().enumerate() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -632,7 +630,12 @@ impl Nodes {
 
     /// The node that says it leads, if one answers within a short timeout.
     fn leader(&self) -> Option<u64> {
-        self.running().into_iter().find(|id| {
+        self.leader_among(&self.running())
+    }
+
+    /// The first of `ids` that says it leads, if one answers within a short timeout.
+    fn leader_among(&self, ids: &[u64]) -> Option<u64> {
+        ids.iter().copied().find(|id| {
             self.cmactl_timeout(*id, &["--json", "cluster", "status"], "2")
                 .ok()
                 .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
@@ -1171,8 +1174,8 @@ fn between(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
 fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>, (usize, usize)) {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut injected: BTreeMap<FaultKind, usize> = BTreeMap::new();
-    // Membership cycles by (steps that succeeded, steps): 3 for a remove and a rejoin,
-    // 2 for a rejoin of a node an earlier cycle left out.
+    // Membership changes by (steps that succeeded, steps): 1 for the removal of a cut-off
+    // node, 2 for the rejoin (learner, promotion) of a node an earlier change removed.
     let mut membership_steps: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     let mut composed = 0usize;
     let mut churn = (0usize, 0usize);
@@ -1237,7 +1240,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
                 FaultKind::Membership => {
                     let (minority, rest) = shuffled.split_at(ids.len() - majority);
                     let partitioned = nodes.partition(&between(minority, rest), &[]);
-                    let steps = nodes.cycle_membership(&shuffled);
+                    let steps = nodes.cycle_membership(rest, minority);
                     *membership_steps.entry(steps).or_default() += 1;
                     partitioned
                 }
@@ -1274,7 +1277,7 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
     }
     eprintln!("nemesis: {composed} faults injected on top of another one");
     if !membership_steps.is_empty() {
-        eprintln!("nemesis: membership cycles by (steps completed, steps): {membership_steps:?}");
+        eprintln!("nemesis: membership changes by (steps completed, steps): {membership_steps:?}");
     }
     (injected, churn)
 }
