@@ -554,7 +554,20 @@ impl Nodes {
             leader.is_some()
         });
         let Some(leader) = leader else {
-            eprintln!("nemesis: membership: no leader on the majority side");
+            let states: Vec<String> = majority
+                .iter()
+                .map(|id| {
+                    let state = self
+                        .cmactl_timeout(*id, &["--json", "cluster", "status"], "2")
+                        .ok()
+                        .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                        .map_or("no answer".to_string(), |s| {
+                            format!("{} term {}", s["state"], s["term"])
+                        });
+                    format!("{id}: {state}")
+                })
+                .collect();
+            eprintln!("nemesis: membership: no leader on the majority side ({states:?})");
             return (0, 1);
         };
         let Some(voters) = self.voters(leader) else {
@@ -1177,6 +1190,8 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
     // Membership changes by (steps that succeeded, steps): 1 for the removal of a cut-off
     // node, 2 for the rejoin (learner, promotion) of a node an earlier change removed.
     let mut membership_steps: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    // After each membership fault: whether every node was a voter again within 20 s.
+    let mut rejoins: BTreeMap<bool, usize> = BTreeMap::new();
     let mut composed = 0usize;
     let mut churn = (0usize, 0usize);
     let until = Instant::now() + config.duration;
@@ -1273,11 +1288,20 @@ fn nemesis(nodes: &mut Nodes, config: &RunConfig) -> (BTreeMap<FaultKind, usize>
                 nodes.start(id);
             }
         }
+        // A node removed under the partition joins again once the network is whole (as
+        // a learner, then promoted), so the next faults meet the full membership.
+        if faults.contains(&FaultKind::Membership) {
+            let whole = nodes.restore_membership(Duration::from_secs(20));
+            *rejoins.entry(whole).or_default() += 1;
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
     }
     eprintln!("nemesis: {composed} faults injected on top of another one");
     if !membership_steps.is_empty() {
-        eprintln!("nemesis: membership changes by (steps completed, steps): {membership_steps:?}");
+        eprintln!(
+            "nemesis: membership changes by (steps completed, steps): {membership_steps:?}; \
+             every node a voter again after the heal: {rejoins:?}"
+        );
     }
     (injected, churn)
 }
