@@ -399,23 +399,22 @@ pub fn raw_failures(queue: &QueueState, closed_kept: Option<usize>) -> Vec<RawRo
     let Some(t) = queue.table(FAILURES) else {
         return Vec::new();
     };
-    let mut skip = closed_kept.map_or(0, |kept| {
-        t.values()
-            .filter(|v| failure_is_open(v) == Some(false))
-            .count()
-            .saturating_sub(kept)
-    });
-    t.values()
-        .filter(|v| match failure_is_open(v) {
-            Some(true) => true,
-            Some(false) if skip > 0 => {
-                skip -= 1;
-                false
+    // The rows that decode, with whether they are open: each parsed once.
+    let rows: Vec<(bool, &Vec<u8>)> = t
+        .values()
+        .filter_map(|v| Some((failure_is_open(v)?, v)))
+        .collect();
+    let closed = rows.iter().filter(|(open, _)| !open).count();
+    let mut skip = closed_kept.map_or(0, |kept| closed.saturating_sub(kept));
+    rows.into_iter()
+        .filter(|(open, _)| {
+            if *open || skip == 0 {
+                return true;
             }
-            Some(false) => true,
-            None => false,
+            skip -= 1;
+            false
         })
-        .filter_map(|v| raw_row(v))
+        .filter_map(|(_, v)| raw_row(v))
         .collect()
 }
 

@@ -427,26 +427,8 @@ impl Nodes {
             };
             match crate::replay::replay_node(&config, upto) {
                 Ok(r) => {
-                    lines.push(format!(
-                        "worker replay of node {id}: index {} to {}, {} turns ({} queue \
-                         entries, {} leaderships), {} mismatches",
-                        r.snapshot_index,
-                        r.replayed_to,
-                        r.report.turns,
-                        r.report.entries,
-                        r.report.leaderships,
-                        r.report.mismatches.len()
-                    ));
-                    for m in r.report.mismatches.iter().take(5) {
-                        anomalies.push(anomaly(format!("node {id} index {}: {}", m.index, m.what)));
-                    }
-                    if r.replayed_to != upto || r.digest != digest {
-                        anomalies.push(anomaly(format!(
-                            "node {id}: replayed to {} with digest {}, the live state at {upto} \
-                             is {digest}",
-                            r.replayed_to, r.digest
-                        )));
-                    }
+                    lines.push(r.summary(id));
+                    anomalies.extend(r.problems(id, upto, digest).into_iter().map(anomaly));
                 }
                 Err(e) => anomalies.push(anomaly(format!("node {id}: {e}"))),
             }

@@ -63,3 +63,38 @@ pub fn replay_node(config: &Path, upto: u64) -> Result<NodeReplay, String> {
         digest: state.digest(),
     })
 }
+
+impl NodeReplay {
+    /// One line for a report: where the replay started and ended, what it computed again.
+    pub fn summary(&self, node: u64) -> String {
+        format!(
+            "worker replay of node {node}: index {} to {}, {} turns ({} queue entries, {} \
+             leaderships), {} mismatches",
+            self.snapshot_index,
+            self.replayed_to,
+            self.report.turns,
+            self.report.entries,
+            self.report.leaderships,
+            self.report.mismatches.len()
+        )
+    }
+
+    /// What is wrong with this replay against the live state `digest` at index `upto`:
+    /// its mismatches (the first five), or another end or digest.
+    pub fn problems(&self, node: u64, upto: u64, digest: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .report
+            .mismatches
+            .iter()
+            .take(5)
+            .map(|m| format!("node {node} index {}: {}", m.index, m.what))
+            .collect();
+        if self.replayed_to != upto || self.digest != digest {
+            out.push(format!(
+                "node {node}: replayed to {} with digest {}, the live state at {upto} is {digest}",
+                self.replayed_to, self.digest
+            ));
+        }
+        out
+    }
+}
