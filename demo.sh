@@ -3,12 +3,20 @@
 # needed). Forms the rings, shows the `cmactl status` screen, SIGKILLs one nanoprobe, shows
 # `cmactl failures` and `cmactl status` reporting it, stops another one gracefully, then
 # cleans everything up.
-#   ./demo.sh            (KEEP=1 ./demo.sh leaves the work directory for inspection)
+#   ./demo.sh            (KEEP=1 ./demo.sh keeps the cluster running, with its web console,
+#                         until Ctrl-C, and leaves the work directory for inspection;
+#                         DEMO_BUILD=debug uses a debug build)
 set -euo pipefail
 cd "$(dirname "$0")"
-echo "== building (release)"
-cargo build --release -q -p cma -p cmactl -p packet-reader -p nanoprobe --bins
-BIN=${CARGO_TARGET_DIR:-target}/release
+if [ "${DEMO_BUILD:-release}" = debug ]; then
+    echo "== building (debug)"
+    cargo build -q -p cma -p cmactl -p packet-reader -p nanoprobe --bins
+    BIN=${CARGO_TARGET_DIR:-target}/debug
+else
+    echo "== building (release)"
+    cargo build --release -q -p cma -p cmactl -p packet-reader -p nanoprobe --bins
+    BIN=${CARGO_TARGET_DIR:-target}/release
+fi
 WORK=$(mktemp -d /tmp/ringwatch-demo.XXXXXX)
 PIDS=()
 cleanup() {
@@ -53,6 +61,7 @@ for id in 1 2 3; do
 done
 "$BIN/cmactl" --api "http://$NET.1:7480" cluster init --wait 60 --member "1=$NET.1:7400,$NET.1:7480" \
     --member "2=$NET.2:7400,$NET.2:7480" --member "3=$NET.3:7400,$NET.3:7480" >/dev/null
+echo "web console (any node serves it): http://$NET.1:7480/console/  http://$NET.2:7480/console/  http://$NET.3:7480/console/"
 
 echo "== starting a packet-reader"
 cat > "$WORK/reader.toml" <<TOML
@@ -106,3 +115,7 @@ echo "== cmactl status"
 status
 echo "== events"
 cmactl events
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "== KEEP=1: the cluster keeps running; web console: http://$NET.1:7480/console/ (Ctrl-C stops it)"
+    wait
+fi

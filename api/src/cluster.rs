@@ -30,6 +30,10 @@ pub struct ClusterStatus {
     pub learners: BTreeSet<NodeId>,
     /// Addresses of every member.
     pub nodes: BTreeMap<NodeId, NodeAddr>,
+    /// On the leader: the last log index each member is known to hold (absent from
+    /// followers, and from nodes of earlier versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replication: BTreeMap<NodeId, u64>,
     /// Queue counters.
     pub queue: StateSummary,
     /// Snapshots installed from a leader since this process started.

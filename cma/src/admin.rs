@@ -141,14 +141,53 @@ fn cluster_routes(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// The cluster routes, `/metrics` and `extra` (another component's routes, which get the
-/// same token check). `extra` must hold at least one route.
+/// The cluster routes, `/metrics`, `extra` (another component's routes, which get the
+/// same token check) and the console's page (its assets hold no data: no token; the
+/// data it reads goes through the token check). `extra` must hold at least one route.
 pub fn router_with(state: AdminState, extra: Router) -> Router {
     let auth = axum::middleware::from_fn_with_state(state.clone(), authorize);
     guarded(
         state.clone(),
-        cluster_routes(state).merge(extra.route_layer(auth)),
+        cluster_routes(state)
+            .merge(extra.route_layer(auth))
+            .merge(console::assets()),
     )
+}
+
+/// The console's live stream for `node`: a task turns the node's Raft metrics into
+/// [`console::Tick`]s. At most half the admin connections may be live streams, so
+/// ordinary requests (`cmactl`, scrapes) always find one.
+pub fn console_live(node: &Node, registry: &mut Registry, max_connections: usize) -> console::Live {
+    let metrics = console::ConsoleMetrics::default();
+    metrics.register(registry);
+    let mut raft = node.raft_metrics();
+    let tick = |m: &openraft::RaftMetrics<NodeId, NodeAddr>| console::Tick {
+        node_id: m.id,
+        role: match m.state {
+            openraft::ServerState::Leader => console::Role::Leader,
+            openraft::ServerState::Follower => console::Role::Follower,
+            openraft::ServerState::Candidate => console::Role::Candidate,
+            openraft::ServerState::Learner => console::Role::Learner,
+            openraft::ServerState::Shutdown => console::Role::Shutdown,
+        },
+        term: m.current_term,
+        leader_id: m.current_leader,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(tick(&raft.borrow()));
+    tokio::spawn(async move {
+        while raft.changed().await.is_ok() {
+            let next = tick(&raft.borrow_and_update());
+            // Heartbeats and replication progress change the metrics too; only what the
+            // page shows wakes the streams.
+            tx.send_if_modified(|t| std::mem::replace(t, next) != next);
+        }
+    });
+    let limits = console::LiveLimits {
+        max_streams: (max_connections / 2).clamp(1, 32),
+        ..console::LiveLimits::default()
+    };
+    console::Live::new(rx, limits, metrics)
 }
 
 /// Adds the body limit, the concurrency limit and the request timeout to every route.
@@ -171,6 +210,7 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
             match response.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => state.count_refusal("body_too_large"),
                 StatusCode::UNAUTHORIZED => state.count_refusal("unauthorized"),
+                StatusCode::MISDIRECTED_REQUEST => state.count_refusal("host_not_loopback"),
                 _ => {}
             }
             response
@@ -234,6 +274,14 @@ impl daemon::http::Refusals for AdminRefusals {
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if state.token.is_none() && !loopback_host(&request) {
+        // Without a token the API listens on loopback only; a browser sending another
+        // name there was sent by a page that rebound a DNS name to this address.
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "without an admin token this API answers only requests for a loopback address or localhost",
+        );
+    }
     if let Some(token) = &state.token {
         if request.uri().path() != "/metrics" {
             let given = request
@@ -247,6 +295,25 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         }
     }
     next.run(request).await
+}
+
+/// Whether the request's `Host` (absent in HTTP/1.0: allowed) names a loopback address or
+/// `localhost`.
+fn loopback_host(request: &Request) -> bool {
+    let Some(host) = request.headers().get(axum::http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -313,6 +380,12 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        replication: m
+            .replication
+            .iter()
+            .flatten()
+            .filter_map(|(id, matched)| matched.map(|l| (*id, l.index)))
+            .collect(),
         queue: node.state().summary(),
         snapshots_installed: node.snapshots_installed(),
         snapshots_built: node.snapshots_built(),

@@ -608,6 +608,7 @@ mod tests {
             voters: BTreeSet::from([1, 2, 3]),
             learners: BTreeSet::new(),
             nodes,
+            replication: BTreeMap::new(),
             queue: StateSummary {
                 first_offset: 10,
                 next_offset: 25,

@@ -106,8 +106,12 @@ async fn run() -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(l.admin_request_timeout_ms),
         max_body_bytes: l.admin_max_body_bytes,
     };
+    let live = admin::console_live(&node, &mut registry, budget.admin_connections);
     let state = AdminState::new(node.clone(), registry, token, admin_limits);
-    let app = admin::router_with(state.clone(), worker::routes::router(door, probe));
+    let app = admin::router_with(
+        state.clone(),
+        worker::routes::router(door, probe).merge(console::live(live)),
+    );
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, app));
     tracing::info!(admin = %config.admin_listen, "admin API serving");
 
