@@ -274,7 +274,7 @@ impl daemon::http::Refusals for AdminRefusals {
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if state.token.is_none() && !loopback_host(&request) {
+    if state.token.is_none() && request.uri().path() != "/metrics" && !loopback_host(&request) {
         // Without a token the API listens on loopback only; a browser sending another
         // name there was sent by a page that rebound a DNS name to this address.
         return error(

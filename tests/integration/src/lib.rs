@@ -11,9 +11,11 @@
 //! - [`nemesis`], [`checker`], [`lossy`]: the fault-injection suite, the checker of its
 //!   histories, and data directories on lossyfs (power cuts, slow disks);
 //! - [`replay`]: a stopped node's log replayed into a fresh worker, compared with the
-//!   live cluster.
+//!   live cluster;
+//! - [`browser`]: headless Chromium over WebDriver, for the web console.
 
 pub mod attack;
+pub mod browser;
 pub mod checker;
 pub mod cluster;
 pub mod lab;

@@ -104,17 +104,25 @@ impl ReaderProc {
 
 /// `GET /metrics` over plain HTTP/1.1; None when the listener does not answer.
 pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    (status == 200).then_some(body)
+}
+
+/// `GET path` over plain HTTP/1.1 (no client library: tests poll with it every few
+/// milliseconds); the status and the body, None when the listener does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// Every sample of an OpenMetrics text, by series name with labels as written
