@@ -512,7 +512,7 @@ function renderTopology(d) {
     if (detailed) {
       const r = Math.max(40, (n * 30) / (2 * Math.PI));
       w = Math.max(150, 2 * r + 50);
-      h = 2 * r + 95;
+      h = 2 * r + 115;
       g.r = r;
     } else {
       w = 170;
@@ -547,7 +547,7 @@ function renderTopology(d) {
       layers.boxes.append(svg('text', { class: 'group-label', x: cx, y: g.y + 20, text: g.label }));
     }
     if (detailed) {
-      const cy = g.y + 50 + g.r;
+      const cy = g.y + 70 + g.r;
       const pts = [];
       g.hosts.forEach((host, i) => {
         const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, g.hosts.length);

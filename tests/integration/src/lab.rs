@@ -78,6 +78,15 @@ macro_rules! require_lab {
     };
 }
 
+/// Moves the calling thread into network namespace `ns` (sockets it opens, and
+/// processes it spawns, after this live there; the rest of the process is untouched).
+pub fn enter_netns(ns: &str) -> Result<(), String> {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+        .map_err(|e| format!("open netns {ns}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {ns}: {e}"))
+}
+
 /// Runs `ip ARGS`; an error names the command and its stderr.
 pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = run("ip", args)?;

@@ -718,15 +718,6 @@ fn rejoin_steps(id: u64) -> [Vec<String>; 2] {
     ]
 }
 
-/// Moves the calling thread into network namespace `ns` (sockets it opens after this live
-/// there; the rest of the process is untouched).
-fn enter_netns(ns: &str) -> Result<(), String> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
-        .map_err(|e| format!("open netns {ns}: {e}"))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns {ns}: {e}"))
-}
-
 /// The history being recorded, shared by the client threads.
 #[derive(Clone)]
 struct Recorder {
@@ -796,7 +787,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     std::thread::spawn(move || {
-        enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
+        crate::lab::enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -58,8 +58,9 @@ fn wait_rings(cluster: &Cluster) {
 
 /// The open `dead` failure about `host` in an admin answer's rows, if any.
 fn open_dead(rows: &Value, host: u64) -> Option<u64> {
+    let subject = host.to_string();
     rows["data"].as_array()?.iter().find_map(|f| {
-        (f["kind"] == "dead" && f["subject"] == host.to_string() && f["state"] == "open")
+        (f["kind"] == "dead" && f["subject"].as_str() == Some(&subject) && f["state"] == "open")
             .then(|| f["id"].as_u64())
             .flatten()
     })

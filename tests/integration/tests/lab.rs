@@ -187,6 +187,70 @@ fn lab_switch_down_is_one_verdict() {
     switch_down_scenario(&mut rw, "sw1", |_| {});
 }
 
+/// Issue 28: the web console during a switch failure, in headless Chromium running in
+/// the CMA's namespace: switch sw1 drawn down, its four hosts unreachable (not dead), one
+/// open `switch_down` failure; screenshots before and during; no browser error.
+#[test]
+fn lab_switch_down_in_the_console() {
+    require_lab!();
+    if integration::browser::skip() {
+        return;
+    }
+    let mut rw = two_switches("sc");
+    let hosts = rw.json(&["hosts"]).and_then(|h| h.as_array().map(Vec::len));
+    let all = hosts.expect("hosts");
+    let behind = rw.topo.hosts_on("sw1").len();
+    let leader = rw.wait_leader(Duration::from_secs(30));
+    let (_, admin) = rw.addresses(leader);
+    let ns = rw.topo.cma_ns.clone();
+    let dir = rw.dir.path().to_path_buf();
+    let artifacts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts/console");
+    let (ready, wait_ready) = std::sync::mpsc::channel();
+    let browser = std::thread::spawn(move || {
+        integration::lab::enter_netns(&ns).expect("enter the CMA namespace");
+        let mut b = integration::browser::Browser::start(&dir, &artifacts, 1400, 1000);
+        b.goto(&format!("http://{admin}/console/"));
+        let healthy = format!(
+            "return document.getElementById('conn').dataset.state === 'live' \
+             && document.querySelectorAll('svg .host[data-state=\"up\"]').length === {all} \
+             && document.querySelector('svg .box.switch[data-name=\"sw1\"]') !== null"
+        );
+        assert!(
+            b.wait_js(&healthy, Duration::from_secs(30)).is_some(),
+            "the console never showed the lab healthy: {}",
+            b.js("return document.body.innerText")
+        );
+        b.screenshot("4-lab-two-switches");
+        let _ = ready.send(());
+        let down = format!(
+            "return document.querySelector('svg .box.switch.down[data-name=\"sw1\"]') !== null \
+             && document.querySelectorAll('svg .host[data-state=\"unreachable\"]').length === {behind} \
+             && document.querySelectorAll('svg .host[data-state=\"dead\"]').length === 0 \
+             && document.querySelector('#open-failures tr.open[data-kind=\"switch_down\"]') !== null"
+        );
+        assert!(
+            b.wait_js(&down, Duration::from_secs(90)).is_some(),
+            "the console never showed sw1 down with its hosts unreachable: {}",
+            b.js("return document.body.innerText")
+        );
+        b.screenshot("5-lab-switch-down");
+        b.errors()
+    });
+    if wait_ready.recv_timeout(Duration::from_secs(120)).is_err() {
+        match browser.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(_) => panic!("the browser thread ended before the page was ready"),
+        }
+    }
+    switch_down_scenario(&mut rw, "sw1", |_| {});
+    let errors = match browser.join() {
+        Ok(errors) => errors,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    assert!(errors.is_empty(), "the browser logged errors: {errors:#?}");
+}
+
 #[test]
 fn lab_cma_leader_killed_during_switch_failure() {
     require_lab!();
