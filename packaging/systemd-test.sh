@@ -553,12 +553,10 @@ kept_enabled() {
 check "upgrade kept the units enabled" kept_enabled
 
 # ---- remove and purge: the shared state goes with the last package purged
-log "dpkg --remove ringwatch-nanoprobe (the test's own units and configs removed first)"
-ns systemctl stop ringwatch-test-cma@2.service ringwatch-test-cma@3.service \
-    ringwatch-test-nanoprobe@102.service ringwatch-test-nanoprobe@103.service
-ns rm -f /etc/systemd/system/ringwatch-test-cma@.service \
-    /etc/systemd/system/ringwatch-test-nanoprobe@.service /etc/ringwatch/cma-2.toml \
-    /etc/ringwatch/cma-3.toml /etc/ringwatch/nanoprobe-102.toml /etc/ringwatch/nanoprobe-103.toml
+log "dpkg --remove ringwatch-nanoprobe (the test's nanoprobe units and configs removed first)"
+ns systemctl stop ringwatch-test-nanoprobe@102.service ringwatch-test-nanoprobe@103.service
+ns rm -f /etc/systemd/system/ringwatch-test-nanoprobe@.service \
+    /etc/ringwatch/nanoprobe-102.toml /etc/ringwatch/nanoprobe-103.toml
 ns systemctl daemon-reload
 must "dpkg --remove ringwatch-nanoprobe" ns dpkg --remove ringwatch-nanoprobe
 removed_keeps() {
@@ -575,7 +573,11 @@ first_purge() {
         ns test -d /var/lib/ringwatch/log
 }
 check "purge of one: its unit stopped (prerm), its conffile gone; keys and Raft data kept" first_purge
-log "dpkg --purge ringwatch-cma ringwatch-nanoprobe (the last two)"
+log "dpkg --purge ringwatch-cma ringwatch-nanoprobe (the last two; the test's CMA units removed first)"
+ns systemctl stop ringwatch-test-cma@2.service ringwatch-test-cma@3.service
+ns rm -f /etc/systemd/system/ringwatch-test-cma@.service /etc/ringwatch/cma-2.toml \
+    /etc/ringwatch/cma-3.toml
+ns systemctl daemon-reload
 must "dpkg --purge ringwatch-cma ringwatch-nanoprobe" \
     ns dpkg --purge ringwatch-cma ringwatch-nanoprobe
 no_package() {
