@@ -33,7 +33,8 @@
 #     keys or /var/lib/ringwatch; the ringwatch user stays (Debian keeps system users).
 # Every wait has a deadline. systemd is stopped by SIGKILL to the PID this script started
 # (PID 1 of the namespace: that ends everything in it); the mounts go with the namespace.
-#   KEEP=1 keeps the work directory (systemd's console log, the journal dump on failure).
+#   On a failure the last 100 lines of the journal are printed. KEEP=1 keeps the work
+#   directory (the boot script, the output of unshare and systemd).
 # shellcheck disable=SC2317 # functions called through check/must/wait_for
 # shellcheck disable=SC2016 # single-quoted dpkg-query formats and python
 # shellcheck disable=SC2001 # sed indenting multi-line output
@@ -128,6 +129,8 @@ for d in / /usr /etc /var; do
             "lowerdir=$d,upperdir=$W/layer/upper$n,workdir=$W/layer/work$n" "$R${d%/}"
     fi
 done
+# Everything below writes only under $R: make sure it is the overlay.
+[ "$(stat -fc %T "$R")" = overlayfs ] || { echo "boot: $R is not the overlay" >&2; exit 1; }
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 for p in sys sysrq-trigger; do
     [ -e "$R/proc/$p" ] || continue
