@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the packages built by packaging/build-debs.sh: metadata (dpkg-deb --info), the
 # files each must ship (dpkg-deb --contents), conffiles and maintainer scripts, and runs
-# lintian when it is installed (errors fail, warnings are printed). Prints the listings.
+# lintian when it is installed (errors and warnings fail; accepted tags, with the reason, are
+# in packaging/lintian-suppressed). Prints the listings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${CARGO_TARGET_DIR:-target}/debian"
@@ -50,7 +51,7 @@ check() { # package, then the paths it must contain
     done
     if command -v lintian >/dev/null 2>&1; then
         echo "-- lintian $pkg"
-        lintian --fail-on error --suppress-tags-from-file packaging/lintian-suppressed "$deb" || fail=1
+        lintian --fail-on error,warning --suppress-tags-from-file packaging/lintian-suppressed "$deb" || fail=1
     fi
 }
 common() { # package, unit name

@@ -4,13 +4,16 @@
 # Alertmanager for the sink's test, dpkg-dev and lintian for the packages, prometheus for
 # promtool and python3 (monitoring/check.sh checks and unit-tests the alerting rules with
 # promtool and checks the Grafana dashboard with python3; the prometheus service is not
-# needed and may stay stopped), headless Chromium and ChromeDriver for the web console's
-# browser test, and the Rust tools
+# needed and may stay stopped), util-linux (unshare, nsenter), procps and adduser (the
+# packages' dependency) for packaging/systemd-test.sh, which boots systemd in namespaces
+# and installs the packages there, headless Chromium and ChromeDriver for the web
+# console's browser test, and the Rust tools
 # (cargo-nextest, cargo-fuzz, cargo-deb). README's set-up command and .ci/run both run
 # this script; run it as root or with sudo available.
 set -euo pipefail
 
-PACKAGES=(iproute2 iputils-ping nftables lldpd systemd prometheus-alertmanager prometheus python3 dpkg-dev lintian fuse3 chromium chromium-driver)
+PACKAGES=(iproute2 iputils-ping nftables lldpd systemd prometheus-alertmanager prometheus python3 dpkg-dev lintian fuse3
+    util-linux procps adduser chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
