@@ -54,6 +54,9 @@ pub enum HostStatus {
     Dead,
     /// Shut down gracefully.
     Left,
+    /// Up, but its nanoprobe is not running (an `agent_down` or `agent_flapping` verdict):
+    /// not monitored until its agent is back.
+    AgentDown,
 }
 
 impl HostStatus {
@@ -64,6 +67,7 @@ impl HostStatus {
             HostStatus::Suspect => "suspect",
             HostStatus::Dead => "dead",
             HostStatus::Left => "left",
+            HostStatus::AgentDown => "agent_down",
         }
     }
 }
@@ -94,6 +98,10 @@ pub enum FailureKind {
     Recovered,
     /// [`VerdictKind::Left`].
     Left,
+    /// [`VerdictKind::AgentDown`].
+    AgentDown,
+    /// [`VerdictKind::AgentFlapping`].
+    AgentFlapping,
 }
 
 impl FailureKind {
@@ -108,6 +116,8 @@ impl FailureKind {
             FailureKind::FalseAlarm => "false_alarm",
             FailureKind::Recovered => "recovered",
             FailureKind::Left => "left",
+            FailureKind::AgentDown => "agent_down",
+            FailureKind::AgentFlapping => "agent_flapping",
         }
     }
 }
@@ -123,6 +133,8 @@ impl From<&VerdictKind> for FailureKind {
             VerdictKind::FalseAlarm(_) => FailureKind::FalseAlarm,
             VerdictKind::Recovered(_) => FailureKind::Recovered,
             VerdictKind::Left(_) => FailureKind::Left,
+            VerdictKind::AgentDown(_) => FailureKind::AgentDown,
+            VerdictKind::AgentFlapping(_) => FailureKind::AgentFlapping,
         }
     }
 }
@@ -170,7 +182,7 @@ pub struct HostRow {
     pub addr: SocketAddr,
     /// The switch it sits behind, if known.
     pub switch: Option<String>,
-    /// `up`, `suspect`, `dead`, `left`.
+    /// `up`, `suspect`, `dead`, `left`, `agent_down`.
     pub status: HostStatus,
     /// When the status last changed (µs since the Unix epoch).
     pub since_us: u64,
@@ -197,7 +209,7 @@ pub struct FailureRow {
     /// The fsm's verdict id.
     pub id: u64,
     /// `dead`, `link_fault`, `reporter_isolated`, `switch_down`, `router_down`,
-    /// `false_alarm`, `recovered`, `left`.
+    /// `false_alarm`, `recovered`, `left`, `agent_down`, `agent_flapping`.
     pub kind: FailureKind,
     /// What failed: a host id, a switch or router name, or `a-b` for a link.
     pub subject: String,
@@ -271,6 +283,7 @@ pub fn evidence_brief(items: &[Evidence]) -> String {
                     fsm::ReportKind::Dead => "dead",
                     fsm::ReportKind::Alive => "alive",
                     fsm::ReportKind::Shutdown => "shutdown",
+                    fsm::ReportKind::Refused => "port-unreachable",
                 };
                 let list = by_kind.entry(kind).or_default();
                 if !list.contains(&reporter.0) {

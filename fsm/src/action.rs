@@ -46,6 +46,13 @@ pub enum VerdictKind {
     Recovered(HostId),
     /// The host shut down gracefully (no alarm).
     Left(HostId),
+    /// The host is up but its nanoprobe is not running: two watchers' heartbeats met an
+    /// ICMP port-unreachable (rows R1-R2). Not a dead host, and not a monitored one either.
+    AgentDown(HostId),
+    /// The host's nanoprobe keeps crashing: its agent went down `FLAP_COUNT` times within
+    /// `FLAP_WINDOW_US` (row A3). One alarm instead of a verdict per crash; it closes after
+    /// `FLAP_QUIET_US` with the agent running (row F3).
+    AgentFlapping(HostId),
 }
 
 impl VerdictKind {
@@ -58,6 +65,8 @@ impl VerdictKind {
                 | VerdictKind::ReporterIsolated(_)
                 | VerdictKind::SwitchDown(..)
                 | VerdictKind::RouterDown(..)
+                | VerdictKind::AgentDown(_)
+                | VerdictKind::AgentFlapping(_)
         )
     }
 }
@@ -71,6 +80,8 @@ pub enum ReportKind {
     Alive,
     /// `HbShutdown`.
     Shutdown,
+    /// `HbRefused`: the reporter's heartbeat to the host met an ICMP port-unreachable.
+    Refused,
 }
 
 /// One fact that led to a verdict.
@@ -155,6 +166,8 @@ impl fmt::Display for VerdictKind {
             VerdictKind::FalseAlarm(h) => write!(f, "falsealarm {h}"),
             VerdictKind::Recovered(h) => write!(f, "recovered {h}"),
             VerdictKind::Left(h) => write!(f, "left {h}"),
+            VerdictKind::AgentDown(h) => write!(f, "agentdown {h}"),
+            VerdictKind::AgentFlapping(h) => write!(f, "agentflapping {h}"),
         }
     }
 }

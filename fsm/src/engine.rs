@@ -4,7 +4,7 @@
 use crate::action::{Action, Evidence, ProbeId, ProbeTarget, ReportKind, VerdictId, VerdictKind};
 use crate::config::Config;
 use crate::event::Event;
-use crate::suspect::{Ctx, Helpers, Input, State, Suspect};
+use crate::suspect::{AgentRecord, Ctx, Helpers, Input, State, Suspect};
 use crate::topology::{RouterId, SwitchId, Topology};
 use proto::HostId;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,12 @@ pub enum HostState {
     Down,
     /// Shut down gracefully.
     Left,
+    /// One watcher met port-unreachable; waiting for a second (row R1).
+    Refused,
+    /// Up, but its agent is not running (an `AgentDown` alarm).
+    AgentDown,
+    /// Its agent keeps crashing (an `AgentFlapping` alarm).
+    AgentFlapping,
 }
 
 impl HostState {
@@ -90,13 +96,19 @@ impl HostState {
             State::Grouped {} => HostState::Grouped,
             State::Down {} => HostState::Down,
             State::Left {} => HostState::Left,
+            State::Refused {} => HostState::Refused,
+            State::AgentDown {} => HostState::AgentDown,
+            State::AgentFlapping {} => HostState::AgentFlapping,
         }
     }
 
     /// The lowercase name (`watching`, `suspected`, `investigating`, `grouped`, `down`,
-    /// `left`).
+    /// `left`, `refused`, `agent_down`, `agent_flapping`).
     pub fn as_str(self) -> &'static str {
         match self {
+            HostState::Refused => "refused",
+            HostState::AgentDown => "agent_down",
+            HostState::AgentFlapping => "agent_flapping",
             HostState::Watching => "watching",
             HostState::Suspected => "suspected",
             HostState::Investigating => "investigating",
@@ -120,9 +132,11 @@ pub struct Engine {
     config: Config,
     topology: Topology,
     hosts: BTreeMap<HostId, StateMachine<Suspect>>,
-    /// Hosts in `suspected` or `investigating`: the ones a `Tick` must visit.
+    /// Hosts in `suspected`, `investigating`, `refused` or `agent_flapping`: the ones a
+    /// `Tick` must visit.
     timed: BTreeSet<HostId>,
-    /// `timed` grouped by switch, so switch correlation does not scan every host behind it.
+    /// The suspicions of `timed` (`suspected`, `investigating`) grouped by switch, so switch
+    /// correlation does not scan every host behind it.
     timed_by_switch: BTreeMap<SwitchId, BTreeSet<HostId>>,
     switch_cases: BTreeMap<SwitchId, GroupCase>,
     router_cases: BTreeMap<RouterId, GroupCase>,
@@ -131,6 +145,10 @@ pub struct Engine {
     group_alarms: BTreeMap<VerdictId, BTreeSet<HostId>>,
     next_probe: u64,
     next_verdict: u64,
+    /// What is known of each host's agent beside its machine (refusals, recent outages);
+    /// only hosts with something to keep.
+    #[serde(default)]
+    agents: BTreeMap<HostId, AgentRecord>,
     /// Hosts whose machine or facts changed since [`Engine::take_changes`] (not part of
     /// the state: a bookkeeping of what to write).
     #[serde(skip)]
@@ -161,6 +179,7 @@ impl Engine {
             group_alarms: BTreeMap::new(),
             next_probe: 1,
             next_verdict: 1,
+            agents: BTreeMap::new(),
             dirty_hosts: BTreeSet::new(),
             reported: records::Reported::default(),
         }
@@ -185,7 +204,12 @@ impl Engine {
 
     /// Whether any suspicion is still without verdict.
     pub fn has_open_suspicions(&self) -> bool {
-        !self.timed.is_empty() || !self.switch_cases.is_empty() || !self.router_cases.is_empty()
+        // A flapping agent's alarm waiting for its quiet period is no suspicion.
+        self.timed
+            .iter()
+            .any(|h| self.host_state(*h) != HostState::AgentFlapping)
+            || !self.switch_cases.is_empty()
+            || !self.router_cases.is_empty()
     }
 
     /// Feeds one event; returns the actions it causes, in order.
@@ -225,6 +249,18 @@ impl Engine {
             Event::HbShutdown { at, host } => {
                 self.dispatch(host, Input::Shutdown { at }, &mut out);
                 self.ungroup(host);
+            }
+            Event::HbRefused { at, reporter, peer } => {
+                if reporter != peer {
+                    self.dispatch(peer, Input::Refused { at, reporter }, &mut out);
+                    // An agent verdict ends whatever group case held the suspicion.
+                    if matches!(
+                        self.host_state(peer),
+                        HostState::AgentDown | HostState::AgentFlapping
+                    ) {
+                        self.ungroup(peer);
+                    }
+                }
             }
             Event::ProbeResult {
                 at,
@@ -314,6 +350,18 @@ impl Engine {
                 now >= s.since + self.config.corroboration_intervals * hb
             }
             State::Investigating {} => now >= s.probe_deadline,
+            State::Refused {} => {
+                let hb = self
+                    .topology
+                    .hb_interval(host, self.config.default_hb_interval_us);
+                let first = self.agents.get(&host).and_then(AgentRecord::first_refusal);
+                !matches!(first, Some(first) if now < first + self.config.corroboration_intervals * hb)
+            }
+            State::AgentFlapping {} => self
+                .agents
+                .get(&host)
+                .and_then(AgentRecord::quiet_at)
+                .is_some_and(|q| now >= q),
             _ => false,
         }
     }
@@ -401,6 +449,7 @@ impl Engine {
             next_verdict: self.next_verdict,
             out: std::mem::take(out),
             released_alarms: Vec::new(),
+            agent: self.agents.remove(&host).unwrap_or_default(),
         };
         let before = ctx.out.len();
         let was = self
@@ -414,6 +463,10 @@ impl Engine {
         let old_probes: Vec<ProbeId> = machine.inner().probes.iter().map(|p| p.id).collect();
         machine.handle_with_context(&input, &mut ctx);
         let state = machine.state().clone();
+        let agent = std::mem::take(&mut ctx.agent);
+        if !agent.is_empty() {
+            self.agents.insert(host, agent);
+        }
         if was.as_ref() != Some(&(state.clone(), machine.inner().clone())) {
             self.dirty_hosts.insert(host);
         }
@@ -430,27 +483,28 @@ impl Engine {
                 self.probe_owner.remove(&id);
             }
         }
-        let is_timed = matches!(state, State::Suspected {} | State::Investigating {});
-        let changed = if is_timed {
-            self.timed.insert(host)
+        // Suspicions are timed and counted per switch (correlation); an agent waiting for a
+        // second refusal or a flapping agent's quiet period is timed only.
+        let is_suspicion = matches!(state, State::Suspected {} | State::Investigating {});
+        let is_timed = is_suspicion || matches!(state, State::Refused {} | State::AgentFlapping {});
+        if is_timed {
+            self.timed.insert(host);
         } else {
-            self.timed.remove(&host)
-        };
-        if changed {
-            if let Some(sw) = self.topology.switch_of(host) {
-                match self.timed_by_switch.get_mut(sw) {
-                    Some(set) if is_timed => {
-                        set.insert(host);
-                    }
-                    Some(set) => {
-                        set.remove(&host);
-                    }
-                    None if is_timed => {
-                        let sw = sw.clone();
-                        self.timed_by_switch.entry(sw).or_default().insert(host);
-                    }
-                    None => {}
+            self.timed.remove(&host);
+        }
+        if let Some(sw) = self.topology.switch_of(host) {
+            match self.timed_by_switch.get_mut(sw) {
+                Some(set) if is_suspicion => {
+                    set.insert(host);
                 }
+                Some(set) => {
+                    set.remove(&host);
+                }
+                None if is_suspicion => {
+                    let sw = sw.clone();
+                    self.timed_by_switch.entry(sw).or_default().insert(host);
+                }
+                None => {}
             }
         }
         for (alarm, at) in ctx.released_alarms {

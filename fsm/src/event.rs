@@ -85,6 +85,17 @@ pub enum Event {
         /// Current time (µs).
         now: u64,
     },
+    /// `reporter`'s heartbeat to `peer` met an ICMP port-unreachable: `peer`'s host answered,
+    /// its nanoprobe did not (rows R1-R3, A1-A5). Last variant: events of earlier builds
+    /// keep their index.
+    HbRefused {
+        /// Queue timestamp (µs).
+        at: u64,
+        /// The watcher that reported.
+        reporter: HostId,
+        /// The watched host.
+        peer: HostId,
+    },
 }
 
 impl Event {
@@ -96,6 +107,7 @@ impl Event {
             | Event::HbLate { at, .. }
             | Event::HbBackAlive { at, .. }
             | Event::HbShutdown { at, .. }
+            | Event::HbRefused { at, .. }
             | Event::ProbeResult { at, .. }
             | Event::Check { at, .. } => Some(*at),
             Event::Tick { now } => Some(*now),

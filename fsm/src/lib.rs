@@ -21,4 +21,5 @@ pub use engine::{
     Engine, EngineChanges, EngineCounters, GroupEntry, GroupKey, HostRecord, HostState,
 };
 pub use event::Event;
+pub use suspect::{AgentRecord, FLAP_COUNT, FLAP_QUIET_US, FLAP_WINDOW_US};
 pub use topology::{HostFacts, RouterId, SwitchId, Topology};

@@ -32,6 +32,51 @@ pub struct ProbeSlot {
     pub result: Option<bool>,
 }
 
+/// How many agent outages within [`FLAP_WINDOW_US`] make a host's agent flapping (row A3).
+pub const FLAP_COUNT: usize = 3;
+/// The window of [`FLAP_COUNT`]: 10 minutes.
+pub const FLAP_WINDOW_US: u64 = 600_000_000;
+/// A flapping agent's alarm closes once its agent has run this long without a refusal
+/// (row F3): 5 minutes.
+pub const FLAP_QUIET_US: u64 = 300_000_000;
+/// Most refusal reports kept for one outage (distinct reporters).
+const MAX_REFUSALS: usize = 8;
+
+/// What the fsm knows of a host's agent (its nanoprobe) beside its heartbeats: the
+/// refusals of the current outage and the recent outages, for flap detection. The engine
+/// keeps it beside the machine (a group row, so host rows of earlier builds still decode)
+/// and lends it to the machine in [`Ctx::agent`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Refusal reports of the current outage: (reporter, µs), first first, one per reporter.
+    pub(crate) refusals: Vec<(HostId, u64)>,
+    /// When recent outages were confirmed (µs; at most [`FLAP_COUNT`], within
+    /// [`FLAP_WINDOW_US`] of the latest).
+    pub(crate) outages: Vec<u64>,
+    /// Latest refusal (µs).
+    pub(crate) last_refused: u64,
+    /// Latest sign of life of the agent (µs).
+    pub(crate) last_alive: u64,
+}
+
+impl AgentRecord {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        *self == AgentRecord::default()
+    }
+
+    /// When the current outage's first refusal came, if one is open.
+    pub(crate) fn first_refusal(&self) -> Option<u64> {
+        self.refusals.first().map(|(_, at)| *at)
+    }
+
+    /// When a flapping agent's alarm may close: the quiet period after the last refusal,
+    /// provided the agent was heard since.
+    pub(crate) fn quiet_at(&self) -> Option<u64> {
+        (self.last_alive > self.last_refused).then(|| self.last_refused + FLAP_QUIET_US)
+    }
+}
+
 /// Inputs of one host machine, already routed by the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -74,6 +119,11 @@ pub enum Input {
     Covered {
         verdict: VerdictId,
     },
+    /// `reporter`'s heartbeat met an ICMP port-unreachable (rows R1-R3, A1-A5).
+    Refused {
+        at: u64,
+        reporter: HostId,
+    },
 }
 
 /// Who can probe for this host, computed by the engine from the topology.
@@ -95,6 +145,8 @@ pub struct Ctx {
     pub out: Vec<Action>,
     /// Alarms this host no longer holds (recovered or left); the engine clears them.
     pub released_alarms: Vec<(VerdictId, u64)>,
+    /// The host's agent record, lent by the engine for this dispatch.
+    pub agent: AgentRecord,
 }
 
 impl Ctx {
@@ -311,6 +363,92 @@ impl Suspect {
         }
     }
 
+    /// Records a refusal by `reporter`; true once two watchers refused within the
+    /// corroboration window (an older outage's refusals start over).
+    fn refusal(&self, ctx: &mut Ctx, at: u64, reporter: HostId) -> bool {
+        let window = ctx.corroboration_intervals * ctx.hb_interval_us;
+        let a = &mut ctx.agent;
+        a.last_refused = a.last_refused.max(at);
+        if a.first_refusal()
+            .is_some_and(|first| at.abs_diff(first) > window)
+        {
+            a.refusals.clear();
+        }
+        if reporter != self.host
+            && a.refusals.len() < MAX_REFUSALS
+            && !a.refusals.iter().any(|(r, _)| *r == reporter)
+        {
+            a.refusals.push((reporter, at));
+        }
+        a.refusals.len() >= 2
+    }
+
+    /// Rows R2, A1-A3: two watchers met port-unreachable: the host is up, its agent is
+    /// not. `AgentDown`, or `AgentFlapping` for the [`FLAP_COUNT`]th outage within
+    /// [`FLAP_WINDOW_US`]. Whatever the suspicion had gathered joins the evidence; its
+    /// probes are dropped.
+    fn agent_verdict(&mut self, ctx: &mut Ctx, at: u64) -> State {
+        self.check = false;
+        let mut evidence: Vec<Evidence> = ctx
+            .agent
+            .refusals
+            .drain(..)
+            .map(|(reporter, t)| Evidence::Report {
+                at: t,
+                reporter,
+                about: self.host,
+                kind: ReportKind::Refused,
+            })
+            .collect();
+        evidence.extend(self.take_evidence());
+        let a = &mut ctx.agent;
+        a.outages
+            .retain(|t| at.saturating_sub(*t) <= FLAP_WINDOW_US);
+        a.outages.push(at);
+        if a.outages.len() > FLAP_COUNT {
+            a.outages.remove(0);
+        }
+        let flapping = a.outages.len() >= FLAP_COUNT;
+        let kind = if flapping {
+            VerdictKind::AgentFlapping(self.host)
+        } else {
+            VerdictKind::AgentDown(self.host)
+        };
+        let id = ctx.verdict(at, kind, evidence);
+        self.alarm = Some(id);
+        if flapping {
+            State::agent_flapping()
+        } else {
+            State::agent_down()
+        }
+    }
+
+    /// The agent (or the host) is heard again while an alarm is held: `Recovered`.
+    fn recover(&mut self, ctx: &mut Ctx, at: u64, reporter: HostId) -> State {
+        self.last_alive = self.last_alive.max(at);
+        ctx.agent.last_alive = ctx.agent.last_alive.max(at);
+        ctx.agent.refusals.clear();
+        if let Some(alarm) = self.alarm.take() {
+            ctx.released_alarms.push((alarm, at));
+        }
+        let ev = vec![Evidence::Report {
+            at,
+            reporter,
+            about: self.host,
+            kind: ReportKind::Alive,
+        }];
+        ctx.verdict(at, VerdictKind::Recovered(self.host), ev);
+        State::watching()
+    }
+
+    /// A group verdict covers a host whose agent alarm is open: the group alarm replaces it.
+    fn covered_instead(&mut self, ctx: &mut Ctx, verdict: VerdictId, at: u64) -> State {
+        if let Some(alarm) = self.alarm.replace(verdict) {
+            ctx.released_alarms.push((alarm, at));
+        }
+        State::down()
+    }
+
     fn leave(&mut self, ctx: &mut Ctx, at: u64) -> State {
         self.check = false;
         if let Some(alarm) = self.alarm.take() {
@@ -351,6 +489,106 @@ impl Suspect {
                 self.start_check(context, *at, *from);
                 Transition(State::investigating())
             }
+            // Row R1: one port-unreachable is no evidence yet (ICMP is not authenticated).
+            Input::Refused { at, reporter } if *at >= self.last_alive => {
+                if self.refusal(context, *at, *reporter) {
+                    Transition(self.agent_verdict(context, *at))
+                } else {
+                    Transition(State::refused())
+                }
+            }
+            _ => Handled,
+        }
+    }
+
+    /// One watcher's heartbeat met port-unreachable: waiting for a second within the
+    /// corroboration window (rows R2, R3, R4).
+    #[state]
+    fn refused(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            Input::Refused { at, reporter } => {
+                if self.refusal(context, *at, *reporter) {
+                    Transition(self.agent_verdict(context, *at))
+                } else {
+                    Handled
+                }
+            }
+            // Row R4: the deadtime path goes on; a second refusal still makes it
+            // `AgentDown` (row A1).
+            Input::Dead { at, reporter } if *at >= self.last_alive => {
+                self.start_suspicion(*at, *reporter);
+                Transition(State::suspected())
+            }
+            Input::Alive { at, .. } => {
+                self.last_alive = self.last_alive.max(*at);
+                context.agent.last_alive = context.agent.last_alive.max(*at);
+                context.agent.refusals.clear();
+                Transition(State::watching())
+            }
+            // Row R3: no second watcher within the window: a lone (perhaps spoofed)
+            // port-unreachable, forgotten without a verdict.
+            Input::Tick { now }
+                if !matches!(context.agent.first_refusal(),
+                    Some(first) if *now < first + context.corroboration_intervals * context.hb_interval_us) =>
+            {
+                context.agent.refusals.clear();
+                Transition(State::watching())
+            }
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            Input::Covered { verdict } => {
+                context.agent.refusals.clear();
+                self.alarm = Some(*verdict);
+                Transition(State::down())
+            }
+            _ => Handled,
+        }
+    }
+
+    /// The host is up, its agent is not (an `AgentDown` alarm is open).
+    #[state]
+    fn agent_down(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            // Row A4: the agent is back (its restart's `Startup`, or a watcher hears it).
+            Input::Alive { at, reporter } => Transition(self.recover(context, *at, *reporter)),
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            Input::Covered { verdict } => {
+                let at = context.agent.last_refused;
+                Transition(self.covered_instead(context, *verdict, at))
+            }
+            // Row A5: its watchers' deadtime reports and further refusals are expected.
+            _ => Handled,
+        }
+    }
+
+    /// The host's agent keeps crashing (an `AgentFlapping` alarm is open).
+    #[state]
+    fn agent_flapping(&mut self, context: &mut Ctx, event: &Input) -> Outcome<State> {
+        match event {
+            // Row F1: back again: no verdict; the alarm stays until it stays up.
+            Input::Alive { at, .. } => {
+                self.last_alive = self.last_alive.max(*at);
+                context.agent.last_alive = context.agent.last_alive.max(*at);
+                Handled
+            }
+            // Row F2: down again: no verdict.
+            Input::Refused { at, reporter } => {
+                if self.refusal(context, *at, *reporter) {
+                    context.agent.refusals.clear();
+                }
+                Handled
+            }
+            // Row F3: up for FLAP_QUIET_US without a refusal: `Recovered`.
+            Input::Tick { now } if context.agent.quiet_at().is_some_and(|q| *now >= q) => {
+                let at = *now;
+                context.agent.outages.clear();
+                let reporter = self.host;
+                Transition(self.recover(context, at, reporter))
+            }
+            Input::Shutdown { at } => Transition(self.leave(context, *at)),
+            Input::Covered { verdict } => {
+                let at = context.agent.last_refused;
+                Transition(self.covered_instead(context, *verdict, at))
+            }
             _ => Handled,
         }
     }
@@ -380,6 +618,15 @@ impl Suspect {
                 self.switch_checked = true;
                 self.window_spent |= *lone;
                 Transition(State::grouped())
+            }
+            // Row A1: a suspicion (a watcher's deadtime) meets two refusals: the host
+            // answers, its agent does not.
+            Input::Refused { at, reporter } => {
+                if self.refusal(context, *at, *reporter) {
+                    Transition(self.agent_verdict(context, *at))
+                } else {
+                    Handled
+                }
             }
             Input::Dead { at, reporter } => {
                 if !self.evidence.iter().any(|e| {

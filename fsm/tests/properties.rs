@@ -25,6 +25,8 @@ enum Op {
     Check(usize, usize),
     /// Answer the k-th outstanding probe.
     Answer(usize, bool),
+    /// A heartbeat of a to b met port-unreachable.
+    Refused(usize, usize),
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +56,7 @@ fn step(n: usize) -> impl Strategy<Value = Step> {
         2 => Just(Op::Tick),
         1 => (0..n, 0..n).prop_map(|(a, b)| Op::Check(a, b)),
         3 => (0usize..8, any::<bool>()).prop_map(|(k, r)| Op::Answer(k, r)),
+        2 => (0..n, 0..n).prop_map(|(a, b)| Op::Refused(a, b)),
     ];
     (0u64..1500, 0u64..300, op).prop_map(|(advance_ms, skew_ms, op)| Step {
         advance_ms,
@@ -124,6 +127,11 @@ impl Driver {
                 peer: id(b),
             },
             Op::Shutdown(a) => Event::HbShutdown { at, host: id(a) },
+            Op::Refused(a, b) => Event::HbRefused {
+                at,
+                reporter: id(a),
+                peer: id(b),
+            },
             Op::Tick => Event::Tick { now: self.clock },
             Op::Check(a, b) => Event::Check {
                 at,
@@ -195,6 +203,20 @@ proptest! {
                 }).collect();
                 let failed_probe = evidence.iter().any(|e| matches!(e, Evidence::Probe { reachable, .. } if *reachable != Some(true)));
                 prop_assert!(reporters.len() >= 2 || failed_probe, "Dead without corroboration: {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_agent_alarm_from_one_watchers_refusals((t, steps) in case()) {
+        let (actions, _, _) = run(&t, &steps, false, None);
+        for a in &actions {
+            if let Action::Verdict { kind: VerdictKind::AgentDown(h) | VerdictKind::AgentFlapping(h), evidence, .. } = a {
+                let refusers: BTreeSet<HostId> = evidence.iter().filter_map(|e| match e {
+                    Evidence::Report { reporter, kind: fsm::ReportKind::Refused, .. } if reporter != h => Some(*reporter),
+                    _ => None,
+                }).collect();
+                prop_assert!(refusers.len() >= 2, "agent alarm without two refusing watchers: {a:?}");
             }
         }
     }

@@ -832,3 +832,209 @@ fn k6_heard_during_a_check_ends_it_without_verdict() {
     );
     assert_eq!(e.host_state(h(4)), HostState::Watching);
 }
+
+// ---- Agent rows (R, A, F): a heartbeat met an ICMP port-unreachable ----------------
+
+fn refused(at_ms: u64, a: u64, b: u64) -> Event {
+    Event::HbRefused {
+        at: at_ms * MS,
+        reporter: h(a),
+        peer: h(b),
+    }
+}
+
+fn refusers(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Verdict { evidence, .. } => Some(evidence),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            Evidence::Report {
+                reporter,
+                kind: fsm::ReportKind::Refused,
+                ..
+            } => Some(reporter.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One outage of host 3's agent seen by watchers 2 and 4; returns the second refusal's
+/// actions.
+fn agent_outage(e: &mut Engine, at_ms: u64) -> Vec<Action> {
+    assert!(verdicts(&e.handle(refused(at_ms, 2, 3))).is_empty());
+    e.handle(refused(at_ms + 300, 4, 3))
+}
+
+#[test]
+fn r1_one_refusal_is_no_verdict() {
+    let mut e = engine();
+    assert!(e.handle(refused(1000, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Refused);
+}
+
+#[test]
+fn r2_a_second_watcher_refused_within_two_intervals_is_agent_down() {
+    let mut e = engine();
+    e.handle(refused(1000, 2, 3));
+    let out = e.handle(refused(2900, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::AgentDown(h(3))]);
+    assert_eq!(refusers(&out), vec![2, 4]);
+    assert_eq!(e.host_state(h(3)), HostState::AgentDown);
+}
+
+#[test]
+fn r3_a_lone_refusal_expires_without_verdict() {
+    let mut e = engine();
+    e.handle(refused(1000, 2, 3));
+    // The same watcher again (every heartbeat is refused, or a spoofer repeats): no verdict.
+    assert!(e.handle(refused(1500, 2, 3)).is_empty());
+    assert!(e.handle(tick(3000)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
+    // A second watcher after the window is a new lone refusal, not a corroboration.
+    assert!(e.handle(refused(3500, 4, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Refused);
+}
+
+#[test]
+fn r4_a_refused_host_reported_dead_is_suspected() {
+    let mut e = engine();
+    e.handle(refused(1000, 2, 3));
+    assert!(e.handle(dead(1100, 4, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Suspected);
+}
+
+#[test]
+fn r5_back_alive_ends_a_lone_refusal_silently() {
+    let mut e = engine();
+    e.handle(refused(1000, 2, 3));
+    assert!(e.handle(alive(1200, 2, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
+}
+
+#[test]
+fn a1_a_suspicion_with_two_refusals_is_agent_down_not_dead() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    e.handle(refused(1100, 2, 3));
+    let out = e.handle(refused(1200, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::AgentDown(h(3))]);
+    assert_eq!(refusers(&out), vec![2, 4]);
+    // The deadtime reports that follow change nothing (row A5).
+    assert!(e.handle(dead(1500, 4, 3)).is_empty());
+    assert!(e.handle(tick(20_000)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::AgentDown);
+}
+
+#[test]
+fn a2_a_dead_host_without_refusals_is_dead() {
+    let mut e = engine();
+    e.handle(dead(1000, 2, 3));
+    let out = e.handle(dead(1500, 4, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Dead(h(3))]);
+    // A refusal after the verdict does not turn it into an agent alarm.
+    assert!(e.handle(refused(1600, 2, 3)).is_empty());
+    assert!(e.handle(refused(1700, 4, 3)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::Down);
+}
+
+#[test]
+fn a3_the_third_outage_in_ten_minutes_is_agent_flapping() {
+    let mut e = engine();
+    for start in [1_000, 60_000] {
+        let out = agent_outage(&mut e, start);
+        assert_eq!(verdicts(&out), vec![VerdictKind::AgentDown(h(3))]);
+        let back = e.handle(alive(start + 5_000, 3, 3));
+        assert_eq!(verdicts(&back), vec![VerdictKind::Recovered(h(3))]);
+    }
+    let out = agent_outage(&mut e, 120_000);
+    assert_eq!(verdicts(&out), vec![VerdictKind::AgentFlapping(h(3))]);
+    assert_eq!(e.host_state(h(3)), HostState::AgentFlapping);
+}
+
+#[test]
+fn a3_outages_further_apart_than_the_window_are_not_flapping() {
+    let mut e = engine();
+    for start in [1_000, 400_000, 800_000] {
+        let out = agent_outage(&mut e, start);
+        assert_eq!(verdicts(&out), vec![VerdictKind::AgentDown(h(3))]);
+        e.handle(alive(start + 5_000, 3, 3));
+    }
+}
+
+#[test]
+fn a4_the_agent_back_closes_agent_down() {
+    let mut e = engine();
+    agent_outage(&mut e, 1000);
+    let out = e.handle(alive(4000, 3, 3));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(3))]);
+    assert_eq!(clears(&out), 1);
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
+}
+
+#[test]
+fn a5_agent_down_ignores_deadtime_and_refusals() {
+    let mut e = engine();
+    agent_outage(&mut e, 1000);
+    assert!(e.handle(dead(4000, 2, 3)).is_empty());
+    assert!(e.handle(dead(4100, 4, 3)).is_empty());
+    assert!(e.handle(refused(5000, 2, 3)).is_empty());
+    assert!(e.handle(tick(30_000)).is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::AgentDown);
+}
+
+#[test]
+fn f1_f2_a_flapping_agent_raises_nothing_more() {
+    let mut e = engine();
+    for start in [1_000, 60_000, 120_000] {
+        agent_outage(&mut e, start);
+        e.handle(alive(start + 5_000, 3, 3));
+    }
+    assert_eq!(e.host_state(h(3)), HostState::AgentFlapping);
+    // Down and back again, twice: no verdict.
+    for start in [180_000, 240_000] {
+        assert!(verdicts(&agent_outage(&mut e, start)).is_empty());
+        assert!(e.handle(alive(start + 5_000, 3, 3)).is_empty());
+    }
+    assert_eq!(e.host_state(h(3)), HostState::AgentFlapping);
+}
+
+#[test]
+fn f3_a_flapping_agent_up_for_the_quiet_period_recovers() {
+    let mut e = engine();
+    for start in [1_000, 60_000, 120_000] {
+        agent_outage(&mut e, start);
+        e.handle(alive(start + 5_000, 3, 3));
+    }
+    let last_refusal_ms = 120_300;
+    let quiet_ms = fsm::FLAP_QUIET_US / MS;
+    assert!(e.handle(tick(last_refusal_ms + quiet_ms - 1)).is_empty());
+    let out = e.handle(tick(last_refusal_ms + quiet_ms));
+    assert_eq!(verdicts(&out), vec![VerdictKind::Recovered(h(3))]);
+    assert_eq!(clears(&out), 1);
+    assert_eq!(e.host_state(h(3)), HostState::Watching);
+    // Its history is forgiven: the next outage is an ordinary `AgentDown`.
+    let later = last_refusal_ms + quiet_ms + 1_000;
+    assert_eq!(
+        verdicts(&agent_outage(&mut e, later)),
+        vec![VerdictKind::AgentDown(h(3))]
+    );
+}
+
+#[test]
+fn f3_a_flapping_agent_still_down_stays_flapping() {
+    let mut e = engine();
+    for start in [1_000, 60_000] {
+        agent_outage(&mut e, start);
+        e.handle(alive(start + 5_000, 3, 3));
+    }
+    agent_outage(&mut e, 120_000);
+    // Never heard again: the alarm stays open.
+    assert!(e
+        .handle(tick(120_000 + 2 * fsm::FLAP_QUIET_US / MS))
+        .is_empty());
+    assert_eq!(e.host_state(h(3)), HostState::AgentFlapping);
+}

@@ -115,6 +115,8 @@ struct PeerState {
     next_check: Option<Instant>,
     /// Set while `status` is `Confirming`.
     confirming: Option<Confirmation>,
+    /// `HbRefused` was reported in this outage (cleared by the peer's next heartbeat).
+    refused: bool,
 }
 
 /// The heartbeat engine of one nanoprobe (send list and expect list: every peer given by
@@ -202,6 +204,7 @@ impl HeartbeatEngine {
             }
         }
         state.status = PeerStatus::Alive;
+        state.refused = false;
         state.last_heard = now;
         state.last_heard_wall_us = wall_us;
         let warn = now + Duration::from_millis(state.timings.warntime_ms.into());
@@ -254,6 +257,7 @@ impl HeartbeatEngine {
                     next_send: now,
                     next_check: None,
                     confirming: None,
+                    refused: false,
                 },
             );
             self.timers.insert((now, peer.host, TimerKind::Send));
@@ -312,6 +316,7 @@ impl HeartbeatEngine {
             self.stop(&[from]);
             return Vec::new();
         }
+        state.refused = false;
         if state.status == PeerStatus::Confirming {
             return self.avert(from, now, wall_us);
         }
@@ -352,6 +357,22 @@ impl HeartbeatEngine {
         } else {
             Vec::new()
         }
+    }
+
+    /// A datagram this nanoprobe sent to `addr` met an ICMP port-unreachable (the daemon's
+    /// socket connected to that peer failed with `ECONNREFUSED`): the peer's host answered,
+    /// its nanoprobe did not. Reports `HbRefused` about each expected peer at `addr`, once
+    /// per outage: the peer's next heartbeat ends it. Not evidence on its own (ICMP is not
+    /// authenticated); the CMA waits for a second watcher (fsm rows R1-R3).
+    pub fn on_refused(&mut self, addr: SocketAddr) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (peer, state) in self.peers.iter_mut() {
+            if state.addr == addr && !state.refused {
+                state.refused = true;
+                actions.push(Action::Report(ReportBody::HbRefused { peer: *peer }));
+            }
+        }
+        actions
     }
 
     fn martian(&mut self, from: HostId, addr: SocketAddr, now: Instant) -> Vec<Action> {
@@ -596,6 +617,30 @@ mod tests {
                 down_for_ms: 20_000
             }]
         );
+        assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
+    }
+
+    #[test]
+    fn refused_is_reported_once_per_outage() {
+        let base = Instant::now();
+        let mut e = no_confirm();
+        e.send_expect(&[peer(1), peer(2)], T, base);
+        let refused = |e: &mut HeartbeatEngine, addr| reports(&e.on_refused(addr));
+        assert_eq!(
+            refused(&mut e, peer(1).addr),
+            vec![ReportBody::HbRefused { peer: HostId(1) }]
+        );
+        // Every later heartbeat to it is refused too: reported once.
+        assert!(refused(&mut e, peer(1).addr).is_empty());
+        // An address of no expected peer: nothing.
+        assert!(refused(&mut e, "127.9.9.9:1".parse().unwrap()).is_empty());
+        // The peer is heard again (its nanoprobe restarted): a new outage is reported.
+        e.on_heartbeat(HostId(1), peer(1).addr, false, at(base, 500), 1);
+        assert_eq!(
+            refused(&mut e, peer(1).addr),
+            vec![ReportBody::HbRefused { peer: HostId(1) }]
+        );
+        // Refusals change no timer: deadtime still reports the silence.
         assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
     }
 

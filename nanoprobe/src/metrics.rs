@@ -34,6 +34,9 @@ pub struct Metrics {
     pub heartbeats_sent: Counter,
     /// Authenticated heartbeats received.
     pub heartbeats_received: Counter,
+    /// ICMP port-unreachable answers to datagrams sent to peers (a peer's nanoprobe not
+    /// running while its host is up).
+    pub heartbeats_refused: Counter,
     /// Send errors on the UDP socket.
     pub send_errors: Counter,
     /// Peers silent past deadtime that answered during the last-chance confirmation, so
@@ -79,6 +82,7 @@ impl Metrics {
             command_duplicates: Counter::default(),
             heartbeats_sent: Counter::default(),
             heartbeats_received: Counter::default(),
+            heartbeats_refused: Counter::default(),
             send_errors: Counter::default(),
             dead_averted: Counter::default(),
             confirm_echoes_sent: Counter::default(),
@@ -124,6 +128,11 @@ impl Metrics {
             "heartbeats_received",
             "Authenticated heartbeats received",
             m.heartbeats_received.clone(),
+        );
+        registry.register(
+            "heartbeats_refused",
+            "ICMP port-unreachable answers from peers (host up, nanoprobe not running)",
+            m.heartbeats_refused.clone(),
         );
         registry.register("send_errors", "UDP send errors", m.send_errors.clone());
         registry.register(

@@ -208,8 +208,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
                 Ok(()) => node.drain(&mut batch).await,
                 Err(e) => tracing::debug!(error = %e, "recv error"),
             },
-            Some((datagram, from)) = node.from_peers.recv() => {
-                node.on_datagram(&datagram, from, Instant::now()).await;
+            Some(forwarded) = node.from_peers.recv() => {
+                node.on_forwarded(forwarded, Instant::now()).await;
                 node.serve_peers(Instant::now()).await;
             }
             Some(result) = probe_rx.recv() => {
@@ -281,8 +281,23 @@ impl Node {
     async fn serve_peers(&mut self, now: Instant) {
         for _ in 0..recv::BATCH {
             match self.from_peers.try_recv() {
-                Ok((datagram, from)) => self.on_datagram(&datagram, from, now).await,
+                Ok(forwarded) => self.on_forwarded(forwarded, now).await,
                 Err(_) => break,
+            }
+        }
+    }
+
+    async fn on_forwarded(&mut self, forwarded: Forwarded, now: Instant) {
+        match forwarded {
+            Forwarded::Datagram(datagram, from) => self.on_datagram(&datagram, from, now).await,
+            Forwarded::Refused(peer) => {
+                self.metrics.heartbeats_refused.inc();
+                for action in self.engine.on_refused(peer) {
+                    if let Action::Report(ReportBody::HbRefused { peer: host }) = &action {
+                        tracing::info!(peer = host.0, addr = %peer, "peer's port unreachable: its nanoprobe is not running");
+                    }
+                    self.act(action, now).await;
+                }
             }
         }
     }
@@ -581,8 +596,10 @@ impl Node {
                         self.ack_during_shutdown(&buf[..n], from);
                     }
                 }
-                Some((datagram, from)) = self.from_peers.recv() => {
-                    self.ack_during_shutdown(&datagram, from);
+                Some(forwarded) = self.from_peers.recv() => {
+                    if let Forwarded::Datagram(datagram, from) = forwarded {
+                        self.ack_during_shutdown(&datagram, from);
+                    }
                 }
                 _ = tokio::time::sleep_until(until.into()) => {}
             }

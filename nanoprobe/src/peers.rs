@@ -32,8 +32,16 @@ const PEER_RECV_BUFFER: usize = 256 * 1024;
 /// Datagrams forwarded to the daemon loop and not yet handled, all peers together.
 const FORWARD_QUEUE: usize = 1024;
 
-/// A datagram read from a peer socket, and its source.
-pub type Forwarded = (Vec<u8>, SocketAddr);
+/// What a peer socket passes to the daemon loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// A datagram read from the socket, and its source.
+    Datagram(Vec<u8>, SocketAddr),
+    /// A datagram sent to this peer met an ICMP port-unreachable: the kernel reports it
+    /// on the socket connected to the peer as `ECONNREFUSED`. The peer's host is up, no
+    /// process listens on its port.
+    Refused(SocketAddr),
+}
 
 struct Peer {
     last_authentic: Instant,
@@ -96,7 +104,7 @@ impl PeerSockets {
         let socket = crate::socket::bind_peer_udp(self.local, &self.config)?;
         socket.connect(from)?;
         let socket = UdpSocket::from_std(socket)?;
-        let reader = tokio::spawn(forward(socket, self.tx.clone()));
+        let reader = tokio::spawn(forward(socket, from, self.tx.clone()));
         self.peers.insert(
             from,
             Peer {
@@ -139,20 +147,30 @@ impl Drop for PeerSockets {
     }
 }
 
-/// Reads `socket` and forwards every datagram; a full queue makes it wait, so the socket's
-/// own buffer (this peer's only) absorbs the excess. Until `connect` completed the socket
-/// could receive anyone's datagrams, so the source is passed on as read.
-async fn forward(socket: UdpSocket, tx: mpsc::Sender<Forwarded>) {
+/// Reads `socket` (connected to `peer`) and forwards every datagram; a full queue makes it
+/// wait, so the socket's own buffer (this peer's only) absorbs the excess. Until `connect`
+/// completed the socket could receive anyone's datagrams, so the source is passed on as
+/// read. An ICMP port-unreachable for a datagram sent to the peer (from any socket bound
+/// to this address) is reported once on this connected socket, as `ECONNREFUSED`.
+async fn forward(socket: UdpSocket, peer: SocketAddr, tx: mpsc::Sender<Forwarded>) {
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                if tx.send((buf[..n].to_vec(), from)).await.is_err() {
+                if tx
+                    .send(Forwarded::Datagram(buf[..n].to_vec(), from))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
-            // An ICMP error for an earlier datagram to this peer is reported once on the
-            // connected socket; anything else persistent must not spin.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if tx.send(Forwarded::Refused(peer)).await.is_err() {
+                    return;
+                }
+            }
+            // Anything else persistent must not spin.
             Err(e) => {
                 tracing::debug!(error = %e, "peer socket receive error");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -179,12 +197,14 @@ mod tests {
         // The peer's datagrams arrive through its socket, a stranger's on the shared one.
         peer.send_to(b"from the peer", local).unwrap();
         stranger.send_to(b"from a stranger", local).unwrap();
-        let (data, from) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let forwarded = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(data, b"from the peer");
-        assert_eq!(from, peer.local_addr().unwrap());
+        assert_eq!(
+            forwarded,
+            Forwarded::Datagram(b"from the peer".to_vec(), peer.local_addr().unwrap())
+        );
         let mut buf = [0u8; 64];
         shared.set_nonblocking(false).unwrap();
         shared
@@ -202,6 +222,27 @@ mod tests {
         peer.send_to(b"again", local).unwrap();
         let (n, _) = shared.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"again");
+    }
+
+    /// The peer's process is gone: a datagram sent to it from the shared socket comes
+    /// back as ICMP port-unreachable, which the kernel reports on the connected peer
+    /// socket; it is forwarded as `Refused` with the peer's address.
+    #[tokio::test]
+    async fn a_port_unreachable_from_a_peer_is_forwarded_as_refused() {
+        let config = SocketConfig::default();
+        let shared = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        let local = shared.local_addr().unwrap();
+        let (mut peers, mut rx) = PeerSockets::new(local, &config);
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        peers.authentic(peer_addr, Instant::now()).unwrap();
+        drop(peer); // its nanoprobe died: nothing listens on its port any more
+        shared.send_to(b"heartbeat", peer_addr).unwrap();
+        let forwarded = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(forwarded, Forwarded::Refused(peer_addr));
     }
 
     #[tokio::test]

@@ -52,7 +52,7 @@ pub struct ReportSender {
 }
 
 /// Drop priority: lower is dropped first. HbLate is superseded by HbDead or by the next
-/// heartbeat, so it goes first; HbDead is the alarm and goes last.
+/// heartbeat, so it goes first; HbDead and HbRefused are alarms and go last.
 fn priority(body: &ReportBody) -> u8 {
     match body {
         ReportBody::HbLate { .. } => 0,
@@ -60,7 +60,7 @@ fn priority(body: &ReportBody) -> u8 {
         | ReportBody::ProbeResult(_)
         | ReportBody::Discovery { .. } => 1,
         ReportBody::Startup(_) | ReportBody::HbBackAlive { .. } | ReportBody::HbShutdown => 2,
-        ReportBody::HbDead { .. } => 3,
+        ReportBody::HbDead { .. } | ReportBody::HbRefused { .. } => 3,
     }
 }
 

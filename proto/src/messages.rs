@@ -88,6 +88,10 @@ pub enum ReportBody {
     ProbeResult(ProbeResult),
     /// Free-form discovery data (`kind` names the schema, `data` is JSON text).
     Discovery { kind: String, data: String },
+    /// A heartbeat to `peer` met an ICMP port-unreachable: its host's kernel answered, its
+    /// nanoprobe did not. Sent once per outage (the peer's next heartbeat ends it). Last
+    /// variant, so older decoders still read every earlier one.
+    HbRefused { peer: HostId },
 }
 
 impl ReportBody {
@@ -102,6 +106,7 @@ impl ReportBody {
             ReportBody::HbMartian { .. } => "hb_martian",
             ReportBody::ProbeResult(_) => "probe_result",
             ReportBody::Discovery { .. } => "discovery",
+            ReportBody::HbRefused { .. } => "hb_refused",
         }
     }
 }

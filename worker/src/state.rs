@@ -579,9 +579,12 @@ impl WorkerState {
                     .map(|p| p.switch);
                 let previous = self.hosts.get(&sender).cloned();
                 self.dirty.insert(sender);
-                let came_back = previous
-                    .as_ref()
-                    .is_some_and(|h| matches!(h.status, HostStatus::Dead | HostStatus::Left));
+                let came_back = previous.as_ref().is_some_and(|h| {
+                    matches!(
+                        h.status,
+                        HostStatus::Dead | HostStatus::Left | HostStatus::AgentDown
+                    )
+                });
                 self.hosts.insert(
                     sender,
                     HostInfo {
@@ -641,6 +644,14 @@ impl WorkerState {
                     return;
                 }
                 let actions = self.engine.handle(fsm::Event::HbDead {
+                    at: now,
+                    reporter: HostId(sender),
+                    peer,
+                });
+                self.apply_actions(s, actions, fx);
+            }
+            ReportBody::HbRefused { peer } => {
+                let actions = self.engine.handle(fsm::Event::HbRefused {
                     at: now,
                     reporter: HostId(sender),
                     peer,
@@ -1144,7 +1155,11 @@ impl WorkerState {
             peer: HostId(host),
         });
         self.apply_actions(s, actions, fx);
-        self.close_failures_of(host, now, fx);
+        // A flapping agent's alarm stays open over a return: the fsm closes it once the
+        // agent stayed up (row F3).
+        if self.engine.host_state(HostId(host)) != fsm::HostState::AgentFlapping {
+            self.close_failures_of(host, now, fx);
+        }
     }
 
     fn set_status(&mut self, host: u64, status: HostStatus, now: u64, fx: &mut Effects) {
@@ -1293,7 +1308,9 @@ impl WorkerState {
             | VerdictKind::ReporterIsolated(h)
             | VerdictKind::FalseAlarm(h)
             | VerdictKind::Recovered(h)
-            | VerdictKind::Left(h) => (h.to_string(), vec![h.0]),
+            | VerdictKind::Left(h)
+            | VerdictKind::AgentDown(h)
+            | VerdictKind::AgentFlapping(h) => (h.to_string(), vec![h.0]),
             VerdictKind::LinkFault(a, b) => (format!("{a}-{b}"), vec![a.0, b.0]),
             VerdictKind::SwitchDown(sw, h) => (sw.0.clone(), h.iter().map(|x| x.0).collect()),
             VerdictKind::RouterDown(r, _, h) => (r.0.clone(), h.iter().map(|x| x.0).collect()),
@@ -1312,6 +1329,10 @@ impl WorkerState {
             VerdictKind::FalseAlarm(h) => format!("false alarm about host {h}"),
             VerdictKind::Recovered(h) => format!("host {h} recovered"),
             VerdictKind::Left(h) => format!("host {h} left"),
+            VerdictKind::AgentDown(h) => {
+                format!("host {h} is up but its nanoprobe is not running")
+            }
+            VerdictKind::AgentFlapping(h) => format!("the nanoprobe of host {h} keeps crashing"),
         };
         let row = FailureRow {
             id,
@@ -1353,6 +1374,15 @@ impl WorkerState {
             }
             VerdictKind::Left(h) => {
                 self.set_status(h.0, HostStatus::Left, at, fx);
+                self.replan_due = true;
+            }
+            VerdictKind::AgentDown(h) | VerdictKind::AgentFlapping(h) => {
+                if let Some(row) = open_row {
+                    self.open_failures.insert(id, row);
+                }
+                // Not monitored while its agent is down: out of its rings, whose
+                // neighbours then watch each other; its restart's Startup brings it back.
+                self.set_status(h.0, HostStatus::AgentDown, at, fx);
                 self.replan_due = true;
             }
             VerdictKind::Recovered(h) => {

@@ -79,6 +79,7 @@ pub fn fsm_key(key: &fsm::GroupKey) -> Vec<u8> {
         fsm::GroupKey::Probe(p) => (3, id_key(p.0)),
         fsm::GroupKey::Alarm(v) => (4, id_key(v.0)),
         fsm::GroupKey::SwitchRouter(s) => (5, s.0.as_bytes().to_vec()),
+        fsm::GroupKey::Agent(h) => (6, id_key(h.0)),
     };
     let mut out = vec![tag];
     out.extend(rest);

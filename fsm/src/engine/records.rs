@@ -14,7 +14,7 @@
 use super::{Engine, GroupCase, Owner};
 use crate::action::{ProbeId, VerdictId};
 use crate::config::Config;
-use crate::suspect::{State, Suspect};
+use crate::suspect::{AgentRecord, State, Suspect};
 use crate::topology::{HostFacts, RouterId, SwitchId};
 use proto::HostId;
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,9 @@ mod stable_machine {
             HostState::Grouped => State::Grouped {},
             HostState::Down => State::Down {},
             HostState::Left => State::Left {},
+            HostState::Refused => State::Refused {},
+            HostState::AgentDown => State::AgentDown {},
+            HostState::AgentFlapping => State::AgentFlapping {},
         }
     }
 
@@ -140,6 +143,8 @@ pub enum GroupKey {
     Alarm(VerdictId),
     /// The router a switch hangs off.
     SwitchRouter(SwitchId),
+    /// What is known of a host's agent beside its machine.
+    Agent(HostId),
 }
 
 /// One group row (opaque; its key is [`GroupEntry::key`]).
@@ -153,6 +158,8 @@ enum Entry {
     Probe(ProbeId, Owner),
     Alarm(VerdictId, BTreeSet<HostId>),
     SwitchRouter(SwitchId, RouterId),
+    /// Last variant: rows of earlier builds keep their index.
+    Agent(HostId, AgentRecord),
 }
 
 impl GroupEntry {
@@ -164,6 +171,7 @@ impl GroupEntry {
             Entry::Probe(p, _) => GroupKey::Probe(*p),
             Entry::Alarm(v, _) => GroupKey::Alarm(*v),
             Entry::SwitchRouter(s, _) => GroupKey::SwitchRouter(s.clone()),
+            Entry::Agent(h, _) => GroupKey::Agent(*h),
         }
     }
 }
@@ -201,6 +209,7 @@ pub(super) struct Reported {
     probe_owner: BTreeMap<ProbeId, Owner>,
     group_alarms: BTreeMap<VerdictId, BTreeSet<HostId>>,
     switch_router: BTreeMap<SwitchId, RouterId>,
+    agents: BTreeMap<HostId, AgentRecord>,
 }
 
 /// Reports the difference between `reported` and `now` and brings `reported` up to date.
@@ -269,6 +278,13 @@ impl Engine {
             |k, v| Entry::SwitchRouter(k.clone(), v.clone()),
             &mut groups,
         );
+        diff(
+            &mut r.agents,
+            &self.agents,
+            |k| GroupKey::Agent(*k),
+            |k, v| Entry::Agent(*k, v.clone()),
+            &mut groups,
+        );
         EngineChanges { hosts, groups }
     }
 
@@ -327,6 +343,13 @@ impl Engine {
             |k, v| Entry::SwitchRouter(k.clone(), v.clone()),
             &mut out,
         );
+        diff(
+            &mut BTreeMap::new(),
+            &self.agents,
+            |k| GroupKey::Agent(*k),
+            |k, v| Entry::Agent(*k, v.clone()),
+            &mut out,
+        );
         out.into_iter().filter_map(|(_, e)| e).collect()
     }
 
@@ -374,6 +397,9 @@ impl Engine {
                 Entry::SwitchRouter(s, r) => {
                     e.topology.switch_router.insert(s, r);
                 }
+                Entry::Agent(h, a) => {
+                    e.agents.insert(h, a);
+                }
             }
         }
         for (h, m) in &e.hosts {
@@ -382,6 +408,8 @@ impl Engine {
                 if let Some(sw) = e.topology.switch_of(*h) {
                     e.timed_by_switch.entry(sw.clone()).or_default().insert(*h);
                 }
+            } else if matches!(m.state(), State::Refused {} | State::AgentFlapping {}) {
+                e.timed.insert(*h);
             }
         }
         e.reported = Reported {
@@ -390,6 +418,7 @@ impl Engine {
             probe_owner: e.probe_owner.clone(),
             group_alarms: e.group_alarms.clone(),
             switch_router: e.topology.switch_router.clone(),
+            agents: e.agents.clone(),
         };
         e
     }
@@ -441,6 +470,7 @@ impl PartialEq for Engine {
             && self.router_cases == other.router_cases
             && self.probe_owner == other.probe_owner
             && self.group_alarms == other.group_alarms
+            && self.agents == other.agents
             && self.next_probe == other.next_probe
             && self.next_verdict == other.next_verdict
     }
@@ -479,6 +509,9 @@ mod tests {
             (HostState::Grouped, 3),
             (HostState::Down, 4),
             (HostState::Left, 5),
+            (HostState::Refused, 6),
+            (HostState::AgentDown, 7),
+            (HostState::AgentFlapping, 8),
         ];
         for (state, index) in states {
             let mut machine = Suspect::new(HostId(5)).uninitialized_state_machine();
@@ -563,5 +596,42 @@ mod tests {
         let _ = e.take_changes();
         e.handle(Event::Tick { now: 10_000_001 });
         assert!(e.take_changes().is_empty());
+    }
+
+    #[test]
+    fn an_agent_outage_survives_rows_and_decides_the_same() {
+        let mut e = Engine::default();
+        let refused = |at, reporter| Event::HbRefused {
+            at,
+            reporter: HostId(reporter),
+            peer: HostId(3),
+        };
+        let alive = |at| Event::HbBackAlive {
+            at,
+            reporter: HostId(3),
+            peer: HostId(3),
+        };
+        // Two outages (agent down, back), then a lone refusal of a third.
+        for (start, back) in [(1_000_000, 2_000_000), (10_000_000, 11_000_000)] {
+            e.handle(refused(start, 2));
+            e.handle(refused(start + 100_000, 4));
+            assert_eq!(e.host_state(HostId(3)), crate::HostState::AgentDown);
+            e.handle(alive(back));
+        }
+        e.handle(refused(20_000_000, 2));
+        assert_eq!(e.host_state(HostId(3)), crate::HostState::Refused);
+        let changes = e.take_changes();
+        assert!(changes
+            .groups
+            .iter()
+            .any(|(k, v)| *k == GroupKey::Agent(HostId(3)) && v.is_some()));
+        let mut copy = rebuilt(&e);
+        assert!(copy == e);
+        assert!(copy.take_changes().is_empty());
+        // The second watcher: the third outage in 10 minutes, flapping, on both.
+        let a = e.handle(refused(20_500_000, 4));
+        assert_eq!(a, copy.handle(refused(20_500_000, 4)));
+        assert_eq!(e.host_state(HostId(3)), crate::HostState::AgentFlapping);
+        assert!(copy == e);
     }
 }

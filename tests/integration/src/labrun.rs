@@ -189,33 +189,9 @@ impl Ringwatch {
             );
             rw.readers.insert(n, Some(proc));
         }
-        let reader_args: Vec<String> = (1..=readers)
-            .flat_map(|n| {
-                [
-                    "--packet-reader".to_string(),
-                    format!("{}:7300", reader_addr(n)),
-                ]
-            })
-            .collect();
         let hosts: Vec<u64> = rw.topo.hosts.keys().copied().collect();
         for h in &hosts {
-            let place = &rw.topo.hosts[h];
-            let bind = if place.bind_any {
-                "0.0.0.0:7500".to_string()
-            } else {
-                format!("{}:7500", place.addr)
-            };
-            let (host_s, keys) = (h.to_string(), key_file.display().to_string());
-            let mut args = vec!["--host-id", &host_s, "--bind", &bind, "--key-file", &keys];
-            args.extend(reader_args.iter().map(String::as_str));
-            let proc = rw.spawn(
-                &place.ns,
-                "nanoprobe",
-                &args,
-                "info",
-                &format!("nanoprobe{h}"),
-            );
-            rw.probes.insert(*h, Some(proc));
+            rw.start_agent(*h);
         }
         let n = hosts.len();
         let formed = wait_until(Duration::from_secs(90), || {
@@ -301,8 +277,56 @@ impl Ringwatch {
         }
     }
 
-    /// SIGKILLs a host's nanoprobe; returns when (µs since the epoch).
+    /// Kills a host: its namespace's interface goes down (its switch port loses carrier,
+    /// so nothing reaches it and nothing answers, not even ICMP), then its nanoprobe is
+    /// SIGKILLed. Returns when (µs since the epoch).
     pub fn kill_host(&mut self, host: u64) -> u64 {
+        let at = now_us();
+        if let Some(place) = self.topo.hosts.get(&host) {
+            if let Err(e) = self
+                .topo
+                .lab
+                .ip_in(&place.ns, &["link", "set", "eth0", "down"])
+            {
+                panic!("taking host {host}'s interface down: {e}");
+            }
+        }
+        if let Some(mut p) = self.probes.get_mut(&host).and_then(Option::take) {
+            p.kill();
+        }
+        at
+    }
+
+    /// Starts host `host`'s nanoprobe (again), reporting to every packet-reader.
+    pub fn start_agent(&mut self, host: u64) {
+        let place = &self.topo.hosts[&host];
+        let bind = if place.bind_any {
+            "0.0.0.0:7500".to_string()
+        } else {
+            format!("{}:7500", place.addr)
+        };
+        let ns = place.ns.clone();
+        let reader_args: Vec<String> = self
+            .readers
+            .keys()
+            .flat_map(|n| {
+                [
+                    "--packet-reader".to_string(),
+                    format!("{}:7300", reader_addr(*n)),
+                ]
+            })
+            .collect();
+        let keys = self.dir.path().join("keys.toml").display().to_string();
+        let host_s = host.to_string();
+        let mut args = vec!["--host-id", &host_s, "--bind", &bind, "--key-file", &keys];
+        args.extend(reader_args.iter().map(String::as_str));
+        let proc = self.spawn(&ns, "nanoprobe", &args, "info", &format!("nanoprobe{host}"));
+        self.probes.insert(host, Some(proc));
+    }
+
+    /// SIGKILLs a host's nanoprobe only: the host lives (its kernel answers heartbeats with
+    /// ICMP port-unreachable). Returns when (µs since the epoch).
+    pub fn kill_agent(&mut self, host: u64) -> u64 {
         let at = now_us();
         if let Some(mut p) = self.probes.get_mut(&host).and_then(Option::take) {
             p.kill();

@@ -149,6 +149,13 @@ impl ProcGuard {
         self.signal(Signal::SIGTERM)
     }
 
+    /// Sends SIGSTOP: to its peers the process is what a hung or powered-off host is (no
+    /// datagram from it, none answered, and unlike a killed process its socket stays bound,
+    /// so no ICMP port-unreachable either). Dropping the guard still SIGKILLs it.
+    pub fn freeze(&self) -> nix::Result<()> {
+        self.signal(Signal::SIGSTOP)
+    }
+
     /// Sends SIGKILL and reaps the child.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let _ = self.signal(Signal::SIGKILL);

@@ -23,6 +23,23 @@ pub fn reporters(failure: &Value) -> Vec<u64> {
     r
 }
 
+/// The hosts whose heartbeats to the subject met port-unreachable (`Refused` reports in
+/// the evidence), sorted.
+pub fn refusers(failure: &Value) -> Vec<u64> {
+    let mut r: Vec<u64> = failure["evidence"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|x| x["Report"]["kind"] == "Refused")
+                .filter_map(|x| x["Report"]["reporter"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    r.sort_unstable();
+    r.dedup();
+    r
+}
+
 /// The failure's `hosts`, sorted.
 pub fn hosts_of(failure: &Value) -> Vec<u64> {
     let mut h: Vec<u64> = failure["hosts"]

@@ -2,8 +2,8 @@
 //!
 //! Real binaries on loopback (127.74.x.y): `prometheus-alertmanager` (Debian package, its
 //! own config and storage in a temp dir, no cluster gossip), 3 `cma` nodes whose worker has
-//! an `alertmanager` sink, a packet-reader and 4 nanoprobes. A nanoprobe is SIGKILLed: the
-//! alert shows up firing in `GET /api/v2/alerts` with its labels and annotations, and
+//! an `alertmanager` sink, a packet-reader and 4 nanoprobes. A host hangs (its nanoprobe
+//! SIGSTOPped): the alert shows up firing in `GET /api/v2/alerts` with its labels and annotations, and
 //! Alertmanager notifies a webhook receiver run by the test. The nanoprobe is restarted:
 //! Alertmanager notifies the alert as resolved and no longer lists it as active, long
 //! before the alert's own `endsAt` (4 × `resend_ms` = 4 min) could have expired it.
@@ -189,8 +189,10 @@ fn dead_host_fires_in_alertmanager_and_resolves_on_restart() {
     assert!(formed, "rings not formed");
     std::thread::sleep(Duration::from_millis(3 * INTERVAL));
 
-    // SIGKILL host 3: a firing alert with the verdict's labels and annotations.
-    probes[2].take().expect("host 3").kill();
+    // Host 3 hangs (SIGSTOP: no heartbeat, no ICMP): a firing alert with the verdict's
+    // labels and annotations.
+    let hung3 = probes[2].take().expect("host 3");
+    hung3.freeze().expect("SIGSTOP");
     let fired = wait_until(Duration::from_secs(60), || {
         active_alerts(am, "3")
             .iter()
@@ -221,7 +223,9 @@ fn dead_host_fires_in_alertmanager_and_resolves_on_restart() {
         received.lock().unwrap()
     );
 
-    // Restart host 3: the failure closes and the alert resolves.
+    // Restart host 3 (the hung process killed first): the failure closes and the alert
+    // resolves.
+    drop(hung3);
     probes[2] = Some(nanoprobe(dir.path(), 3, &key_file, &reader_addr));
     let resolved = wait_until(Duration::from_secs(60), || {
         active_alerts(am, "3").is_empty() && notified(&received, "resolved", "3")

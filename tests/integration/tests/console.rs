@@ -2,8 +2,8 @@
 //! running demo-sized Ringwatch (3 `cma` nodes, a packet-reader, 6 nanoprobes, all real
 //! processes on 127.84.x.y):
 //! - the page, served by a follower, draws every host up;
-//! - a SIGKILLed nanoprobe appears as an open `dead` failure without a reload, within 1 s
-//!   of the verdict being readable from the leader's API;
+//! - a hung host (its nanoprobe SIGSTOPped) appears as an open `dead` failure without a
+//!   reload, within 1 s of the verdict being readable from the leader's API;
 //! - the CMA leader is SIGKILLed: the page shows the new leader by itself and a later
 //!   verdict still arrives;
 //! - the browser log holds no error (no failed load, no exception, no CSP violation).
@@ -106,7 +106,9 @@ fn kill_and_time(
     host: u64,
 ) -> i64 {
     let api = watch_api(leader_admin, host, Duration::from_secs(40));
-    drop(probes[host as usize - 1].take()); // SIGKILL by PID
+    // The host hangs (no heartbeat, no answer, no ICMP): a `dead` verdict.
+    let hung = probes[host as usize - 1].take().expect("running nanoprobe");
+    hung.freeze().expect("SIGSTOP");
     let (id, api_ms) = api
         .join()
         .expect("poller")
@@ -119,6 +121,7 @@ fn kill_and_time(
     );
     let shown = browser.js(&format!("return window.ringwatch.shown[{id}] || 0"));
     let shown_ms = shown.as_u64().expect("shown time");
+    drop(hung); // SIGKILL by PID
     shown_ms as i64 - api_ms as i64
 }
 
@@ -159,7 +162,7 @@ fn console_shows_verdicts_live_and_survives_a_leader_kill() {
     // A mark that a reload would wipe.
     browser.js("window.loadedOnce = true; return null");
 
-    // A nanoprobe SIGKILLed: the page shows the verdict without a reload.
+    // A host hangs: the page shows the verdict without a reload.
     let lag = kill_and_time(&browser, &mut probes, cluster.node(leader).admin, 3);
     eprintln!("verdict readable on the leader -> shown by the page: {lag} ms");
     assert!(
@@ -190,7 +193,8 @@ fn console_shows_verdicts_live_and_survives_a_leader_kill() {
         killed_at.elapsed()
     );
     // And it still follows the state: a later verdict (the new leader's worker) arrives.
-    drop(probes[4].take());
+    let hung5 = probes[4].take().expect("host 5");
+    hung5.freeze().expect("SIGSTOP");
     assert!(
         browser
             .wait_js(&page_shows_dead(5), Duration::from_secs(40))

@@ -1,7 +1,11 @@
 //! Issue 7, "Must show": real binaries on loopback (127.73.x.y): 3 `cma` nodes with the
 //! worker, a packet-reader and 9 nanoprobes.
 //! - the worker forms the ring (every nanoprobe watched by two peers, `cmactl rings`);
-//! - SIGKILL a nanoprobe: `cmactl failures` shows it `dead`, with both watchers as evidence;
+//! - a host hangs (its nanoprobe SIGSTOPped: no heartbeat, no answer, no ICMP):
+//!   `cmactl failures` shows it `dead`, with both watchers as evidence;
+//! - SIGKILL a nanoprobe on a live host: its watchers' heartbeats meet port-unreachable and
+//!   `cmactl failures` shows `agent_down` (not `dead`) with both as evidence; restarted, it
+//!   closes;
 //! - `cmactl probe` reaches a live nanoprobe and fails on a dead one;
 //! - SIGTERM another: it shows as `left`, and no `dead` verdict for it;
 //! - SIGKILL the CMA leader while a suspicion is open: the new leader finishes it with one
@@ -48,7 +52,7 @@ fn rings_verdicts_and_leader_failover() {
         mut cluster,
         reader,
         mut probes,
-        ..
+        key_file,
     } = WorkerSystem::start(dir.path(), NET, HOSTS, "", "info,nanoprobe::node=debug");
 
     // Rings: every host known and watched by two peers.
@@ -98,11 +102,12 @@ fn rings_verdicts_and_leader_failover() {
         .expect("cmactl");
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 
-    // SIGKILL host 5: dead, with its two ring neighbours (4 and 6) as evidence.
-    probes[4].take().expect("host 5").kill();
+    // Host 5 hangs: dead, with its two ring neighbours (4 and 6) as evidence.
+    let hung5 = probes[4].take().expect("host 5");
+    hung5.freeze().expect("SIGSTOP");
     let took = wait_verdict(&cluster, "dead", "5", Duration::from_secs(60));
     println!(
-        "host 5 killed -> dead verdict in {:.2} s (deadtime {:.1} s)",
+        "host 5 hung -> dead verdict in {:.2} s (deadtime {:.1} s)",
         took.as_secs_f64(),
         DEADTIME as f64 / 1000.0
     );
@@ -146,6 +151,48 @@ fn rings_verdicts_and_leader_failover() {
     let frames = live.matches("Open failures: 1").count();
     assert!((1..=2).contains(&frames), "{live}");
 
+    // SIGKILL host 3's nanoprobe, its host alive: agent_down, with the port-unreachable
+    // of both its watchers (2 and 4) as evidence; restarted, the failure closes.
+    probes[2].take().expect("host 3").kill();
+    let took = wait_verdict(&cluster, "agent_down", "3", Duration::from_secs(30));
+    println!(
+        "nanoprobe 3 SIGKILLed -> agent_down verdict in {:.2} s (heartbeat interval {:.1} s)",
+        took.as_secs_f64(),
+        INTERVAL as f64 / 1000.0
+    );
+    let all = cluster.failures();
+    let about3 = failures_about(&all, "3");
+    assert_eq!(about3.len(), 1, "one verdict about 3: {about3:#?}");
+    assert_eq!(
+        integration::verdicts::refusers(about3[0]),
+        vec![2, 4],
+        "evidence: {:#}",
+        about3[0]
+    );
+    let (_, listing) = cluster.cmactl_exit(any, &["failures"], &[("NO_COLOR", "1")]);
+    assert!(
+        listing.contains("reported port-unreachable by 2,4"),
+        "{listing}"
+    );
+    probes[2] = Some(integration::reader::spawn_nanoprobe(
+        dir.path(),
+        NET,
+        3,
+        &key_file,
+        &reader.listen.to_string(),
+        "info",
+    ));
+    let closed = wait_until(Duration::from_secs(30), || {
+        failures_about(&cluster.failures(), "3")
+            .iter()
+            .all(|f| f["state"] == "closed")
+    });
+    assert!(
+        closed,
+        "agent_down about 3 not closed after its restart: {:#?}",
+        cluster.failures()
+    );
+
     // SIGTERM host 2: left, no alarm.
     let mut two = probes[1].take().expect("host 2");
     two.terminate().expect("SIGTERM");
@@ -161,14 +208,15 @@ fn rings_verdicts_and_leader_failover() {
         "graceful stop raised an alarm: {about2:#?}"
     );
 
-    // Kill host 8, then the CMA leader while the suspicion is open: one verdict.
+    // Host 8 hangs, then the CMA leader is killed while the suspicion is open: one verdict.
     let leader = cluster.wait_leader(Duration::from_secs(30));
-    probes[7].take().expect("host 8").kill();
+    let hung8 = probes[7].take().expect("host 8");
+    hung8.freeze().expect("SIGSTOP");
     std::thread::sleep(Duration::from_millis(DEADTIME - INTERVAL / 2));
     cluster.kill(leader);
     let took = wait_verdict(&cluster, "dead", "8", Duration::from_secs(90));
     println!(
-        "host 8 killed, CMA leader {leader} killed {:.1} s later -> dead verdict {:.2} s after the leader kill",
+        "host 8 hung, CMA leader {leader} killed {:.1} s later -> dead verdict {:.2} s after the leader kill",
         (DEADTIME - INTERVAL / 2) as f64 / 1000.0,
         took.as_secs_f64()
     );
@@ -184,7 +232,7 @@ fn rings_verdicts_and_leader_failover() {
     for f in &all {
         let subject = f["subject"].as_str().unwrap_or("");
         assert!(
-            ["2", "5", "8"].contains(&subject),
+            ["2", "3", "5", "8"].contains(&subject),
             "verdict about a live host: {f:#}"
         );
     }

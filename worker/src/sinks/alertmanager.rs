@@ -105,6 +105,8 @@ fn alarm(kind: FailureKind) -> Option<(&'static str, &'static str)> {
         FailureKind::ReporterIsolated => ("RingwatchHostIsolated", "warning"),
         FailureKind::SwitchDown => ("RingwatchSwitchDown", "critical"),
         FailureKind::RouterDown => ("RingwatchRouterDown", "critical"),
+        FailureKind::AgentDown => ("RingwatchAgentDown", "warning"),
+        FailureKind::AgentFlapping => ("RingwatchAgentFlapping", "warning"),
         FailureKind::FalseAlarm | FailureKind::Recovered | FailureKind::Left => return None,
     })
 }
