@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ringwatch demo: 3 CMA nodes, a packet-reader and 8 nanoprobes on 127.0.79.x (no root
-# needed). Forms the rings, shows the `cmactl status` screen, SIGKILLs one nanoprobe, shows
-# `cmactl failures` and `cmactl status` reporting it, stops another one gracefully, then
+# needed). Forms the rings, shows the `cmactl status` screen, SIGKILLs one nanoprobe (its
+# host stays up: `agent_down`), freezes another (a hung host: `dead`), shows `cmactl
+# failures` and `cmactl status` reporting them, stops a third gracefully (`left`), then
 # cleans everything up.
 #   ./demo.sh            (KEEP=1 ./demo.sh keeps the cluster running, with its web console,
 #                         until Ctrl-C, and leaves the work directory for inspection;
@@ -20,7 +21,8 @@ fi
 WORK=$(mktemp -d /tmp/ringwatch-demo.XXXXXX)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # SIGCONT too: a stopped (frozen) process only acts on SIGTERM once continued.
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; kill -CONT "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ "${KEEP:-0}" = 1 ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
@@ -95,14 +97,24 @@ status() { local rc=0; cmactl status || rc=$?; echo "(cmactl status exit code: $
 echo "== cmactl status"
 status
 
-echo "== SIGKILL nanoprobe 5 (its watchers 4 and 6 should report it)"
+# Waits until `cmactl --json failures` has a verdict of kind $1 about host $2; prints
+# how long it took since $3.
+wait_verdict() {
+    for _ in $(seq 120); do
+        if cmactl --json failures | python3 -c "import json,sys; sys.exit(0 if any(f['kind']=='$1' and f['subject']=='$2' for f in json.load(sys.stdin)) else 1)"; then break; fi
+        sleep 0.1
+    done
+    echo "$1 verdict about host $2 after $(python3 -c "import time; print(round(time.time() - $3, 1))") s"
+}
+
+echo "== SIGKILL nanoprobe 5: its host stays up, so its watchers' heartbeats meet port-unreachable"
 kill -9 "${PROBE[5]}"
-START=$(date +%s.%N)
-for _ in $(seq 60); do
-    if cmactl --json failures | python3 -c 'import json,sys; sys.exit(0 if any(f["kind"]=="dead" and f["subject"]=="5" for f in json.load(sys.stdin)) else 1)'; then break; fi
-    sleep 0.25
-done
-echo "verdict after $(python3 -c "import time; print(round(time.time() - $START, 1))") s"
+wait_verdict agent_down 5 "$(date +%s.%N)"
+cmactl failures
+
+echo "== host 7 hangs (nanoprobe 7 SIGSTOPped: no heartbeat, no answer, no ICMP, like a powered-off host)"
+kill -STOP "${PROBE[7]}"
+wait_verdict dead 7 "$(date +%s.%N)"
 cmactl failures
 echo "== cmactl status"
 status

@@ -274,7 +274,7 @@ function hostState(host, d) {
   return host.status; // up, suspect, dead
 }
 
-const STATE_WORD = { up: 'up', suspect: 'suspect', dead: 'dead', unreachable: 'unreachable', left: 'left' };
+const STATE_WORD = { up: 'up', suspect: 'suspect', dead: 'dead', unreachable: 'unreachable', left: 'left', agent_down: 'agent down' };
 
 // ---- rendering ----------------------------------------------------------------------
 
@@ -334,6 +334,7 @@ function renderSummary(d) {
     tile('hosts up', S.hosts.filter((h) => h.status === 'up' && !d.unreachable.has(h.id)).length, false, 'tile-up'),
     tile('hosts dead', dead, dead > 0, 'tile-dead'),
     tile('unreachable', unreachable, unreachable > 0, 'tile-unreachable'),
+    tile('agents down', S.hosts.filter((h) => h.status === 'agent_down').length, S.hosts.some((h) => h.status === 'agent_down'), 'tile-agents'),
     tile('hosts left', S.hosts.filter((h) => h.status === 'left').length, false, 'tile-left'),
     tile('worker backlog', s.backlog ?? '–', (s.backlog || 0) > 1000, 'tile-backlog'),
   );
@@ -344,7 +345,7 @@ function evidenceBrief(items) {
   const probes = [];
   for (const item of items || []) {
     if (item.Report) {
-      const kind = String(item.Report.kind).toLowerCase();
+      const kind = item.Report.kind === 'Refused' ? 'port-unreachable' : String(item.Report.kind).toLowerCase();
       const list = byKind[kind] || (byKind[kind] = []);
       if (!list.includes(item.Report.reporter)) list.push(item.Report.reporter);
     } else if (item.Probe) {
@@ -493,6 +494,7 @@ function renderTopology(d) {
   replace('legend',
     el('span', { class: 'l-up' }, 'up'), el('span', { class: 'l-dead' }, 'dead'),
     el('span', { class: 'l-unreachable' }, 'unreachable (behind a failed switch or router), not dead'),
+    el('span', { class: 'l-agent' }, 'agent down (host up, its nanoprobe not running)'),
     el('span', { class: 'l-left' }, 'left'), el('span', { class: 'l-subject' }, 'subject of an open failure'));
 
   const pos = new Map(); // host id -> [x, y]
@@ -561,7 +563,7 @@ function renderTopology(d) {
     } else {
       const counts = {};
       for (const host of g.hosts) { const s = hostState(host, d); counts[s] = (counts[s] || 0) + 1; }
-      const lines = ['up', 'dead', 'unreachable', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
+      const lines = ['up', 'dead', 'unreachable', 'agent_down', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
       const t = svg('g', { class: 'counts' });
       lines.forEach((line, i) => t.append(svg('text', { x: cx, y: g.y + 58 + i * 16, text: line })));
       if (!lines.length) t.append(svg('text', { x: cx, y: g.y + 58, text: 'no hosts' }));
@@ -595,7 +597,8 @@ function hostDot(host, x, y, d) {
     svg('title', { text: `host ${host.id} ${host.hostname} (${host.addr}): ${STATE_WORD[state] || state}` }),
     svg('circle', { cx: x.toFixed(1), cy: y.toFixed(1), r: 12 }),
     svg('text', { class: 'id', x: x.toFixed(1), y: (y + 4).toFixed(1), text: String(host.id) }));
-  if (state !== 'up') g.append(svg('text', { class: 'word', x: x.toFixed(1), y: (y + 25).toFixed(1), text: state === 'dead' ? '✕ dead' : state === 'unreachable' ? '? unreach.' : state }));
+  const word = { dead: '✕ dead', unreachable: '? unreach.', agent_down: '⚠ agent down' }[state] || state;
+  if (state !== 'up') g.append(svg('text', { class: 'word', x: x.toFixed(1), y: (y + 25).toFixed(1), text: word }));
   const open = () => { location.hash = `#host/${host.id}`; };
   g.addEventListener('click', open);
   g.addEventListener('keydown', (e) => { if (e.key === 'Enter') open(); });

@@ -12,12 +12,18 @@
 //! [`Detection::confirm_interval`] for [`Detection::confirm`]. A heartbeat or a matching
 //! `EchoReply` ([`HeartbeatEngine::on_echo_reply`]) in that window cancels the alarm
 //! ([`Action::DeadAverted`], no report); otherwise `HbDead` is reported when the window ends.
-//! A zero `confirm` reports `HbDead` at deadtime, without confirmation.
+//! A zero `confirm` reports `HbDead` at deadtime, without confirmation. The confirmation
+//! never lasts more than 3/10 of the ring's deadtime (150 ms with the fast profile).
 
 use proto::{HbTimings, HostId, Peer, ReportBody};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// The last-chance confirmation lasts at most this many tenths of the ring's deadtime:
+/// with the default 3 s deadtime the configured 500 ms apply; the fast profile's 500 ms
+/// deadtime confirms for 150 ms (docs/detection.md).
+const CONFIRM_SHARE: u32 = 3;
 
 /// Most senders remembered for martian rate limiting; the memory is cleared when full.
 const MARTIAN_MEMORY: usize = 1024;
@@ -457,8 +463,9 @@ impl HeartbeatEngine {
                         && !self.detection.confirm.is_zero()
                     {
                         // Last chance: echo requests now (the Echo timer below, handled
-                        // in this same poll) and every confirm_interval.
-                        let until = now + self.detection.confirm;
+                        // in this same poll) and every confirm_interval, for at most
+                        // CONFIRM_SHARE of the ring's deadtime.
+                        let until = now + self.detection.confirm.min(dead * CONFIRM_SHARE / 10);
                         self.timers.insert((now, host, TimerKind::Echo));
                         state.status = PeerStatus::Confirming;
                         state.confirming = Some(Confirmation {
@@ -618,6 +625,33 @@ mod tests {
             }]
         );
         assert_eq!(e.status(HostId(1)), Some(PeerStatus::Alive));
+    }
+
+    #[test]
+    fn confirmation_lasts_at_most_three_tenths_of_the_deadtime() {
+        let base = Instant::now();
+        // The fast profile: 100 ms / 300 ms / 500 ms; the configured confirm is 500 ms.
+        let fast = HbTimings {
+            interval_ms: 100,
+            warntime_ms: 300,
+            deadtime_ms: 500,
+        };
+        let mut e = HeartbeatEngine::new(fast, Duration::from_secs(10))
+            .with_detection(Detection::default(), 1);
+        e.send_expect(&[peer(1)], fast, base);
+        let mut dead_at = None;
+        for step in 1..=20 {
+            let now = at(base, step * 50);
+            if reports(&e.poll(now))
+                .iter()
+                .any(|r| matches!(r, ReportBody::HbDead { .. }))
+            {
+                dead_at = Some(step * 50);
+                break;
+            }
+        }
+        // Deadtime 500 ms, then 150 ms of confirmation (not 500).
+        assert_eq!(dead_at, Some(650));
     }
 
     #[test]

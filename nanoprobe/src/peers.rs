@@ -15,6 +15,7 @@ use crate::config::SocketConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -154,26 +155,39 @@ impl Drop for PeerSockets {
 /// to this address) is reported once on this connected socket, as `ECONNREFUSED`.
 async fn forward(socket: UdpSocket, peer: SocketAddr, tx: mpsc::Sender<Forwarded>) {
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
+    // An ICMP error makes the socket report EPOLLERR without EPOLLIN, which a task
+    // waiting for readable readiness would not wake for: wait for either.
+    let interest = Interest::READABLE | Interest::ERROR;
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                if tx
-                    .send(Forwarded::Datagram(buf[..n].to_vec(), from))
-                    .await
-                    .is_err()
-                {
-                    return;
+        if let Err(e) = socket.ready(interest).await {
+            tracing::debug!(error = %e, "peer socket readiness error");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        // Everything queued (or the pending error), until the socket would block.
+        loop {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if tx
+                        .send(Forwarded::Datagram(buf[..n].to_vec(), from))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                if tx.send(Forwarded::Refused(peer)).await.is_err() {
-                    return;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    if tx.send(Forwarded::Refused(peer)).await.is_err() {
+                        return;
+                    }
                 }
-            }
-            // Anything else persistent must not spin.
-            Err(e) => {
-                tracing::debug!(error = %e, "peer socket receive error");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Anything else persistent must not spin.
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer socket receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
             }
         }
     }
@@ -237,10 +251,13 @@ mod tests {
         let peer_addr = peer.local_addr().unwrap();
         peers.authentic(peer_addr, Instant::now()).unwrap();
         drop(peer); // its nanoprobe died: nothing listens on its port any more
+                    // Let the forwarding task wait on the socket first: the error must wake it (an
+                    // ICMP error makes the socket report an error, not readable data).
+        tokio::time::sleep(Duration::from_millis(200)).await;
         shared.send_to(b"heartbeat", peer_addr).unwrap();
-        let forwarded = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let forwarded = tokio::time::timeout(Duration::from_millis(500), rx.recv())
             .await
-            .unwrap()
+            .expect("the refusal forwarded at once")
             .unwrap();
         assert_eq!(forwarded, Forwarded::Refused(peer_addr));
     }

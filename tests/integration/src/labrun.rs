@@ -48,7 +48,13 @@ impl Ringwatch {
     /// As [`Ringwatch::start`], with `readers` packet-readers (at most
     /// [`crate::lab::READERS`]); every nanoprobe is given all of them.
     pub fn start_with_readers(topo: Topology, readers: u8) -> Ringwatch {
-        Ringwatch::start_opts(topo, readers, false)
+        Ringwatch::start_opts(topo, readers, false, false)
+    }
+
+    /// As [`Ringwatch::start`], with the fast profile (`[worker.timings] profile = "fast"`:
+    /// 100 ms heartbeats, 500 ms deadtime) and a 20 ms worker tick.
+    pub fn start_fast(topo: Topology) -> Ringwatch {
+        Ringwatch::start_opts(topo, 1, false, true)
     }
 
     /// Zero-config: the CMA is given no `[[switches]]` or `[[routers]]`; `lldpd` runs in
@@ -59,7 +65,7 @@ impl Ringwatch {
         topo.declared = false;
         topo.share_router_macs()
             .unwrap_or_else(|e| panic!("router MACs: {e}"));
-        let rw = Ringwatch::start_opts(topo, 1, true);
+        let rw = Ringwatch::start_opts(topo, 1, true, false);
         // Switch (LLDP name) -> its hosts and its router: the lowest gateway address of
         // the switch's router (gateways are grouped by the MAC the router shares).
         let expected: BTreeMap<String, (Vec<u64>, String)> = rw
@@ -113,7 +119,7 @@ impl Ringwatch {
         rw
     }
 
-    fn start_opts(topo: Topology, readers: u8, lldpd: bool) -> Ringwatch {
+    fn start_opts(topo: Topology, readers: u8, lldpd: bool, fast: bool) -> Ringwatch {
         assert!(
             (1..=crate::lab::READERS).contains(&readers),
             "readers: 1..={}",
@@ -147,15 +153,23 @@ impl Ringwatch {
                  [raft]\nheartbeat_interval_ms = 250\nelection_timeout_min_ms = 1200\n\
                  election_timeout_max_ms = 2400\n\n\
                  [worker]\nkey_file = \"{keys}\"\ncommand_listen = \"{addr}:7401\"\n\
-                 tick_ms = 100\nprobe_timeout_ms = {PROBE_TIMEOUT_MS}\n\n\
-                 [worker.timings]\ninterval_ms = {INTERVAL_MS}\nwarntime_ms = {WARNTIME_MS}\n\
-                 deadtime_ms = {DEADTIME_MS}\n{topology}",
+                 tick_ms = {tick}\nprobe_timeout_ms = {PROBE_TIMEOUT_MS}\n\n\
+                 [worker.timings]\n{timings}\n{topology}",
                 addr = cma_addr(id),
                 admin = ADMIN_PORT_BASE + id as u16,
                 data = rw.dir.path().join(format!("data{id}")).display(),
                 secret = secret.display(),
                 keys = key_file.display(),
                 topology = topology,
+                tick = if fast { 20 } else { 100 },
+                timings = if fast {
+                    "profile = \"fast\"".to_string()
+                } else {
+                    format!(
+                        "interval_ms = {INTERVAL_MS}\nwarntime_ms = {WARNTIME_MS}\n\
+                         deadtime_ms = {DEADTIME_MS}"
+                    )
+                },
             );
             std::fs::write(&config, text).expect("cma config");
             rw.start_cma(id);

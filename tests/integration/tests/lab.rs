@@ -9,6 +9,7 @@
 use integration::cluster::CmaCluster;
 use integration::lab::{reader_addr, RouterSpec, SwitchSpec, Topology};
 use integration::labrun::{now_us, Ringwatch, DEADTIME_MS, PROBE_TIMEOUT_MS};
+use integration::procs::wait_until;
 use integration::require_lab;
 use integration::verdicts::{detection_secs, hosts_of, reporters};
 use serde_json::Value;
@@ -296,11 +297,13 @@ fn lab_router_down_is_one_verdict() {
     );
 }
 
-#[test]
-fn lab_ten_percent_loss_gives_no_verdict() {
-    require_lab!();
-    let mut rw = two_switches("pl");
-    let method = match rw.topo.set_loss(10) {
+/// `percent`% loss on every link for `secs` (from `env`, else `default_secs`): no verdict.
+fn loss_gives_no_verdict(rw: &mut Ringwatch, percent: u32, env: &str, default_secs: u64) {
+    let secs = std::env::var(env)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_secs);
+    let method = match rw.topo.set_loss(percent) {
         Ok(m) => m,
         Err(e) => {
             if std::env::var_os("RINGWATCH_LAB_REQUIRED").is_some() {
@@ -310,18 +313,148 @@ fn lab_ten_percent_loss_gives_no_verdict() {
             return;
         }
     };
-    println!("lab: 10% loss on every link ({method}) for 60 s");
-    std::thread::sleep(Duration::from_secs(60));
+    println!("lab: {percent}% loss on every link ({method}) for {secs} s");
+    std::thread::sleep(Duration::from_secs(secs));
     rw.topo.clear_loss();
     settle();
     let all = rw.failures();
     assert!(
         all.is_empty(),
-        "verdicts under 10% loss: {:#?}\n{all}",
+        "verdicts under {percent}% loss: {:#?}\n{all}",
         kinds(&all),
         all = serde_json::Value::Array(all.clone())
     );
-    println!("lab: 10% loss for 60 s -> {} verdicts", all.len());
+    println!(
+        "lab: {percent}% loss for {secs} s -> {} verdicts",
+        all.len()
+    );
+}
+
+/// Default profile, 10% loss on every link: 2 minutes in CI, an hour with
+/// `RINGWATCH_LOSS_SECS=3600` (README).
+#[test]
+fn lab_ten_percent_loss_gives_no_verdict() {
+    require_lab!();
+    let mut rw = two_switches("pl");
+    loss_gives_no_verdict(&mut rw, 10, "RINGWATCH_LOSS_SECS", 120);
+}
+
+/// Fast profile (100 ms heartbeats, 500 ms deadtime), 1% loss on every link: 1 minute in
+/// CI, 10 minutes with `RINGWATCH_FAST_LOSS_SECS=600` (README).
+#[test]
+fn lab_fast_profile_one_percent_loss_gives_no_verdict() {
+    require_lab!();
+    let mut rw = Ringwatch::start_fast(two_switch_topology("fl"));
+    loss_gives_no_verdict(&mut rw, 1, "RINGWATCH_FAST_LOSS_SECS", 60);
+}
+
+/// Kills `victim`'s nanoprobe only (its host lives), waits for `agent_down` with the
+/// port-unreachable of two of its watchers, restarts it and waits for the failure to close.
+/// Returns (detection from the verdict's timestamp, wall time until `cmactl` showed it).
+fn agent_down_and_back(rw: &mut Ringwatch, victim: u64) -> (f64, f64) {
+    let watchers: Vec<u64> = rw
+        .json(&["hosts"])
+        .and_then(|hosts| {
+            hosts
+                .as_array()?
+                .iter()
+                .find(|h| h["id"] == victim)
+                .map(|h| {
+                    h["watchers"]
+                        .as_array()
+                        .map(|w| w.iter().filter_map(Value::as_u64).collect())
+                        .unwrap_or_default()
+                })
+        })
+        .unwrap_or_default();
+    let killed = rw.kill_agent(victim);
+    let started = std::time::Instant::now();
+    let subject = victim.to_string();
+    let verdict = rw.wait_failure(
+        &format!("agent_down about {victim}"),
+        Duration::from_secs(30),
+        |f| f["kind"] == "agent_down" && f["subject"] == subject.as_str(),
+    );
+    let shown = started.elapsed().as_secs_f64();
+    // Where the time went: each watcher's log line of the refusal (its own clock).
+    for w in &watchers {
+        let log = std::fs::read_to_string(rw.dir.path().join(format!("nanoprobe{w}.log")))
+            .unwrap_or_default();
+        if let Some(line) = log.lines().rev().find(|l| l.contains("port unreachable")) {
+            println!("lab: watcher {w}: {line}");
+        }
+    }
+    println!("lab: nanoprobe {victim} killed at {killed} µs");
+    let refusers = integration::verdicts::refusers(&verdict);
+    assert!(
+        refusers.len() == 2 && refusers.iter().all(|r| watchers.contains(r)),
+        "two of its watchers {watchers:?} as evidence: {verdict:#}"
+    );
+    rw.start_agent(victim);
+    let closed = wait_until(Duration::from_secs(30), || {
+        rw.failures()
+            .iter()
+            .filter(|f| f["subject"] == subject.as_str())
+            .all(|f| f["state"] == "closed")
+    });
+    assert!(
+        closed,
+        "agent_down about {victim} not closed after its restart"
+    );
+    (detection_secs(&verdict, killed), shown)
+}
+
+/// Issue 29: a crashed agent on a live host is `agent_down` within a heartbeat interval
+/// (plus the report's way), never `dead`; restarted, the failure closes; no other verdict.
+#[test]
+fn lab_agent_killed_is_agent_down_not_dead() {
+    require_lab!();
+    let mut rw = two_switches("ak");
+    let mut times = Vec::new();
+    for victim in [12, 22, 14] {
+        let (secs, shown) = agent_down_and_back(&mut rw, victim);
+        println!("lab: nanoprobe {victim} SIGKILLed -> agent_down in {secs:.2} s (shown by cmactl after {shown:.2} s)");
+        times.push(secs);
+        // Back in its ring before the next one.
+        std::thread::sleep(Duration::from_millis(2 * DEADTIME_MS));
+    }
+    settle();
+    let all = rw.failures();
+    assert!(
+        all.iter().all(|f| f["kind"] == "agent_down"),
+        "only agent_down verdicts expected: {:#?}",
+        kinds(&all)
+    );
+    times.sort_by(f64::total_cmp);
+    println!(
+        "lab: agent kill detection (heartbeat 1 s): min {:.2} s, max {:.2} s",
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
+/// Issue 29, the fast profile: a crashed agent is `agent_down`, a killed host `dead` (never
+/// `agent_down`), both in well under the default profile's times.
+#[test]
+fn lab_fast_profile_agent_and_host_kills() {
+    require_lab!();
+    let mut rw = Ringwatch::start_fast(two_switch_topology("fk"));
+    let (secs, shown) = agent_down_and_back(&mut rw, 12);
+    println!("lab (fast): nanoprobe 12 SIGKILLed -> agent_down in {secs:.2} s (shown by cmactl after {shown:.2} s)");
+    std::thread::sleep(Duration::from_secs(2));
+    let secs = kill_and_expect_dead(&mut rw, 24, [21, 23], Duration::from_secs(30));
+    println!("lab (fast): host 24 killed -> dead in {secs:.2} s");
+    settle();
+    let about24: Vec<Value> = rw
+        .failures()
+        .into_iter()
+        .filter(|f| f["subject"] == "24")
+        .collect();
+    assert!(
+        about24.len() == 1 && about24[0]["kind"] == "dead",
+        "a killed host is dead, nothing else: {:#?}",
+        kinds(&about24)
+    );
 }
 
 #[test]
