@@ -9,6 +9,17 @@ const TOKEN_KEY = 'ringwatch-admin-token';
 const DETAIL_MAX_HOSTS = 300;
 const DETAIL_MAX_GROUP = 32;
 const EVENTS_KEPT = 300;
+// Events read per request; a full batch means more are waiting: they are read at once,
+// without drawing in between. The first read takes every event the node keeps (10,000,
+// about 2 MB at 10,000 hosts) in one request rather than ten.
+const EVENTS_BATCH = 1000;
+const EVENTS_FIRST_BATCH = 10000;
+// Hosts, rings and the topology are re-read when events moved, but not sooner after the
+// last read than this many times its duration (at 10,000 hosts /v1/hosts is megabytes),
+// and at most this long apart when events keep moving.
+const TABLES_GAP_FACTOR = 3;
+const TABLES_GAP_MAX_MS = 5000;
+const TABLES_EVERY_MS = 30000;
 const CLOSED_SHOWN = 20;
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -19,11 +30,17 @@ const S = {
   status: null,
   failures: [],
   hosts: [],
+  hostsById: new Map(),
   rings: [],
   topology: null,
   events: [],
   lastEventId: 0,
   tablesAt: 0,
+  tablesMs: 0,
+  tablesBusy: false,
+  tablesTimer: null,
+  tablesVersion: 0,
+  topologyKey: null,
   answeredBy: null,
   freshness: null,
   refreshing: false,
@@ -180,42 +197,72 @@ async function refresh() {
 }
 
 async function readAll() {
+  const limit = S.lastEventId === 0 ? EVENTS_FIRST_BATCH : EVENTS_BATCH;
   try {
     const [cluster, status, failures, events] = await Promise.all([
       api('/cluster/status'),
       api('/v1/status'),
       api('/v1/failures'),
-      api(`/v1/events?since=${S.lastEventId}&limit=1000`),
+      api(`/v1/events?since=${S.lastEventId}&limit=${limit}`),
     ]);
     S.cluster = cluster;
     S.status = status.data;
     S.answeredBy = status;
     S.freshness = status.freshness || null;
     S.failures = failures.data;
+    let behind = false;
     if (events.data.length) {
       S.events = S.events.concat(events.data).slice(-EVENTS_KEPT);
       S.lastEventId = events.data[events.data.length - 1].id;
       S.needTables = true;
-    }
-    // Hosts, rings and the topology change with events (joins, verdicts, leaves); read
-    // them then, after a leader change, and every 30 s.
-    if (S.needTables || Date.now() - S.tablesAt > 30000) {
-      const [hosts, rings, topology] = await Promise.all([
-        api('/v1/hosts'), api('/v1/rings'), api('/v1/topology'),
-      ]);
-      S.hosts = hosts.data;
-      S.rings = rings.data;
-      S.topology = topology.data;
-      S.tablesAt = Date.now();
-      S.needTables = false;
+      behind = events.data.length >= limit;
     }
     hideToken();
     window.ringwatch.refreshes += 1;
+    if (behind) { S.again = true; return; }
     render();
+    // Hosts, rings and the topology change with events (joins, verdicts, leaves); read
+    // them then, after a leader change, and every 30 s, apart from this read: the
+    // failures, tiles and timeline above are drawn without waiting for them.
+    if (S.needTables || Date.now() - S.tablesAt > TABLES_EVERY_MS) readTables();
   } catch (e) {
     if (e instanceof AuthNeeded) askToken();
     else banner(`Could not read this node's state: ${e.message}`, true);
   }
+}
+
+async function readTables() {
+  if (S.tablesBusy) return; // the read under way is followed by another if needed
+  const wait = S.tablesAt + Math.min(TABLES_GAP_MAX_MS, TABLES_GAP_FACTOR * S.tablesMs) - Date.now();
+  if (wait > 0) {
+    if (!S.tablesTimer) S.tablesTimer = setTimeout(() => { S.tablesTimer = null; readTables(); }, wait);
+    return;
+  }
+  S.tablesBusy = true;
+  S.needTables = false;
+  const started = performance.now();
+  try {
+    const [hosts, rings, topology] = await Promise.all([
+      api('/v1/hosts'), api('/v1/rings'), api('/v1/topology'),
+    ]);
+    S.hosts = hosts.data;
+    S.hostsById = new Map(S.hosts.map((h) => [h.id, h]));
+    S.rings = rings.data;
+    S.topology = topology.data;
+    S.tablesAt = Date.now();
+    S.tablesVersion += 1;
+    render();
+    S.tablesMs = performance.now() - started;
+  } catch (e) {
+    S.needTables = true;
+    S.tablesBusy = false;
+    if (e instanceof AuthNeeded) askToken();
+    else banner(`Could not read this node's state: ${e.message}`, true);
+    return;
+  }
+  S.tablesBusy = false;
+  // Events moved during the read: read again (after the gap).
+  if (S.needTables) readTables();
 }
 
 function askToken() {
@@ -364,7 +411,7 @@ function evidenceBrief(items) {
 function subjectCell(f) {
   const subject = String(f.subject);
   if (/^\d+$/.test(subject)) {
-    const host = S.hosts.find((h) => String(h.id) === subject);
+    const host = S.hostsById.get(Number(subject));
     const label = host ? `host ${subject} (${host.hostname})` : `host ${subject}`;
     return el('td', {}, el('a', { href: `#host/${subject}` }, label));
   }
@@ -460,21 +507,30 @@ function renderEvents() {
 
 function groups() {
   const topo = S.topology || { switches: [], routers: [], unplaced: [] };
-  const byId = new Map(S.hosts.map((h) => [h.id, h]));
+  const byId = S.hostsById;
   const ringOrder = new Map(S.rings.map((r) => [r.name, r.members]));
   const placed = new Set();
   const out = [];
   for (const sw of topo.switches) {
     let ids = sw.hosts.map((p) => p.host);
     const ring = ringOrder.get(`switch:${sw.name}`);
-    if (ring) ids = ring.filter((id) => ids.includes(id)).concat(ids.filter((id) => !ring.includes(id)));
+    if (ring) {
+      const mine = new Set(ids);
+      const inRing = new Set(ring);
+      ids = ring.filter((id) => mine.has(id)).concat(ids.filter((id) => !inRing.has(id)));
+    }
     ids.forEach((id) => placed.add(id));
     out.push({ key: sw.name, label: `switch ${sw.name}`, kind: 'switch', router: sw.router, hosts: ids.map((id) => byId.get(id) || { id, hostname: '?', status: 'up' }) });
   }
   let flat = (topo.unplaced || []).slice();
   const flatRing = ringOrder.get('flat');
-  if (flatRing) flat = flatRing.filter((id) => flat.includes(id) || !placed.has(id)).concat(flat.filter((id) => !flatRing.includes(id)));
-  const rest = S.hosts.filter((h) => !placed.has(h.id) && !flat.includes(h.id) && h.status !== 'left').map((h) => h.id);
+  if (flatRing) {
+    const unplaced = new Set(flat);
+    const inRing = new Set(flatRing);
+    flat = flatRing.filter((id) => unplaced.has(id) || !placed.has(id)).concat(flat.filter((id) => !inRing.has(id)));
+  }
+  const inFlat = new Set(flat);
+  const rest = S.hosts.filter((h) => !placed.has(h.id) && !inFlat.has(h.id) && h.status !== 'left').map((h) => h.id);
   flat = flat.concat(rest);
   flat.forEach((id) => placed.add(id));
   if (flat.length) out.push({ key: 'flat', label: 'no known switch (flat ring)', kind: 'flat', hosts: flat.map((id) => byId.get(id) || { id, hostname: '?', status: 'up' }) });
@@ -484,6 +540,12 @@ function groups() {
 }
 
 function renderTopology(d) {
+  // Drawn again only when what it shows changed (new tables, or the open failures'
+  // subjects, down boxes and unreachable hosts): not on every tick, which also keeps
+  // keyboard focus on a host.
+  const key = [S.tablesVersion, [...d.subjects].join(), [...d.downBoxes].join(), [...d.unreachable].join()].join('|');
+  if (key === S.topologyKey && document.getElementById('topology-box').firstChild) return;
+  S.topologyKey = key;
   const { topo, out } = groups();
   const total = out.reduce((n, g) => n + g.hosts.length, 0);
   const detailed = total <= DETAIL_MAX_HOSTS && out.every((g) => g.hosts.length <= DETAIL_MAX_GROUP);
@@ -610,7 +672,7 @@ function renderHostPage(d) {
   document.getElementById('host-page').hidden = !m;
   if (!m) return;
   const id = Number(m[1]);
-  const host = S.hosts.find((h) => h.id === id);
+  const host = S.hostsById.get(id);
   if (!host) {
     replace('host-title', `Host ${id}: not known to this node`);
     replace('host-facts');
