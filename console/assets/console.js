@@ -567,19 +567,16 @@ function renderTopology(d) {
   let rowHeight = 0;
   const maxWidth = 1400;
   const switchAt = new Map();
+  if (!detailed) {
+    renderCollapsed(topo, out, d, layers, maxWidth);
+    return;
+  }
   for (const g of out) {
     const n = g.hosts.length;
-    let w;
-    let h;
-    if (detailed) {
-      const r = Math.max(40, (n * 30) / (2 * Math.PI));
-      w = Math.max(150, 2 * r + 50);
-      h = 2 * r + 115;
-      g.r = r;
-    } else {
-      w = 170;
-      h = 120;
-    }
+    const r = Math.max(40, (n * 30) / (2 * Math.PI));
+    const w = Math.max(150, 2 * r + 50);
+    const h = 2 * r + 115;
+    g.r = r;
     if (x + w > maxWidth && x > 20) { x = 20; rowTop += rowHeight + gap; rowHeight = 0; }
     g.x = x; g.y = rowTop; g.w = w; g.h = h;
     x += w + gap;
@@ -608,37 +605,91 @@ function renderTopology(d) {
     } else {
       layers.boxes.append(svg('text', { class: 'group-label', x: cx, y: g.y + 20, text: g.label }));
     }
-    if (detailed) {
-      const cy = g.y + 70 + g.r;
-      const pts = [];
-      g.hosts.forEach((host, i) => {
-        const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, g.hosts.length);
-        const hx = cx + g.r * Math.cos(a);
-        const hy = cy + g.r * Math.sin(a);
-        pos.set(host.id, [hx, hy]);
-        pts.push(`${hx.toFixed(1)},${hy.toFixed(1)}`);
-        layers.hosts.append(hostDot(host, hx, hy, d));
-      });
-      if (g.kind !== 'left' && pts.length > 1) layers.rings.append(svg('polygon', { class: 'ring', points: pts.join(' ') }));
-    } else {
-      const counts = {};
-      for (const host of g.hosts) { const s = hostState(host, d); counts[s] = (counts[s] || 0) + 1; }
-      const lines = ['up', 'dead', 'unreachable', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
-      const t = svg('g', { class: 'counts' });
-      lines.forEach((line, i) => t.append(svg('text', { x: cx, y: g.y + 58 + i * 16, text: line })));
-      if (!lines.length) t.append(svg('text', { x: cx, y: g.y + 58, text: 'no hosts' }));
-      layers.hosts.append(t);
-    }
+    const cy = g.y + 70 + g.r;
+    const pts = [];
+    g.hosts.forEach((host, i) => {
+      const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, g.hosts.length);
+      const hx = cx + g.r * Math.cos(a);
+      const hy = cy + g.r * Math.sin(a);
+      pos.set(host.id, [hx, hy]);
+      pts.push(`${hx.toFixed(1)},${hy.toFixed(1)}`);
+      layers.hosts.append(hostDot(host, hx, hy, d));
+    });
+    if (g.kind !== 'left' && pts.length > 1) layers.rings.append(svg('polygon', { class: 'ring', points: pts.join(' ') }));
   }
   // The top ring: one representative per switch ring, dashed.
   const top = S.rings.find((r) => r.kind === 'top');
-  if (detailed && top && top.members.length > 1) {
+  if (top && top.members.length > 1) {
     const pts = top.members.map((id) => pos.get(id)).filter(Boolean).map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`);
     if (pts.length > 1) layers.top.append(svg('polygon', { class: 'top-ring', points: pts.join(' ') }));
   }
+  drawTopology(width, height, layers);
+}
+
+function drawTopology(width, height, layers) {
   const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'Topology: routers, switches, hosts and heartbeat rings' },
     svg('title', { text: 'Ringwatch topology' }), layers.links, layers.rings, layers.top, layers.boxes, layers.hosts);
   replace('topology-box', root);
+}
+
+const natural = (a, b) => String(a).localeCompare(String(b), undefined, { numeric: true });
+
+// Above DETAIL_MAX_HOSTS: one band per router (its box on the left, its switches in
+// natural name order to its right, each a box with its hosts' counts), then switches of no
+// known router, the flat ring and departed hosts. No uplink lines: the band says which
+// router a switch hangs off (at 250 switches under 16 routers, lines are a tangle).
+function renderCollapsed(topo, out, d, layers, maxWidth) {
+  const left = 140;
+  const cellW = 127;
+  const rowGap = 8;
+  const bandGap = 14;
+  const routers = topo.routers.slice().sort((a, b) => natural(a.name, b.name));
+  const byRouter = new Map(routers.map((r) => [r.name, []]));
+  const others = [];
+  for (const g of out) {
+    const counts = {};
+    for (const host of g.hosts) { const s = hostState(host, d); counts[s] = (counts[s] || 0) + 1; }
+    g.lines = ['up', 'dead', 'unreachable', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
+    if (!g.lines.length) g.lines.push('no hosts');
+    const mine = g.kind === 'switch' && g.router != null ? byRouter.get(g.router) : undefined;
+    (mine || others).push(g);
+  }
+  const kindOrder = { switch: 0, flat: 1, left: 2 };
+  const bands = routers.map((r) => ({ router: r, groups: byRouter.get(r.name).sort((a, b) => natural(a.key, b.key)) }));
+  others.sort((a, b) => (kindOrder[a.kind] - kindOrder[b.kind]) || natural(a.key, b.key));
+  if (others.length) bands.push({ router: null, groups: others });
+  let y = 10;
+  for (const band of bands) {
+    const top = y;
+    let x = left;
+    let rowHeight = 0;
+    for (const g of band.groups) {
+      const w = g.kind === 'switch' ? cellW - 10 : 2 * cellW - 10;
+      if (x + w > maxWidth && x > left) { x = left; y += rowHeight + rowGap; rowHeight = 0; }
+      g.x = x; g.y = y; g.w = w; g.h = 52 + 16 * g.lines.length;
+      x += w + 10;
+      rowHeight = Math.max(rowHeight, g.h);
+    }
+    y += Math.max(rowHeight, 50);
+    if (band.router) {
+      const r = band.router;
+      layers.boxes.append(box(left / 2, top + 16, `router ${r.name}`, d.downBoxes.has(r.name), d.subjects.has(r.name), 'router', r.name));
+    }
+    layers.links.append(svg('line', { class: 'band', x1: 10, y1: y + bandGap / 2, x2: maxWidth - 10, y2: y + bandGap / 2 }));
+    y += bandGap;
+  }
+  for (const g of out) {
+    const cx = g.x + g.w / 2;
+    if (g.kind === 'switch') {
+      layers.boxes.append(box(cx, g.y + 16, g.label, d.downBoxes.has(g.key), d.subjects.has(g.key), 'switch', g.key));
+    } else {
+      layers.boxes.append(svg('text', { class: 'group-label', x: cx, y: g.y + 20, text: g.label }));
+    }
+    const t = svg('g', { class: 'counts' });
+    g.lines.forEach((line, i) => t.append(svg('text', { x: cx, y: g.y + 58 + i * 16, text: line })));
+    layers.hosts.append(t);
+  }
+  drawTopology(maxWidth, Math.max(140, y), layers);
 }
 
 function box(cx, cy, label, down, subject, kind, name) {
@@ -717,14 +768,18 @@ function renderSearch() {
   const found = S.hosts.filter((h) => String(h.id) === q || h.hostname.toLowerCase().includes(q) || String(h.addr).includes(q));
   const items = found.slice(0, 20).map((h) => el('li', {}, el('a', { href: `#host/${h.id}` }, `host ${h.id} ${h.hostname} (${h.addr})`), ` ${STATE_WORD[hostState(h, d)]}`));
   box.hidden = false;
-  box.replaceChildren(found.length ? el('ul', {}, ...items) : el('span', { class: 'muted' }, `No host matches “${q}”.`),
-    found.length > 20 ? el('p', { class: 'muted' }, `${found.length - 20} more; narrow the search.`) : null);
+  const more = found.length > 20 ? [el('p', { class: 'muted' }, `${found.length - 20} more; narrow the search.`)] : [];
+  box.replaceChildren(found.length ? el('ul', {}, ...items) : el('span', { class: 'muted' }, `No host matches “${q}”.`), ...more);
 }
 
 // ---- start --------------------------------------------------------------------------
 
 function start() {
   document.getElementById('search').addEventListener('input', renderSearch);
+  // A result followed: the list closes, as after Enter.
+  document.getElementById('search-results').addEventListener('click', (e) => {
+    if (e.target.closest('a')) { document.getElementById('search').value = ''; renderSearch(); }
+  });
   document.getElementById('search-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const q = document.getElementById('search').value.trim().toLowerCase();

@@ -518,7 +518,12 @@ fn console_at_10000_hosts() {
         browser.wait_js(counts, Duration::from_secs(30)).is_some(),
         "no switch box reads '40 unreachable'"
     );
+    browser.js(&format!(
+        "document.querySelector('#topology-box .box.switch[data-name=\"{SWITCH}\"]') \
+         .scrollIntoView({{ block: 'center' }}); return null"
+    ));
     browser.screenshot("8-10k-switch-down");
+    browser.js("window.scrollTo(0, 0); return null");
 
     let block_ms = now_ms();
     let block: Vec<u64> = (BLOCK_FIRST..BLOCK_FIRST + BLOCK_LEN).collect();
