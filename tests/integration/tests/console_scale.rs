@@ -262,6 +262,19 @@ if (!rw.probe) {
       }
     };
   }
+  // Where a render's time goes: total ms per part.
+  rw.probe.parts = {};
+  for (const name of ['renderHeader', 'renderSummary', 'renderFailures', 'renderTopology',
+    'renderCluster', 'renderEvents', 'renderClosed', 'renderHostPage', 'renderSearch']) {
+    const f = window[name];
+    if (typeof f !== 'function') continue;
+    window[name] = function (...a) {
+      const t = performance.now();
+      try { return f(...a); } finally {
+        rw.probe.parts[name] = (rw.probe.parts[name] || 0) + performance.now() - t;
+      }
+    };
+  }
   const render0 = render;
   render = function (...a) {
     const t = performance.now();
@@ -290,11 +303,12 @@ const heap = performance.memory.usedJSHeapSize;
 if (window.gc) window.gc();
 const out = {
   refresh: p.refresh, tables: p.tables, render: p.render, longtasks: p.longtasks, byPath,
+  parts: p.parts,
   heap, heap_after_gc: performance.memory.usedJSHeapSize,
   dom: document.getElementsByTagName('*').length,
   refreshes: window.ringwatch.refreshes, ticks: window.ringwatch.ticks,
 };
-p.refresh = []; p.tables = []; p.render = []; p.longtasks = [];
+p.refresh = []; p.tables = []; p.render = []; p.longtasks = []; p.parts = {};
 return out;
 "#;
 
@@ -320,6 +334,15 @@ fn report(phase: &str, stats: &Value, seconds: f64) {
         lt.iter().sum::<f64>() / (seconds * 10.0),
         lt.iter().copied().fold(0.0, f64::max)
     );
+    if let Some(parts) = stats["parts"].as_object() {
+        let mut parts: Vec<(String, f64)> = parts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0)))
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let text: Vec<String> = parts.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        println!("   render parts, ms in all: {}", text.join(", "));
+    }
     if let Some(paths) = stats["byPath"].as_object() {
         let mut paths: Vec<_> = paths.iter().collect();
         paths.sort_by_key(|(k, _)| k.to_string());
