@@ -9,6 +9,17 @@ const TOKEN_KEY = 'ringwatch-admin-token';
 const DETAIL_MAX_HOSTS = 300;
 const DETAIL_MAX_GROUP = 32;
 const EVENTS_KEPT = 300;
+// Events read per request; a full batch means more are waiting: they are read at once,
+// without drawing in between. The first read takes every event the node keeps (10,000,
+// about 2 MB at 10,000 hosts) in one request rather than ten.
+const EVENTS_BATCH = 1000;
+const EVENTS_FIRST_BATCH = 10000;
+// Hosts, rings and the topology are re-read when events moved, but not sooner after the
+// last read than this many times its duration (at 10,000 hosts /v1/hosts is megabytes),
+// and at most this long apart when events keep moving.
+const TABLES_GAP_FACTOR = 3;
+const TABLES_GAP_MAX_MS = 5000;
+const TABLES_EVERY_MS = 30000;
 const CLOSED_SHOWN = 20;
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -19,11 +30,19 @@ const S = {
   status: null,
   failures: [],
   hosts: [],
+  hostsById: new Map(),
   rings: [],
   topology: null,
   events: [],
   lastEventId: 0,
   tablesAt: 0,
+  tablesMs: 0,
+  tablesBusy: false,
+  tablesTimer: null,
+  tablesVersion: 0,
+  topologyKey: null,
+  topologyCollapsed: false,
+  eventsDrawn: null,
   answeredBy: null,
   freshness: null,
   refreshing: false,
@@ -79,9 +98,12 @@ function age(us) {
   return `${Math.round(h / 24)} d`;
 }
 
+// One formatter for every time of day: toLocaleTimeString builds a new one per call,
+// about 0.3 ms each, and the timeline shows 50 of them.
+const CLOCK = new Intl.DateTimeFormat([], { hour: 'numeric', minute: 'numeric', second: 'numeric', hourCycle: 'h23' });
+
 function clock(us) {
-  const d = new Date(us / 1000);
-  return d.toLocaleTimeString([], { hour12: false });
+  return CLOCK.format(new Date(us / 1000));
 }
 
 function ageSpan(us) {
@@ -180,42 +202,72 @@ async function refresh() {
 }
 
 async function readAll() {
+  const limit = S.lastEventId === 0 ? EVENTS_FIRST_BATCH : EVENTS_BATCH;
   try {
     const [cluster, status, failures, events] = await Promise.all([
       api('/cluster/status'),
       api('/v1/status'),
       api('/v1/failures'),
-      api(`/v1/events?since=${S.lastEventId}&limit=1000`),
+      api(`/v1/events?since=${S.lastEventId}&limit=${limit}`),
     ]);
     S.cluster = cluster;
     S.status = status.data;
     S.answeredBy = status;
     S.freshness = status.freshness || null;
     S.failures = failures.data;
+    let behind = false;
     if (events.data.length) {
       S.events = S.events.concat(events.data).slice(-EVENTS_KEPT);
       S.lastEventId = events.data[events.data.length - 1].id;
       S.needTables = true;
-    }
-    // Hosts, rings and the topology change with events (joins, verdicts, leaves); read
-    // them then, after a leader change, and every 30 s.
-    if (S.needTables || Date.now() - S.tablesAt > 30000) {
-      const [hosts, rings, topology] = await Promise.all([
-        api('/v1/hosts'), api('/v1/rings'), api('/v1/topology'),
-      ]);
-      S.hosts = hosts.data;
-      S.rings = rings.data;
-      S.topology = topology.data;
-      S.tablesAt = Date.now();
-      S.needTables = false;
+      behind = events.data.length >= limit;
     }
     hideToken();
     window.ringwatch.refreshes += 1;
+    if (behind) { S.again = true; return; }
     render();
+    // Hosts, rings and the topology change with events (joins, verdicts, leaves); read
+    // them then, after a leader change, and every 30 s, apart from this read: the
+    // failures, tiles and timeline above are drawn without waiting for them.
+    if (S.needTables || Date.now() - S.tablesAt > TABLES_EVERY_MS) readTables();
   } catch (e) {
     if (e instanceof AuthNeeded) askToken();
     else banner(`Could not read this node's state: ${e.message}`, true);
   }
+}
+
+async function readTables() {
+  if (S.tablesBusy) return; // the read under way is followed by another if needed
+  const wait = S.tablesAt + Math.min(TABLES_GAP_MAX_MS, TABLES_GAP_FACTOR * S.tablesMs) - Date.now();
+  if (wait > 0) {
+    if (!S.tablesTimer) S.tablesTimer = setTimeout(() => { S.tablesTimer = null; readTables(); }, wait);
+    return;
+  }
+  S.tablesBusy = true;
+  S.needTables = false;
+  const started = performance.now();
+  try {
+    const [hosts, rings, topology] = await Promise.all([
+      api('/v1/hosts'), api('/v1/rings'), api('/v1/topology'),
+    ]);
+    S.hosts = hosts.data;
+    S.hostsById = new Map(S.hosts.map((h) => [h.id, h]));
+    S.rings = rings.data;
+    S.topology = topology.data;
+    S.tablesAt = Date.now();
+    S.tablesVersion += 1;
+    render();
+    S.tablesMs = performance.now() - started;
+  } catch (e) {
+    S.needTables = true;
+    S.tablesBusy = false;
+    if (e instanceof AuthNeeded) askToken();
+    else banner(`Could not read this node's state: ${e.message}`, true);
+    return;
+  }
+  S.tablesBusy = false;
+  // Events moved during the read: read again (after the gap).
+  if (S.needTables) readTables();
 }
 
 function askToken() {
@@ -327,15 +379,26 @@ function tile(label, value, bad, id) {
 
 function renderSummary(d) {
   const s = S.status || {};
-  const unreachable = S.hosts.filter((h) => hostState(h, d) === 'unreachable').length;
-  const dead = S.hosts.filter((h) => hostState(h, d) === 'dead').length;
+  let up = 0;
+  let dead = 0;
+  let unreachable = 0;
+  let left = 0;
+  let agents = 0;
+  for (const h of S.hosts) {
+    const state = hostState(h, d);
+    if (state === 'unreachable') unreachable += 1;
+    else if (state === 'dead') dead += 1;
+    if (h.status === 'up' && !d.unreachable.has(h.id)) up += 1;
+    if (h.status === 'left') left += 1;
+    if (h.status === 'agent_down') agents += 1;
+  }
   replace('summary',
     tile('open failures', d.open.length, d.open.length > 0, 'tile-open'),
-    tile('hosts up', S.hosts.filter((h) => h.status === 'up' && !d.unreachable.has(h.id)).length, false, 'tile-up'),
+    tile('hosts up', up, false, 'tile-up'),
     tile('hosts dead', dead, dead > 0, 'tile-dead'),
     tile('unreachable', unreachable, unreachable > 0, 'tile-unreachable'),
-    tile('agents down', S.hosts.filter((h) => h.status === 'agent_down').length, S.hosts.some((h) => h.status === 'agent_down'), 'tile-agents'),
-    tile('hosts left', S.hosts.filter((h) => h.status === 'left').length, false, 'tile-left'),
+    tile('agents down', agents, agents > 0, 'tile-agents'),
+    tile('hosts left', left, false, 'tile-left'),
     tile('worker backlog', s.backlog ?? '–', (s.backlog || 0) > 1000, 'tile-backlog'),
   );
 }
@@ -365,7 +428,7 @@ function evidenceBrief(items) {
 function subjectCell(f) {
   const subject = String(f.subject);
   if (/^\d+$/.test(subject)) {
-    const host = S.hosts.find((h) => String(h.id) === subject);
+    const host = S.hostsById.get(Number(subject));
     const label = host ? `host ${subject} (${host.hostname})` : `host ${subject}`;
     return el('td', {}, el('a', { href: `#host/${subject}` }, label));
   }
@@ -452,6 +515,9 @@ function eventItem(e) {
 }
 
 function renderEvents() {
+  // Drawn again only when events arrived.
+  if (S.eventsDrawn === S.lastEventId && document.getElementById('events').firstChild) return;
+  S.eventsDrawn = S.lastEventId;
   const items = S.events.slice(-50).reverse().map(eventItem);
   if (!items.length) items.push(el('li', { class: 'muted' }, 'No events yet.'));
   replace('events', ...items);
@@ -461,21 +527,30 @@ function renderEvents() {
 
 function groups() {
   const topo = S.topology || { switches: [], routers: [], unplaced: [] };
-  const byId = new Map(S.hosts.map((h) => [h.id, h]));
+  const byId = S.hostsById;
   const ringOrder = new Map(S.rings.map((r) => [r.name, r.members]));
   const placed = new Set();
   const out = [];
   for (const sw of topo.switches) {
     let ids = sw.hosts.map((p) => p.host);
     const ring = ringOrder.get(`switch:${sw.name}`);
-    if (ring) ids = ring.filter((id) => ids.includes(id)).concat(ids.filter((id) => !ring.includes(id)));
+    if (ring) {
+      const mine = new Set(ids);
+      const inRing = new Set(ring);
+      ids = ring.filter((id) => mine.has(id)).concat(ids.filter((id) => !inRing.has(id)));
+    }
     ids.forEach((id) => placed.add(id));
     out.push({ key: sw.name, label: `switch ${sw.name}`, kind: 'switch', router: sw.router, hosts: ids.map((id) => byId.get(id) || { id, hostname: '?', status: 'up' }) });
   }
   let flat = (topo.unplaced || []).slice();
   const flatRing = ringOrder.get('flat');
-  if (flatRing) flat = flatRing.filter((id) => flat.includes(id) || !placed.has(id)).concat(flat.filter((id) => !flatRing.includes(id)));
-  const rest = S.hosts.filter((h) => !placed.has(h.id) && !flat.includes(h.id) && h.status !== 'left').map((h) => h.id);
+  if (flatRing) {
+    const unplaced = new Set(flat);
+    const inRing = new Set(flatRing);
+    flat = flatRing.filter((id) => unplaced.has(id) || !placed.has(id)).concat(flat.filter((id) => !inRing.has(id)));
+  }
+  const inFlat = new Set(flat);
+  const rest = S.hosts.filter((h) => !placed.has(h.id) && !inFlat.has(h.id) && h.status !== 'left').map((h) => h.id);
   flat = flat.concat(rest);
   flat.forEach((id) => placed.add(id));
   if (flat.length) out.push({ key: 'flat', label: 'no known switch (flat ring)', kind: 'flat', hosts: flat.map((id) => byId.get(id) || { id, hostname: '?', status: 'up' }) });
@@ -485,9 +560,19 @@ function groups() {
 }
 
 function renderTopology(d) {
+  // Drawn again only when what it shows changed (new tables, or the open failures'
+  // subjects, down boxes and unreachable hosts): not on every tick, which also keeps
+  // keyboard focus on a host. Collapsed, hosts are not drawn, so a verdict about a host
+  // shows in the counts with the next tables, not by itself.
+  let subjects = [...d.subjects];
+  if (S.topologyCollapsed) subjects = subjects.filter((s) => !/^\d+$/.test(s));
+  const key = [S.tablesVersion, subjects.join(), [...d.downBoxes].join(), [...d.unreachable].join()].join('|');
+  if (key === S.topologyKey && document.getElementById('topology-box').firstChild) return;
+  S.topologyKey = key;
   const { topo, out } = groups();
   const total = out.reduce((n, g) => n + g.hosts.length, 0);
   const detailed = total <= DETAIL_MAX_HOSTS && out.every((g) => g.hosts.length <= DETAIL_MAX_GROUP);
+  S.topologyCollapsed = !detailed;
   document.getElementById('topology-mode').textContent = detailed
     ? `(${total} hosts; rings drawn in heartbeat order)`
     : `(${total} hosts: switches with counts; search a host to see it)`;
@@ -507,19 +592,16 @@ function renderTopology(d) {
   let rowHeight = 0;
   const maxWidth = 1400;
   const switchAt = new Map();
+  if (!detailed) {
+    renderCollapsed(topo, out, d, layers, maxWidth);
+    return;
+  }
   for (const g of out) {
     const n = g.hosts.length;
-    let w;
-    let h;
-    if (detailed) {
-      const r = Math.max(40, (n * 30) / (2 * Math.PI));
-      w = Math.max(150, 2 * r + 50);
-      h = 2 * r + 115;
-      g.r = r;
-    } else {
-      w = 170;
-      h = 120;
-    }
+    const r = Math.max(40, (n * 30) / (2 * Math.PI));
+    const w = Math.max(150, 2 * r + 50);
+    const h = 2 * r + 115;
+    g.r = r;
     if (x + w > maxWidth && x > 20) { x = 20; rowTop += rowHeight + gap; rowHeight = 0; }
     g.x = x; g.y = rowTop; g.w = w; g.h = h;
     x += w + gap;
@@ -548,37 +630,91 @@ function renderTopology(d) {
     } else {
       layers.boxes.append(svg('text', { class: 'group-label', x: cx, y: g.y + 20, text: g.label }));
     }
-    if (detailed) {
-      const cy = g.y + 70 + g.r;
-      const pts = [];
-      g.hosts.forEach((host, i) => {
-        const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, g.hosts.length);
-        const hx = cx + g.r * Math.cos(a);
-        const hy = cy + g.r * Math.sin(a);
-        pos.set(host.id, [hx, hy]);
-        pts.push(`${hx.toFixed(1)},${hy.toFixed(1)}`);
-        layers.hosts.append(hostDot(host, hx, hy, d));
-      });
-      if (g.kind !== 'left' && pts.length > 1) layers.rings.append(svg('polygon', { class: 'ring', points: pts.join(' ') }));
-    } else {
-      const counts = {};
-      for (const host of g.hosts) { const s = hostState(host, d); counts[s] = (counts[s] || 0) + 1; }
-      const lines = ['up', 'dead', 'unreachable', 'agent_down', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
-      const t = svg('g', { class: 'counts' });
-      lines.forEach((line, i) => t.append(svg('text', { x: cx, y: g.y + 58 + i * 16, text: line })));
-      if (!lines.length) t.append(svg('text', { x: cx, y: g.y + 58, text: 'no hosts' }));
-      layers.hosts.append(t);
-    }
+    const cy = g.y + 70 + g.r;
+    const pts = [];
+    g.hosts.forEach((host, i) => {
+      const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, g.hosts.length);
+      const hx = cx + g.r * Math.cos(a);
+      const hy = cy + g.r * Math.sin(a);
+      pos.set(host.id, [hx, hy]);
+      pts.push(`${hx.toFixed(1)},${hy.toFixed(1)}`);
+      layers.hosts.append(hostDot(host, hx, hy, d));
+    });
+    if (g.kind !== 'left' && pts.length > 1) layers.rings.append(svg('polygon', { class: 'ring', points: pts.join(' ') }));
   }
   // The top ring: one representative per switch ring, dashed.
   const top = S.rings.find((r) => r.kind === 'top');
-  if (detailed && top && top.members.length > 1) {
+  if (top && top.members.length > 1) {
     const pts = top.members.map((id) => pos.get(id)).filter(Boolean).map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`);
     if (pts.length > 1) layers.top.append(svg('polygon', { class: 'top-ring', points: pts.join(' ') }));
   }
+  drawTopology(width, height, layers);
+}
+
+function drawTopology(width, height, layers) {
   const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'Topology: routers, switches, hosts and heartbeat rings' },
     svg('title', { text: 'Ringwatch topology' }), layers.links, layers.rings, layers.top, layers.boxes, layers.hosts);
   replace('topology-box', root);
+}
+
+const natural = (a, b) => String(a).localeCompare(String(b), undefined, { numeric: true });
+
+// Above DETAIL_MAX_HOSTS: one band per router (its box on the left, its switches in
+// natural name order to its right, each a box with its hosts' counts), then switches of no
+// known router, the flat ring and departed hosts. No uplink lines: the band says which
+// router a switch hangs off (at 250 switches under 16 routers, lines are a tangle).
+function renderCollapsed(topo, out, d, layers, maxWidth) {
+  const left = 140;
+  const cellW = 127;
+  const rowGap = 8;
+  const bandGap = 14;
+  const routers = topo.routers.slice().sort((a, b) => natural(a.name, b.name));
+  const byRouter = new Map(routers.map((r) => [r.name, []]));
+  const others = [];
+  for (const g of out) {
+    const counts = {};
+    for (const host of g.hosts) { const s = hostState(host, d); counts[s] = (counts[s] || 0) + 1; }
+    g.lines = ['up', 'dead', 'unreachable', 'agent_down', 'suspect', 'left'].filter((s) => counts[s]).map((s) => `${counts[s]} ${STATE_WORD[s]}`);
+    if (!g.lines.length) g.lines.push('no hosts');
+    const mine = g.kind === 'switch' && g.router != null ? byRouter.get(g.router) : undefined;
+    (mine || others).push(g);
+  }
+  const kindOrder = { switch: 0, flat: 1, left: 2 };
+  const bands = routers.map((r) => ({ router: r, groups: byRouter.get(r.name).sort((a, b) => natural(a.key, b.key)) }));
+  others.sort((a, b) => (kindOrder[a.kind] - kindOrder[b.kind]) || natural(a.key, b.key));
+  if (others.length) bands.push({ router: null, groups: others });
+  let y = 10;
+  for (const band of bands) {
+    const top = y;
+    let x = left;
+    let rowHeight = 0;
+    for (const g of band.groups) {
+      const w = g.kind === 'switch' ? cellW - 10 : 2 * cellW - 10;
+      if (x + w > maxWidth && x > left) { x = left; y += rowHeight + rowGap; rowHeight = 0; }
+      g.x = x; g.y = y; g.w = w; g.h = 52 + 16 * g.lines.length;
+      x += w + 10;
+      rowHeight = Math.max(rowHeight, g.h);
+    }
+    y += Math.max(rowHeight, 50);
+    if (band.router) {
+      const r = band.router;
+      layers.boxes.append(box(left / 2, top + 16, `router ${r.name}`, d.downBoxes.has(r.name), d.subjects.has(r.name), 'router', r.name));
+    }
+    layers.links.append(svg('line', { class: 'band', x1: 10, y1: y + bandGap / 2, x2: maxWidth - 10, y2: y + bandGap / 2 }));
+    y += bandGap;
+  }
+  for (const g of out) {
+    const cx = g.x + g.w / 2;
+    if (g.kind === 'switch') {
+      layers.boxes.append(box(cx, g.y + 16, g.label, d.downBoxes.has(g.key), d.subjects.has(g.key), 'switch', g.key));
+    } else {
+      layers.boxes.append(svg('text', { class: 'group-label', x: cx, y: g.y + 20, text: g.label }));
+    }
+    const t = svg('g', { class: 'counts' });
+    g.lines.forEach((line, i) => t.append(svg('text', { x: cx, y: g.y + 58 + i * 16, text: line })));
+    layers.hosts.append(t);
+  }
+  drawTopology(maxWidth, Math.max(140, y), layers);
 }
 
 function box(cx, cy, label, down, subject, kind, name) {
@@ -613,7 +749,7 @@ function renderHostPage(d) {
   document.getElementById('host-page').hidden = !m;
   if (!m) return;
   const id = Number(m[1]);
-  const host = S.hosts.find((h) => h.id === id);
+  const host = S.hostsById.get(id);
   if (!host) {
     replace('host-title', `Host ${id}: not known to this node`);
     replace('host-facts');
@@ -658,14 +794,18 @@ function renderSearch() {
   const found = S.hosts.filter((h) => String(h.id) === q || h.hostname.toLowerCase().includes(q) || String(h.addr).includes(q));
   const items = found.slice(0, 20).map((h) => el('li', {}, el('a', { href: `#host/${h.id}` }, `host ${h.id} ${h.hostname} (${h.addr})`), ` ${STATE_WORD[hostState(h, d)]}`));
   box.hidden = false;
-  box.replaceChildren(found.length ? el('ul', {}, ...items) : el('span', { class: 'muted' }, `No host matches “${q}”.`),
-    found.length > 20 ? el('p', { class: 'muted' }, `${found.length - 20} more; narrow the search.`) : null);
+  const more = found.length > 20 ? [el('p', { class: 'muted' }, `${found.length - 20} more; narrow the search.`)] : [];
+  box.replaceChildren(found.length ? el('ul', {}, ...items) : el('span', { class: 'muted' }, `No host matches “${q}”.`), ...more);
 }
 
 // ---- start --------------------------------------------------------------------------
 
 function start() {
   document.getElementById('search').addEventListener('input', renderSearch);
+  // A result followed: the list closes, as after Enter.
+  document.getElementById('search-results').addEventListener('click', (e) => {
+    if (e.target.closest('a')) { document.getElementById('search').value = ''; renderSearch(); }
+  });
   document.getElementById('search-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const q = document.getElementById('search').value.trim().toLowerCase();

@@ -97,6 +97,18 @@ impl Browser {
     /// Starts ChromeDriver and a headless Chromium (window `width` x `height`), with a
     /// fresh profile under `dir`; screenshots go to `artifacts`.
     pub fn start(dir: &Path, artifacts: &Path, width: u32, height: u32) -> Browser {
+        Browser::start_with(dir, artifacts, width, height, &[])
+    }
+
+    /// Like [`Browser::start`], with more Chromium flags (e.g.
+    /// `--enable-precise-memory-info`, so `performance.memory` is not rounded).
+    pub fn start_with(
+        dir: &Path,
+        artifacts: &Path,
+        width: u32,
+        height: u32,
+        extra_args: &[&str],
+    ) -> Browser {
         std::fs::create_dir_all(artifacts).expect("artifact directory");
         let port = free_port();
         let log = std::fs::File::create(dir.join("chromedriver.log")).expect("driver log");
@@ -135,6 +147,10 @@ impl Browser {
             format!("--user-data-dir={}", profile.display()),
             format!("--window-size={width},{height}"),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra_args.iter().map(|a| a.to_string()))
+            .collect();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
