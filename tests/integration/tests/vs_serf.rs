@@ -160,7 +160,8 @@ impl Side for Ringwatch {
         &mut self.topo
     }
     fn kill_agent(&mut self, host: u64) {
-        self.kill_host(host);
+        // The inherent method: the nanoprobe alone (its host stays up).
+        Ringwatch::kill_agent(self, host);
     }
     fn alarms(&self) -> Vec<Alarm> {
         self.failures()
