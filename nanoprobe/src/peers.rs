@@ -15,7 +15,6 @@ use crate::config::SocketConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -155,39 +154,26 @@ impl Drop for PeerSockets {
 /// to this address) is reported once on this connected socket, as `ECONNREFUSED`.
 async fn forward(socket: UdpSocket, peer: SocketAddr, tx: mpsc::Sender<Forwarded>) {
     let mut buf = vec![0u8; proto::MAX_DATAGRAM + 1];
-    // An ICMP error makes the socket report EPOLLERR without EPOLLIN, which a task
-    // waiting for readable readiness would not wake for: wait for either.
-    let interest = Interest::READABLE | Interest::ERROR;
     loop {
-        if let Err(e) = socket.ready(interest).await {
-            tracing::debug!(error = %e, "peer socket readiness error");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        // Everything queued (or the pending error), until the socket would block.
-        loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if tx
-                        .send(Forwarded::Datagram(buf[..n].to_vec(), from))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if tx
+                    .send(Forwarded::Datagram(buf[..n].to_vec(), from))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    if tx.send(Forwarded::Refused(peer)).await.is_err() {
-                        return;
-                    }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if tx.send(Forwarded::Refused(peer)).await.is_err() {
+                    return;
                 }
-                // Anything else persistent must not spin.
-                Err(e) => {
-                    tracing::debug!(error = %e, "peer socket receive error");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    break;
-                }
+            }
+            // Anything else persistent must not spin.
+            Err(e) => {
+                tracing::debug!(error = %e, "peer socket receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
