@@ -421,8 +421,15 @@ fn lab_agent_killed_is_agent_down_not_dead() {
     settle();
     let all = rw.failures();
     assert!(
-        all.iter().all(|f| f["kind"] == "agent_down"),
-        "only agent_down verdicts expected: {:#?}",
+        all.iter()
+            .all(|f| f["kind"] == "agent_down" || f["kind"] == "recovered"),
+        "only agent_down verdicts (and their recoveries) expected: {:#?}",
+        kinds(&all)
+    );
+    assert_eq!(
+        all.iter().filter(|f| f["kind"] == "agent_down").count(),
+        3,
+        "{:#?}",
         kinds(&all)
     );
     times.sort_by(f64::total_cmp);
