@@ -112,6 +112,7 @@ fn report_body() -> impl Strategy<Value = ReportBody> {
                 })
             }),
         (text(), text()).prop_map(|(kind, data)| ReportBody::Discovery { kind, data }),
+        host().prop_map(|peer| ReportBody::HbRefused { peer }),
     ]
 }
 
