@@ -242,8 +242,16 @@ pub struct WorkerStatus {
     pub hosts_dead: usize,
     /// Known hosts that left.
     pub hosts_left: usize,
+    /// Known hosts that are up with their nanoprobe not running (absent when 0, and from
+    /// nodes of earlier versions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hosts_agent_down: usize,
     /// Open failures.
     pub open_failures: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Every answer: who answered, and the rows.

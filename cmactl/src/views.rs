@@ -264,9 +264,21 @@ where
     } else {
         paint(style, Tone::Bad, &format!("{} dead", w.hosts_dead))
     };
+    let agents = if w.hosts_agent_down == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {}",
+            paint(
+                style,
+                Tone::Bad,
+                &format!("{} agent down", w.hosts_agent_down)
+            )
+        )
+    };
     let _ = writeln!(
         out,
-        "{}    {} up, {dead}, {} left",
+        "{}    {} up{agents}, {dead}, {} left",
         paint(style, Tone::Bold, "Hosts"),
         w.hosts_up,
         w.hosts_left
@@ -654,6 +666,7 @@ mod tests {
                 hosts_up: 6,
                 hosts_dead: 1,
                 hosts_left: 1,
+                hosts_agent_down: 0,
                 open_failures: 1,
             },
         }

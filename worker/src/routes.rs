@@ -169,6 +169,7 @@ fn worker_status(node: &Door) -> WorkerStatus {
         hosts_up: count(HostStatus::Up) + count(HostStatus::Suspect),
         hosts_dead: count(HostStatus::Dead),
         hosts_left: count(HostStatus::Left),
+        hosts_agent_down: count(HostStatus::AgentDown),
         open_failures: failures
             .iter()
             .filter(|f| f.state == FailureState::Open)

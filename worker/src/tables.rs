@@ -767,6 +767,7 @@ pub(crate) mod tests {
             hosts_up: 3,
             hosts_dead: 1,
             hosts_left: 0,
+            hosts_agent_down: 0,
             open_failures: 1,
         };
         assert_eq!(
