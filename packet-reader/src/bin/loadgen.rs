@@ -143,6 +143,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut schedule: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
     let mut latencies_us: Vec<u64> = Vec::new();
     let (mut sent, mut retransmitted, mut acked) = (0u64, 0u64, 0u64);
+    // Bytes of each report's first datagram (the size `nats-bench --size` copies), and the
+    // most retransmissions any one report needed.
+    let (mut report_bytes, mut max_attempts) = (0u64, 0u32);
     // ACKs received while the load ran: the throughput figure.
     let mut acked_during_load: Option<u64> = None;
     let mut buf = Vec::with_capacity(256);
@@ -199,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     },
                 });
                 send(&mut buf, host, &body, 0, &args, &sockets, index).await;
+                report_bytes += buf.len() as u64;
                 sent += 1;
                 schedule.push(Reverse((now + rto, index, id)));
                 outstanding.insert(
@@ -224,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             };
             o.attempts += 1;
+            max_attempts = max_attempts.max(o.attempts);
             o.rto = (o.rto * 2).min(Duration::from_secs(2));
             schedule.push(Reverse((now + o.rto, index, id)));
             let host = &mut hosts[o.host];
@@ -254,11 +259,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let load_secs = args.duration as f64;
     println!(
-        "hosts={} rate={} duration={}s sent={sent} acked={acked} unacked={} retransmitted={retransmitted} elapsed={elapsed:.1}s",
+        "hosts={} rate={} duration={}s sent={sent} acked={acked} unacked={} retransmitted={retransmitted} max_retransmissions={max_attempts} report_bytes={:.0} elapsed={elapsed:.1}s",
         args.hosts,
         args.rate,
         args.duration,
-        outstanding.len()
+        outstanding.len(),
+        report_bytes as f64 / sent.max(1) as f64
     );
     println!(
         "acked_per_sec={:.0} ack_latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
