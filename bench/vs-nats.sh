@@ -16,7 +16,9 @@
 #
 # Phases, for each system: max durable throughput with 1,024 and 4,096 messages awaiting
 # their ACK (INFLIGHTS), then ACK latency paced at 1,000, 5,000 and 20,000 messages/s
-# (RATES; at most the largest in-flight count awaiting). Then, Ringwatch only, "full-queue":
+# (RATES; at most the largest in-flight count awaiting). Both clusters are up for the
+# whole run and each phase runs on Ringwatch and then at once on NATS (the other system
+# idle), so drift in the machine's load weighs on both. Then, Ringwatch only, "full-queue":
 # the consumer is paused, the queue is filled to its byte budget and kept full under
 # FULL_RATE reports/s for FULL_SECS; the script checks that senders see refusals, not ACKs,
 # that their retransmissions stay bounded (loadgen's RTO doubles to 2 s), and that once the
@@ -38,7 +40,7 @@ FULL_SECS=${FULL_SECS:-10}
 FULL_RATE=${FULL_RATE:-5000}
 NATS_VENV=${NATS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ringwatch-bench/venv}
 MAX_INFLIGHT=0
-for n in $INFLIGHTS; do ((n > MAX_INFLIGHT)) && MAX_INFLIGHT=$n; done
+for n in $INFLIGHTS; do if ((n > MAX_INFLIGHT)); then MAX_INFLIGHT=$n; fi; done
 
 if [[ ${BUILD:-1} != 0 ]]; then
     cargo build --release -q -p cma -p cmactl -p packet-reader -p bench \
@@ -111,6 +113,8 @@ refusal_delta() {
     echo "queue_full_refusals=$((b[0] - a[0])) reader_queue_full_retries=$((b[1] - a[1])) reader_busy_retries=$((b[2] - a[2])) reader_abandoned_reports=$((b[3] - a[3]))"
 }
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1; }
+# get FILE KEY: the value of KEY= in FILE (first occurrence).
+get() { tr ' ' '\n' <"$1" | sed -n "s/^$2=//p" | head -1; }
 
 HOST_BASE=1000000
 # loadgen_phase NAME ARGS...: a loadgen run on fresh host ids; output to $WORK/rw-NAME.txt.
@@ -127,17 +131,64 @@ loadgen_phase() {
     sed 's/^/  /' "$WORK/rw-$name.txt"
 }
 
-echo "== Ringwatch: 3 cma nodes + packet-reader + loadgen ($HOSTS hosts), consumer running"
+# ---------------------------------------------------------------- NATS
+echo "== NATS JetStream up $("$NATS_SERVER" --version): 3 servers, file storage, R3, sync_interval: always"
+for id in 1 2 3; do
+    routes=""
+    for peer in 1 2 3; do
+        [[ $peer == "$id" ]] || routes+="nats-route://127.0.88.$peer:6222, "
+    done
+    cat > "$WORK/nats$id.conf" <<CONF
+server_name: n$id
+listen: 127.0.88.$id:4222
+jetstream {
+    store_dir: "$WORK/nats$id"
+    sync_interval: always
+}
+cluster {
+    name: bench
+    listen: 127.0.88.$id:6222
+    routes: [${routes%, }]
+}
+CONF
+    "$NATS_SERVER" -c "$WORK/nats$id.conf" >"$WORK/nats$id.log" 2>&1 &
+    NATS_PIDS+=($!)
+done
+SERVERS=nats://127.0.88.1:4222,nats://127.0.88.2:4222,nats://127.0.88.3:4222
+NATS_BENCH=("$BIN/nats-bench" --servers "$SERVERS" --create)
+up=0
+for _ in $(seq 60); do
+    if "${NATS_BENCH[@]}" --count 10 --drain 5 >/dev/null 2>&1; then up=1; break; fi
+    sleep 1
+done
+[[ $up == 1 ]] || { echo "NATS cluster did not form" >&2; tail -5 "$WORK"/nats*.log >&2; exit 1; }
+nats_phase() {
+    local name=$1; shift
+    "${NATS_BENCH[@]}" --size "$SIZE" "$@" >"$WORK/nats-$name.txt" 2>&1 || echo "nats-bench failed" >>"$WORK/nats-$name.txt"
+    sed 's/^/  /' "$WORK/nats-$name.txt"
+}
+
+echo "== Ringwatch up: 3 cma nodes + packet-reader, consumer running; loadgen simulates $HOSTS hosts"
+loadgen_phase warmup --rate 1000 --duration 2
+SIZE=$(get "$WORK/rw-warmup.txt" report_bytes)
+echo "-- loadgen's reports are $SIZE bytes (sealed envelope, first transmission): NATS messages get the same size"
+# Each phase runs on Ringwatch, then at once on NATS (the other system idle), so that the
+# machine's drift weighs on both columns alike.
 for n in $INFLIGHTS; do
     echo "-- Ringwatch throughput: at most $n awaiting their ACK, ${DURATION}s"
     loadgen_phase "tput-$n" --rate 0 --max-outstanding "$n" --duration "$DURATION"
+    echo "-- NATS throughput: at most $n awaiting their ACK, ${DURATION}s"
+    nats_phase "tput-$n" --rate 0 --inflight "$n" --duration "$DURATION"
 done
 for r in $RATES; do
     echo "-- Ringwatch latency: $r reports/s (at most $MAX_INFLIGHT awaiting), ${DURATION}s"
     loadgen_phase "rate-$r" --rate "$r" --max-outstanding "$MAX_INFLIGHT" --duration "$DURATION"
+    echo "-- NATS latency: $r messages/s (at most $MAX_INFLIGHT awaiting), ${DURATION}s"
+    nats_phase "rate-$r" --rate "$r" --inflight "$MAX_INFLIGHT" --duration "$DURATION"
 done
-SIZE=$(field "$(head -1 "$WORK/rw-tput-${INFLIGHTS%% *}.txt")" report_bytes)
-echo "-- loadgen's reports are $SIZE bytes (sealed envelope, first transmission): NATS messages get the same size"
+for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+for pid in "${NATS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+NATS_PIDS=()
 
 # full-queue: the consumer paused, the budget filled, then kept full under load.
 echo "== Ringwatch full-queue: consumer paused, queue filled to its byte budget, then ${FULL_SECS}s at $FULL_RATE reports/s"
@@ -179,54 +230,7 @@ kill "$DRAIN_PID"; wait "$DRAIN_PID" 2>/dev/null || true
 echo "  consumer: $(cat "$WORK/drain.out")"
 stop_ringwatch
 
-# ---------------------------------------------------------------- NATS
-echo "== NATS JetStream $("$NATS_SERVER" --version): 3 servers, file storage, R3, sync_interval: always"
-for id in 1 2 3; do
-    routes=""
-    for peer in 1 2 3; do
-        [[ $peer == "$id" ]] || routes+="nats-route://127.0.88.$peer:6222, "
-    done
-    cat > "$WORK/nats$id.conf" <<CONF
-server_name: n$id
-listen: 127.0.88.$id:4222
-jetstream {
-    store_dir: "$WORK/nats$id"
-    sync_interval: always
-}
-cluster {
-    name: bench
-    listen: 127.0.88.$id:6222
-    routes: [${routes%, }]
-}
-CONF
-    "$NATS_SERVER" -c "$WORK/nats$id.conf" >"$WORK/nats$id.log" 2>&1 &
-    NATS_PIDS+=($!)
-done
-SERVERS=nats://127.0.88.1:4222,nats://127.0.88.2:4222,nats://127.0.88.3:4222
-NATS_BENCH=("$BIN/nats-bench" --servers "$SERVERS" --size "$SIZE" --create)
-up=0
-for _ in $(seq 60); do
-    if "${NATS_BENCH[@]}" --count 10 --drain 5 >/dev/null 2>&1; then up=1; break; fi
-    sleep 1
-done
-[[ $up == 1 ]] || { echo "NATS cluster did not form" >&2; tail -5 "$WORK"/nats*.log >&2; exit 1; }
-nats_phase() {
-    local name=$1; shift
-    "${NATS_BENCH[@]}" "$@" >"$WORK/nats-$name.txt" 2>&1 || echo "nats-bench failed" >>"$WORK/nats-$name.txt"
-    sed 's/^/  /' "$WORK/nats-$name.txt"
-}
-for n in $INFLIGHTS; do
-    echo "-- NATS throughput: at most $n awaiting their ACK, ${DURATION}s"
-    nats_phase "tput-$n" --rate 0 --inflight "$n" --duration "$DURATION"
-done
-for r in $RATES; do
-    echo "-- NATS latency: $r messages/s (at most $MAX_INFLIGHT awaiting), ${DURATION}s"
-    nats_phase "rate-$r" --rate "$r" --inflight "$MAX_INFLIGHT" --duration "$DURATION"
-done
-
 # ---------------------------------------------------------------- side by side
-# get FILE KEY: the value of KEY= in FILE (first occurrence).
-get() { tr ' ' '\n' <"$1" | sed -n "s/^$2=//p" | head -1; }
 row() { # LABEL RW NATS FORMAT
     awk -v l="$1" -v a="$2" -v b="$3" -v f="$4" 'BEGIN{
         r = (b > 0) ? sprintf("%.2fx", a / b) : "-";
