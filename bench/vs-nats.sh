@@ -28,7 +28,7 @@
 # sync_interval), installed into a virtualenv under $NATS_VENV; nothing is committed.
 #
 # Usage: [DURATION=20] [INFLIGHTS="1024 4096"] [RATES="1000 5000 20000"] [HOSTS=10000]
-#        [FULL_SECS=10] [FULL_RATE=5000] [BUILD=1] bench/vs-nats.sh
+#        [FULL_SECS=10] [FULL_RATE=5000] [REPORT_BYTES=] [BUILD=1] bench/vs-nats.sh
 # BUILD=0 uses the release binaries already in ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,11 @@ RATES=${RATES:-1000 5000 20000}
 HOSTS=${HOSTS:-10000}
 FULL_SECS=${FULL_SECS:-10}
 FULL_RATE=${FULL_RATE:-5000}
+# REPORT_BYTES=N: loadgen sends Discovery reports padded to N-byte datagrams (and NATS gets
+# N-byte messages) instead of its 59-byte HbDead reports.
+REPORT_BYTES=${REPORT_BYTES:-}
+LOADGEN_SIZE=()
+if [[ -n $REPORT_BYTES ]]; then LOADGEN_SIZE=(--report-bytes "$REPORT_BYTES"); fi
 NATS_VENV=${NATS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ringwatch-bench/venv}
 MAX_INFLIGHT=0
 for n in $INFLIGHTS; do if ((n > MAX_INFLIGHT)); then MAX_INFLIGHT=$n; fi; done
@@ -116,6 +121,27 @@ field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1; }
 # get FILE KEY: the value of KEY= in FILE (first occurrence).
 get() { tr ' ' '\n' <"$1" | sed -n "s/^$2=//p" | head -1; }
 
+# cpu_secs PID...: CPU seconds (user + system) the processes have used so far.
+cpu_secs() {
+    local pid t=0 v
+    for pid in "$@"; do
+        v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        t=$((t + v))
+    done
+    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t / hz}'
+}
+# cpu_during NAME PIDS... -- COMMAND...: runs COMMAND and prints the CPU seconds PIDS used
+# meanwhile (the idle system of the pair: it should stay near 0).
+cpu_during() {
+    local name=$1 before after; shift
+    local pids=()
+    while [[ $1 != -- ]]; do pids+=("$1"); shift; done
+    shift
+    before=$(cpu_secs "${pids[@]}")
+    "$@"
+    after=$(cpu_secs "${pids[@]}")
+    echo "  ($name used $(awk -v a="$before" -v b="$after" 'BEGIN{printf "%.1f", b - a}') CPU-s meanwhile)"
+}
 HOST_BASE=1000000
 # loadgen_phase NAME ARGS...: a loadgen run on fresh host ids; output to $WORK/rw-NAME.txt.
 loadgen_phase() {
@@ -123,7 +149,7 @@ loadgen_phase() {
     local before after rc=0
     before=$(refusals)
     "$BIN/loadgen" --reader "$NET.10:7300" --key-file "$WORK/keys.toml" --hosts "$HOSTS" \
-        --host-base "$HOST_BASE" --bind "$NET.20:0" "$@" >"$WORK/rw-$name.txt" 2>"$WORK/rw-$name.err" || rc=$?
+        --host-base "$HOST_BASE" --bind "$NET.20:0" "${LOADGEN_SIZE[@]}" "$@" >"$WORK/rw-$name.txt" 2>"$WORK/rw-$name.err" || rc=$?
     HOST_BASE=$((HOST_BASE + HOSTS))
     after=$(refusals)
     echo "$(refusal_delta "$before" "$after") queue_bytes_per_node=$(( $(sum_nodes '^cma_queue_bytes ') / 3 ))" >>"$WORK/rw-$name.txt"
@@ -176,15 +202,15 @@ echo "-- loadgen's reports are $SIZE bytes (sealed envelope, first transmission)
 # machine's drift weighs on both columns alike.
 for n in $INFLIGHTS; do
     echo "-- Ringwatch throughput: at most $n awaiting their ACK, ${DURATION}s"
-    loadgen_phase "tput-$n" --rate 0 --max-outstanding "$n" --duration "$DURATION"
+    cpu_during "idle NATS" "${NATS_PIDS[@]}" -- loadgen_phase "tput-$n" --rate 0 --max-outstanding "$n" --duration "$DURATION"
     echo "-- NATS throughput: at most $n awaiting their ACK, ${DURATION}s"
-    nats_phase "tput-$n" --rate 0 --inflight "$n" --duration "$DURATION"
+    cpu_during "idle Ringwatch" "${PIDS[@]}" -- nats_phase "tput-$n" --rate 0 --inflight "$n" --duration "$DURATION"
 done
 for r in $RATES; do
     echo "-- Ringwatch latency: $r reports/s (at most $MAX_INFLIGHT awaiting), ${DURATION}s"
-    loadgen_phase "rate-$r" --rate "$r" --max-outstanding "$MAX_INFLIGHT" --duration "$DURATION"
+    cpu_during "idle NATS" "${NATS_PIDS[@]}" -- loadgen_phase "rate-$r" --rate "$r" --max-outstanding "$MAX_INFLIGHT" --duration "$DURATION"
     echo "-- NATS latency: $r messages/s (at most $MAX_INFLIGHT awaiting), ${DURATION}s"
-    nats_phase "rate-$r" --rate "$r" --inflight "$MAX_INFLIGHT" --duration "$DURATION"
+    cpu_during "idle Ringwatch" "${PIDS[@]}" -- nats_phase "rate-$r" --rate "$r" --inflight "$MAX_INFLIGHT" --duration "$DURATION"
 done
 for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 for pid in "${NATS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done

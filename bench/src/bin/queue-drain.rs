@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 _ = int.recv() => break,
                 _ = pause.recv() => paused = true,
                 _ = resume.recv() => paused = false,
-                _ = tokio::time::sleep(Duration::from_millis(20)), if !paused => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)), if !paused => {}
             }
         }
     }

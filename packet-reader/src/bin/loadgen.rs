@@ -60,6 +60,11 @@ struct Args {
     /// Write one line `sender session report_id` per ACKed report to this file.
     #[arg(long)]
     acked_out: Option<PathBuf>,
+    /// Send `Discovery` reports padded so that each sealed datagram is about this many
+    /// bytes, instead of `HbDead` reports (59 bytes), e.g. to compare with a broker at a
+    /// given message size.
+    #[arg(long)]
+    report_bytes: Option<usize>,
     /// Print a progress line every this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     progress: u64,
@@ -104,6 +109,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             next_id: 1,
         })
         .collect();
+    // Padding of `Discovery` reports for `--report-bytes`: found by sealing probes with a
+    // throwaway sealer (the length prefix of the padding may take one more byte).
+    let padding = match args.report_bytes {
+        None => None,
+        Some(want) => {
+            let mut probe = Sealer::new(keys.clone(), HostId(u64::MAX), SessionId(1));
+            let mut out = Vec::new();
+            let mut pad = 0usize;
+            for _ in 0..4 {
+                probe.seal_into(&discovery(1, pad), &mut out)?;
+                if out.len() == want {
+                    break;
+                }
+                pad = (pad + want).saturating_sub(out.len());
+            }
+            if out.len() != want {
+                eprintln!(
+                    "--report-bytes {want}: the nearest report is {} bytes",
+                    out.len()
+                );
+            }
+            Some(pad)
+        }
+    };
     let mut sockets = Vec::new();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, u64, Instant)>();
     for _ in 0..args.sockets.max(1) {
@@ -194,13 +223,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let host = &mut hosts[index];
                 let id = host.next_id;
                 host.next_id += 1;
-                let body = Body::Report(Report {
-                    id,
-                    body: ReportBody::HbDead {
-                        peer: HostId(args.host_base + ((index as u64 + 1) % args.hosts)),
-                        last_seen_us: base_session,
-                    },
-                });
+                let body = match padding {
+                    Some(pad) => discovery(id, pad),
+                    None => Body::Report(Report {
+                        id,
+                        body: ReportBody::HbDead {
+                            peer: HostId(args.host_base + ((index as u64 + 1) % args.hosts)),
+                            last_seen_us: base_session,
+                        },
+                    }),
+                };
                 send(&mut buf, host, &body, 0, &args, &sockets, index).await;
                 report_bytes += buf.len() as u64;
                 sent += 1;
@@ -278,6 +310,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(3);
     }
     Ok(())
+}
+
+/// A `Discovery` report whose data is `pad` bytes.
+fn discovery(id: u64, pad: usize) -> Body {
+    Body::Report(Report {
+        id,
+        body: ReportBody::Discovery {
+            kind: "bench".into(),
+            data: "x".repeat(pad),
+        },
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
