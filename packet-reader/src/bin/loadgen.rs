@@ -60,6 +60,11 @@ struct Args {
     /// Write one line `sender session report_id` per ACKed report to this file.
     #[arg(long)]
     acked_out: Option<PathBuf>,
+    /// Send `Discovery` reports padded so that each sealed datagram is about this many
+    /// bytes, instead of `HbDead` reports (59 bytes), e.g. to compare with a broker at a
+    /// given message size.
+    #[arg(long)]
+    report_bytes: Option<usize>,
     /// Print a progress line every this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     progress: u64,
@@ -104,6 +109,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             next_id: 1,
         })
         .collect();
+    // Padding of `Discovery` reports for `--report-bytes`: found by sealing probes with a
+    // throwaway sealer (the length prefix of the padding may take one more byte).
+    let padding = match args.report_bytes {
+        None => None,
+        Some(want) => {
+            let mut probe = Sealer::new(keys.clone(), HostId(u64::MAX), SessionId(1));
+            let mut out = Vec::new();
+            let mut pad = 0usize;
+            for _ in 0..4 {
+                probe.seal_into(&discovery(1, pad), &mut out)?;
+                if out.len() == want {
+                    break;
+                }
+                pad = (pad + want).saturating_sub(out.len());
+            }
+            if out.len() != want {
+                eprintln!(
+                    "--report-bytes {want}: the nearest report is {} bytes",
+                    out.len()
+                );
+            }
+            Some(pad)
+        }
+    };
     let mut sockets = Vec::new();
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, u64, Instant)>();
     for _ in 0..args.sockets.max(1) {
@@ -143,6 +172,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut schedule: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
     let mut latencies_us: Vec<u64> = Vec::new();
     let (mut sent, mut retransmitted, mut acked) = (0u64, 0u64, 0u64);
+    // Bytes of each report's first datagram (the size `nats-bench --size` copies), and the
+    // most retransmissions any one report needed.
+    let (mut report_bytes, mut max_attempts) = (0u64, 0u32);
     // ACKs received while the load ran: the throughput figure.
     let mut acked_during_load: Option<u64> = None;
     let mut buf = Vec::with_capacity(256);
@@ -191,14 +223,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let host = &mut hosts[index];
                 let id = host.next_id;
                 host.next_id += 1;
-                let body = Body::Report(Report {
-                    id,
-                    body: ReportBody::HbDead {
-                        peer: HostId(args.host_base + ((index as u64 + 1) % args.hosts)),
-                        last_seen_us: base_session,
-                    },
-                });
+                let body = match padding {
+                    Some(pad) => discovery(id, pad),
+                    None => Body::Report(Report {
+                        id,
+                        body: ReportBody::HbDead {
+                            peer: HostId(args.host_base + ((index as u64 + 1) % args.hosts)),
+                            last_seen_us: base_session,
+                        },
+                    }),
+                };
                 send(&mut buf, host, &body, 0, &args, &sockets, index).await;
+                report_bytes += buf.len() as u64;
                 sent += 1;
                 schedule.push(Reverse((now + rto, index, id)));
                 outstanding.insert(
@@ -224,6 +260,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             };
             o.attempts += 1;
+            max_attempts = max_attempts.max(o.attempts);
             o.rto = (o.rto * 2).min(Duration::from_secs(2));
             schedule.push(Reverse((now + o.rto, index, id)));
             let host = &mut hosts[o.host];
@@ -254,11 +291,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let load_secs = args.duration as f64;
     println!(
-        "hosts={} rate={} duration={}s sent={sent} acked={acked} unacked={} retransmitted={retransmitted} elapsed={elapsed:.1}s",
+        "hosts={} rate={} duration={}s sent={sent} acked={acked} unacked={} retransmitted={retransmitted} max_retransmissions={max_attempts} report_bytes={:.0} elapsed={elapsed:.1}s",
         args.hosts,
         args.rate,
         args.duration,
-        outstanding.len()
+        outstanding.len(),
+        report_bytes as f64 / sent.max(1) as f64
     );
     println!(
         "acked_per_sec={:.0} ack_latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
@@ -272,6 +310,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(3);
     }
     Ok(())
+}
+
+/// A `Discovery` report whose data is `pad` bytes.
+fn discovery(id: u64, pad: usize) -> Body {
+    Body::Report(Report {
+        id,
+        body: ReportBody::Discovery {
+            kind: "bench".into(),
+            data: "x".repeat(pad),
+        },
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
