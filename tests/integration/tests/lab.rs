@@ -331,11 +331,13 @@ fn loss_gives_no_verdict(rw: &mut Ringwatch, percent: u32, env: &str, default_se
 }
 
 /// Default profile, 10% loss on every link: 2 minutes in CI, an hour with
-/// `RINGWATCH_LOSS_SECS=3600` (README).
+/// `RINGWATCH_LOSS_SECS=3600` (README; `RINGWATCH_LOSS_TAG`, two letters, names its lab
+/// apart so it can run beside the suite).
 #[test]
 fn lab_ten_percent_loss_gives_no_verdict() {
     require_lab!();
-    let mut rw = two_switches("pl");
+    let tag = std::env::var("RINGWATCH_LOSS_TAG").unwrap_or_else(|_| "pl".into());
+    let mut rw = two_switches(&tag);
     loss_gives_no_verdict(&mut rw, 10, "RINGWATCH_LOSS_SECS", 120);
 }
 
