@@ -7,7 +7,7 @@
 use super::tables::{self, RawRow};
 use crate::door::Door;
 use api::probe::{ProbeAnswer, ProbeRequest};
-use api::views::{Answer, FailureState, HostStatus, RingRow, WorkerStatus};
+use api::views::{Answer, HostStatus, RingRow, WorkerStatus};
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -152,16 +152,16 @@ async fn status(State(node): State<Door>) -> Json<Answer<WorkerStatus>> {
 }
 
 fn worker_status(node: &Door) -> WorkerStatus {
-    let (hosts, failures, offset, queue_next) = {
+    let (counts, open_failures, offset, queue_next) = {
         let state = node.state();
         (
-            tables::hosts(&state),
-            tables::failures(&state),
+            tables::host_status_counts(&state),
+            tables::open_failure_count(&state),
             state.consumer_offset(super::CONSUMER).unwrap_or(0),
             state.next_offset(),
         )
     };
-    let count = |s: HostStatus| hosts.iter().filter(|h| h.status == s).count();
+    let count = |s: HostStatus| counts.get(s.as_str()).copied().unwrap_or(0);
     WorkerStatus {
         offset,
         queue_next,
@@ -170,10 +170,7 @@ fn worker_status(node: &Door) -> WorkerStatus {
         hosts_dead: count(HostStatus::Dead),
         hosts_left: count(HostStatus::Left),
         hosts_agent_down: count(HostStatus::AgentDown),
-        open_failures: failures
-            .iter()
-            .filter(|f| f.state == FailureState::Open)
-            .count(),
+        open_failures,
     }
 }
 
