@@ -281,3 +281,22 @@ impl Drop for Browser {
         let _ = self.driver.wait();
     }
 }
+
+/// Where the console tests save screenshots: `$RINGWATCH_ARTIFACTS/console`, else
+/// `target/test-artifacts/console`.
+pub fn artifacts() -> PathBuf {
+    std::env::var_os("RINGWATCH_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
+        })
+        .join("console")
+}
+
+/// The wall clock in ms since the Unix epoch (the clock the page's `Date.now()` reads).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

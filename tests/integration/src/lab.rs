@@ -246,6 +246,16 @@ pub struct SwitchSpec {
     pub hosts: Vec<u64>,
 }
 
+impl SwitchSpec {
+    /// A switch named `name` with `hosts` behind it.
+    pub fn new(name: &str, hosts: &[u64]) -> SwitchSpec {
+        SwitchSpec {
+            name: name.into(),
+            hosts: hosts.to_vec(),
+        }
+    }
+}
+
 /// One router and its switches.
 #[derive(Clone, Debug)]
 pub struct RouterSpec {
@@ -678,5 +688,23 @@ impl Topology {
             }
             None => {}
         }
+    }
+}
+
+impl Topology {
+    /// The lab most scenarios use: router r1 with switches sw1 (hosts 11-14) and sw2
+    /// (hosts 21-24); panics if it cannot be built.
+    pub fn two_switches(tag: &str) -> Topology {
+        Topology::build(
+            tag,
+            &[RouterSpec {
+                name: "r1".into(),
+                switches: vec![
+                    SwitchSpec::new("sw1", &[11, 12, 13, 14]),
+                    SwitchSpec::new("sw2", &[21, 22, 23, 24]),
+                ],
+            }],
+        )
+        .unwrap_or_else(|e| panic!("building the lab: {e}"))
     }
 }

@@ -73,3 +73,21 @@ impl WorkerSystem {
         }
     }
 }
+
+/// Waits (60 s at most) until the cluster knows `hosts` hosts, each watched by two peers;
+/// panics with the hosts table otherwise.
+pub fn wait_rings(cluster: &Cluster, hosts: usize) {
+    use crate::cluster::CmaCluster;
+    let formed = crate::procs::wait_until(std::time::Duration::from_secs(60), || {
+        cluster
+            .json(&["hosts"])
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|all| {
+                all.len() == hosts
+                    && all
+                        .iter()
+                        .all(|h| h["watchers"].as_array().is_some_and(|w| w.len() == 2))
+            })
+    });
+    assert!(formed, "rings not formed: {:#?}", cluster.json(&["hosts"]));
+}

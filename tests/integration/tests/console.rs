@@ -14,47 +14,14 @@
 //! verdict readable on the leader to the page showing it over 20 kills.
 
 use integration::browser::{self, Browser};
-use integration::cluster::{Cluster, CmaCluster};
+use integration::cluster::CmaCluster;
 use integration::loopback::WorkerSystem;
-use integration::procs::wait_until;
 use integration::reader::{http_get, spawn_nanoprobe};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const HOSTS: u64 = 6;
-
-fn artifacts() -> PathBuf {
-    std::env::var_os("RINGWATCH_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
-        })
-        .join("console")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn wait_rings(cluster: &Cluster) {
-    let formed = wait_until(Duration::from_secs(60), || {
-        cluster
-            .json(&["hosts"])
-            .and_then(|v| v.as_array().cloned())
-            .is_some_and(|hosts| {
-                hosts.len() == HOSTS as usize
-                    && hosts
-                        .iter()
-                        .all(|h| h["watchers"].as_array().is_some_and(|w| w.len() == 2))
-            })
-    });
-    assert!(formed, "rings not formed: {:#?}", cluster.json(&["hosts"]));
-}
 
 /// The open `dead` failure about `host` in an admin answer's rows, if any.
 fn open_dead(rows: &Value, host: u64) -> Option<u64> {
@@ -80,7 +47,7 @@ fn watch_api(
             if let Some((200, body)) = http_get(admin, "/v1/failures") {
                 if let Ok(rows) = serde_json::from_str::<Value>(&body) {
                     if let Some(id) = open_dead(&rows, host) {
-                        return Some((id, now_ms()));
+                        return Some((id, browser::now_ms()));
                     }
                 }
             }
@@ -137,12 +104,12 @@ fn console_shows_verdicts_live_and_survives_a_leader_kill() {
         mut probes,
         ..
     } = WorkerSystem::start(dir.path(), 84, HOSTS, "", "info");
-    wait_rings(&cluster);
+    integration::loopback::wait_rings(&cluster, HOSTS as usize);
     let leader = cluster.wait_leader(Duration::from_secs(30));
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     let url = format!("http://{}/console/", cluster.node(follower).admin);
 
-    let mut browser = Browser::start(dir.path(), &artifacts(), 1400, 1000);
+    let mut browser = Browser::start(dir.path(), &browser::artifacts(), 1400, 1000);
     let started = std::time::Instant::now();
     browser.goto(&url);
     let all_up = format!(
@@ -223,10 +190,10 @@ fn console_latency_over_kills() {
         mut probes,
         key_file,
     } = WorkerSystem::start(dir.path(), 85, HOSTS, "", "info");
-    wait_rings(&cluster);
+    integration::loopback::wait_rings(&cluster, HOSTS as usize);
     let leader = cluster.wait_leader(Duration::from_secs(30));
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
-    let browser = Browser::start(dir.path(), &artifacts(), 1400, 1000);
+    let browser = Browser::start(dir.path(), &browser::artifacts(), 1400, 1000);
     browser.goto(&format!("http://{}/console/", cluster.node(follower).admin));
     assert!(browser
         .wait_js(
@@ -257,7 +224,7 @@ fn console_latency_over_kills() {
             browser.wait_js(&back, Duration::from_secs(60)).is_some(),
             "host {host} did not come back"
         );
-        wait_rings(&cluster);
+        integration::loopback::wait_rings(&cluster, HOSTS as usize);
         std::thread::sleep(Duration::from_secs(2));
     }
     lags.sort_unstable();

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const NET: u8 = 86;
 const HOSTS: u64 = 10_000;
@@ -56,22 +56,6 @@ const SWITCH: &str = "sw125";
 /// The block killed: hosts 2001-2050 (0.5 % from 2001).
 const BLOCK_FIRST: u64 = 2001;
 const BLOCK_LEN: u64 = 50;
-
-fn artifacts() -> PathBuf {
-    std::env::var_os("RINGWATCH_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
-        })
-        .join("console")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// fleetsim with a pipe on its stdin (fault commands); SIGKILLed by PID when dropped.
 struct Fleet {
@@ -174,7 +158,7 @@ impl ApiWatch {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 if let Some(rows) = get_json(admin, "/v1/failures") {
-                    let at_ms = now_ms();
+                    let at_ms = browser::now_ms();
                     let mut seen = s.lock().expect("lock");
                     for f in rows["data"].as_array().into_iter().flatten() {
                         let Some(id) = f["id"].as_u64() else { continue };
@@ -469,7 +453,7 @@ fn console_at_10000_hosts() {
 
     let mut browser = Browser::start_with(
         dir.path(),
-        &artifacts(),
+        &browser::artifacts(),
         1400,
         1000,
         &["--enable-precise-memory-info", "--js-flags=--expose-gc"],
@@ -508,7 +492,7 @@ fn console_at_10000_hosts() {
     // A switch down, then a block of hosts killed.
     let watch = ApiWatch::start(leader_admin);
     let t = Instant::now();
-    let switch_ms = now_ms();
+    let switch_ms = browser::now_ms();
     fleet.send(&format!("switch-down {SWITCH}"));
     let on_page = format!(
         "return document.querySelector('#open-failures tr.open[data-kind=\"switch_down\"][data-subject=\"{SWITCH}\"]') !== null \
@@ -548,7 +532,7 @@ fn console_at_10000_hosts() {
     browser.screenshot("8-10k-switch-down");
     browser.js("window.scrollTo(0, 0); return null");
 
-    let block_ms = now_ms();
+    let block_ms = browser::now_ms();
     let block: Vec<u64> = (BLOCK_FIRST..BLOCK_FIRST + BLOCK_LEN).collect();
     let ids: Vec<String> = block.iter().map(u64::to_string).collect();
     fleet.send(&format!("kill {}", ids.join(" ")));
@@ -564,7 +548,7 @@ fn console_at_10000_hosts() {
         "the page never showed the {BLOCK_LEN} hosts dead; fleetsim:\n{}",
         fleet.tail()
     );
-    let page_all_ms = now_ms();
+    let page_all_ms = browser::now_ms();
     let seen = watch.seen();
     drop(watch);
     let dead: Vec<(u64, Seen)> = seen

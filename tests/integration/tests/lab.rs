@@ -16,10 +16,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn switch(name: &str, hosts: &[u64]) -> SwitchSpec {
-    SwitchSpec {
-        name: name.into(),
-        hosts: hosts.to_vec(),
-    }
+    SwitchSpec::new(name, hosts)
 }
 
 /// Router r1 with switches sw1 (hosts 11-14) and sw2 (hosts 21-24), one packet-reader.
@@ -28,17 +25,7 @@ fn two_switches(tag: &str) -> Ringwatch {
 }
 
 fn two_switch_topology(tag: &str) -> Topology {
-    Topology::build(
-        tag,
-        &[RouterSpec {
-            name: "r1".into(),
-            switches: vec![
-                switch("sw1", &[11, 12, 13, 14]),
-                switch("sw2", &[21, 22, 23, 24]),
-            ],
-        }],
-    )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"))
+    Topology::two_switches(tag)
 }
 
 /// r1 with sw1 (11-13) and sw2 (21-23), r2 with sw3 (31-33).

@@ -26,7 +26,7 @@
 //! `ringwatch,lan,local`).
 
 use integration::cluster::CmaCluster;
-use integration::lab::{RouterSpec, SwitchSpec, Topology};
+use integration::lab::Topology;
 use integration::labrun::{now_us, Ringwatch};
 use integration::procs::{wait_until, ProcGuard};
 use integration::require_lab;
@@ -365,21 +365,7 @@ impl Side for SerfLab {
 }
 
 fn two_switch_topology() -> Topology {
-    let switch = |name: &str, hosts: &[u64]| SwitchSpec {
-        name: name.into(),
-        hosts: hosts.to_vec(),
-    };
-    Topology::build(
-        "vs",
-        &[RouterSpec {
-            name: "r1".into(),
-            switches: vec![
-                switch("sw1", &[11, 12, 13, 14]),
-                switch("sw2", &[21, 22, 23, 24]),
-            ],
-        }],
-    )
-    .unwrap_or_else(|e| panic!("building the lab: {e}"))
+    Topology::two_switches("vs")
 }
 
 /// Injects `fault`, watches the alarms and removes what needs removing (the loss); the

@@ -56,18 +56,7 @@ fn rings_verdicts_and_leader_failover() {
     } = WorkerSystem::start(dir.path(), NET, HOSTS, "", "info,nanoprobe::node=debug");
 
     // Rings: every host known and watched by two peers.
-    let formed = wait_until(Duration::from_secs(60), || {
-        cluster
-            .json(&["hosts"])
-            .and_then(|v| v.as_array().cloned())
-            .is_some_and(|hosts| {
-                hosts.len() == HOSTS as usize
-                    && hosts
-                        .iter()
-                        .all(|h| h["watchers"].as_array().is_some_and(|w| w.len() == 2))
-            })
-    });
-    assert!(formed, "rings not formed: {:#?}", cluster.json(&["hosts"]));
+    integration::loopback::wait_rings(&cluster, HOSTS as usize);
     let rings = cluster.json(&["rings"]).expect("rings");
     let members = rings[0]["members"].as_array().expect("ring members").len();
     assert_eq!(members, HOSTS as usize, "rings: {rings:#}");
